@@ -1,0 +1,116 @@
+//! The admin endpoint: `/health` (JSON) and `/metrics` (Prometheus text). It runs on its own
+//! plain thread with blocking sockets, away from the shards: it only reads their atomic stats
+//! and the latency snapshots they publish.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+use crate::shard::Shared;
+
+/// Largest admin request head read.
+const MAX_ADMIN_REQUEST_BYTES: usize = 8 * 1024;
+/// An admin client that sends nothing for this long is dropped.
+const ADMIN_IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves admin requests until the listener fails. Runs on a dedicated thread.
+pub fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let mut latest: Vec<Option<Histogram<u64>>> = vec![None; shared.stats.len()];
+    for stream in listener.incoming() {
+        match stream {
+            Ok(s) => {
+                if let Err(e) = handle(s, &shared, &mut latest) {
+                    log::debug!("admin: {e}");
+                }
+            }
+            Err(e) => {
+                log::warn!("admin: accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+fn handle(
+    mut s: TcpStream,
+    shared: &Shared,
+    latest: &mut [Option<Histogram<u64>>],
+) -> std::io::Result<()> {
+    s.set_read_timeout(Some(ADMIN_IO_TIMEOUT))?;
+    s.set_write_timeout(Some(ADMIN_IO_TIMEOUT))?;
+    let mut buf = vec![0u8; MAX_ADMIN_REQUEST_BYTES];
+    let mut len = 0;
+    let path = loop {
+        let n = s.read(&mut buf[len..])?;
+        if n == 0 {
+            return Ok(());
+        }
+        len += n;
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf[..len]) {
+            Ok(httparse::Status::Complete(_)) => break req.path.unwrap_or("/").to_string(),
+            Ok(httparse::Status::Partial) if len < buf.len() => continue,
+            _ => return respond(&mut s, 400, "text/plain", "bad request\n"),
+        }
+    };
+    match path.split('?').next().unwrap_or("") {
+        "/health" => respond(&mut s, 200, "application/json", &health(shared)),
+        "/metrics" => {
+            for (i, (_, rx)) in shared.hists.iter().enumerate() {
+                if let Ok(h) = rx.try_recv() {
+                    latest[i] = Some(h);
+                }
+            }
+            let mut out = String::with_capacity(16 * 1024);
+            let stats: Vec<_> = shared.stats.iter().map(|s| s.as_ref()).collect();
+            crate::metrics::render(&stats, latest, &mut out);
+            respond(&mut s, 200, "text/plain; version=0.0.4", &out)
+        }
+        _ => respond(&mut s, 404, "text/plain", "not found\n"),
+    }
+}
+
+fn health(shared: &Shared) -> String {
+    let status = if shared.draining.load(Ordering::Acquire) {
+        "draining"
+    } else {
+        "ok"
+    };
+    let shards: Vec<serde_json::Value> = shared
+        .stats
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "shard": s.shard,
+                "connections": s.connections.load(Ordering::Relaxed),
+                "sessions": s.sessions.load(Ordering::Relaxed),
+                "requests": s.requests_total(),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "status": status,
+        "shards": shared.stats.len(),
+        "connections": shared.connections.current(),
+        "max_connections": shared.connections.max(),
+        "sessions": shared.sessions.current(),
+        "max_sessions": shared.sessions.max(),
+        "per_shard": shards,
+    })
+    .to_string()
+}
+
+fn respond(s: &mut TcpStream, status: u16, ctype: &str, body: &str) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status} {}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        crate::http::reason(status),
+        body.len()
+    );
+    s.write_all(head.as_bytes())?;
+    s.write_all(body.as_bytes())
+}

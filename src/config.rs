@@ -1,0 +1,622 @@
+//! Configuration in two layers: the TOML file schema (`FileConfig`, every bound with its
+//! default), then the validated runtime `Config` that checks relations between limits at load
+//! time. Command-line flags override the file.
+//!
+//! Invariant: every bound the gateway enforces is a named `DEFAULT_*` constant here with a key in
+//! the file schema; nothing else in the crate invents a limit.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::http::{DEFAULT_MAX_HEADERS, DEFAULT_MAX_HEAD_BYTES};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9090";
+pub const DEFAULT_LISTEN_BACKLOG: u32 = 4096;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub const DEFAULT_MAX_SESSIONS: usize = 10_000;
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+pub const DEFAULT_MAX_PENDING_EVENTS: usize = 100;
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 1024 * 1024;
+pub const DEFAULT_HANDOFF_QUEUE_DEPTH: usize = 1024;
+pub const DEFAULT_CLIENT_HEAD_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_KEEPALIVE_IDLE_TIMEOUT_MS: u64 = 60_000;
+pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS: u64 = 3_000;
+pub const DEFAULT_UPSTREAM_REQUEST_TIMEOUT_MS: u64 = 30_000;
+pub const DEFAULT_SSE_KEEPALIVE_MS: u64 = 15_000;
+pub const DEFAULT_SESSION_IDLE_TIMEOUT_MS: u64 = 300_000;
+pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_RETRY_AFTER_S: u32 = 1;
+pub const DEFAULT_POOL_MAX_IDLE: usize = 256;
+pub const DEFAULT_POOL_MAX_CONNECTIONS: usize = 4096;
+/// Below the 5 s keep-alive of common upstream servers, so the pool drops a connection before
+/// the upstream does.
+pub const DEFAULT_POOL_IDLE_TIMEOUT_MS: u64 = 4_000;
+/// Session ids carry the shard index in one byte.
+pub const MAX_SHARDS: usize = 255;
+
+/// The TOML file, as written by an operator. Unknown keys are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    pub server: ServerSection,
+    pub limits: LimitsSection,
+    pub timeouts: TimeoutsSection,
+    pub upstream: UpstreamSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    pub listen: String,
+    pub admin: String,
+    /// 0: one shard per available core.
+    pub shards: usize,
+    pub driver: String,
+    pub listen_backlog: u32,
+    /// Empty: loopback origins when listening on loopback, none otherwise.
+    pub allowed_origins: Vec<String>,
+    /// Empty: any Host naming the listen address or a loopback name when on loopback.
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            listen: DEFAULT_LISTEN.into(),
+            admin: DEFAULT_ADMIN.into(),
+            shards: 0,
+            driver: "auto".into(),
+            listen_backlog: DEFAULT_LISTEN_BACKLOG,
+            allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    pub max_connections: usize,
+    pub max_sessions: usize,
+    pub max_head_bytes: usize,
+    pub max_headers: usize,
+    pub max_body_bytes: usize,
+    pub max_pending_events: usize,
+    pub max_event_bytes: usize,
+    pub handoff_queue_depth: usize,
+    pub retry_after_s: u32,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_sessions: DEFAULT_MAX_SESSIONS,
+            max_head_bytes: DEFAULT_MAX_HEAD_BYTES,
+            max_headers: DEFAULT_MAX_HEADERS,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_pending_events: DEFAULT_MAX_PENDING_EVENTS,
+            max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+            handoff_queue_depth: DEFAULT_HANDOFF_QUEUE_DEPTH,
+            retry_after_s: DEFAULT_RETRY_AFTER_S,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutsSection {
+    pub client_head_timeout_ms: u64,
+    pub keepalive_idle_timeout_ms: u64,
+    pub upstream_connect_timeout_ms: u64,
+    pub upstream_request_timeout_ms: u64,
+    pub sse_keepalive_ms: u64,
+    pub session_idle_timeout_ms: u64,
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for TimeoutsSection {
+    fn default() -> Self {
+        TimeoutsSection {
+            client_head_timeout_ms: DEFAULT_CLIENT_HEAD_TIMEOUT_MS,
+            keepalive_idle_timeout_ms: DEFAULT_KEEPALIVE_IDLE_TIMEOUT_MS,
+            upstream_connect_timeout_ms: DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS,
+            upstream_request_timeout_ms: DEFAULT_UPSTREAM_REQUEST_TIMEOUT_MS,
+            sse_keepalive_ms: DEFAULT_SSE_KEEPALIVE_MS,
+            session_idle_timeout_ms: DEFAULT_SESSION_IDLE_TIMEOUT_MS,
+            drain_timeout_ms: DEFAULT_DRAIN_TIMEOUT_MS,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamSection {
+    /// `http://host:port/path`. Empty: the built-in demo server.
+    pub url: String,
+    /// Sent upstream as `Authorization`; the client's own credentials never are.
+    pub authorization: Option<String>,
+    pub pool_max_idle: usize,
+    pub pool_max_connections: usize,
+    pub pool_idle_timeout_ms: u64,
+}
+
+impl Default for UpstreamSection {
+    fn default() -> Self {
+        UpstreamSection {
+            url: String::new(),
+            authorization: None,
+            pool_max_idle: DEFAULT_POOL_MAX_IDLE,
+            pool_max_connections: DEFAULT_POOL_MAX_CONNECTIONS,
+            pool_idle_timeout_ms: DEFAULT_POOL_IDLE_TIMEOUT_MS,
+        }
+    }
+}
+
+/// Which io driver the shards run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    Auto,
+    Uring,
+    Legacy,
+}
+
+/// Validated settings for the whole gateway. Each stage reads only its slice.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    pub shards: usize,
+    pub driver: Driver,
+    pub listen_backlog: u32,
+    pub origins: OriginPolicy,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+    pub upstream: UpstreamConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_sessions: usize,
+    pub max_head_bytes: usize,
+    pub max_headers: usize,
+    pub max_body_bytes: usize,
+    pub max_pending_events: usize,
+    pub max_event_bytes: usize,
+    pub handoff_queue_depth: usize,
+    pub retry_after_s: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    pub client_head: Duration,
+    pub keepalive_idle: Duration,
+    pub upstream_connect: Duration,
+    pub upstream_request: Duration,
+    pub sse_keepalive: Duration,
+    pub session_idle: Duration,
+    pub drain: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub addr: SocketAddr,
+    /// `host:port` as written in the URL, sent as `Host`.
+    pub authority: String,
+    pub path: String,
+    pub authorization: Option<String>,
+    pub pool_max_idle: usize,
+    pub pool_max_connections: usize,
+    pub pool_idle_timeout: Duration,
+}
+
+/// Which `Origin` and `Host` values are accepted.
+#[derive(Debug, Clone)]
+pub struct OriginPolicy {
+    /// Exact origins (`scheme://host[:port]`), lowercased.
+    pub origins: Vec<String>,
+    /// Accept any `http(s)://localhost|127.0.0.1|[::1][:port]` origin.
+    pub loopback_origins: bool,
+    /// Exact Host values, lowercased; empty with `loopback_hosts` false means any.
+    pub hosts: Vec<String>,
+    pub loopback_hosts: bool,
+}
+
+/// Overrides from the command line; `None` leaves the file (or default) value.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub upstream: Option<String>,
+    pub shards: Option<usize>,
+    pub admin: Option<String>,
+    pub driver: Option<String>,
+}
+
+/// A configuration error naming the key at fault.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err<T>(key: &str, why: impl std::fmt::Display) -> Result<T, ConfigError> {
+    Err(ConfigError(format!("invalid config: {key}: {why}")))
+}
+
+impl FileConfig {
+    pub fn from_toml(text: &str) -> Result<FileConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError(format!("invalid config: {e}")))
+    }
+
+    pub fn load(path: &str) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read {path}: {e}")))?;
+        FileConfig::from_toml(&text)
+    }
+
+    /// Applies overrides and validates. `demo_addr` is the built-in upstream when no URL is set.
+    pub fn resolve(
+        mut self,
+        o: &Overrides,
+        demo_addr: Option<SocketAddr>,
+    ) -> Result<Config, ConfigError> {
+        if let Some(v) = &o.listen {
+            self.server.listen = v.clone();
+        }
+        if let Some(v) = &o.upstream {
+            self.upstream.url = v.clone();
+        }
+        if let Some(v) = o.shards {
+            self.server.shards = v;
+        }
+        if let Some(v) = &o.admin {
+            self.server.admin = v.clone();
+        }
+        if let Some(v) = &o.driver {
+            self.server.driver = v.clone();
+        }
+        let listen = resolve_addr("server.listen", &self.server.listen)?;
+        let admin = match self.server.admin.as_str() {
+            "" | "off" => None,
+            a => Some(resolve_addr("server.admin", a)?),
+        };
+        let shards = resolve_shards(self.server.shards)?;
+        let driver = match self.server.driver.as_str() {
+            "auto" => Driver::Auto,
+            "uring" => Driver::Uring,
+            "legacy" => Driver::Legacy,
+            other => {
+                return err(
+                    "server.driver",
+                    format!("'{other}' is not one of auto, uring, legacy"),
+                )
+            }
+        };
+        let origins = origin_policy(&self.server, listen);
+        let limits = validate_limits(&self.limits)?;
+        let timeouts = validate_timeouts(&self.timeouts)?;
+        let upstream = validate_upstream(&self.upstream, demo_addr)?;
+        let listen_backlog = self.server.listen_backlog;
+        if listen_backlog == 0 {
+            return err("server.listen_backlog", "must be at least 1");
+        }
+        Ok(Config {
+            listen,
+            admin,
+            shards,
+            driver,
+            listen_backlog,
+            origins,
+            limits,
+            timeouts,
+            upstream,
+        })
+    }
+}
+
+fn resolve_addr(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+    match text.to_socket_addrs() {
+        Ok(mut it) => it
+            .next()
+            .map_or_else(|| err(key, format!("'{text}' resolves to nothing")), Ok),
+        Err(e) => err(key, format!("'{text}': {e}")),
+    }
+}
+
+fn resolve_shards(n: usize) -> Result<usize, ConfigError> {
+    let n = if n == 0 {
+        std::thread::available_parallelism().map_or(1, |p| p.get())
+    } else {
+        n
+    };
+    if n > MAX_SHARDS {
+        return err(
+            "server.shards",
+            format!("{n} exceeds the maximum of {MAX_SHARDS}"),
+        );
+    }
+    Ok(n)
+}
+
+fn validate_limits(l: &LimitsSection) -> Result<Limits, ConfigError> {
+    let at_least = |key: &str, v: usize, min: usize| {
+        if v < min {
+            err(key, format!("{v} is below the minimum of {min}"))
+        } else {
+            Ok(())
+        }
+    };
+    at_least("limits.max_connections", l.max_connections, 1)?;
+    at_least("limits.max_sessions", l.max_sessions, 1)?;
+    at_least("limits.max_head_bytes", l.max_head_bytes, 512)?;
+    at_least("limits.max_headers", l.max_headers, 8)?;
+    at_least("limits.max_body_bytes", l.max_body_bytes, 1024)?;
+    at_least("limits.max_pending_events", l.max_pending_events, 1)?;
+    at_least("limits.max_event_bytes", l.max_event_bytes, 1024)?;
+    at_least("limits.handoff_queue_depth", l.handoff_queue_depth, 1)?;
+    if l.max_head_bytes > 65_535 {
+        return err("limits.max_head_bytes", "must be at most 65535");
+    }
+    if l.max_headers > 128 {
+        return err("limits.max_headers", "must be at most 128");
+    }
+    Ok(Limits {
+        max_connections: l.max_connections,
+        max_sessions: l.max_sessions,
+        max_head_bytes: l.max_head_bytes,
+        max_headers: l.max_headers,
+        max_body_bytes: l.max_body_bytes,
+        max_pending_events: l.max_pending_events,
+        max_event_bytes: l.max_event_bytes,
+        handoff_queue_depth: l.handoff_queue_depth,
+        retry_after_s: l.retry_after_s,
+    })
+}
+
+fn validate_timeouts(t: &TimeoutsSection) -> Result<Timeouts, ConfigError> {
+    let ms = |key: &str, v: u64| {
+        if v == 0 {
+            err(key, "must be at least 1 ms")
+        } else {
+            Ok(Duration::from_millis(v))
+        }
+    };
+    let out = Timeouts {
+        client_head: ms("timeouts.client_head_timeout_ms", t.client_head_timeout_ms)?,
+        keepalive_idle: ms(
+            "timeouts.keepalive_idle_timeout_ms",
+            t.keepalive_idle_timeout_ms,
+        )?,
+        upstream_connect: ms(
+            "timeouts.upstream_connect_timeout_ms",
+            t.upstream_connect_timeout_ms,
+        )?,
+        upstream_request: ms(
+            "timeouts.upstream_request_timeout_ms",
+            t.upstream_request_timeout_ms,
+        )?,
+        sse_keepalive: ms("timeouts.sse_keepalive_ms", t.sse_keepalive_ms)?,
+        session_idle: ms(
+            "timeouts.session_idle_timeout_ms",
+            t.session_idle_timeout_ms,
+        )?,
+        drain: ms("timeouts.drain_timeout_ms", t.drain_timeout_ms)?,
+    };
+    Ok(out)
+}
+
+fn validate_upstream(
+    u: &UpstreamSection,
+    demo: Option<SocketAddr>,
+) -> Result<UpstreamConfig, ConfigError> {
+    let (addr, authority, path) = if u.url.is_empty() {
+        match demo {
+            Some(a) => (a, a.to_string(), "/mcp".to_string()),
+            None => return err("upstream.url", "is required"),
+        }
+    } else {
+        parse_http_url(&u.url)?
+    };
+    if u.pool_max_connections == 0 {
+        return err("upstream.pool_max_connections", "must be at least 1");
+    }
+    if u.pool_max_idle > u.pool_max_connections {
+        return err(
+            "upstream.pool_max_idle",
+            "must not exceed upstream.pool_max_connections",
+        );
+    }
+    if u.pool_idle_timeout_ms == 0 {
+        return err("upstream.pool_idle_timeout_ms", "must be at least 1 ms");
+    }
+    if let Some(a) = &u.authorization {
+        if a.bytes().any(|b| b == b'\r' || b == b'\n') {
+            return err("upstream.authorization", "must be one line");
+        }
+    }
+    Ok(UpstreamConfig {
+        addr,
+        authority,
+        path,
+        authorization: u.authorization.clone(),
+        pool_max_idle: u.pool_max_idle,
+        pool_max_connections: u.pool_max_connections,
+        pool_idle_timeout: Duration::from_millis(u.pool_idle_timeout_ms),
+    })
+}
+
+/// Splits `http://host[:port][/path]`. Only plain HTTP: TLS upstreams terminate elsewhere.
+pub fn parse_http_url(url: &str) -> Result<(SocketAddr, String, String), ConfigError> {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return err("upstream.url", format!("'{url}' must start with http://"));
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return err("upstream.url", format!("'{url}' is not a valid http URL"));
+    }
+    let with_port = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    let addr = resolve_addr("upstream.url", &with_port)?;
+    Ok((addr, authority.to_string(), path.to_string()))
+}
+
+fn origin_policy(s: &ServerSection, listen: SocketAddr) -> OriginPolicy {
+    let loopback = listen.ip().is_loopback();
+    OriginPolicy {
+        origins: s
+            .allowed_origins
+            .iter()
+            .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
+            .collect(),
+        loopback_origins: s.allowed_origins.is_empty() && loopback,
+        hosts: s
+            .allowed_hosts
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
+        loopback_hosts: s.allowed_hosts.is_empty() && loopback,
+    }
+}
+
+impl OriginPolicy {
+    /// An absent Origin (non-browser clients) is allowed; a present one must be listed.
+    pub fn origin_ok(&self, origin: Option<&str>) -> bool {
+        let Some(origin) = origin else { return true };
+        let o = origin.trim_end_matches('/').to_ascii_lowercase();
+        if self.origins.contains(&o) {
+            return true;
+        }
+        if !self.loopback_origins {
+            return false;
+        }
+        let host = o
+            .strip_prefix("http://")
+            .or_else(|| o.strip_prefix("https://"));
+        host.is_some_and(is_loopback_authority)
+    }
+
+    /// Host is required in HTTP/1.1; a present one must be listed (or loopback by default).
+    pub fn host_ok(&self, host: Option<&str>) -> bool {
+        let Some(host) = host else { return false };
+        let h = host.to_ascii_lowercase();
+        if self.hosts.contains(&h) {
+            return true;
+        }
+        if self.loopback_hosts {
+            return is_loopback_authority(&h);
+        }
+        self.hosts.is_empty()
+    }
+}
+
+fn is_loopback_authority(a: &str) -> bool {
+    let host = if let Some(rest) = a.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        a.split(':').next().unwrap_or("")
+    };
+    matches!(host, "localhost" | "::1")
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn demo() -> Option<SocketAddr> {
+        Some("127.0.0.1:1".parse().unwrap())
+    }
+
+    #[test]
+    fn defaults_resolve() {
+        let c = FileConfig::default()
+            .resolve(&Overrides::default(), demo())
+            .unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.limits.max_pending_events, DEFAULT_MAX_PENDING_EVENTS);
+        assert_eq!(c.upstream.path, "/mcp");
+        assert!(c.origins.loopback_origins);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = FileConfig::from_toml("[limits]\nmax_conections = 5\n").unwrap_err();
+        assert!(e.0.contains("max_conections"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let f = FileConfig::from_toml("[limits]\nmax_pending_events = 0\n").unwrap();
+        let e = f.resolve(&Overrides::default(), demo()).unwrap_err();
+        assert!(e.0.contains("limits.max_pending_events"), "{e}");
+        let f = FileConfig::from_toml("[upstream]\npool_max_idle = 10\npool_max_connections = 5\n")
+            .unwrap();
+        let e = f.resolve(&Overrides::default(), demo()).unwrap_err();
+        assert!(e.0.contains("upstream.pool_max_idle"), "{e}");
+        let f = FileConfig::from_toml("[server]\ndriver = \"fast\"\n").unwrap();
+        assert!(f
+            .resolve(&Overrides::default(), demo())
+            .unwrap_err()
+            .0
+            .contains("server.driver"));
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let f =
+            FileConfig::from_toml("[server]\nlisten = \"127.0.0.1:1000\"\nshards = 3\n").unwrap();
+        let o = Overrides {
+            shards: Some(2),
+            ..Overrides::default()
+        };
+        let c = f.resolve(&o, demo()).unwrap();
+        assert_eq!(c.shards, 2);
+        assert_eq!(c.listen.port(), 1000);
+    }
+
+    #[test]
+    fn url_parsing() {
+        let (a, auth, path) = parse_http_url("http://127.0.0.1:3000/mcp").unwrap();
+        assert_eq!(a.port(), 3000);
+        assert_eq!(auth, "127.0.0.1:3000");
+        assert_eq!(path, "/mcp");
+        assert!(parse_http_url("https://x/mcp").is_err());
+    }
+
+    #[test]
+    fn origin_rules() {
+        let c = FileConfig::default()
+            .resolve(&Overrides::default(), demo())
+            .unwrap();
+        let p = &c.origins;
+        assert!(p.origin_ok(None));
+        assert!(p.origin_ok(Some("http://localhost:3000")));
+        assert!(p.origin_ok(Some("http://127.0.0.1")));
+        assert!(p.origin_ok(Some("http://[::1]:8080")));
+        assert!(!p.origin_ok(Some("http://evil.example")));
+        assert!(!p.origin_ok(Some("http://localhost.evil.example")));
+        assert!(p.host_ok(Some("127.0.0.1:8080")));
+        assert!(!p.host_ok(Some("evil.example")));
+        assert!(!p.host_ok(None));
+    }
+}

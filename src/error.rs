@@ -1,0 +1,225 @@
+//! The gateway's one error type: what went wrong (kind), whose fault it was (side), and whether
+//! a retry can help. `Error::status` and `Error::body` are the single place where errors become
+//! an HTTP status and a JSON-RPC error body.
+
+use crate::http::HttpError;
+use crate::mcp::code;
+
+/// Whose fault an error is; drives logging level and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Upstream,
+    Internal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// Framing or syntax error in the client's HTTP.
+    BadHttp(HttpError),
+    /// The body is not JSON (-32700).
+    ParseError,
+    /// JSON, but not acceptable JSON-RPC here (-32600).
+    InvalidRequest,
+    /// 2026-07-28 routing headers disagree with the body (-32020).
+    HeaderMismatch,
+    /// MCP-Protocol-Version names no version we speak (-32022).
+    UnsupportedVersion,
+    /// Origin not on the allow-list.
+    ForbiddenOrigin,
+    /// Host not on the allow-list.
+    MisdirectedHost,
+    /// A session-based request without Mcp-Session-Id.
+    SessionRequired,
+    /// Unknown, expired or ended session.
+    UnknownSession,
+    NotFound,
+    MethodNotAllowed,
+    /// A named bound was hit (connections, sessions, pool, hand-off queue).
+    Overloaded(&'static str),
+    ShuttingDown,
+    UpstreamConnect,
+    UpstreamProtocol,
+    UpstreamTimeout,
+    ClientTimeout,
+    Internal,
+}
+
+#[derive(Debug, Clone)]
+pub struct Error {
+    pub kind: Kind,
+    pub detail: String,
+    /// Raw JSON id of the request the error answers, when known.
+    pub id: Option<String>,
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn new(kind: Kind, detail: impl Into<String>) -> Error {
+        Error {
+            kind,
+            detail: detail.into(),
+            id: None,
+        }
+    }
+
+    pub fn with_id(mut self, id: Option<&str>) -> Error {
+        self.id = id.map(str::to_string);
+        self
+    }
+
+    pub fn side(&self) -> Side {
+        match self.kind {
+            Kind::UpstreamConnect | Kind::UpstreamProtocol | Kind::UpstreamTimeout => {
+                Side::Upstream
+            }
+            Kind::Overloaded(_) | Kind::ShuttingDown | Kind::Internal => Side::Internal,
+            _ => Side::Client,
+        }
+    }
+
+    /// Whether the same request may succeed if sent again later.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self.kind,
+            Kind::Overloaded(_)
+                | Kind::ShuttingDown
+                | Kind::UpstreamConnect
+                | Kind::UpstreamTimeout
+        )
+    }
+
+    pub fn status(&self) -> u16 {
+        match &self.kind {
+            Kind::BadHttp(HttpError::HeadTooLarge) => 431,
+            Kind::BadHttp(HttpError::BodyTooLarge) => 413,
+            Kind::BadHttp(HttpError::UnsupportedCoding) => 501,
+            Kind::BadHttp(HttpError::Malformed(_)) => 400,
+            Kind::ParseError | Kind::InvalidRequest | Kind::HeaderMismatch => 400,
+            Kind::UnsupportedVersion | Kind::SessionRequired => 400,
+            Kind::ForbiddenOrigin => 403,
+            Kind::MisdirectedHost => 421,
+            Kind::UnknownSession | Kind::NotFound => 404,
+            Kind::MethodNotAllowed => 405,
+            Kind::ClientTimeout => 408,
+            Kind::Overloaded(_) | Kind::ShuttingDown => 503,
+            Kind::UpstreamConnect | Kind::UpstreamProtocol => 502,
+            Kind::UpstreamTimeout => 504,
+            Kind::Internal => 500,
+        }
+    }
+
+    pub fn rpc_code(&self) -> i64 {
+        match self.kind {
+            Kind::ParseError | Kind::BadHttp(_) => code::PARSE_ERROR,
+            Kind::InvalidRequest | Kind::SessionRequired | Kind::MethodNotAllowed => {
+                code::INVALID_REQUEST
+            }
+            Kind::HeaderMismatch => code::HEADER_MISMATCH,
+            Kind::UnsupportedVersion => code::UNSUPPORTED_VERSION,
+            Kind::Internal => code::INTERNAL_ERROR,
+            _ => code::SERVER_ERROR,
+        }
+    }
+
+    /// After this error the connection cannot be trusted to stay in sync.
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self.kind,
+            Kind::BadHttp(_) | Kind::ClientTimeout | Kind::ShuttingDown
+        )
+    }
+
+    /// The JSON-RPC error body sent with the status.
+    pub fn body(&self) -> Vec<u8> {
+        crate::mcp::error_body(self.id.as_deref(), self.rpc_code(), &self.message())
+    }
+
+    pub fn message(&self) -> String {
+        let what = match &self.kind {
+            Kind::BadHttp(e) => return e.to_string(),
+            Kind::ParseError => "Parse error",
+            Kind::InvalidRequest => "Invalid request",
+            Kind::HeaderMismatch => return self.detail.clone(),
+            Kind::UnsupportedVersion => "Unsupported protocol version",
+            Kind::ForbiddenOrigin => "Forbidden: Origin not allowed",
+            Kind::MisdirectedHost => "Misdirected request: Host not allowed",
+            Kind::SessionRequired => "Bad Request: Mcp-Session-Id header is required",
+            Kind::UnknownSession => "Session not found",
+            Kind::NotFound => "Not found",
+            Kind::MethodNotAllowed => "Method not allowed",
+            Kind::Overloaded(what) => {
+                return format!("Gateway overloaded: {what} limit reached, retry later")
+            }
+            Kind::ShuttingDown => "Gateway is shutting down",
+            Kind::UpstreamConnect => "Upstream unavailable",
+            Kind::UpstreamProtocol => "Upstream sent an invalid response",
+            Kind::UpstreamTimeout => "Upstream timed out",
+            Kind::ClientTimeout => "Request timeout",
+            Kind::Internal => "Internal gateway error",
+        };
+        if self.detail.is_empty() {
+            what.to_string()
+        } else {
+            format!("{what}: {}", self.detail)
+        }
+    }
+
+    /// The metrics label of this error's kind.
+    pub fn label(&self) -> &'static str {
+        match self.kind {
+            Kind::BadHttp(_) => "bad_http",
+            Kind::ParseError => "parse_error",
+            Kind::InvalidRequest => "invalid_request",
+            Kind::HeaderMismatch => "header_mismatch",
+            Kind::UnsupportedVersion => "unsupported_version",
+            Kind::ForbiddenOrigin => "forbidden_origin",
+            Kind::MisdirectedHost => "misdirected_host",
+            Kind::SessionRequired => "session_required",
+            Kind::UnknownSession => "unknown_session",
+            Kind::NotFound => "not_found",
+            Kind::MethodNotAllowed => "method_not_allowed",
+            Kind::Overloaded(w) => w,
+            Kind::ShuttingDown => "shutting_down",
+            Kind::UpstreamConnect => "upstream_connect",
+            Kind::UpstreamProtocol => "upstream_protocol",
+            Kind::UpstreamTimeout => "upstream_timeout",
+            Kind::ClientTimeout => "client_timeout",
+            Kind::Internal => "internal",
+        }
+    }
+}
+
+impl From<HttpError> for Error {
+    fn from(e: HttpError) -> Error {
+        Error::new(Kind::BadHttp(e), "")
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message(), self.status())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mapping() {
+        let e = Error::new(Kind::Overloaded("sessions"), "");
+        assert_eq!(e.status(), 503);
+        assert!(e.retryable());
+        assert_eq!(e.side(), Side::Internal);
+        let e = Error::new(Kind::HeaderMismatch, "Header mismatch: x").with_id(Some("3"));
+        assert_eq!(e.status(), 400);
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        assert_eq!(v["error"]["code"], -32020);
+        assert_eq!(v["id"], 3);
+        assert_eq!(Error::from(HttpError::HeadTooLarge).status(), 431);
+        assert_eq!(Error::new(Kind::UpstreamTimeout, "").status(), 504);
+        assert_eq!(Error::new(Kind::UpstreamConnect, "").side(), Side::Upstream);
+    }
+}

@@ -1,0 +1,35 @@
+//! shardcat: a thread-per-core gateway for Model Context Protocol (MCP) traffic on io_uring.
+//!
+//! Crate map, in the order a request meets the modules:
+//! - `shard`     — one pinned thread and monoio runtime per core; accept loop, drain, mailbox.
+//! - `admission` — global bounds (connections, sessions) and the cross-core mailboxes.
+//! - `http`      — HTTP/1.1 heads, body framing, chunked coding, SSE event splitting.
+//! - `proxy`     — the request pipeline, wired in `proxy::exchange`.
+//! - `mcp`       — JSON-RPC classification, protocol versions, session ids.
+//! - `session`   — the shard's session table (gateway id → upstream session).
+//! - `upstream`  — the shard's bounded keep-alive pool of upstream connections.
+//! - `relay`     — upstream body → client: coalesced, re-chunked, or SSE event by event.
+//! - `sync`      — shard-local bounded queue and event.
+//! - `error`     — the one error type and its mapping to HTTP status and JSON-RPC error.
+//! - `metrics`   — per-shard counters and latency histograms; `admin` serves them.
+//! - `config`    — the TOML schema with every bound, and the validated runtime config.
+//! - `demo`      — the built-in demo MCP server (default upstream and benchmark upstream).
+//!
+//! A request: `shard::accept_loop` → `proxy::serve` → `proxy::exchange` (head, affinity hop
+//! through `admission`, validation, `mcp::classify`, `session`) → `upstream::Pool::checkout` →
+//! `relay::relay` → back to `proxy::serve` for the next request on the connection.
+
+pub mod admin;
+pub mod admission;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod http;
+pub mod mcp;
+pub mod metrics;
+pub mod proxy;
+pub mod relay;
+pub mod session;
+pub mod shard;
+pub mod sync;
+pub mod upstream;

@@ -1,0 +1,239 @@
+//! The `shardcat` command: `serve` (the default, in front of the built-in demo server when no
+//! upstream is given) and `demo-upstream`.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use shardcat::config::{FileConfig, Overrides};
+use shardcat::demo::{self, DemoConfig};
+use shardcat::shard;
+
+#[derive(Parser)]
+#[command(
+    name = "shardcat",
+    version,
+    about = "Thread-per-core io_uring gateway for MCP traffic"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Serve(ServeArgs),
+    /// Run the built-in demo MCP server alone.
+    DemoUpstream(DemoArgs),
+}
+
+#[derive(Args, Clone, Default)]
+struct ServeArgs {
+    /// Address to listen on (default 127.0.0.1:8080).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Upstream MCP endpoint, http://host:port/path. Default: the built-in demo server.
+    #[arg(long)]
+    upstream: Option<String>,
+    /// Number of shards (default: one per available core).
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Admin address for /health and /metrics (default 127.0.0.1:9090; "off" disables).
+    #[arg(long)]
+    admin: Option<String>,
+    /// TOML config file; flags override it.
+    #[arg(long)]
+    config: Option<String>,
+    /// io driver: auto, uring or legacy.
+    #[arg(long)]
+    driver: Option<String>,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    listen: String,
+    /// Interval between events on GET streams, in milliseconds.
+    #[arg(long, default_value_t = demo::DEFAULT_PUSH_INTERVAL_MS)]
+    push_interval_ms: u64,
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Some(Command::DemoUpstream(a)) => run_demo(a),
+        Some(Command::Serve(a)) => run_serve(a),
+        None => run_serve(cli.serve),
+    };
+    std::process::exit(code);
+}
+
+fn run_demo(a: DemoArgs) -> i32 {
+    let listener = match std::net::TcpListener::bind(&a.listen) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("shardcat demo-upstream: cannot listen on {}: {e}", a.listen);
+            return 1;
+        }
+    };
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    println!("READY demo=http://{addr}/mcp");
+    let _ = std::io::stdout().flush();
+    let cfg = DemoConfig {
+        push_interval: Duration::from_millis(a.push_interval_ms.max(1)),
+        ..DemoConfig::default()
+    };
+    match demo::run(listener, cfg) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("shardcat demo-upstream: {e}");
+            1
+        }
+    }
+}
+
+/// Starts the built-in demo server on a loopback port of its own thread.
+fn start_embedded_demo() -> std::io::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    std::thread::Builder::new()
+        .name("demo-upstream".into())
+        .spawn(move || {
+            if let Err(e) = demo::run(listener, DemoConfig::default()) {
+                log::error!("demo upstream stopped: {e}");
+            }
+        })?;
+    Ok(addr)
+}
+
+fn run_serve(a: ServeArgs) -> i32 {
+    let file = match &a.config {
+        Some(path) => FileConfig::load(path),
+        None => Ok(FileConfig::default()),
+    };
+    let file = match file {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("shardcat: {e}");
+            return 2;
+        }
+    };
+    let overrides = Overrides {
+        listen: a.listen,
+        upstream: a.upstream,
+        shards: a.shards,
+        admin: a.admin,
+        driver: a.driver,
+    };
+    let needs_demo = overrides.upstream.is_none() && file.upstream.url.is_empty();
+    let demo_addr = if needs_demo {
+        match start_embedded_demo() {
+            Ok(addr) => Some(addr),
+            Err(e) => {
+                eprintln!("shardcat: cannot start the built-in demo server: {e}");
+                return 1;
+            }
+        }
+    } else {
+        None
+    };
+    let config = match file.resolve(&overrides, demo_addr) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("shardcat: {e}");
+            return 2;
+        }
+    };
+    serve(config, demo_addr.is_some())
+}
+
+fn serve(config: shardcat::config::Config, demo: bool) -> i32 {
+    let listeners = match shard::bind_listeners(&config) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("shardcat: cannot listen on {}: {e}", config.listen);
+            return 1;
+        }
+    };
+    let listen = listeners[0]
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let admin = match config.admin.map(std::net::TcpListener::bind).transpose() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("shardcat: cannot listen on admin address: {e}");
+            return 1;
+        }
+    };
+    let admin_addr = admin
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map_or("off".to_string(), |a| a.to_string());
+    let signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ]);
+    let mut signals = match signals {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("shardcat: cannot install signal handlers: {e}");
+            return 1;
+        }
+    };
+    let upstream = format!(
+        "http://{}{}",
+        config.upstream.authority, config.upstream.path
+    );
+    let shards = config.shards;
+    let (shared, rxs) = shard::shared(config);
+    if let Some(l) = admin {
+        let shared = shared.clone();
+        let _ = std::thread::Builder::new()
+            .name("admin".into())
+            .spawn(move || shardcat::admin::serve(l, shared));
+    }
+    let handles = match shard::spawn_shards(shared.clone(), listeners, rxs) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("shardcat: cannot start shards: {e}");
+            return 1;
+        }
+    };
+    let origin = if demo {
+        "built-in demo server"
+    } else {
+        "upstream"
+    };
+    log::info!("shardcat listening on http://{listen}/mcp with {shards} shards; {origin} at {upstream}; admin on {admin_addr}");
+    if demo {
+        println!("Try it:\n  curl -s http://{listen}/mcp -H 'content-type: application/json' -H 'accept: application/json, text/event-stream' -H 'mcp-protocol-version: 2026-07-28' -H 'mcp-method: tools/call' -H 'mcp-name: echo' -d '{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{{\"name\":\"echo\",\"arguments\":{{\"text\":\"hello\"}},\"_meta\":{{\"io.modelcontextprotocol/protocolVersion\":\"2026-07-28\",\"io.modelcontextprotocol/clientCapabilities\":{{}}}}}}}}'");
+    }
+    println!("READY listen={listen} admin={admin_addr}");
+    let _ = std::io::stdout().flush();
+    if let Some(sig) = signals.forever().next() {
+        log::info!("signal {sig}: draining");
+    }
+    shard::begin_shutdown(&shared);
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            log::warn!("second signal: exiting without finishing the drain");
+            std::process::exit(1);
+        }
+    });
+    for h in handles {
+        let _ = h.join();
+    }
+    log::info!("shardcat stopped");
+    0
+}

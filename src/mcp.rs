@@ -1,0 +1,470 @@
+//! MCP awareness: JSON-RPC classification, protocol versions, the 2026-07-28 header rules, and
+//! the gateway's session ids.
+//!
+//! Invariants:
+//! - Classification borrows from the request body and builds no `serde_json::Value`: only the
+//!   fields a gateway routes on (`method`, `id`, kind, `params.name`/`params.uri`) are read.
+//! - A session id names its owning shard and slab slot in plain hex and carries 128 random bits,
+//!   so it can be routed without a lookup and cannot be guessed.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Protocol versions the gateway speaks, oldest first.
+pub const KNOWN_VERSIONS: [&str; 5] = [
+    "2024-11-05",
+    "2025-03-26",
+    "2025-06-18",
+    "2025-11-25",
+    "2026-07-28",
+];
+/// The stateless revision: no sessions, POST only, routing headers on every request.
+pub const STATELESS_VERSION: &str = "2026-07-28";
+/// Assumed when a request carries no MCP-Protocol-Version header (spec, 2025-06-18 onward).
+pub const DEFAULT_ASSUMED_VERSION: &str = "2025-03-26";
+
+/// JSON-RPC error codes the gateway emits.
+pub mod code {
+    pub const PARSE_ERROR: i64 = -32700;
+    pub const INVALID_REQUEST: i64 = -32600;
+    pub const INTERNAL_ERROR: i64 = -32603;
+    /// Implementation-defined server errors (gateway, upstream, admission).
+    pub const SERVER_ERROR: i64 = -32000;
+    /// 2026-07-28 `HeaderMismatch`.
+    pub const HEADER_MISMATCH: i64 = -32020;
+    /// 2026-07-28 `UnsupportedProtocolVersion`.
+    pub const UNSUPPORTED_VERSION: i64 = -32022;
+}
+
+/// A protocol version the gateway knows, ordered by age.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Version(u8);
+
+impl Version {
+    pub fn parse(s: &str) -> Option<Version> {
+        KNOWN_VERSIONS
+            .iter()
+            .position(|v| *v == s)
+            .map(|i| Version(i as u8))
+    }
+
+    pub fn as_str(self) -> &'static str {
+        KNOWN_VERSIONS[self.0 as usize]
+    }
+
+    pub fn assumed() -> Version {
+        Version(1)
+    }
+
+    pub fn stateless() -> Version {
+        Version(4)
+    }
+
+    pub fn is_stateless(self) -> bool {
+        self == Version::stateless()
+    }
+
+    /// JSON-RPC batches were removed in 2025-06-18.
+    pub fn allows_batch(self) -> bool {
+        self < Version(2)
+    }
+}
+
+/// What kind of JSON-RPC message a body holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Request,
+    Notification,
+    Response,
+}
+
+/// The routing view of one JSON-RPC message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message<'a> {
+    pub kind: Kind,
+    pub method: Option<&'a str>,
+    /// The raw JSON text of the id, if any.
+    pub id: Option<&'a str>,
+    /// `params.name` (tools/call, prompts/get) or `params.uri` (resources/read).
+    pub name: Option<String>,
+}
+
+/// The routing view of a whole POST body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body<'a> {
+    Single(Message<'a>),
+    Batch(Vec<Message<'a>>),
+}
+
+impl<'a> Body<'a> {
+    pub fn messages(&self) -> &[Message<'a>] {
+        match self {
+            Body::Single(m) => std::slice::from_ref(m),
+            Body::Batch(v) => v,
+        }
+    }
+
+    /// True when the body holds at least one request (so a response stream is expected).
+    pub fn has_request(&self) -> bool {
+        self.messages().iter().any(|m| m.kind == Kind::Request)
+    }
+
+    pub fn is_initialize(&self) -> bool {
+        matches!(self, Body::Single(m) if m.method == Some("initialize"))
+    }
+
+    /// The single method, or "batch".
+    pub fn method_label(&self) -> &'a str {
+        match self {
+            Body::Single(m) => m.method.unwrap_or("response"),
+            Body::Batch(_) => "batch",
+        }
+    }
+}
+
+/// Why a body is not acceptable JSON-RPC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClassifyError {
+    /// Not JSON at all: -32700.
+    Parse(String),
+    /// JSON but not JSON-RPC 2.0: -32600.
+    Invalid(&'static str),
+}
+
+#[derive(Deserialize)]
+struct Peek<'a> {
+    #[serde(borrow)]
+    jsonrpc: Option<&'a str>,
+    #[serde(borrow)]
+    method: Option<&'a str>,
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    params: Option<&'a RawValue>,
+    #[serde(borrow)]
+    result: Option<&'a RawValue>,
+    #[serde(borrow)]
+    error: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct NamedParams {
+    name: Option<String>,
+    uri: Option<String>,
+}
+
+/// Classifies a POST body without building a DOM.
+pub fn classify(body: &[u8]) -> Result<Body<'_>, ClassifyError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'[') {
+        let items: Vec<&RawValue> =
+            serde_json::from_slice(body).map_err(|e| ClassifyError::Parse(e.to_string()))?;
+        if items.is_empty() {
+            return Err(ClassifyError::Invalid("empty batch"));
+        }
+        let msgs = items
+            .iter()
+            .map(|raw| classify_one(raw.get().as_bytes()))
+            .collect::<Result<_, _>>()?;
+        return Ok(Body::Batch(msgs));
+    }
+    classify_one(body).map(Body::Single)
+}
+
+fn classify_one(body: &[u8]) -> Result<Message<'_>, ClassifyError> {
+    let peek: Peek<'_> = serde_json::from_slice(body).map_err(|e| {
+        if e.is_data() {
+            ClassifyError::Invalid("not a JSON-RPC object")
+        } else {
+            ClassifyError::Parse(e.to_string())
+        }
+    })?;
+    if peek.jsonrpc != Some("2.0") {
+        return Err(ClassifyError::Invalid("jsonrpc must be \"2.0\""));
+    }
+    let id = peek.id.map(RawValue::get);
+    let kind = match (
+        peek.method,
+        id,
+        peek.result.is_some() || peek.error.is_some(),
+    ) {
+        (Some(_), Some(_), false) => Kind::Request,
+        (Some(_), None, false) => Kind::Notification,
+        (None, Some(_), true) => Kind::Response,
+        _ => {
+            return Err(ClassifyError::Invalid(
+                "not a request, notification or response",
+            ))
+        }
+    };
+    let name = match (peek.method, peek.params) {
+        (Some("tools/call" | "prompts/get" | "resources/read"), Some(p)) => {
+            let named: NamedParams = serde_json::from_str(p.get())
+                .map_err(|_| ClassifyError::Invalid("params must be an object"))?;
+            if peek.method == Some("resources/read") {
+                named.uri
+            } else {
+                named.name
+            }
+        }
+        _ => None,
+    };
+    Ok(Message {
+        kind,
+        method: peek.method,
+        id,
+        name,
+    })
+}
+
+/// Checks the 2026-07-28 routing headers against the body. Returns the mismatch message.
+pub fn check_stateless_headers(
+    msg: &Message<'_>,
+    mcp_method: Option<&str>,
+    mcp_name: Option<&str>,
+) -> Result<(), String> {
+    if msg.kind == Kind::Response {
+        return Err("a 2026-07-28 client must not POST responses".into());
+    }
+    let Some(method) = msg.method else {
+        return Err("missing method".into());
+    };
+    if msg.kind == Kind::Request {
+        match mcp_method {
+            None => return Err("Header mismatch: Mcp-Method header is required".into()),
+            Some(h) if h != method => {
+                return Err(format!(
+                    "Header mismatch: Mcp-Method header value '{h}' does not match body value '{method}'"
+                ));
+            }
+            Some(_) => {}
+        }
+    } else if let Some(h) = mcp_method.filter(|h| *h != method) {
+        return Err(format!(
+            "Header mismatch: Mcp-Method header value '{h}' does not match body value '{method}'"
+        ));
+    }
+    if matches!(method, "tools/call" | "prompts/get" | "resources/read")
+        && msg.kind == Kind::Request
+    {
+        let body = msg.name.as_deref().unwrap_or("");
+        let header = match mcp_name {
+            None => return Err("Header mismatch: Mcp-Name header is required".into()),
+            Some(h) => decode_header_value(h)
+                .ok_or_else(|| format!("Header mismatch: invalid Mcp-Name value '{h}'"))?,
+        };
+        if header != body {
+            return Err(format!(
+                "Header mismatch: Mcp-Name header value '{header}' does not match body value '{body}'"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Decodes an `Mcp-Name`/`Mcp-Param-*` value, including the `=?base64?…?=` form.
+pub fn decode_header_value(v: &str) -> Option<String> {
+    match v
+        .strip_prefix("=?base64?")
+        .and_then(|r| r.strip_suffix("?="))
+    {
+        Some(b64) => String::from_utf8(base64_decode(b64)?).ok(),
+        None => Some(v.to_string()),
+    }
+}
+
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    fn val(c: u8) -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    }
+    let s = s.trim_end_matches('=').as_bytes();
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    for chunk in s.chunks(4) {
+        let mut acc = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            acc |= val(*c)? << (18 - 6 * i);
+        }
+        let bytes = acc.to_be_bytes();
+        match chunk.len() {
+            4 => out.extend_from_slice(&bytes[1..4]),
+            3 => out.extend_from_slice(&bytes[1..3]),
+            2 => out.push(bytes[1]),
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+/// Length of a gateway session id: 2 hex shard + 8 hex slot + 32 hex secret.
+pub const SESSION_ID_LEN: usize = 42;
+
+/// The parts of a gateway session id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionId {
+    pub shard: u8,
+    pub slot: u32,
+    pub secret: u128,
+}
+
+impl SessionId {
+    pub fn encode(&self) -> String {
+        format!("{:02x}{:08x}{:032x}", self.shard, self.slot, self.secret)
+    }
+
+    /// Parses an id; anything malformed is `None` (and gets 404, like an unknown id).
+    pub fn decode(s: &[u8]) -> Option<SessionId> {
+        if s.len() != SESSION_ID_LEN
+            || !s
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
+            return None;
+        }
+        let s = std::str::from_utf8(s).ok()?;
+        Some(SessionId {
+            shard: u8::from_str_radix(&s[..2], 16).ok()?,
+            slot: u32::from_str_radix(&s[2..10], 16).ok()?,
+            secret: u128::from_str_radix(&s[10..], 16).ok()?,
+        })
+    }
+}
+
+/// 128 bits from the OS CSPRNG.
+pub fn random_secret() -> u128 {
+    let mut b = [0u8; 16];
+    // getrandom only fails when the OS has no entropy source, which Linux always has.
+    getrandom::getrandom(&mut b).expect("OS random source unavailable");
+    u128::from_le_bytes(b)
+}
+
+/// A JSON-RPC error body. `id` is raw JSON text (`null` when unknown).
+pub fn error_body(id: Option<&str>, code: i64, message: &str) -> Vec<u8> {
+    let msg = serde_json::to_string(message).unwrap_or_else(|_| "\"error\"".into());
+    format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":{},\"error\":{{\"code\":{code},\"message\":{msg}}}}}",
+        id.unwrap_or("null")
+    )
+    .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_kinds() {
+        let b =
+            classify(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}"#)
+                .unwrap();
+        assert_eq!(
+            b,
+            Body::Single(Message {
+                kind: Kind::Request,
+                method: Some("tools/call"),
+                id: Some("1"),
+                name: Some("echo".into())
+            })
+        );
+        let n = classify(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).unwrap();
+        assert_eq!(n.messages()[0].kind, Kind::Notification);
+        assert!(!n.has_request());
+        let r = classify(br#"{"jsonrpc":"2.0","id":"a","result":{}}"#).unwrap();
+        assert_eq!(r.messages()[0].kind, Kind::Response);
+        assert_eq!(r.messages()[0].id, Some("\"a\""));
+    }
+
+    #[test]
+    fn resources_read_uses_uri() {
+        let b = classify(
+            br#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///a"}}"#,
+        )
+        .unwrap();
+        assert_eq!(b.messages()[0].name.as_deref(), Some("file:///a"));
+    }
+
+    #[test]
+    fn rejects_bad_json_and_bad_rpc() {
+        assert!(matches!(
+            classify(b"{not json"),
+            Err(ClassifyError::Parse(_))
+        ));
+        assert!(matches!(
+            classify(br#"{"id":1,"method":"x"}"#),
+            Err(ClassifyError::Invalid(_))
+        ));
+        assert!(matches!(classify(b"[]"), Err(ClassifyError::Invalid(_))));
+        assert!(matches!(classify(b"42"), Err(ClassifyError::Invalid(_))));
+        assert!(matches!(
+            classify(br#"{"jsonrpc":"2.0","id":1}"#),
+            Err(ClassifyError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn batches() {
+        let b = classify(
+            br#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","method":"n"}]"#,
+        )
+        .unwrap();
+        assert_eq!(b.messages().len(), 2);
+        assert!(b.has_request());
+        assert_eq!(b.method_label(), "batch");
+    }
+
+    #[test]
+    fn versions() {
+        assert!(Version::parse("2025-03-26").unwrap().allows_batch());
+        assert!(!Version::parse("2025-06-18").unwrap().allows_batch());
+        assert!(Version::parse("2026-07-28").unwrap().is_stateless());
+        assert!(Version::parse("2099-01-01").is_none());
+        assert_eq!(Version::assumed().as_str(), DEFAULT_ASSUMED_VERSION);
+        assert_eq!(Version::stateless().as_str(), STATELESS_VERSION);
+    }
+
+    #[test]
+    fn stateless_header_checks() {
+        let body = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}"#;
+        let b = classify(body).unwrap();
+        let m = &b.messages()[0];
+        assert!(check_stateless_headers(m, Some("tools/call"), Some("echo")).is_ok());
+        assert!(
+            check_stateless_headers(m, Some("tools/call"), Some("=?base64?ZWNobw==?=")).is_ok()
+        );
+        assert!(check_stateless_headers(m, Some("tools/list"), Some("echo")).is_err());
+        assert!(check_stateless_headers(m, Some("tools/call"), Some("add")).is_err());
+        assert!(check_stateless_headers(m, Some("tools/call"), None).is_err());
+        assert!(check_stateless_headers(m, None, Some("echo")).is_err());
+    }
+
+    #[test]
+    fn session_id_round_trip() {
+        let id = SessionId {
+            shard: 3,
+            slot: 77,
+            secret: random_secret(),
+        };
+        let s = id.encode();
+        assert_eq!(s.len(), SESSION_ID_LEN);
+        assert!(s.bytes().all(|b| (0x21..=0x7e).contains(&b)));
+        assert_eq!(SessionId::decode(s.as_bytes()), Some(id));
+        assert_eq!(SessionId::decode(b"short"), None);
+        assert_eq!(SessionId::decode(s.to_uppercase().as_bytes()), None);
+        assert_ne!(random_secret(), random_secret());
+    }
+
+    #[test]
+    fn error_body_is_json() {
+        let b = error_body(Some("7"), code::PARSE_ERROR, "bad \"json\"");
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["id"], 7);
+        assert_eq!(v["error"]["code"], -32700);
+        assert_eq!(v["error"]["message"], "bad \"json\"");
+    }
+}

@@ -1,0 +1,801 @@
+//! The request pipeline. `serve` drives one client connection; `exchange` wires one request
+//! through every stage, top to bottom:
+//!
+//! read head → affinity (hand the connection to the session's owner shard) → validate Host,
+//! Origin, path → read body → classify JSON-RPC → version rules → session lookup or creation →
+//! forward upstream → relay the response (JSON, chunked, or SSE event by event) → metrics.
+//!
+//! Invariants: every error becomes exactly one response built by `Error`; a connection whose
+//! request body was not fully read is closed, never reused; an upstream connection goes back to
+//! the pool only after its response was read to the end.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use monoio::io::{AsyncWriteRentExt, Canceller};
+use monoio::net::TcpStream;
+
+use crate::error::{Error, Kind, Result};
+use crate::http::{self, BodyDecoder, BodyKind, HeadBody, Method, RequestHead, ResponseHead};
+use crate::mcp::{self, SessionId, Version};
+use crate::metrics::{gauge_add, inc, method_index};
+use crate::relay;
+use crate::shard::{ClientConn, Shard};
+use crate::upstream::UpConn;
+
+/// The endpoint path MCP clients use.
+pub const MCP_PATH: &str = "/mcp";
+
+/// What a finished exchange leaves behind.
+pub struct Outcome {
+    pub status: u16,
+    /// The connection can carry another request.
+    pub reusable: bool,
+}
+
+/// Serves one client connection until it closes, fails, idles out, or moves to another shard.
+pub async fn serve(shard: Rc<Shard>, mut conn: ClientConn) {
+    loop {
+        let head = match next_head(&shard, &mut conn).await {
+            Ok(Some(h)) => h,
+            Ok(None) => return,
+            Err(e) => {
+                let _ = write_error(&shard, &mut conn.stream, &e, false).await;
+                shard.stats.count_request("invalid", e.status());
+                return;
+            }
+        };
+        if let Some(owner) = foreign_owner(&shard, &head) {
+            match conn.hand_off(owner) {
+                Ok(()) => return,
+                Err(back) => {
+                    conn = *back;
+                    shard.stats.count_rejection("handoff_queue");
+                    let e = Error::new(Kind::Overloaded("handoff_queue"), "");
+                    let _ = write_error(&shard, &mut conn.stream, &e, false).await;
+                    return;
+                }
+            }
+        }
+        if !exchange(&shard, &mut conn, head).await || shard.shutdown.is_set() {
+            return;
+        }
+        conn.rb.shrink_if_idle();
+    }
+}
+
+/// The shard owning the session a request names, when it is not this one.
+fn foreign_owner(shard: &Shard, head: &RequestHead) -> Option<usize> {
+    if stateless_version(head) {
+        return None;
+    }
+    let id = SessionId::decode(head.headers.get("mcp-session-id")?)?;
+    let owner = id.shard as usize;
+    (owner != shard.id && owner < shard.shared.config.shards).then_some(owner)
+}
+
+fn stateless_version(head: &RequestHead) -> bool {
+    head.headers.get_str("mcp-protocol-version") == Some(mcp::STATELESS_VERSION)
+}
+
+/// Reads the next request head. `Ok(None)`: the client closed or idled out between requests.
+async fn next_head(shard: &Shard, conn: &mut ClientConn) -> Result<Option<RequestHead>> {
+    let limits = http::HeadLimits {
+        max_head_bytes: shard.config().limits.max_head_bytes,
+        max_headers: shard.config().limits.max_headers,
+    };
+    let started = Instant::now();
+    loop {
+        if let Some(head) = http::parse_request(conn.rb.data(), limits)? {
+            return Ok(Some(head));
+        }
+        let idle = conn.rb.data().is_empty();
+        let t = &shard.config().timeouts;
+        let wait = if idle {
+            t.keepalive_idle
+        } else {
+            t.client_head.saturating_sub(started.elapsed())
+        };
+        match read_with_deadline(shard, conn, wait, idle).await {
+            Ok(0) if idle => return Ok(None),
+            Ok(0) => {
+                return Err(Error::new(
+                    Kind::BadHttp(http::HttpError::Malformed("connection closed mid-head")),
+                    "",
+                ))
+            }
+            Ok(_) => {}
+            Err(_) if idle => return Ok(None),
+            Err(_) => {
+                return Err(Error::new(
+                    Kind::ClientTimeout,
+                    "request head not received in time",
+                ))
+            }
+        }
+    }
+}
+
+/// Reads more client bytes, giving up after `wait` (or at shutdown when `idle`). The read is
+/// cancelled, not dropped, so bytes that raced the timeout are kept.
+async fn read_with_deadline(
+    shard: &Shard,
+    conn: &mut ClientConn,
+    wait: Duration,
+    idle: bool,
+) -> std::io::Result<usize> {
+    if idle && shard.shutdown.is_set() {
+        return Ok(0);
+    }
+    let canceller = Canceller::new();
+    let read = conn
+        .rb
+        .fill_cancelable(&mut conn.stream, canceller.handle());
+    let mut read = std::pin::pin!(read);
+    let done = monoio::select! {
+        r = &mut read => Some(r),
+        _ = monoio::time::sleep(wait) => None,
+        _ = shard.shutdown.wait(), if idle => None,
+    };
+    match done {
+        Some(r) => r,
+        None => {
+            let _ = canceller.cancel();
+            read.await
+        }
+    }
+}
+
+/// Runs one request through the pipeline. Returns whether the connection stays open.
+async fn exchange(shard: &Rc<Shard>, conn: &mut ClientConn, head: RequestHead) -> bool {
+    let started = Instant::now();
+    conn.rb.consume(head.head_len);
+    let mut ex = Exchange {
+        method: method_label(head.method),
+        body_pending: head.body != BodyKind::None,
+    };
+    let result = route(shard, conn, &head, &mut ex).await;
+    let (status, reusable) = match result {
+        Ok(out) => (out.status, out.reusable),
+        Err(e) => {
+            log_error(shard, &e);
+            let close = e.closes_connection() || ex.body_pending || !head.keep_alive;
+            let ok = write_error(shard, &mut conn.stream, &e, !close)
+                .await
+                .is_ok();
+            (e.status(), ok && !close)
+        }
+    };
+    shard.stats.count_request(ex.method, status);
+    shard.record_latency(started);
+    reusable && head.keep_alive && !ex.body_pending
+}
+
+/// Per-request facts gathered along the pipeline.
+struct Exchange {
+    method: &'static str,
+    body_pending: bool,
+}
+
+fn method_label(m: Method) -> &'static str {
+    match m {
+        Method::Get => "GET",
+        Method::Delete => "DELETE",
+        _ => "other",
+    }
+}
+
+async fn route(
+    shard: &Rc<Shard>,
+    conn: &mut ClientConn,
+    head: &RequestHead,
+    ex: &mut Exchange,
+) -> Result<Outcome> {
+    let path = head.path.split('?').next().unwrap_or("");
+    if path != MCP_PATH {
+        return Err(Error::new(Kind::NotFound, format!("no endpoint at {path}")));
+    }
+    let policy = &shard.config().origins;
+    if head.minor == 1 && !policy.host_ok(head.headers.get_str("host")) {
+        return Err(Error::new(Kind::MisdirectedHost, ""));
+    }
+    if !policy.origin_ok(head.headers.get_str("origin")) {
+        return Err(Error::new(Kind::ForbiddenOrigin, ""));
+    }
+    let version = header_version(head)?;
+    match head.method {
+        Method::Post => post(shard, conn, head, ex, version).await,
+        Method::Get if version.is_some_and(Version::is_stateless) => Err(stateless_405()),
+        Method::Get => get(shard, conn, head).await,
+        Method::Delete if version.is_some_and(Version::is_stateless) => Err(stateless_405()),
+        Method::Delete => delete(shard, conn, head).await,
+        _ => Err(Error::new(Kind::MethodNotAllowed, head.method.as_str())),
+    }
+}
+
+fn stateless_405() -> Error {
+    Error::new(
+        Kind::MethodNotAllowed,
+        "protocol version 2026-07-28 is POST only",
+    )
+}
+
+/// The MCP-Protocol-Version header: absent is fine (assume 2025-03-26), unknown is a 400.
+fn header_version(head: &RequestHead) -> Result<Option<Version>> {
+    match head.headers.get_str("mcp-protocol-version") {
+        None => Ok(None),
+        Some(v) => Version::parse(v).map(Some).ok_or_else(|| {
+            Error::new(
+                Kind::UnsupportedVersion,
+                format!(
+                    "'{v}' is not supported; supported: {}",
+                    mcp::KNOWN_VERSIONS.join(", ")
+                ),
+            )
+        }),
+    }
+}
+
+async fn post(
+    shard: &Rc<Shard>,
+    conn: &mut ClientConn,
+    head: &RequestHead,
+    ex: &mut Exchange,
+    version: Option<Version>,
+) -> Result<Outcome> {
+    let body = read_body(shard, conn, head).await?;
+    ex.body_pending = false;
+    let parsed = mcp::classify(&body).map_err(|e| match e {
+        mcp::ClassifyError::Parse(why) => Error::new(Kind::ParseError, why),
+        mcp::ClassifyError::Invalid(why) => Error::new(Kind::InvalidRequest, why),
+    })?;
+    ex.method = static_method(parsed.method_label());
+    let first_id = parsed
+        .messages()
+        .first()
+        .and_then(|m| m.id)
+        .map(str::to_string);
+    let fail = |e: Error| e.with_id(first_id.as_deref());
+    if version.is_some_and(Version::is_stateless) {
+        return stateless_post(shard, conn, head, &body, &parsed)
+            .await
+            .map_err(fail);
+    }
+    let v = version.unwrap_or_else(Version::assumed);
+    if matches!(parsed, mcp::Body::Batch(_)) && !v.allows_batch() {
+        return Err(fail(Error::new(
+            Kind::InvalidRequest,
+            format!("batches are not allowed in protocol version {}", v.as_str()),
+        )));
+    }
+    let expects_stream = parsed.has_request();
+    match head.headers.get("mcp-session-id") {
+        Some(raw) => {
+            let (id, upstream_sid) = lookup_session(shard, raw).map_err(fail)?;
+            let req = UpRequest {
+                method: Method::Post,
+                head,
+                body: Some(&body),
+                upstream_sid: upstream_sid.as_deref(),
+            };
+            let out = forward(shard, conn, req, None, expects_stream)
+                .await
+                .map_err(fail)?;
+            after_session_request(shard, &id, out.status);
+            Ok(out)
+        }
+        None if parsed.is_initialize() => initialize(shard, conn, head, &body).await.map_err(fail),
+        None => {
+            let req = UpRequest {
+                method: Method::Post,
+                head,
+                body: Some(&body),
+                upstream_sid: None,
+            };
+            forward(shard, conn, req, None, expects_stream)
+                .await
+                .map_err(fail)
+        }
+    }
+}
+
+/// 2026-07-28: no session; the routing headers must agree with the body; one message per POST.
+async fn stateless_post(
+    shard: &Rc<Shard>,
+    conn: &mut ClientConn,
+    head: &RequestHead,
+    body: &[u8],
+    parsed: &mcp::Body<'_>,
+) -> Result<Outcome> {
+    let mcp::Body::Single(msg) = parsed else {
+        return Err(Error::new(
+            Kind::InvalidRequest,
+            "protocol version 2026-07-28 allows one message per POST",
+        ));
+    };
+    mcp::check_stateless_headers(
+        msg,
+        head.headers.get_str("mcp-method"),
+        head.headers.get_str("mcp-name"),
+    )
+    .map_err(|why| Error::new(Kind::HeaderMismatch, why))?;
+    let req = UpRequest {
+        method: Method::Post,
+        head,
+        body: Some(body),
+        upstream_sid: None,
+    };
+    forward(shard, conn, req, None, msg.kind == mcp::Kind::Request).await
+}
+
+/// Forwards `initialize` under a session permit; mints the gateway's session on success.
+async fn initialize(
+    shard: &Rc<Shard>,
+    conn: &mut ClientConn,
+    head: &RequestHead,
+    body: &[u8],
+) -> Result<Outcome> {
+    if !shard.shared.sessions.try_acquire() {
+        shard.stats.count_rejection("sessions");
+        return Err(Error::new(Kind::Overloaded("sessions"), ""));
+    }
+    let version = requested_version(body);
+    let mut minted: Option<SessionId> = None;
+    let mut on_head = |resp: &ResponseHead| -> Option<String> {
+        let up = resp
+            .headers
+            .get_str("mcp-session-id")
+            .filter(|_| (200..300).contains(&resp.status))?;
+        let id = shard
+            .sessions
+            .borrow_mut()
+            .insert(Some(Rc::from(up)), version, Instant::now());
+        inc(&shard.stats.sessions_created);
+        gauge_add(&shard.stats.sessions, 1);
+        minted = Some(id);
+        Some(id.encode())
+    };
+    let req = UpRequest {
+        method: Method::Post,
+        head,
+        body: Some(body),
+        upstream_sid: None,
+    };
+    let result = forward(shard, conn, req, Some(&mut on_head), true).await;
+    if minted.is_none() {
+        // The upstream made no session (error, or a sessionless server): give the permit back.
+        shard.shared.sessions.release();
+    }
+    result
+}
+
+fn requested_version(body: &[u8]) -> Version {
+    #[derive(serde::Deserialize)]
+    struct P<'a> {
+        #[serde(borrow, rename = "protocolVersion")]
+        v: Option<&'a str>,
+    }
+    #[derive(serde::Deserialize)]
+    struct R<'a> {
+        #[serde(borrow)]
+        params: Option<P<'a>>,
+    }
+    serde_json::from_slice::<R<'_>>(body)
+        .ok()
+        .and_then(|r| r.params?.v.and_then(Version::parse))
+        .unwrap_or_else(Version::assumed)
+}
+
+/// Resolves a client's session id to the upstream's. Unknown, malformed or foreign: 404.
+fn lookup_session(shard: &Shard, raw: &[u8]) -> Result<(SessionId, Option<Rc<str>>)> {
+    let id = SessionId::decode(raw).ok_or_else(|| Error::new(Kind::UnknownSession, ""))?;
+    let mut sessions = shard.sessions.borrow_mut();
+    let s = sessions
+        .get_mut(&id)
+        .ok_or_else(|| Error::new(Kind::UnknownSession, ""))?;
+    s.last_seen = Instant::now();
+    Ok((id, s.upstream_sid.clone()))
+}
+
+/// The upstream says it no longer knows the session: end it here too.
+fn after_session_request(shard: &Shard, id: &SessionId, status: u16) {
+    if status == 404 {
+        end_session_local(shard, id);
+    }
+}
+
+fn end_session_local(shard: &Shard, id: &SessionId) -> Option<crate::session::Session> {
+    let s = shard.sessions.borrow_mut().remove(id)?;
+    shard.shared.sessions.release();
+    gauge_add(&shard.stats.sessions, -1);
+    inc(&shard.stats.sessions_ended);
+    Some(s)
+}
+
+async fn get(shard: &Rc<Shard>, conn: &mut ClientConn, head: &RequestHead) -> Result<Outcome> {
+    let upstream_sid = match head.headers.get("mcp-session-id") {
+        Some(raw) => lookup_session(shard, raw)?.1,
+        None => None,
+    };
+    let req = UpRequest {
+        method: Method::Get,
+        head,
+        body: None,
+        upstream_sid: upstream_sid.as_deref(),
+    };
+    forward(shard, conn, req, None, true).await
+}
+
+async fn delete(shard: &Rc<Shard>, conn: &mut ClientConn, head: &RequestHead) -> Result<Outcome> {
+    let raw = head
+        .headers
+        .get("mcp-session-id")
+        .ok_or_else(|| Error::new(Kind::SessionRequired, ""))?;
+    let (id, upstream_sid) = lookup_session(shard, raw)?;
+    let Some(upstream_sid) = upstream_sid else {
+        end_session_local(shard, &id);
+        write_simple(&mut conn.stream, 200, b"", true).await?;
+        return Ok(Outcome {
+            status: 200,
+            reusable: true,
+        });
+    };
+    let req = UpRequest {
+        method: Method::Delete,
+        head,
+        body: None,
+        upstream_sid: Some(&upstream_sid),
+    };
+    let out = forward(shard, conn, req, None, false).await?;
+    // 405 means the upstream keeps sessions alive until they expire: so does the gateway.
+    if (200..300).contains(&out.status) || out.status == 404 {
+        end_session_local(shard, &id);
+    }
+    Ok(out)
+}
+
+/// Reads a whole request body, bounded by `max_body_bytes`.
+async fn read_body(shard: &Shard, conn: &mut ClientConn, head: &RequestHead) -> Result<Bytes> {
+    let max = shard.config().limits.max_body_bytes;
+    if let BodyKind::Length(n) = head.body {
+        if n > max as u64 {
+            return Err(http::HttpError::BodyTooLarge.into());
+        }
+    }
+    let mut decoder = BodyDecoder::new(head.body);
+    let mut body = Vec::new();
+    let mut too_large = false;
+    let started = Instant::now();
+    loop {
+        let done = decoder.decode(&mut conn.rb, &mut |d: &[u8]| {
+            if body.len() + d.len() > max {
+                too_large = true;
+            } else {
+                body.extend_from_slice(d);
+            }
+        })?;
+        if too_large {
+            return Err(http::HttpError::BodyTooLarge.into());
+        }
+        if done {
+            return Ok(Bytes::from(body));
+        }
+        let wait = shard
+            .config()
+            .timeouts
+            .client_head
+            .saturating_sub(started.elapsed());
+        match read_with_deadline(shard, conn, wait, false).await {
+            Ok(0) => return Err(http::HttpError::Malformed("body truncated").into()),
+            Ok(_) => {}
+            Err(_) => {
+                return Err(Error::new(
+                    Kind::ClientTimeout,
+                    "request body not received in time",
+                ))
+            }
+        }
+    }
+}
+
+/// What goes upstream.
+pub struct UpRequest<'a> {
+    pub method: Method,
+    pub head: &'a RequestHead,
+    pub body: Option<&'a [u8]>,
+    pub upstream_sid: Option<&'a str>,
+}
+
+/// Headers forwarded from the client as they are. Authorization, Cookie, Origin and Host never
+/// are: the gateway authenticates upstream with its own credentials and names its own Host.
+const FORWARDED: [&str; 5] = [
+    "accept",
+    "mcp-protocol-version",
+    "mcp-method",
+    "mcp-name",
+    "last-event-id",
+];
+
+fn encode_request(out: &mut Vec<u8>, req: &UpRequest<'_>, up: &crate::config::UpstreamConfig) {
+    out.extend_from_slice(req.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(up.path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(up.authority.as_bytes());
+    out.extend_from_slice(b"\r\nuser-agent: shardcat\r\n");
+    if let Some(auth) = &up.authorization {
+        push_header(out, "authorization", auth.as_bytes());
+    }
+    if req.head.headers.get("accept").is_none() {
+        push_header(out, "accept", b"application/json, text/event-stream");
+    }
+    for (name, value) in req.head.headers.iter() {
+        let lower = name.to_ascii_lowercase();
+        if FORWARDED.contains(&lower.as_str()) || lower.starts_with("mcp-param-") {
+            push_header(out, name, value);
+        }
+    }
+    if let Some(sid) = req.upstream_sid {
+        push_header(out, "mcp-session-id", sid.as_bytes());
+    }
+    match req.body {
+        Some(b) => {
+            push_header(out, "content-type", b"application/json");
+            push_header(out, "content-length", b.len().to_string().as_bytes());
+            out.extend_from_slice(b"\r\n");
+            out.extend_from_slice(b);
+        }
+        None => out.extend_from_slice(b"\r\n"),
+    }
+}
+
+fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Called with the upstream's response head; may return a gateway session id to announce.
+pub type OnHead<'a> = Option<&'a mut dyn FnMut(&ResponseHead) -> Option<String>>;
+
+/// Sends `req` upstream and relays the response to the client.
+async fn forward(
+    shard: &Rc<Shard>,
+    conn: &mut ClientConn,
+    req: UpRequest<'_>,
+    on_head: OnHead<'_>,
+    _expects_stream: bool,
+) -> Result<Outcome> {
+    let mut wire = Vec::with_capacity(512 + req.body.map_or(0, <[u8]>::len));
+    encode_request(&mut wire, &req, shard.pool.config());
+    let (mut up, wire) = send_request(shard, wire).await?;
+    drop(wire);
+    let mut urb = http::ReadBuf::from_vec(shard.take_buffer());
+    let resp = match read_response_head(shard, &mut up, &mut urb, req.method).await {
+        Ok(r) => r,
+        Err(e) => {
+            inc(&shard.stats.upstream_errors);
+            shard.give_buffer(urb.into_vec());
+            return Err(e);
+        }
+    };
+    let session_header = on_head.and_then(|f| f(&resp));
+    let end = relay::relay(shard, conn, up, urb, &resp, session_header.as_deref()).await;
+    Ok(Outcome {
+        status: resp.status,
+        reusable: end.client_ok,
+    })
+}
+
+/// Writes the request on a pooled connection. A reused connection that fails on write was
+/// closed by the upstream while idle, before reading anything: retry once on a fresh one.
+async fn send_request(shard: &Rc<Shard>, wire: Vec<u8>) -> Result<(UpConn, Vec<u8>)> {
+    let mut wire = wire;
+    for _ in 0..2 {
+        let mut up = shard.pool.checkout().await.inspect_err(|e| {
+            if let Kind::Overloaded(w) = e.kind {
+                shard.stats.count_rejection(w);
+            } else {
+                inc(&shard.stats.upstream_errors);
+            }
+        })?;
+        let (res, back) = up.stream().write_all(wire).await;
+        wire = back;
+        match res {
+            Ok(_) => return Ok((up, wire)),
+            Err(e) if up.reused => {
+                log::debug!(
+                    "shard {}: reused upstream connection failed on write: {e}",
+                    shard.id
+                );
+                inc(&shard.stats.pool_discarded);
+            }
+            Err(e) => {
+                inc(&shard.stats.upstream_errors);
+                return Err(Error::new(Kind::UpstreamConnect, e.to_string()));
+            }
+        }
+    }
+    inc(&shard.stats.upstream_errors);
+    Err(Error::new(
+        Kind::UpstreamConnect,
+        "upstream closed the connection",
+    ))
+}
+
+/// Reads the upstream's final response head within the request timeout (1xx are skipped).
+async fn read_response_head(
+    shard: &Shard,
+    up: &mut UpConn,
+    urb: &mut http::ReadBuf,
+    method: Method,
+) -> Result<ResponseHead> {
+    let limits = http::HeadLimits::default();
+    let deadline = Instant::now() + shard.config().timeouts.upstream_request;
+    loop {
+        match http::parse_response(urb.data(), limits, method == Method::Head) {
+            Ok(Some(h)) if h.status < 200 => {
+                urb.consume(h.head_len);
+                continue;
+            }
+            Ok(Some(h)) => {
+                urb.consume(h.head_len);
+                return Ok(h);
+            }
+            Ok(None) => {}
+            Err(e) => return Err(Error::new(Kind::UpstreamProtocol, e.to_string())),
+        }
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match relay::read_upstream(up, urb, wait).await {
+            Ok(0) => {
+                return Err(Error::new(
+                    Kind::UpstreamConnect,
+                    "upstream closed before responding",
+                ))
+            }
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {
+                return Err(Error::new(
+                    Kind::UpstreamTimeout,
+                    "no response head in time",
+                ));
+            }
+            Err(e) => return Err(Error::new(Kind::UpstreamConnect, e.to_string())),
+        }
+    }
+}
+
+/// Writes an error response. `keep` says whether the connection stays open afterwards.
+pub async fn write_error(
+    shard: &Shard,
+    stream: &mut TcpStream,
+    e: &Error,
+    keep: bool,
+) -> std::io::Result<()> {
+    let body = e.body();
+    let mut out = Vec::with_capacity(256 + body.len());
+    let mut extra = Vec::new();
+    extra.extend_from_slice(b"content-type: application/json\r\n");
+    if e.retryable() && e.status() == 503 {
+        extra.extend_from_slice(
+            format!("retry-after: {}\r\n", shard.config().limits.retry_after_s).as_bytes(),
+        );
+    }
+    if e.status() == 405 {
+        extra.extend_from_slice(b"allow: POST, GET, DELETE\r\n");
+    }
+    if !keep {
+        extra.extend_from_slice(b"connection: close\r\n");
+    }
+    http::write_response_head(&mut out, e.status(), &extra, HeadBody::Length(body.len()));
+    out.extend_from_slice(&body);
+    let (res, _) = stream.write_all(out).await;
+    res.map(|_| ())
+}
+
+async fn write_simple(stream: &mut TcpStream, status: u16, body: &[u8], keep: bool) -> Result<()> {
+    let mut out = Vec::with_capacity(128 + body.len());
+    let extra: &[u8] = if keep { b"" } else { b"connection: close\r\n" };
+    http::write_response_head(&mut out, status, extra, HeadBody::Length(body.len()));
+    out.extend_from_slice(body);
+    let (res, _) = stream.write_all(out).await;
+    res.map(|_| ())
+        .map_err(|e| Error::new(Kind::Internal, e.to_string()))
+}
+
+/// Answers a connection that is not admitted with a 503 and closes it.
+pub async fn reject(shard: Rc<Shard>, mut stream: TcpStream, kind: Kind) {
+    let e = Error::new(kind, "");
+    let _ = write_error(&shard, &mut stream, &e, false).await;
+}
+
+fn log_error(shard: &Shard, e: &Error) {
+    match e.side() {
+        crate::error::Side::Client => {
+            inc(&shard.stats.client_errors);
+            log::debug!("shard {}: client error: {e}", shard.id);
+        }
+        crate::error::Side::Upstream => log::warn!("shard {}: upstream error: {e}", shard.id),
+        crate::error::Side::Internal => log::info!("shard {}: {e}", shard.id),
+    }
+}
+
+/// Maps a classified method to its metrics label (a static string from the label table).
+fn static_method(m: &str) -> &'static str {
+    crate::metrics::METHODS[method_index(m)]
+}
+
+/// Ends sessions idle past the configured timeout, locally and upstream.
+pub fn expire_sessions(shard: &Rc<Shard>, now: Instant) {
+    let Some(deadline) = now.checked_sub(shard.config().timeouts.session_idle) else {
+        return;
+    };
+    let idle = shard.sessions.borrow().idle_since(deadline);
+    for id in idle {
+        if let Some(s) = end_session_local(shard, &id) {
+            inc(&shard.stats.sessions_expired);
+            log::info!("shard {}: session expired after idling", shard.id);
+            if let Some(up) = s.upstream_sid {
+                let timeout = shard.config().timeouts.upstream_request;
+                monoio::spawn(delete_upstream(shard.clone(), up, timeout));
+            }
+        }
+    }
+}
+
+/// Ends every session of the shard upstream (shutdown), all at once, within `within`.
+pub async fn end_all_sessions(shard: &Rc<Shard>, within: Duration) {
+    let ids = shard.sessions.borrow().all();
+    let mut tasks = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(s) = end_session_local(shard, &id) {
+            if let Some(up) = s.upstream_sid {
+                tasks.push(monoio::spawn(delete_upstream(shard.clone(), up, within)));
+            }
+        }
+    }
+    let n = tasks.len();
+    for t in tasks {
+        t.await;
+    }
+    if n > 0 {
+        log::info!("shard {}: ended {n} sessions upstream", shard.id);
+    }
+}
+
+/// Sends DELETE for an upstream session, bounded by `timeout`; the answer is read and dropped.
+async fn delete_upstream(shard: Rc<Shard>, upstream_sid: Rc<str>, timeout: Duration) {
+    let fut = async {
+        let mut up = shard.pool.checkout().await.ok()?;
+        let cfg = shard.pool.config();
+        let mut wire = format!(
+            "DELETE {} HTTP/1.1\r\nhost: {}\r\nmcp-session-id: {upstream_sid}\r\n",
+            cfg.path, cfg.authority
+        );
+        if let Some(a) = &cfg.authorization {
+            wire.push_str(&format!("authorization: {a}\r\n"));
+        }
+        wire.push_str("content-length: 0\r\n\r\n");
+        let (res, _) = up.stream().write_all(wire.into_bytes()).await;
+        res.ok()?;
+        let mut urb = http::ReadBuf::default();
+        let head = read_response_head(&shard, &mut up, &mut urb, Method::Delete)
+            .await
+            .ok()?;
+        let reusable =
+            relay::drain_body(&mut up, &mut urb, head.body, timeout).await && head.keep_alive;
+        if reusable {
+            shard.pool.checkin(up);
+        }
+        Some(head.status)
+    };
+    match monoio::time::timeout(timeout, fut).await {
+        Ok(Some(status)) => log::debug!("shard {}: upstream DELETE answered {status}", shard.id),
+        _ => log::info!(
+            "shard {}: upstream DELETE for an ended session failed or timed out",
+            shard.id
+        ),
+    }
+}

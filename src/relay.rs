@@ -1,0 +1,421 @@
+//! Relays an upstream response body to the client, in one of three shapes:
+//! - a Content-Length body, coalesced with the head into as few writes as possible;
+//! - any other non-SSE body, re-chunked as it arrives;
+//! - `text/event-stream`, event by event: a reader task splits upstream bytes into events and
+//!   pushes them into a queue bounded by `max_pending_events`; the writer flushes each event as
+//!   it arrives. A slow client fills the queue, the reader stops reading, and TCP pushes back on
+//!   the upstream.
+//!
+//! Invariant: the upstream connection returns to the pool only when its body was read exactly
+//! to its end and the upstream allowed keep-alive; on every other path it is closed.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use monoio::io::{AsyncWriteRentExt, CancelHandle, Canceller};
+
+use crate::http::{self, BodyDecoder, BodyKind, HeadBody, ReadBuf, ResponseHead, SseSplitter};
+use crate::metrics::{gauge_add, inc};
+use crate::shard::{ClientConn, Shard};
+use crate::sync::LocalQueue;
+use crate::upstream::UpConn;
+
+/// Bytes gathered before a write is issued while relaying a body.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
+
+/// Response headers relayed from the upstream. Everything else (Set-Cookie, the upstream's own
+/// session id, hop-by-hop fields) stays behind.
+const RELAYED: [&str; 7] = [
+    "content-type",
+    "cache-control",
+    "mcp-protocol-version",
+    "retry-after",
+    "allow",
+    "x-accel-buffering",
+    "content-encoding",
+];
+
+pub struct RelayEnd {
+    /// The client connection is in a clean state for another request.
+    pub client_ok: bool,
+}
+
+/// Relays `resp` (whose head was already read into `urb`) to the client.
+pub async fn relay(
+    shard: &Rc<Shard>,
+    conn: &mut ClientConn,
+    up: UpConn,
+    urb: ReadBuf,
+    resp: &ResponseHead,
+    session_header: Option<&str>,
+) -> RelayEnd {
+    let sse = http::is_event_stream(resp.headers.get("content-type"));
+    match resp.body {
+        BodyKind::None => {
+            let framing = if resp.status == 204 || resp.status == 304 {
+                HeadBody::None
+            } else {
+                HeadBody::Length(0)
+            };
+            let head = client_head(resp, session_header, framing, false);
+            finish_upstream(shard, up, urb, resp.keep_alive);
+            let (res, _) = conn.stream.write_all(head).await;
+            RelayEnd {
+                client_ok: res.is_ok(),
+            }
+        }
+        _ if sse => relay_sse(shard, conn, up, urb, resp, session_header).await,
+        BodyKind::Length(n) => relay_length(shard, conn, up, urb, resp, session_header, n).await,
+        _ => relay_rechunk(shard, conn, up, urb, resp, session_header).await,
+    }
+}
+
+/// Returns the connection to the pool if its response ended cleanly, and the buffer to the shard.
+fn finish_upstream(shard: &Shard, up: UpConn, urb: ReadBuf, keep_alive: bool) {
+    if keep_alive && urb.data().is_empty() {
+        shard.pool.checkin(up);
+    }
+    shard.give_buffer(urb.into_vec());
+}
+
+fn client_head(
+    resp: &ResponseHead,
+    session_header: Option<&str>,
+    body: HeadBody,
+    sse: bool,
+) -> Vec<u8> {
+    let mut extra = Vec::with_capacity(256);
+    let mut saw_buffering = false;
+    let mut saw_cache = false;
+    for (name, value) in resp.headers.iter() {
+        let Some(keep) = RELAYED.iter().find(|h| name.eq_ignore_ascii_case(h)) else {
+            continue;
+        };
+        saw_buffering |= *keep == "x-accel-buffering";
+        saw_cache |= *keep == "cache-control";
+        extra.extend_from_slice(keep.as_bytes());
+        extra.extend_from_slice(b": ");
+        extra.extend_from_slice(value);
+        extra.extend_from_slice(b"\r\n");
+    }
+    if sse && !saw_buffering {
+        extra.extend_from_slice(b"x-accel-buffering: no\r\n");
+    }
+    if sse && !saw_cache {
+        extra.extend_from_slice(b"cache-control: no-cache\r\n");
+    }
+    if let Some(sid) = session_header {
+        extra.extend_from_slice(b"mcp-session-id: ");
+        extra.extend_from_slice(sid.as_bytes());
+        extra.extend_from_slice(b"\r\n");
+    }
+    let mut out = Vec::with_capacity(extra.len() + 64);
+    http::write_response_head(&mut out, resp.status, &extra, body);
+    out
+}
+
+/// Reads more upstream bytes, giving up after `wait` with an `ECANCELED` error.
+pub async fn read_upstream(
+    up: &mut UpConn,
+    urb: &mut ReadBuf,
+    wait: Duration,
+) -> std::io::Result<usize> {
+    let canceller = Canceller::new();
+    let read = urb.fill_cancelable(up.stream(), canceller.handle());
+    let mut read = std::pin::pin!(read);
+    let done = monoio::select! {
+        r = &mut read => Some(r),
+        _ = monoio::time::sleep(wait) => None,
+    };
+    match done {
+        Some(r) => r,
+        None => {
+            let _ = canceller.cancel();
+            match read.await {
+                Ok(n) => Ok(n),
+                Err(_) => Err(std::io::Error::from_raw_os_error(libc::ECANCELED)),
+            }
+        }
+    }
+}
+
+/// Reads and discards a body. Returns true when it ended cleanly.
+pub async fn drain_body(
+    up: &mut UpConn,
+    urb: &mut ReadBuf,
+    kind: BodyKind,
+    wait: Duration,
+) -> bool {
+    let mut dec = BodyDecoder::new(kind);
+    loop {
+        match dec.decode(urb, &mut |_| {}) {
+            Ok(true) => return kind != BodyKind::Close && urb.data().is_empty(),
+            Ok(false) => {}
+            Err(_) => return false,
+        }
+        match read_upstream(up, urb, wait).await {
+            Ok(0) | Err(_) => return false,
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn relay_length(
+    shard: &Rc<Shard>,
+    conn: &mut ClientConn,
+    mut up: UpConn,
+    mut urb: ReadBuf,
+    resp: &ResponseHead,
+    session_header: Option<&str>,
+    len: u64,
+) -> RelayEnd {
+    let mut out = client_head(resp, session_header, HeadBody::Length(len as usize), false);
+    let mut left = len;
+    let wait = shard.config().timeouts.upstream_request;
+    loop {
+        let take = (left.min(urb.data().len() as u64)) as usize;
+        out.extend_from_slice(&urb.data()[..take]);
+        urb.consume(take);
+        left -= take as u64;
+        if left == 0 {
+            break;
+        }
+        if out.len() >= WRITE_BATCH_BYTES {
+            let (res, back) = conn.stream.write_all(out).await;
+            if res.is_err() {
+                shard.give_buffer(urb.into_vec());
+                return RelayEnd { client_ok: false };
+            }
+            out = back;
+            out.clear();
+        }
+        match read_upstream(&mut up, &mut urb, wait).await {
+            Ok(n) if n > 0 => {}
+            _ => {
+                // The upstream broke its promised length: the client cannot get a whole body.
+                inc(&shard.stats.upstream_errors);
+                let _ = conn.stream.write_all(out).await;
+                shard.give_buffer(urb.into_vec());
+                return RelayEnd { client_ok: false };
+            }
+        }
+    }
+    finish_upstream(shard, up, urb, resp.keep_alive);
+    let (res, _) = conn.stream.write_all(out).await;
+    RelayEnd {
+        client_ok: res.is_ok(),
+    }
+}
+
+async fn relay_rechunk(
+    shard: &Rc<Shard>,
+    conn: &mut ClientConn,
+    mut up: UpConn,
+    mut urb: ReadBuf,
+    resp: &ResponseHead,
+    session_header: Option<&str>,
+) -> RelayEnd {
+    let mut out = client_head(resp, session_header, HeadBody::Chunked, false);
+    let mut dec = BodyDecoder::new(resp.body);
+    let wait = shard.config().timeouts.upstream_request;
+    while let Ok(done) = dec.decode(&mut urb, &mut |d: &[u8]| http::encode_chunk(&mut out, d)) {
+        if done {
+            out.extend_from_slice(http::LAST_CHUNK);
+            let reusable = resp.body != BodyKind::Close && resp.keep_alive;
+            finish_upstream(shard, up, urb, reusable);
+            let (res, _) = conn.stream.write_all(out).await;
+            return RelayEnd {
+                client_ok: res.is_ok(),
+            };
+        }
+        if !out.is_empty() {
+            let (res, back) = conn.stream.write_all(out).await;
+            if res.is_err() {
+                shard.give_buffer(urb.into_vec());
+                return RelayEnd { client_ok: false };
+            }
+            out = back;
+            out.clear();
+        }
+        match read_upstream(&mut up, &mut urb, wait).await {
+            Ok(0) if dec.finish_on_eof().is_ok() => {}
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+    }
+    // Upstream failed mid-body: end the client connection without the last chunk, so the
+    // client sees a truncated response rather than a complete one.
+    inc(&shard.stats.upstream_errors);
+    let _ = conn.stream.write_all(out).await;
+    shard.give_buffer(urb.into_vec());
+    RelayEnd { client_ok: false }
+}
+
+/// How the SSE reader task ended.
+enum ReadEnd {
+    /// The upstream body ended cleanly.
+    Complete,
+    /// Upstream error, cancellation, or the writer went away.
+    Broken,
+}
+
+async fn relay_sse(
+    shard: &Rc<Shard>,
+    conn: &mut ClientConn,
+    up: UpConn,
+    urb: ReadBuf,
+    resp: &ResponseHead,
+    session_header: Option<&str>,
+) -> RelayEnd {
+    let head = client_head(resp, session_header, HeadBody::Chunked, true);
+    let (res, _) = conn.stream.write_all(head).await;
+    if res.is_err() {
+        shard.give_buffer(urb.into_vec());
+        return RelayEnd { client_ok: false };
+    }
+    gauge_add(&shard.stats.sse_streams, 1);
+    let queue = LocalQueue::new(shard.config().limits.max_pending_events);
+    let canceller = Canceller::new();
+    let reader = monoio::spawn(read_events(
+        shard.clone(),
+        up,
+        urb,
+        resp.body,
+        resp.keep_alive,
+        queue.clone(),
+        canceller.handle(),
+    ));
+    let end = write_events(shard, conn, &queue).await;
+    queue.close();
+    if end != WriteEnd::UpstreamDone {
+        let _ = canceller.cancel();
+    }
+    let outcome = reader.await;
+    gauge_add(&shard.stats.sse_streams, -1);
+    let complete = matches!(outcome, ReadEnd::Complete);
+    if end == WriteEnd::UpstreamDone && complete {
+        let (res, _) = conn.stream.write_all(http::LAST_CHUNK).await;
+        return RelayEnd {
+            client_ok: res.is_ok(),
+        };
+    }
+    if end == WriteEnd::Shutdown {
+        // End the stream cleanly so the client knows to reconnect elsewhere.
+        let _ = conn.stream.write_all(http::LAST_CHUNK).await;
+    }
+    RelayEnd { client_ok: false }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum WriteEnd {
+    UpstreamDone,
+    ClientGone,
+    Shutdown,
+}
+
+/// Flushes events to the client as they arrive, with `:` keepalive comments while idle.
+async fn write_events(shard: &Shard, conn: &mut ClientConn, queue: &LocalQueue<Bytes>) -> WriteEnd {
+    let keepalive = shard.config().timeouts.sse_keepalive;
+    let mut out = Vec::with_capacity(4096);
+    loop {
+        let next = monoio::select! {
+            ev = queue.pop() => Some(ev),
+            _ = monoio::time::sleep(keepalive) => None,
+            _ = shard.shutdown.wait() => return WriteEnd::Shutdown,
+        };
+        out.clear();
+        match next {
+            Some(Some(ev)) => {
+                http::encode_chunk(&mut out, &ev);
+                let mut n = 1;
+                while out.len() < WRITE_BATCH_BYTES {
+                    let Some(more) = queue.try_pop() else { break };
+                    http::encode_chunk(&mut out, &more);
+                    n += 1;
+                }
+                shard
+                    .stats
+                    .sse_events
+                    .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            }
+            Some(None) => return WriteEnd::UpstreamDone,
+            None => http::encode_chunk(&mut out, b":\n\n"),
+        }
+        let (res, back) = conn.stream.write_all(out).await;
+        out = back;
+        if res.is_err() {
+            return WriteEnd::ClientGone;
+        }
+    }
+}
+
+/// The reader half of an SSE relay: upstream bytes → events → bounded queue.
+async fn read_events(
+    shard: Rc<Shard>,
+    mut up: UpConn,
+    mut urb: ReadBuf,
+    kind: BodyKind,
+    keep_alive: bool,
+    queue: LocalQueue<Bytes>,
+    cancel: CancelHandle,
+) -> ReadEnd {
+    let mut dec = BodyDecoder::new(kind);
+    let mut split = SseSplitter::new(shard.config().limits.max_event_bytes);
+    let cap = shard.config().limits.max_pending_events;
+    let end = loop {
+        let done = match dec.decode(&mut urb, &mut |d: &[u8]| split.push(d)) {
+            Ok(d) => d,
+            Err(_) => break ReadEnd::Broken,
+        };
+        let mut failed = false;
+        loop {
+            match split.next_event() {
+                Ok(Some(ev)) => {
+                    if queue.len() >= cap {
+                        inc(&shard.stats.sse_backpressure_waits);
+                    }
+                    if queue.push(ev).await.is_err() {
+                        failed = true;
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if failed {
+            break ReadEnd::Broken;
+        }
+        if done {
+            let rest = split.take_rest();
+            if !rest.is_empty() && queue.push(rest).await.is_err() {
+                break ReadEnd::Broken;
+            }
+            break ReadEnd::Complete;
+        }
+        match urb.fill_cancelable(up.stream(), cancel.clone()).await {
+            Ok(0) => {
+                if dec.finish_on_eof().is_err() {
+                    break ReadEnd::Broken;
+                }
+            }
+            Ok(_) => {}
+            Err(_) => break ReadEnd::Broken,
+        }
+    };
+    queue.close();
+    match end {
+        ReadEnd::Complete => {
+            finish_upstream(&shard, up, urb, keep_alive && kind != BodyKind::Close)
+        }
+        ReadEnd::Broken => {
+            shard.give_buffer(urb.into_vec());
+            drop(up);
+        }
+    }
+    end
+}

@@ -1,0 +1,243 @@
+//! Shard-local async primitives (single thread, no atomics, no locks): a bounded queue that
+//! applies backpressure, and a one-shot event many tasks can wait on.
+//!
+//! Invariant: waiter storage is bounded by the number of live futures; a future that is
+//! dropped removes its waker.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+
+use slab::Slab;
+
+/// A one-shot, shard-local event (used for shutdown).
+#[derive(Default)]
+pub struct LocalEvent {
+    set: Cell<bool>,
+    waiters: RefCell<Slab<Waker>>,
+}
+
+impl LocalEvent {
+    pub fn set(&self) {
+        self.set.set(true);
+        for w in self.waiters.borrow_mut().drain() {
+            w.wake();
+        }
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.set.get()
+    }
+
+    pub fn wait(&self) -> impl Future<Output = ()> + '_ {
+        EventWait {
+            event: self,
+            key: None,
+        }
+    }
+}
+
+struct EventWait<'a> {
+    event: &'a LocalEvent,
+    key: Option<usize>,
+}
+
+impl Future for EventWait<'_> {
+    type Output = ();
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        if self.event.set.get() {
+            return Poll::Ready(());
+        }
+        let mut waiters = self.event.waiters.borrow_mut();
+        match self.key {
+            Some(k) if waiters.contains(k) => waiters[k].clone_from(cx.waker()),
+            _ => {
+                let k = waiters.insert(cx.waker().clone());
+                drop(waiters);
+                self.key = Some(k);
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for EventWait<'_> {
+    fn drop(&mut self) {
+        if let Some(k) = self.key {
+            let mut waiters = self.event.waiters.borrow_mut();
+            if waiters.contains(k) {
+                waiters.remove(k);
+            }
+        }
+    }
+}
+
+struct QueueState<T> {
+    items: VecDeque<T>,
+    cap: usize,
+    closed: bool,
+    rx_waker: Option<Waker>,
+    tx_waker: Option<Waker>,
+}
+
+/// A bounded single-producer single-consumer queue between two tasks of one shard.
+pub struct LocalQueue<T> {
+    state: Rc<RefCell<QueueState<T>>>,
+}
+
+impl<T> Clone for LocalQueue<T> {
+    fn clone(&self) -> Self {
+        LocalQueue {
+            state: self.state.clone(),
+        }
+    }
+}
+
+impl<T> LocalQueue<T> {
+    pub fn new(cap: usize) -> LocalQueue<T> {
+        assert!(cap > 0, "queue capacity must be positive");
+        let state = QueueState {
+            items: VecDeque::with_capacity(cap.min(64)),
+            cap,
+            closed: false,
+            rx_waker: None,
+            tx_waker: None,
+        };
+        LocalQueue {
+            state: Rc::new(RefCell::new(state)),
+        }
+    }
+
+    /// Waits for room, then enqueues. `Err(item)` if the queue was closed.
+    pub async fn push(&self, item: T) -> Result<(), T> {
+        let mut item = Some(item);
+        poll_fn(|cx| {
+            let mut s = self.state.borrow_mut();
+            if s.closed {
+                return Poll::Ready(Err(item.take().expect("polled after completion")));
+            }
+            if s.items.len() >= s.cap {
+                s.tx_waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            s.items
+                .push_back(item.take().expect("polled after completion"));
+            if let Some(w) = s.rx_waker.take() {
+                w.wake();
+            }
+            Poll::Ready(Ok(()))
+        })
+        .await
+    }
+
+    /// Waits for an item. `None` once the queue is closed and empty.
+    pub async fn pop(&self) -> Option<T> {
+        poll_fn(|cx| self.poll_pop(cx)).await
+    }
+
+    fn poll_pop(&self, cx: &mut std::task::Context<'_>) -> Poll<Option<T>> {
+        let mut s = self.state.borrow_mut();
+        if let Some(item) = s.items.pop_front() {
+            if let Some(w) = s.tx_waker.take() {
+                w.wake();
+            }
+            return Poll::Ready(Some(item));
+        }
+        if s.closed {
+            return Poll::Ready(None);
+        }
+        s.rx_waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// Takes an item if one is ready, without waiting.
+    pub fn try_pop(&self) -> Option<T> {
+        let mut s = self.state.borrow_mut();
+        let item = s.items.pop_front();
+        if item.is_some() {
+            if let Some(w) = s.tx_waker.take() {
+                w.wake();
+            }
+        }
+        item
+    }
+
+    /// Closes the queue: pushes fail, pops drain what is left then end.
+    pub fn close(&self) {
+        let mut s = self.state.borrow_mut();
+        s.closed = true;
+        if let Some(w) = s.rx_waker.take() {
+            w.wake();
+        }
+        if let Some(w) = s.tx_waker.take() {
+            w.wake();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.state.borrow().items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rt() -> monoio::Runtime<monoio::time::TimeDriver<monoio::LegacyDriver>> {
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn queue_applies_backpressure() {
+        rt().block_on(async {
+            let q = LocalQueue::new(2);
+            q.push(1).await.unwrap();
+            q.push(2).await.unwrap();
+            let q2 = q.clone();
+            let pushed = Rc::new(Cell::new(false));
+            let p2 = pushed.clone();
+            let h = monoio::spawn(async move {
+                q2.push(3).await.unwrap();
+                p2.set(true);
+            });
+            monoio::time::sleep(std::time::Duration::from_millis(5)).await;
+            assert!(!pushed.get(), "push must wait while the queue is full");
+            assert_eq!(q.pop().await, Some(1));
+            h.await;
+            assert!(pushed.get());
+            assert_eq!(q.len(), 2);
+            q.close();
+            assert_eq!(q.pop().await, Some(2));
+            assert_eq!(q.pop().await, Some(3));
+            assert_eq!(q.pop().await, None);
+            assert_eq!(q.push(4).await, Err(4));
+        });
+    }
+
+    #[test]
+    fn event_wakes_waiters_and_forgets_dropped_ones() {
+        rt().block_on(async {
+            let ev = Rc::new(LocalEvent::default());
+            {
+                let w = ev.wait();
+                let _ = monoio::time::timeout(std::time::Duration::from_millis(1), w).await;
+            }
+            assert_eq!(ev.waiters.borrow().len(), 0);
+            let e2 = ev.clone();
+            let h = monoio::spawn(async move { e2.wait().await });
+            monoio::time::sleep(std::time::Duration::from_millis(2)).await;
+            ev.set();
+            h.await;
+            assert!(ev.is_set());
+        });
+    }
+}

@@ -1,0 +1,203 @@
+//! The shard's upstream HTTP connection pool: bounded (open and idle counts), LIFO keep-alive
+//! reuse, idle timeout, and a liveness check before reuse.
+//!
+//! Invariant: an `UpConn` is either given back with `Pool::checkin` after a response was read to
+//! its end, or dropped, which closes the socket. Both paths keep the open/idle gauges exact, so
+//! no path (error, timeout, client gone) can leak a connection.
+
+use std::cell::{Cell, RefCell};
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use monoio::net::TcpStream;
+
+use crate::config::UpstreamConfig;
+use crate::error::{Error, Kind, Result};
+use crate::metrics::{gauge_add, inc, ShardStats};
+
+struct Idle {
+    stream: TcpStream,
+    since: Instant,
+}
+
+pub struct Pool {
+    cfg: UpstreamConfig,
+    connect_timeout: std::time::Duration,
+    idle: RefCell<Vec<Idle>>,
+    open: Cell<usize>,
+    stats: Arc<ShardStats>,
+}
+
+/// A checked-out upstream connection.
+pub struct UpConn {
+    stream: Option<TcpStream>,
+    pub reused: bool,
+    pool: Rc<Pool>,
+}
+
+impl UpConn {
+    pub fn stream(&mut self) -> &mut TcpStream {
+        self.stream.as_mut().expect("UpConn used after checkin")
+    }
+}
+
+impl Drop for UpConn {
+    fn drop(&mut self) {
+        if self.stream.take().is_some() {
+            self.pool.open.set(self.pool.open.get() - 1);
+            gauge_add(&self.pool.stats.pool_open, -1);
+        }
+    }
+}
+
+impl Pool {
+    pub fn new(
+        cfg: UpstreamConfig,
+        connect_timeout: std::time::Duration,
+        stats: Arc<ShardStats>,
+    ) -> Pool {
+        Pool {
+            cfg,
+            connect_timeout,
+            idle: RefCell::new(Vec::new()),
+            open: Cell::new(0),
+            stats,
+        }
+    }
+
+    pub fn config(&self) -> &UpstreamConfig {
+        &self.cfg
+    }
+
+    /// A live connection: the most recently used idle one, or a new one.
+    pub async fn checkout(self: &Rc<Self>) -> Result<UpConn> {
+        let now = Instant::now();
+        while let Some(idle) = self.pop_idle() {
+            if now.duration_since(idle.since) < self.cfg.pool_idle_timeout
+                && peer_still_open(&idle.stream)
+            {
+                inc(&self.stats.pool_reuses);
+                return Ok(UpConn {
+                    stream: Some(idle.stream),
+                    reused: true,
+                    pool: self.clone(),
+                });
+            }
+            inc(&self.stats.pool_discarded);
+            self.forget_open();
+        }
+        if self.open.get() >= self.cfg.pool_max_connections {
+            return Err(Error::new(Kind::Overloaded("upstream_pool"), ""));
+        }
+        // Count the connection as open before awaiting, so concurrent checkouts respect the bound.
+        self.open.set(self.open.get() + 1);
+        gauge_add(&self.stats.pool_open, 1);
+        let guard = UpConn {
+            stream: None,
+            reused: false,
+            pool: self.clone(),
+        };
+        let stream =
+            match monoio::time::timeout(self.connect_timeout, TcpStream::connect(self.cfg.addr))
+                .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    self.forget_open();
+                    drop(guard);
+                    return Err(Error::new(Kind::UpstreamConnect, e.to_string()));
+                }
+                Err(_) => {
+                    self.forget_open();
+                    drop(guard);
+                    return Err(Error::new(Kind::UpstreamTimeout, "connect timed out"));
+                }
+            };
+        let _ = stream.set_nodelay(true);
+        inc(&self.stats.pool_connects);
+        let mut conn = guard;
+        conn.stream = Some(stream);
+        Ok(conn)
+    }
+
+    fn pop_idle(&self) -> Option<Idle> {
+        let idle = self.idle.borrow_mut().pop();
+        if idle.is_some() {
+            gauge_add(&self.stats.pool_idle, -1);
+        }
+        idle
+    }
+
+    fn forget_open(&self) {
+        self.open.set(self.open.get() - 1);
+        gauge_add(&self.stats.pool_open, -1);
+    }
+
+    /// Returns a connection whose last response was fully read and allowed keep-alive.
+    pub fn checkin(&self, mut conn: UpConn) {
+        let Some(stream) = conn.stream.take() else {
+            return;
+        };
+        let mut idle = self.idle.borrow_mut();
+        if idle.len() >= self.cfg.pool_max_idle {
+            drop(idle);
+            self.forget_open();
+            return;
+        }
+        idle.push(Idle {
+            stream,
+            since: Instant::now(),
+        });
+        gauge_add(&self.stats.pool_idle, 1);
+    }
+
+    /// Closes idle connections past the idle timeout.
+    pub fn sweep(&self, now: Instant) {
+        let timeout = self.cfg.pool_idle_timeout;
+        let mut idle = self.idle.borrow_mut();
+        let before = idle.len();
+        idle.retain(|c| now.duration_since(c.since) < timeout);
+        let closed = before - idle.len();
+        drop(idle);
+        for _ in 0..closed {
+            gauge_add(&self.stats.pool_idle, -1);
+            self.forget_open();
+        }
+    }
+
+    /// Closes every idle connection (shutdown).
+    pub fn clear(&self) {
+        let n = std::mem::take(&mut *self.idle.borrow_mut()).len();
+        for _ in 0..n {
+            gauge_add(&self.stats.pool_idle, -1);
+            self.forget_open();
+        }
+    }
+
+    pub fn open(&self) -> usize {
+        self.open.get()
+    }
+
+    pub fn idle(&self) -> usize {
+        self.idle.borrow().len()
+    }
+}
+
+/// Whether an idle socket is still open with nothing unread: a closed peer (EOF) or stray bytes
+/// both make it unfit for the next request.
+fn peer_still_open(stream: &TcpStream) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: the fd is owned by `stream` and open for this call; recv writes at most one byte
+    // into a valid local.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+}
