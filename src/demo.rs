@@ -7,6 +7,7 @@
 //! interval_ms}`, which streams `count` progress notifications over SSE before its result. A GET
 //! with a session opens a stream of `notifications/message` events, one every
 //! `push_interval_ms`, each carrying a sequence number and a send timestamp (µs since the epoch).
+//! `GET /stats` reports how many sessions it holds, so tests can see sessions end upstream.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -135,6 +136,17 @@ async fn read_body(stream: &mut TcpStream, rb: &mut ReadBuf, kind: BodyKind) -> 
 
 /// Handles one request; returns whether the connection can be reused.
 async fn handle(demo: &Rc<Demo>, s: &mut TcpStream, head: &RequestHead, body: &[u8]) -> bool {
+    if head.path == "/stats" {
+        let stats = json!({"sessions": demo.sessions.borrow().len()}).to_string();
+        return reply(
+            s,
+            200,
+            b"content-type: application/json\r\n",
+            stats.as_bytes(),
+            true,
+        )
+        .await;
+    }
     if head.path.split('?').next() != Some("/mcp") {
         return reply_rpc_error(s, 404, None, mcp::code::SERVER_ERROR, "not found").await;
     }
@@ -393,7 +405,9 @@ async fn progress(s: &mut TcpStream, msg: &Value, id: &Value, args: &Value) -> b
         }
         out = back;
         out.clear();
-        monoio::time::sleep(interval).await;
+        if !interval.is_zero() {
+            monoio::time::sleep(interval).await;
+        }
     }
     let result = rpc_result(
         id,

@@ -1,0 +1,608 @@
+//! End-to-end tests of the gateway: the real binary on loopback ports in front of the real demo
+//! upstream (or a misbehaving upstream run by the test), spoken to with raw HTTP/1.1.
+
+#[path = "support/process.rs"]
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use support::*;
+
+const V: (&str, &str) = ("mcp-protocol-version", "2025-06-18");
+
+#[test]
+fn session_lifecycle_json_and_sse() {
+    let demo = demo();
+    let gw = gateway(&demo_url(&demo), 2, None);
+    let addr = gw.addr("listen");
+    let sid = initialize(addr);
+    assert_eq!(sid.len(), 42, "gateway id, not the upstream's: {sid}");
+    assert!(!sid.starts_with("demo-"));
+    let s = ("mcp-session-id", sid.as_str());
+    assert_eq!(post(addr, &[s, V], INITIALIZED).status, 202);
+    let r = post(addr, &[s, V], &echo_call(2, "hello"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["result"]["content"][0]["text"], "hello");
+    assert_eq!(r.json()["id"], 2);
+    // SSE: progress notifications precede the result, each as its own event.
+    let body = r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"progress","arguments":{"count":4,"interval_ms":5}}}"#;
+    let r = post(addr, &[s, V], body);
+    assert_eq!(r.status, 200);
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/event-stream"));
+    assert_eq!(r.header("x-accel-buffering"), Some("no"));
+    let text = r.text();
+    assert_eq!(text.matches("notifications/progress").count(), 4, "{text}");
+    assert!(text.find("notifications/progress").unwrap() < text.find("\"id\":3").unwrap());
+    // GET stream relays server notifications.
+    let mut c = Client::connect(addr);
+    c.send_raw(format!("GET /mcp HTTP/1.1\r\nhost: {addr}\r\naccept: text/event-stream\r\nmcp-session-id: {sid}\r\n\r\n").as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("\"seq\":2") {
+        let n = c.stream.read(&mut buf).expect("GET stream data");
+        assert!(n > 0, "GET stream closed early");
+        got.extend_from_slice(&buf[..n]);
+    }
+    drop(c);
+    // DELETE ends it upstream and here.
+    let del = format!("DELETE /mcp HTTP/1.1\r\nhost: {addr}\r\nmcp-session-id: {sid}\r\n\r\n");
+    assert_eq!(raw(addr, del.as_bytes()).status, 200);
+    assert_eq!(post(addr, &[s, V], &echo_call(4, "x")).status, 404);
+    assert_eq!(get(demo.addr("demo"), "/stats").json()["sessions"], 0);
+    let admin = gw.addr("admin");
+    assert!(eventually(Duration::from_secs(5), || metric(
+        admin,
+        "shardcat_sessions{shard=\"all\"}"
+    ) == 0.0));
+    assert!(eventually(Duration::from_secs(5), || metric(
+        admin,
+        "shardcat_connections{shard=\"all\"}"
+    ) == 0.0));
+}
+
+#[test]
+fn stateless_2026_07_28_and_versions_side_by_side() {
+    let demo = demo();
+    let gw = gateway(&demo_url(&demo), 2, None);
+    let addr = gw.addr("listen");
+    let sid = initialize(addr);
+    let body = r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"echo","arguments":{"text":"sl"},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}"#;
+    let sl = [
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "echo"),
+        ("mcp-param-region", "eu"),
+    ];
+    for _ in 0..3 {
+        let r = post(addr, &sl, body);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["result"]["content"][0]["text"], "sl");
+        assert!(r.header("mcp-session-id").is_none());
+        // The session-based client keeps working at the same time.
+        let r = post(addr, &[("mcp-session-id", &sid), V], &echo_call(1, "sb"));
+        assert_eq!(r.json()["result"]["content"][0]["text"], "sb");
+    }
+    let wrong = [
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "add"),
+    ];
+    let r = post(addr, &wrong, body);
+    assert_eq!((r.status, r.rpc_code()), (400, -32020));
+    assert_eq!(r.json()["id"], 9);
+    let missing = [("mcp-protocol-version", "2026-07-28")];
+    assert_eq!(post(addr, &missing, body).rpc_code(), -32020);
+    let g =
+        format!("GET /mcp HTTP/1.1\r\nhost: {addr}\r\nmcp-protocol-version: 2026-07-28\r\n\r\n");
+    assert_eq!(raw(addr, g.as_bytes()).status, 405);
+    let d =
+        format!("DELETE /mcp HTTP/1.1\r\nhost: {addr}\r\nmcp-protocol-version: 2026-07-28\r\n\r\n");
+    assert_eq!(raw(addr, d.as_bytes()).status, 405);
+}
+
+#[test]
+fn bad_input_gets_exact_errors_and_the_shard_survives() {
+    let demo = demo();
+    let toml = "[limits]\nmax_body_bytes = 2048\nmax_head_bytes = 1024\nmax_headers = 16\n";
+    let gw = gateway(&demo_url(&demo), 1, Some(toml));
+    let addr = gw.addr("listen");
+    // Malformed HTTP: 400, then close.
+    let mut c = Client::connect(addr);
+    c.send_raw(b"POST /mcp HTTP/1.1\r\nhost: x\r\nbad header line\r\n\r\n")
+        .unwrap();
+    let r = c.read_response().unwrap();
+    assert_eq!(r.status, 400);
+    assert!(c.is_closed(), "connection must close after malformed HTTP");
+    // Malformed JSON: 400 with -32700, connection stays usable.
+    let mut c = Client::connect(addr);
+    let r = c.post(addr, &[], "{nope").unwrap();
+    assert_eq!((r.status, r.rpc_code()), (400, -32700));
+    assert_eq!(c.post(addr, &[], INIT).unwrap().status, 200);
+    // Not JSON-RPC: -32600.
+    assert_eq!(post(addr, &[], r#"{"id":1}"#).rpc_code(), -32600);
+    // A batch where the version forbids it.
+    let sid = initialize(addr);
+    let batch = format!("[{},{}]", echo_call(1, "a"), echo_call(2, "b"));
+    let r = post(addr, &[("mcp-session-id", &sid), V], &batch);
+    assert_eq!((r.status, r.rpc_code()), (400, -32600));
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("batch"));
+    // Unsupported protocol version.
+    let r = post(
+        addr,
+        &[
+            ("mcp-session-id", &sid),
+            ("mcp-protocol-version", "1999-01-01"),
+        ],
+        &echo_call(1, "a"),
+    );
+    assert_eq!((r.status, r.rpc_code()), (400, -32022));
+    // Oversized body: 413.
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"ping","params":{{"pad":"{}"}}}}"#,
+        "x".repeat(4096)
+    );
+    assert_eq!(post(addr, &[], &big).status, 413);
+    // Oversized head and too many headers: 431.
+    let long = format!(
+        "POST /mcp HTTP/1.1\r\nhost: {addr}\r\nx-pad: {}\r\n\r\n",
+        "y".repeat(2000)
+    );
+    assert_eq!(raw(addr, long.as_bytes()).status, 431);
+    let many: String = (0..20).map(|i| format!("x-h{i}: 1\r\n")).collect();
+    assert_eq!(
+        raw(
+            addr,
+            format!("POST /mcp HTTP/1.1\r\nhost: {addr}\r\n{many}\r\n").as_bytes()
+        )
+        .status,
+        431
+    );
+    // RFC 9112 framing.
+    let te_cl = format!("POST /mcp HTTP/1.1\r\nhost: {addr}\r\ntransfer-encoding: chunked\r\ncontent-length: 4\r\n\r\n0\r\n\r\n");
+    assert_eq!(raw(addr, te_cl.as_bytes()).status, 400);
+    let two_cl = format!("POST /mcp HTTP/1.1\r\nhost: {addr}\r\ncontent-length: 4\r\ncontent-length: 5\r\n\r\n{{}}  ");
+    assert_eq!(raw(addr, two_cl.as_bytes()).status, 400);
+    // A chunked request body is accepted.
+    let init_len = INIT.len();
+    let chunked = format!("POST /mcp HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n{init_len:x}\r\n{INIT}\r\n0\r\n\r\n");
+    assert_eq!(raw(addr, chunked.as_bytes()).status, 200);
+    // Origin and Host checks, unknown session, missing session on DELETE, wrong path.
+    assert_eq!(
+        post(addr, &[("origin", "http://evil.example")], INIT).status,
+        403
+    );
+    assert_eq!(
+        post(addr, &[("origin", "http://localhost:3000")], INIT).status,
+        200
+    );
+    let bad_host = format!(
+        "POST /mcp HTTP/1.1\r\nhost: evil.example\r\ncontent-length: {}\r\n\r\n{INIT}",
+        INIT.len()
+    );
+    assert_eq!(raw(addr, bad_host.as_bytes()).status, 421);
+    assert_eq!(
+        post(
+            addr,
+            &[
+                (
+                    "mcp-session-id",
+                    "00000000000000000000000000000000000000000f"
+                ),
+                V
+            ],
+            &echo_call(1, "a")
+        )
+        .status,
+        404
+    );
+    assert_eq!(
+        post(
+            addr,
+            &[("mcp-session-id", "not-a-session"), V],
+            &echo_call(1, "a")
+        )
+        .status,
+        404
+    );
+    assert_eq!(
+        raw(
+            addr,
+            format!("DELETE /mcp HTTP/1.1\r\nhost: {addr}\r\n\r\n").as_bytes()
+        )
+        .status,
+        400
+    );
+    assert_eq!(
+        raw(
+            addr,
+            format!("GET /other HTTP/1.1\r\nhost: {addr}\r\n\r\n").as_bytes()
+        )
+        .status,
+        404
+    );
+    // After all of that the shard still serves.
+    let r = post(addr, &[("mcp-session-id", &sid), V], &echo_call(5, "alive"));
+    assert_eq!(r.json()["result"]["content"][0]["text"], "alive");
+}
+
+#[test]
+fn upstream_refused_is_502_and_timeout_is_504() {
+    // A port with nothing listening.
+    let dead = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let gw = gateway(&format!("http://{dead_addr}/mcp"), 1, None);
+    let r = post(gw.addr("listen"), &[], INIT);
+    assert_eq!((r.status, r.rpc_code()), (502, -32000));
+    assert_eq!(r.json()["id"], 1);
+    // An upstream that accepts and never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let holder = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept() {
+            held.push(s);
+            if !held.is_empty() {
+                std::thread::sleep(Duration::from_secs(3));
+                return;
+            }
+        }
+    });
+    let gw = gateway(
+        &format!("http://{silent_addr}/mcp"),
+        1,
+        Some("[timeouts]\nupstream_request_timeout_ms = 300\n"),
+    );
+    let r = post(gw.addr("listen"), &[], INIT);
+    assert_eq!((r.status, r.rpc_code()), (504, -32000));
+    let admin = gw.addr("admin");
+    assert!(eventually(Duration::from_secs(3), || metric(
+        admin,
+        "shardcat_pool_open{shard=\"all\"}"
+    ) == 0.0));
+    holder.join().unwrap();
+}
+
+#[test]
+fn connection_and_session_limits_reject_with_503() {
+    let demo = demo();
+    let toml = "[limits]\nmax_connections = 3\nmax_sessions = 2\nretry_after_s = 7\n";
+    let gw = gateway(&demo_url(&demo), 2, Some(toml));
+    let (addr, admin) = (gw.addr("listen"), gw.addr("admin"));
+    let a = initialize(addr);
+    let _b = initialize(addr);
+    let r = post(addr, &[], INIT);
+    assert_eq!((r.status, r.header("retry-after")), (503, Some("7")));
+    assert_eq!(r.rpc_code(), -32000);
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("sessions"));
+    assert_eq!(
+        metric(
+            admin,
+            "shardcat_rejections_total{shard=\"all\",reason=\"sessions\"}"
+        ),
+        1.0
+    );
+    // Ending one session frees a slot.
+    let del = format!("DELETE /mcp HTTP/1.1\r\nhost: {addr}\r\nmcp-session-id: {a}\r\n\r\n");
+    assert_eq!(raw(addr, del.as_bytes()).status, 200);
+    initialize(addr);
+    // Connections: three held open, the fourth is turned away.
+    assert!(eventually(Duration::from_secs(3), || metric(
+        admin,
+        "shardcat_connections{shard=\"all\"}"
+    ) == 0.0));
+    let held: Vec<Client> = (0..3).map(|_| Client::connect(addr)).collect();
+    assert!(eventually(Duration::from_secs(3), || metric(
+        admin,
+        "shardcat_connections{shard=\"all\"}"
+    ) == 3.0));
+    let mut extra = Client::connect(addr);
+    let r = extra.read_response().expect("rejection response");
+    assert_eq!((r.status, r.header("retry-after")), (503, Some("7")));
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("connections"));
+    assert_eq!(
+        metric(
+            admin,
+            "shardcat_rejections_total{shard=\"all\",reason=\"connections\"}"
+        ),
+        1.0
+    );
+    drop(held);
+    assert!(eventually(Duration::from_secs(3), || metric(
+        admin,
+        "shardcat_connections{shard=\"all\"}"
+    ) == 0.0));
+    assert_eq!(
+        post(addr, &[], &echo_call(1, "x")).status,
+        400,
+        "sessionless call reaches the upstream again"
+    );
+}
+
+#[test]
+fn affinity_every_session_is_served_by_its_owner_shard() {
+    let demo = demo();
+    let gw = gateway(&demo_url(&demo), 2, None);
+    let (addr, admin) = (gw.addr("listen"), gw.addr("admin"));
+    let mut owned = [0u64; 2];
+    for i in 0..200 {
+        let sid = initialize(addr);
+        let owner = usize::from_str_radix(&sid[..2], 16).unwrap();
+        owned[owner] += 1;
+        let s = ("mcp-session-id", sid.as_str());
+        assert_eq!(post(addr, &[s, V], INITIALIZED).status, 202);
+        let r = post(addr, &[s, V], &echo_call(i, "x"));
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    // Three requests per session, every one counted on the owner shard.
+    for (shard, n) in owned.iter().enumerate() {
+        assert!(*n > 0, "both shards should own sessions: {owned:?}");
+        assert_eq!(
+            metric(
+                admin,
+                &format!("shardcat_shard_requests_total{{shard=\"{shard}\"}}")
+            ),
+            (3 * n) as f64,
+            "shard {shard}"
+        );
+    }
+    assert!(metric(admin, "shardcat_handoffs_received_total{shard=\"all\"}") > 0.0);
+    assert_eq!(
+        metric(admin, "shardcat_handoffs_sent_total{shard=\"all\"}"),
+        metric(admin, "shardcat_handoffs_received_total{shard=\"all\"}")
+    );
+}
+
+/// An upstream run by the test that misbehaves on a fixed schedule, by request number.
+fn faulty_upstream() -> (SocketAddr, std::thread::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let h = std::thread::spawn(move || {
+        let counter = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        for s in l.incoming() {
+            let Ok(s) = s else { return };
+            let counter = counter.clone();
+            std::thread::spawn(move || faulty_conn(s, &counter));
+        }
+    });
+    (addr, h)
+}
+
+fn faulty_conn(mut s: std::net::TcpStream, counter: &std::sync::atomic::AtomicU64) {
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 8192];
+    loop {
+        // Read one request head + Content-Length body.
+        let (head_len, body_len) = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..i]).to_ascii_lowercase();
+                let len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap_or(0));
+                break (i + 4, len);
+            }
+            match s.read(&mut tmp) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&tmp[..n]),
+            }
+        };
+        while buf.len() < head_len + body_len {
+            match s.read(&mut tmp) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&tmp[..n]),
+            }
+        }
+        buf.drain(..head_len + body_len);
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ok = "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}";
+        let res = match n % 10 {
+            // Close without answering.
+            3 => return,
+            // Garbage instead of HTTP.
+            5 => {
+                let _ = s.write_all(b"NOT HTTP AT ALL\r\n\r\n");
+                return;
+            }
+            // Promise more body than is sent, then close.
+            7 => {
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"jsonrpc\"");
+                return;
+            }
+            // Close-delimited body.
+            8 => {
+                let _ = s.write_all(format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{ok}").as_bytes());
+                return;
+            }
+            // Chunked SSE answer.
+            9 => s.write_all(
+                format!("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\ndata: {ok}\n\n\r\n0\r\n\r\n", ok.len() + 8)
+                    .as_bytes(),
+            ),
+            _ => s.write_all(format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{ok}", ok.len()).as_bytes()),
+        };
+        if res.is_err() {
+            return;
+        }
+    }
+}
+
+#[test]
+fn pool_survives_10k_requests_with_faults_without_leaking() {
+    let (up, _h) = faulty_upstream();
+    let toml = "[upstream]\npool_max_idle = 16\npool_max_connections = 64\n";
+    let gw = gateway(&format!("http://{up}/mcp"), 1, Some(toml));
+    let (addr, admin) = (gw.addr("listen"), gw.addr("admin"));
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    let fds_before = gw.fd_count();
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut stats = [0u64; 4]; // ok, 502, broken response, client gave up
+                let mut c = Client::connect(addr);
+                for i in 0..2500 {
+                    if i % 50 == 49 {
+                        // The client goes away mid-request.
+                        let mut gone = Client::connect(addr);
+                        let req = format!("POST /mcp HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+                        gone.send_raw(req.as_bytes()).unwrap();
+                        stats[3] += 1;
+                        continue;
+                    }
+                    match c.post(addr, &[], body) {
+                        Ok(r) if r.status == 200 => stats[0] += 1,
+                        Ok(r) if r.status == 502 => stats[1] += 1,
+                        Ok(r) => panic!("thread {t}: unexpected status {}", r.status),
+                        Err(_) => {
+                            stats[2] += 1;
+                            c = Client::connect(addr);
+                        }
+                    }
+                }
+                stats
+            })
+        })
+        .collect();
+    let mut total = [0u64; 4];
+    for t in threads {
+        for (a, b) in total.iter_mut().zip(t.join().unwrap()) {
+            *a += b;
+        }
+    }
+    assert_eq!(total.iter().sum::<u64>(), 10_000);
+    assert!(
+        total[0] > 5000 && total[1] > 500 && total[2] > 100,
+        "{total:?}"
+    );
+    // Nothing in use, idle within its bound, connections and fds back where they were.
+    assert!(eventually(Duration::from_secs(5), || metric(
+        admin,
+        "shardcat_connections{shard=\"all\"}"
+    ) == 0.0));
+    let open = metric(admin, "shardcat_pool_open{shard=\"all\"}");
+    let idle = metric(admin, "shardcat_pool_idle{shard=\"all\"}");
+    assert_eq!(open, idle, "every pooled connection is idle");
+    assert!(idle <= 16.0);
+    assert!(
+        eventually(Duration::from_secs(5), || gw.fd_count()
+            <= fds_before + idle as usize),
+        "fds before {fds_before}, now {}, idle pooled {idle}",
+        gw.fd_count()
+    );
+    assert!(metric(admin, "shardcat_upstream_errors_total{shard=\"all\"}") > 0.0);
+}
+
+#[test]
+fn slow_sse_client_gets_backpressure_and_every_event() {
+    let demo = demo();
+    let gw = gateway(
+        &demo_url(&demo),
+        1,
+        Some("[limits]\nmax_pending_events = 8\n"),
+    );
+    let (addr, admin) = (gw.addr("listen"), gw.addr("admin"));
+    let sid = initialize(addr);
+    // A small receive buffer, so the client's kernel cannot absorb the stream for it.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    let mut c = Client::from_stream(sock.into());
+    let count = 100_000;
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{{"name":"progress","arguments":{{"count":{count},"interval_ms":0}}}}}}"#
+    );
+    let req = format!(
+        "POST /mcp HTTP/1.1\r\nhost: {addr}\r\nmcp-session-id: {sid}\r\nmcp-protocol-version: 2025-06-18\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    // Read nothing for a while: the relay must stop at max_pending_events and wait.
+    c.send_raw(req.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let waits = metric(
+        admin,
+        "shardcat_sse_backpressure_waits_total{shard=\"all\"}",
+    );
+    assert!(
+        waits > 0.0,
+        "the relay should have waited for the slow client"
+    );
+    let r = c.read_response().unwrap();
+    let text = r.text();
+    assert_eq!(text.matches("notifications/progress").count(), count);
+    for seq in [1, count / 2, count] {
+        assert!(
+            text.contains(&format!("\"progress\":{seq},")),
+            "event {seq} missing"
+        );
+    }
+    assert!(text.contains("\"id\":7"));
+}
+
+#[test]
+fn sigterm_drains_in_flight_and_ends_sessions_upstream() {
+    let demo = demo();
+    let mut gw = gateway(&demo_url(&demo), 2, None);
+    let addr = gw.addr("listen");
+    let sids: Vec<String> = (0..3).map(|_| initialize(addr)).collect();
+    assert_eq!(get(demo.addr("demo"), "/stats").json()["sessions"], 3);
+    let sid = sids[0].clone();
+    let slow = std::thread::spawn(move || {
+        let body = r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"sleep","arguments":{"ms":700}}}"#;
+        post(addr, &[("mcp-session-id", &sid), V], body)
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let code = gw.terminate(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "stderr:\n{}", gw.stderr());
+    let r = slow.join().unwrap();
+    assert_eq!(r.status, 200, "the in-flight request finishes");
+    assert_eq!(r.json()["result"]["content"][0]["text"], "slept 700 ms");
+    assert_eq!(
+        get(demo.addr("demo"), "/stats").json()["sessions"],
+        0,
+        "sessions ended upstream"
+    );
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "listener closed"
+    );
+}
+
+#[test]
+fn invalid_config_is_rejected_naming_the_key() {
+    let path = std::env::temp_dir().join(format!("shardcat-bad-{}.toml", std::process::id()));
+    std::fs::write(&path, "[limits]\nmax_pending_events = 0\n").unwrap();
+    let out = std::process::Command::new(BIN)
+        .args([
+            "serve",
+            "--upstream",
+            "http://127.0.0.1:1/mcp",
+            "--config",
+            path.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("limits.max_pending_events"));
+    std::fs::write(&path, "[limits]\nmax_conections = 5\n").unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max_conections"));
+    let _ = std::fs::remove_file(&path);
+}
