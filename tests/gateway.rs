@@ -606,3 +606,138 @@ fn invalid_config_is_rejected_naming_the_key() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("max_conections"));
     let _ = std::fs::remove_file(&path);
 }
+
+/// An upstream that records every request head it receives and answers a fixed JSON body.
+fn recording_upstream() -> (SocketAddr, std::sync::mpsc::Receiver<String>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut tmp = [0u8; 4096];
+                while let Ok(n) = s.read(&mut tmp) {
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&tmp[..n]);
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..i]).to_string();
+                        let len = head
+                            .to_ascii_lowercase()
+                            .lines()
+                            .find_map(|l| {
+                                l.strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        while buf.len() < i + 4 + len {
+                            match s.read(&mut tmp) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                            }
+                        }
+                        buf.drain(..i + 4 + len);
+                        let _ = tx.send(head);
+                        let ok = "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}";
+                        let resp = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nset-cookie: up=1\r\nmcp-session-id: upstream-secret\r\ncontent-length: {}\r\n\r\n{ok}", ok.len());
+                        if s.write_all(resp.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+#[test]
+fn only_mcp_headers_reach_the_upstream() {
+    let (up, heads) = recording_upstream();
+    let toml = "[upstream]\nauthorization = \"Bearer gateway-token\"\n";
+    let gw = gateway(&format!("http://{up}/mcp"), 1, Some(toml));
+    let addr = gw.addr("listen");
+    let headers = [
+        ("authorization", "Bearer client-token"),
+        ("cookie", "sid=client"),
+        ("origin", "http://localhost:5173"),
+        ("x-internal", "1"),
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "echo"),
+        ("mcp-param-region", "eu-west"),
+    ];
+    let body =
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{}}}"#;
+    let r = post(addr, &headers, body);
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("set-cookie").is_none(),
+        "upstream cookies stay behind"
+    );
+    assert!(
+        r.header("mcp-session-id").is_none(),
+        "the upstream's session id never reaches the client"
+    );
+    let head = heads
+        .recv_timeout(Duration::from_secs(5))
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(head.contains(&format!("host: {up}")), "{head}");
+    assert!(
+        head.contains("authorization: bearer gateway-token"),
+        "{head}"
+    );
+    for gone in ["client-token", "cookie:", "origin:", "x-internal"] {
+        assert!(!head.contains(gone), "{gone} leaked upstream:\n{head}");
+    }
+    for kept in [
+        "mcp-method: tools/call",
+        "mcp-name: echo",
+        "mcp-param-region: eu-west",
+        "mcp-protocol-version: 2026-07-28",
+    ] {
+        assert!(head.contains(kept), "{kept} missing upstream:\n{head}");
+    }
+    // initialize: the upstream's id is replaced by the gateway's own.
+    let r = post(addr, &[], INIT);
+    let sid = r.header("mcp-session-id").unwrap().to_string();
+    assert_ne!(sid, "upstream-secret");
+    let _ = heads.recv_timeout(Duration::from_secs(5)).unwrap();
+    post(addr, &[("mcp-session-id", &sid), V], &echo_call(2, "x"));
+    let head = heads
+        .recv_timeout(Duration::from_secs(5))
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(head.contains("mcp-session-id: upstream-secret"), "{head}");
+}
+
+#[test]
+fn epoll_driver_serves_json_and_sse() {
+    let demo = demo();
+    let gw = gateway(&demo_url(&demo), 2, Some("[server]\ndriver = \"legacy\"\n"));
+    assert!(eventually(Duration::from_secs(5), || gw
+        .stderr()
+        .matches("epoll driver")
+        .count()
+        == 2));
+    let addr = gw.addr("listen");
+    let sid = initialize(addr);
+    let s = ("mcp-session-id", sid.as_str());
+    assert_eq!(
+        post(addr, &[s, V], &echo_call(1, "e")).json()["result"]["content"][0]["text"],
+        "e"
+    );
+    let body = r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"progress","arguments":{"count":3,"interval_ms":1}}}"#;
+    assert_eq!(
+        post(addr, &[s, V], body)
+            .text()
+            .matches("notifications/progress")
+            .count(),
+        3
+    );
+}
