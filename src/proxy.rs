@@ -463,8 +463,24 @@ async fn read_body(shard: &Shard, conn: &mut ClientConn, head: &RequestHead) -> 
             return Err(http::HttpError::BodyTooLarge.into());
         }
     }
+    if head.body != BodyKind::None
+        && head
+            .headers
+            .get_str("expect")
+            .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
+    {
+        // The client waits for this before sending the body (curl does above 1 KiB).
+        let (res, _) = conn
+            .stream
+            .write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..])
+            .await;
+        res.map_err(|e| Error::new(Kind::ClientTimeout, e.to_string()))?;
+    }
     let mut decoder = BodyDecoder::new(head.body);
-    let mut body = Vec::new();
+    let mut body = Vec::with_capacity(match head.body {
+        BodyKind::Length(n) => n as usize,
+        _ => 0,
+    });
     let mut too_large = false;
     let started = Instant::now();
     loop {
@@ -531,8 +547,7 @@ fn encode_request(out: &mut Vec<u8>, req: &UpRequest<'_>, up: &crate::config::Up
         push_header(out, "accept", b"application/json, text/event-stream");
     }
     for (name, value) in req.head.headers.iter() {
-        let lower = name.to_ascii_lowercase();
-        if FORWARDED.contains(&lower.as_str()) || lower.starts_with("mcp-param-") {
+        if is_forwarded(name) {
             push_header(out, name, value);
         }
     }
@@ -548,6 +563,14 @@ fn encode_request(out: &mut Vec<u8>, req: &UpRequest<'_>, up: &crate::config::Up
         }
         None => out.extend_from_slice(b"\r\n"),
     }
+}
+
+fn is_forwarded(name: &str) -> bool {
+    const PARAM: &str = "mcp-param-";
+    FORWARDED.iter().any(|f| name.eq_ignore_ascii_case(f))
+        || name
+            .get(..PARAM.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(PARAM))
 }
 
 fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {

@@ -174,6 +174,16 @@ fn bad_input_gets_exact_errors_and_the_shard_survives() {
     let init_len = INIT.len();
     let chunked = format!("POST /mcp HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n{init_len:x}\r\n{INIT}\r\n0\r\n\r\n");
     assert_eq!(raw(addr, chunked.as_bytes()).status, 200);
+    // Expect: 100-continue gets its interim response before the body is sent.
+    let mut c = Client::connect(addr);
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nhost: {addr}\r\nexpect: 100-continue\r\ncontent-length: {}\r\n\r\n",
+        INIT.len()
+    );
+    c.send_raw(head.as_bytes()).unwrap();
+    assert_eq!(c.read_response().unwrap().status, 100);
+    c.send_raw(INIT.as_bytes()).unwrap();
+    assert_eq!(c.read_response().unwrap().status, 200);
     // Origin and Host checks, unknown session, missing session on DELETE, wrong path.
     assert_eq!(
         post(addr, &[("origin", "http://evil.example")], INIT).status,

@@ -272,7 +272,7 @@ impl Client {
                 .find(|(k, _)| k.eq_ignore_ascii_case(n))
                 .map(|(_, v)| v.clone())
         };
-        if status == 204 || status == 304 {
+        if status < 200 || status == 204 || status == 304 {
             return Ok(Vec::new());
         }
         if let Some(len) = get("content-length") {
