@@ -389,9 +389,13 @@ pub struct ReadBuf {
     pos: usize,
 }
 
+/// An empty buffer with no allocation; the first `fill` allocates `READ_BUF_BYTES`.
 impl Default for ReadBuf {
     fn default() -> Self {
-        ReadBuf::with_capacity(READ_BUF_BYTES)
+        ReadBuf {
+            buf: Vec::new(),
+            pos: 0,
+        }
     }
 }
 

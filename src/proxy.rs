@@ -91,6 +91,9 @@ async fn next_head(shard: &Shard, conn: &mut ClientConn) -> Result<Option<Reques
             return Ok(Some(head));
         }
         let idle = conn.rb.data().is_empty();
+        if idle && !wait_readable(shard, conn).await {
+            return Ok(None);
+        }
         let t = &shard.config().timeouts;
         let wait = if idle {
             t.keepalive_idle
@@ -115,6 +118,26 @@ async fn next_head(shard: &Shard, conn: &mut ClientConn) -> Result<Option<Reques
             }
         }
     }
+}
+
+/// Waits, holding no read buffer, until an idle connection has bytes to read. False when the
+/// keep-alive idle timeout or shutdown comes first. Dropping a readiness wait loses no data, so
+/// this one may simply be raced.
+async fn wait_readable(shard: &Shard, conn: &mut ClientConn) -> bool {
+    if shard.shutdown.is_set() {
+        return false;
+    }
+    let spare = std::mem::take(&mut conn.rb).into_vec();
+    shard.give_buffer(spare);
+    let ready = monoio::select! {
+        r = conn.stream.readable(false) => r.is_ok(),
+        _ = monoio::time::sleep(shard.config().timeouts.keepalive_idle) => false,
+        _ = shard.shutdown.wait() => false,
+    };
+    if ready {
+        conn.rb = http::ReadBuf::from_vec(shard.take_buffer());
+    }
+    ready
 }
 
 /// Reads more client bytes, giving up after `wait` (or at shutdown when `idle`). The read is

@@ -24,8 +24,8 @@ use crate::session::Sessions;
 use crate::sync::LocalEvent;
 use crate::upstream::Pool;
 
-/// Most read buffers a shard keeps for reuse.
-const BUFFER_CACHE_MAX: usize = 1024;
+/// Most read buffers a shard keeps for reuse (256 × 16 KiB = 4 MiB per shard at most).
+const BUFFER_CACHE_MAX: usize = 256;
 /// io_uring submission queue entries per shard.
 const RING_ENTRIES: u32 = 4096;
 /// How often a shard publishes its latency snapshot and sweeps pools and sessions.

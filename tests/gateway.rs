@@ -451,6 +451,20 @@ fn faulty_conn(mut s: std::net::TcpStream, counter: &std::sync::atomic::AtomicU6
     }
 }
 
+/// /proc/net/tcp lines of the socket inodes named in an fd list.
+fn socket_states(fds: &str) -> String {
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    fds.split("socket:[")
+        .skip(1)
+        .filter_map(|s| s.split(']').next())
+        .filter_map(|inode| {
+            tcp.lines()
+                .find(|l| l.split_whitespace().nth(9) == Some(inode))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 #[test]
 fn pool_survives_10k_requests_with_faults_without_leaking() {
     let (up, _h) = faulty_upstream();
@@ -458,7 +472,10 @@ fn pool_survives_10k_requests_with_faults_without_leaking() {
     let gw = gateway(&format!("http://{up}/mcp"), 1, Some(toml));
     let (addr, admin) = (gw.addr("listen"), gw.addr("admin"));
     let body = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
-    let fds_before = gw.fd_count();
+    // Warm up so the shard's ring exists, then take the baseline with the pool emptied.
+    assert_eq!(post(addr, &[], body).status, 200);
+    let fds_before = gw.fd_count() - metric(admin, "shardcat_pool_open{shard=\"all\"}") as usize;
+    let list_before = gw.fd_list();
     let threads: Vec<_> = (0..4)
         .map(|t| {
             std::thread::spawn(move || {
@@ -510,8 +527,10 @@ fn pool_survives_10k_requests_with_faults_without_leaking() {
     assert!(
         eventually(Duration::from_secs(5), || gw.fd_count()
             <= fds_before + idle as usize),
-        "fds before {fds_before}, now {}, idle pooled {idle}",
-        gw.fd_count()
+        "fds before {fds_before} ({list_before}), now {}, idle pooled {idle}: {}\n{}",
+        gw.fd_count(),
+        gw.fd_list(),
+        socket_states(&gw.fd_list())
     );
     assert!(metric(admin, "shardcat_upstream_errors_total{shard=\"all\"}") > 0.0);
 }

@@ -94,6 +94,25 @@ impl Proc {
         None
     }
 
+    /// Where each open fd of the process points (sockets as `socket:[inode]`).
+    pub fn fd_list(&self) -> String {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{}/fd", self.pid())) else {
+            return String::new();
+        };
+        dir.filter_map(Result::ok)
+            .map(|e| {
+                format!(
+                    "{}->{}",
+                    e.file_name().to_string_lossy(),
+                    std::fs::read_link(e.path())
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     /// Open file descriptors of the process.
     pub fn fd_count(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
