@@ -770,3 +770,31 @@ fn epoll_driver_serves_json_and_sse() {
         3
     );
 }
+
+#[test]
+fn idle_sessions_expire_here_and_upstream() {
+    let demo = demo();
+    let gw = gateway(
+        &demo_url(&demo),
+        1,
+        Some("[timeouts]\nsession_idle_timeout_ms = 300\n"),
+    );
+    let (addr, admin) = (gw.addr("listen"), gw.addr("admin"));
+    let sid = initialize(addr);
+    assert_eq!(get(demo.addr("demo"), "/stats").json()["sessions"], 1);
+    assert!(eventually(Duration::from_secs(5), || metric(
+        admin,
+        "shardcat_sessions_expired_total{shard=\"all\"}"
+    ) == 1.0));
+    assert!(eventually(Duration::from_secs(5), || get(
+        demo.addr("demo"),
+        "/stats"
+    )
+    .json()["sessions"]
+        == 0));
+    assert_eq!(
+        post(addr, &[("mcp-session-id", &sid), V], &echo_call(1, "x")).status,
+        404
+    );
+    assert_eq!(metric(admin, "shardcat_sessions{shard=\"all\"}"), 0.0);
+}
