@@ -42,6 +42,8 @@ pub enum Kind {
     UpstreamProtocol,
     UpstreamTimeout,
     ClientTimeout,
+    /// The client hung up before its response was ready; nothing can be sent.
+    ClientGone,
     Internal,
 }
 
@@ -103,6 +105,7 @@ impl Error {
             Kind::UnknownSession | Kind::NotFound => 404,
             Kind::MethodNotAllowed => 405,
             Kind::ClientTimeout => 408,
+            Kind::ClientGone => 499,
             Kind::Overloaded(_) | Kind::ShuttingDown => 503,
             Kind::UpstreamConnect | Kind::UpstreamProtocol => 502,
             Kind::UpstreamTimeout => 504,
@@ -127,7 +130,7 @@ impl Error {
     pub fn closes_connection(&self) -> bool {
         matches!(
             self.kind,
-            Kind::BadHttp(_) | Kind::ClientTimeout | Kind::ShuttingDown
+            Kind::BadHttp(_) | Kind::ClientTimeout | Kind::ClientGone | Kind::ShuttingDown
         )
     }
 
@@ -157,6 +160,7 @@ impl Error {
             Kind::UpstreamProtocol => "Upstream sent an invalid response",
             Kind::UpstreamTimeout => "Upstream timed out",
             Kind::ClientTimeout => "Request timeout",
+            Kind::ClientGone => "Client closed the request",
             Kind::Internal => "Internal gateway error",
         };
         if self.detail.is_empty() {
@@ -186,6 +190,7 @@ impl Error {
             Kind::UpstreamProtocol => "upstream_protocol",
             Kind::UpstreamTimeout => "upstream_timeout",
             Kind::ClientTimeout => "client_timeout",
+            Kind::ClientGone => "client_gone",
             Kind::Internal => "internal",
         }
     }

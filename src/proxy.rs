@@ -184,9 +184,11 @@ async fn exchange(shard: &Rc<Shard>, conn: &mut ClientConn, head: RequestHead) -
         Err(e) => {
             log_error(shard, &e);
             let close = e.closes_connection() || ex.body_pending || !head.keep_alive;
-            let ok = write_error(shard, &mut conn.stream, &e, !close)
-                .await
-                .is_ok();
+            // A client that hung up gets no answer: there is nobody to read it.
+            let ok = e.kind != Kind::ClientGone
+                && write_error(shard, &mut conn.stream, &e, !close)
+                    .await
+                    .is_ok();
             (e.status(), ok && !close)
         }
     };
@@ -619,7 +621,8 @@ async fn forward(
     let (mut up, wire) = send_request(shard, wire).await?;
     drop(wire);
     let mut urb = http::ReadBuf::from_vec(shard.take_buffer());
-    let resp = match read_response_head(shard, &mut up, &mut urb, req.method).await {
+    let client = Some(&conn.stream);
+    let resp = match read_response_head(shard, &mut up, &mut urb, req.method, client).await {
         Ok(r) => r,
         Err(e) => {
             inc(&shard.stats.upstream_errors);
@@ -677,6 +680,7 @@ async fn read_response_head(
     up: &mut UpConn,
     urb: &mut http::ReadBuf,
     method: Method,
+    client: Option<&TcpStream>,
 ) -> Result<ResponseHead> {
     let limits = http::HeadLimits::default();
     let deadline = Instant::now() + shard.config().timeouts.upstream_request;
@@ -694,7 +698,7 @@ async fn read_response_head(
             Err(e) => return Err(Error::new(Kind::UpstreamProtocol, e.to_string())),
         }
         let wait = deadline.saturating_duration_since(Instant::now());
-        match relay::read_upstream(up, urb, wait).await {
+        match relay::read_upstream(up, urb, wait, client).await {
             Ok(0) => {
                 return Err(Error::new(
                     Kind::UpstreamConnect,
@@ -702,6 +706,12 @@ async fn read_response_head(
                 ))
             }
             Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
+                return Err(Error::new(
+                    Kind::ClientGone,
+                    "client hung up before the response",
+                ));
+            }
             Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {
                 return Err(Error::new(
                     Kind::UpstreamTimeout,
@@ -827,7 +837,7 @@ async fn delete_upstream(shard: Rc<Shard>, upstream_sid: Rc<str>, timeout: Durat
         let (res, _) = up.stream().write_all(wire.into_bytes()).await;
         res.ok()?;
         let mut urb = http::ReadBuf::default();
-        let head = read_response_head(&shard, &mut up, &mut urb, Method::Delete)
+        let head = read_response_head(&shard, &mut up, &mut urb, Method::Delete, None)
             .await
             .ok()?;
         let reusable =

@@ -13,7 +13,10 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use std::os::fd::AsRawFd;
+
 use monoio::io::{AsyncWriteRentExt, CancelHandle, Canceller};
+use monoio::net::TcpStream;
 
 use crate::http::{self, BodyDecoder, BodyKind, HeadBody, ReadBuf, ResponseHead, SseSplitter};
 use crate::metrics::{gauge_add, inc};
@@ -115,18 +118,63 @@ fn client_head(
     out
 }
 
-/// Reads more upstream bytes, giving up after `wait` with an `ECANCELED` error.
+/// Resolves once the client has hung up (EOF or error). A client that pipelined bytes has not
+/// hung up, and then this never resolves. Readiness waits consume nothing, so dropping this
+/// future is always safe.
+pub async fn client_hung_up(stream: &TcpStream) {
+    loop {
+        if stream.readable(false).await.is_err() {
+            return;
+        }
+        let mut byte = 0u8;
+        // SAFETY: the fd is owned by `stream`, open for this call; recv writes at most one byte
+        // into a valid local and, with MSG_PEEK, consumes nothing.
+        let n = unsafe {
+            libc::recv(
+                stream.as_raw_fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        match n {
+            0 => return,
+            n if n > 0 => std::future::pending::<()>().await,
+            _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock => {
+                continue
+            }
+            _ => return,
+        }
+    }
+}
+
+/// Reads more upstream bytes, giving up after `wait` with an `ECANCELED` error, or with
+/// `ECONNABORTED` when `client` hangs up first (the response would have nowhere to go, and for
+/// 2026-07-28 a closed stream is the client's cancel).
 pub async fn read_upstream(
     up: &mut UpConn,
     urb: &mut ReadBuf,
     wait: Duration,
+    client: Option<&TcpStream>,
 ) -> std::io::Result<usize> {
     let canceller = Canceller::new();
     let read = urb.fill_cancelable(up.stream(), canceller.handle());
     let mut read = std::pin::pin!(read);
+    let hung_up = async {
+        match client {
+            Some(c) => client_hung_up(c).await,
+            None => std::future::pending().await,
+        }
+    };
     let done = monoio::select! {
+        biased;
         r = &mut read => Some(r),
         _ = monoio::time::sleep(wait) => None,
+        _ = hung_up => {
+            let _ = canceller.cancel();
+            let _ = read.await;
+            return Err(std::io::Error::from_raw_os_error(libc::ECONNABORTED));
+        }
     };
     match done {
         Some(r) => r,
@@ -154,7 +202,7 @@ pub async fn drain_body(
             Ok(false) => {}
             Err(_) => return false,
         }
-        match read_upstream(up, urb, wait).await {
+        match read_upstream(up, urb, wait, None).await {
             Ok(0) | Err(_) => return false,
             Ok(_) => {}
         }
@@ -190,7 +238,7 @@ async fn relay_length(
             out = back;
             out.clear();
         }
-        match read_upstream(&mut up, &mut urb, wait).await {
+        match read_upstream(&mut up, &mut urb, wait, None).await {
             Ok(n) if n > 0 => {}
             _ => {
                 // The upstream broke its promised length: the client cannot get a whole body.
@@ -238,7 +286,7 @@ async fn relay_rechunk(
             out = back;
             out.clear();
         }
-        match read_upstream(&mut up, &mut urb, wait).await {
+        match read_upstream(&mut up, &mut urb, wait, None).await {
             Ok(0) if dec.finish_on_eof().is_ok() => {}
             Ok(n) if n > 0 => {}
             _ => break,
@@ -319,10 +367,13 @@ async fn write_events(shard: &Shard, conn: &mut ClientConn, queue: &LocalQueue<B
     let keepalive = shard.config().timeouts.sse_keepalive;
     let mut out = Vec::with_capacity(4096);
     loop {
+        // Biased: a ready event is written without arming the other waits.
         let next = monoio::select! {
+            biased;
             ev = queue.pop() => Some(ev),
-            _ = monoio::time::sleep(keepalive) => None,
             _ = shard.shutdown.wait() => return WriteEnd::Shutdown,
+            _ = client_hung_up(&conn.stream) => return WriteEnd::ClientGone,
+            _ = monoio::time::sleep(keepalive) => None,
         };
         out.clear();
         match next {

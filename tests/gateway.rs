@@ -798,3 +798,31 @@ fn idle_sessions_expire_here_and_upstream() {
     );
     assert_eq!(metric(admin, "shardcat_sessions{shard=\"all\"}"), 0.0);
 }
+
+#[test]
+fn client_hang_up_releases_the_upstream_at_once() {
+    let demo = demo();
+    let gw = gateway(&demo_url(&demo), 1, None);
+    let (addr, admin) = (gw.addr("listen"), gw.addr("admin"));
+    let sid = initialize(addr);
+    let body = r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"sleep","arguments":{"ms":5000}}}"#;
+    let mut c = Client::connect(addr);
+    let req = format!(
+        "POST /mcp HTTP/1.1\r\nhost: {addr}\r\nmcp-session-id: {sid}\r\nmcp-protocol-version: 2025-06-18\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    c.send_raw(req.as_bytes()).unwrap();
+    assert!(eventually(Duration::from_secs(2), || metric(
+        admin,
+        "shardcat_pool_open{shard=\"all\"}"
+    ) == 1.0));
+    let started = std::time::Instant::now();
+    drop(c);
+    // Well before the upstream's 5 s answer, the gateway has closed its side.
+    assert!(eventually(Duration::from_secs(2), || metric(
+        admin,
+        "shardcat_pool_open{shard=\"all\"}"
+    ) == 0.0
+        && metric(admin, "shardcat_connections{shard=\"all\"}") == 0.0));
+    assert!(started.elapsed() < Duration::from_secs(3));
+}

@@ -892,15 +892,11 @@ async fn stateless_2026_07_28_through_gateway() {
     }
 }
 
-/// Known gateway bug, kept as a reproducer: `cargo test --test rmcp_interop -- --ignored`.
-///
 /// A 2026-07-28 client cancels a `subscriptions/listen` subscription by closing its stream.
 /// Directly against rmcp the server's `listen` sees the cancellation in about a millisecond;
-/// through the gateway it takes about 30 s (two 15 s keep-alive intervals), because the SSE
-/// relay (`relay::write_events`) only notices a departed client when a write to it fails and
-/// never watches the client socket for EOF, so the upstream stream stays open until then.
+/// the gateway must pass the close on at once (it watches the client socket for EOF while the
+/// stream is idle), not at its next keep-alive write.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "gateway bug: a client closing an idle SSE stream is not propagated upstream"]
 async fn listen_cancel_reaches_upstream_promptly() {
     let up = spawn_upstream(false).await;
     let gw = Gateway::start(&up.url);
