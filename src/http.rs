@@ -111,11 +111,15 @@ impl Headers {
         })
     }
 
-    /// The first value of `name` (case-insensitive).
+    /// The first value of `name` (case-insensitive). Compares bytes: no UTF-8 check per field.
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        self.iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
+        let want = name.as_bytes();
+        self.fields.iter().find_map(|&(n, nl, v, vl)| {
+            let field = &self.raw[n as usize..(n + nl) as usize];
+            field
+                .eq_ignore_ascii_case(want)
+                .then(|| &self.raw[v as usize..(v + vl) as usize])
+        })
     }
 
     /// The first value of `name` as trimmed UTF-8, if present and valid.

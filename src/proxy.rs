@@ -90,18 +90,18 @@ async fn next_head(shard: &Shard, conn: &mut ClientConn) -> Result<Option<Reques
         if let Some(head) = http::parse_request(conn.rb.data(), limits)? {
             return Ok(Some(head));
         }
-        let idle = conn.rb.data().is_empty();
-        if idle && !wait_readable(shard, conn).await {
-            return Ok(None);
+        if conn.rb.data().is_empty() {
+            match idle_read(shard, conn).await {
+                Some(n) if n > 0 => continue,
+                _ => return Ok(None),
+            }
         }
-        let t = &shard.config().timeouts;
-        let wait = if idle {
-            t.keepalive_idle
-        } else {
-            t.client_head.saturating_sub(started.elapsed())
-        };
-        match read_with_deadline(shard, conn, wait, idle).await {
-            Ok(0) if idle => return Ok(None),
+        let wait = shard
+            .config()
+            .timeouts
+            .client_head
+            .saturating_sub(started.elapsed());
+        match read_with_deadline(shard, conn, wait, false).await {
             Ok(0) => {
                 return Err(Error::new(
                     Kind::BadHttp(http::HttpError::Malformed("connection closed mid-head")),
@@ -109,7 +109,6 @@ async fn next_head(shard: &Shard, conn: &mut ClientConn) -> Result<Option<Reques
                 ))
             }
             Ok(_) => {}
-            Err(_) if idle => return Ok(None),
             Err(_) => {
                 return Err(Error::new(
                     Kind::ClientTimeout,
@@ -120,10 +119,34 @@ async fn next_head(shard: &Shard, conn: &mut ClientConn) -> Result<Option<Reques
     }
 }
 
-/// Waits, holding no read buffer, until an idle connection has bytes to read. False when the
-/// keep-alive idle timeout or shutdown comes first. Dropping a readiness wait loses no data, so
-/// this one may simply be raced.
-async fn wait_readable(shard: &Shard, conn: &mut ClientConn) -> bool {
+/// How long a connection between requests keeps its read buffer armed in a read. A busy
+/// keep-alive connection thus costs one read per request; one idle past this gives its buffer
+/// back and waits for readiness instead, so idle connections cost almost no memory.
+const IDLE_BUFFER_HOLD: Duration = Duration::from_secs(1);
+
+/// Reads the first bytes of the next request. `None` (or `Some(0)`) when the client closed, the
+/// keep-alive idle timeout passed, or the shard is shutting down.
+async fn idle_read(shard: &Shard, conn: &mut ClientConn) -> Option<usize> {
+    let idle = shard.config().timeouts.keepalive_idle;
+    let hold = idle.min(IDLE_BUFFER_HOLD);
+    match read_with_deadline(shard, conn, hold, true).await {
+        Ok(n) => return Some(n),
+        Err(_) if shard.shutdown.is_set() || hold >= idle => return None,
+        Err(_) => {}
+    }
+    if !wait_readable(shard, conn, idle - hold).await {
+        return None;
+    }
+    let head_timeout = shard.config().timeouts.client_head;
+    read_with_deadline(shard, conn, head_timeout, false)
+        .await
+        .ok()
+}
+
+/// Waits, holding no read buffer, until an idle connection has bytes to read. False when `wait`
+/// passes or shutdown comes first. Dropping a readiness wait loses no data, so it may simply
+/// be raced.
+async fn wait_readable(shard: &Shard, conn: &mut ClientConn, wait: Duration) -> bool {
     if shard.shutdown.is_set() {
         return false;
     }
@@ -131,7 +154,7 @@ async fn wait_readable(shard: &Shard, conn: &mut ClientConn) -> bool {
     shard.give_buffer(spare);
     let ready = monoio::select! {
         r = conn.stream.readable(false) => r.is_ok(),
-        _ = monoio::time::sleep(shard.config().timeouts.keepalive_idle) => false,
+        _ = monoio::time::sleep(wait) => false,
         _ = shard.shutdown.wait() => false,
     };
     if ready {

@@ -24,6 +24,9 @@ use crate::shard::{ClientConn, Shard};
 use crate::sync::LocalQueue;
 use crate::upstream::UpConn;
 
+/// How long an upstream read waits before it also watches for the client hanging up.
+const HANGUP_ARM_DELAY: Duration = Duration::from_millis(20);
+
 /// Bytes gathered before a write is issued while relaying a body.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
 
@@ -160,21 +163,31 @@ pub async fn read_upstream(
     let canceller = Canceller::new();
     let read = urb.fill_cancelable(up.stream(), canceller.handle());
     let mut read = std::pin::pin!(read);
-    let hung_up = async {
-        match client {
-            Some(c) => client_hung_up(c).await,
-            None => std::future::pending().await,
-        }
+    // Most answers come fast: the hang-up watch (one more readiness op) is armed only once the
+    // upstream has taken a while, so a quick exchange pays nothing for it.
+    let arm = if client.is_some() {
+        wait.min(HANGUP_ARM_DELAY)
+    } else {
+        wait
     };
-    let done = monoio::select! {
+    let first = monoio::select! {
         biased;
         r = &mut read => Some(r),
-        _ = monoio::time::sleep(wait) => None,
-        _ = hung_up => {
-            let _ = canceller.cancel();
-            let _ = read.await;
-            return Err(std::io::Error::from_raw_os_error(libc::ECONNABORTED));
-        }
+        _ = monoio::time::sleep(arm) => None,
+    };
+    let done = match (first, client) {
+        (Some(r), _) => Some(r),
+        (None, Some(c)) if arm < wait => monoio::select! {
+            biased;
+            r = &mut read => Some(r),
+            _ = monoio::time::sleep(wait - arm) => None,
+            _ = client_hung_up(c) => {
+                let _ = canceller.cancel();
+                let _ = read.await;
+                return Err(std::io::Error::from_raw_os_error(libc::ECONNABORTED));
+            }
+        },
+        (None, _) => None,
     };
     match done {
         Some(r) => r,
