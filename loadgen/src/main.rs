@@ -1,4 +1,199 @@
+//! loadgen: a load generator for MCP Streamable HTTP endpoints (shardcat, an upstream
+//! directly, or any proxy in front of one), on monoio.
+//!
+//! Module map:
+//! - `run`      — scenarios: the plan of measured windows, criteria, the report.
+//! - `engine`   — worker threads (one monoio runtime each) and their control channel.
+//! - `user`     — virtual users: the workloads, one connection each.
+//! - `conn`     — one HTTP/1.1 client connection on `shardcat::http`.
+//! - `proto`    — the MCP requests, prebuilt as bytes.
+//! - `schedule` — open-loop pacing (coordinated-omission free).
+//! - `stats`    — histograms and counters, SSE sequence accounting.
+//! - `watch`    — /proc sampling of the target process.
+//! - `admin`    — the gateway's /metrics, for the session-leak check.
+//! - `rlimit`   — raising RLIMIT_NOFILE.
+//! - `report`   — printing and JSON.
+
+mod admin;
+mod conn;
+mod engine;
+mod proto;
+mod report;
+mod rlimit;
+mod run;
+mod schedule;
+mod stats;
+mod target;
+mod user;
+mod watch;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use run::{Plan, PlanKind, Scenario};
+use user::{UserCfg, Workload};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "loadgen",
+    version,
+    about = "Load generator for MCP Streamable HTTP endpoints"
+)]
+struct Args {
+    /// Endpoint under test, http://host:port/path.
+    #[arg(long)]
+    target: String,
+    /// What each virtual user does.
+    #[arg(long, value_enum, default_value = "call")]
+    workload: Workload,
+    /// A named scenario with pass/fail criteria (default: one sustained window).
+    #[arg(long, value_enum)]
+    scenario: Option<Scenario>,
+    /// Virtual users, one connection each (default 64; 100 for the sse scenario).
+    #[arg(long)]
+    connections: Option<usize>,
+    /// Worker threads, each a monoio runtime.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Pin worker threads to these cores, round-robin (e.g. --pin 1).
+    #[arg(long, value_delimiter = ',')]
+    pin: Vec<usize>,
+    /// Length of the measured window (sustained, sse, churn, or no scenario).
+    #[arg(long, default_value_t = 10.0)]
+    duration_s: f64,
+    /// Open loop: total requests per second (churn: cycles per second, default 100).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// tools/call requests per session iteration (session workload).
+    #[arg(long, default_value_t = 5)]
+    calls_per_session: usize,
+    /// Bytes of text in each echo call.
+    #[arg(long, default_value_t = 16)]
+    payload_bytes: usize,
+    /// Connection counts of a ramp or burst, e.g. 10,100,1000.
+    #[arg(long, value_delimiter = ',')]
+    steps: Option<Vec<usize>>,
+    /// Measured seconds at each ramp or burst step.
+    #[arg(long, default_value_t = 10.0)]
+    step_s: f64,
+    /// Gateway admin address (http://host:port); checks no session is left after the run.
+    #[arg(long)]
+    admin: Option<String>,
+    /// Sample this process's RSS and CPU time (the target's pid).
+    #[arg(long)]
+    watch_pid: Option<u32>,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Fail if any window's p99 latency exceeds this.
+    #[arg(long)]
+    max_p99_ms: Option<f64>,
+    /// Do not fail on 503 admission rejections.
+    #[arg(long)]
+    allow_rejections: bool,
+    /// Open new connections at this rate (per second) when a step adds users (default: all
+    /// at once).
+    #[arg(long)]
+    connect_rate: Option<f64>,
+}
+
 fn main() {
-    eprintln!("loadgen: the load harness lands with its own issue; nothing to run yet");
-    std::process::exit(2);
+    let args = Args::parse();
+    let code = match plan(&args).and_then(|p| run::run(&p)) {
+        Ok(report) => finish(&args, &report),
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+fn finish(args: &Args, report: &report::Report) -> i32 {
+    // JSON first: a script reading it must get it even if stdout is a closed pipe.
+    if let Some(path) = &args.json {
+        let written = serde_json::to_vec_pretty(report)
+            .map_err(|e| e.to_string())
+            .and_then(|j| std::fs::write(path, j).map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            eprintln!("loadgen: cannot write {}: {e}", path.display());
+            return 2;
+        }
+    }
+    report::print_summary(report);
+    if report.pass {
+        0
+    } else {
+        1
+    }
+}
+
+fn secs(s: f64, flag: &str) -> Result<Duration, String> {
+    if s.is_finite() && s > 0.0 {
+        Ok(Duration::from_secs_f64(s))
+    } else {
+        Err(format!("--{flag} must be a positive number of seconds"))
+    }
+}
+
+fn plan(a: &Args) -> Result<Plan, String> {
+    for (flag, v) in [("rate", a.rate), ("connect-rate", a.connect_rate)] {
+        if v.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+            return Err(format!("--{flag} must be positive"));
+        }
+    }
+    let workload = if a.scenario == Some(Scenario::Sse) {
+        Workload::Sse
+    } else {
+        a.workload
+    };
+    let default_conns = if workload == Workload::Sse { 100 } else { 64 };
+    let conns = a.connections.unwrap_or(default_conns);
+    let steps = |default: &[usize]| a.steps.clone().unwrap_or_else(|| default.to_vec());
+    let kind = match a.scenario {
+        None | Some(Scenario::Sustained) | Some(Scenario::Sse) => PlanKind::Steps {
+            conns: vec![conns],
+            step: secs(a.duration_s, "duration-s")?,
+        },
+        Some(Scenario::Ramp) => PlanKind::Steps {
+            conns: steps(&run::DEFAULT_RAMP),
+            step: secs(a.step_s, "step-s")?,
+        },
+        Some(Scenario::Burst) => PlanKind::Steps {
+            conns: steps(&run::DEFAULT_BURST),
+            step: secs(a.step_s, "step-s")?,
+        },
+        Some(Scenario::Churn) => PlanKind::Churn {
+            duration: secs(a.duration_s, "duration-s")?,
+        },
+    };
+    if let PlanKind::Steps { conns, .. } = &kind {
+        if conns.is_empty() || conns.contains(&0) {
+            return Err("connection counts must be at least 1".into());
+        }
+    }
+    let name = a
+        .scenario
+        .map_or("sustained".to_string(), |s| format!("{s:?}").to_lowercase());
+    Ok(Plan {
+        name,
+        cfg: UserCfg {
+            target: target::parse(&a.target)?,
+            workload,
+            calls_per_session: a.calls_per_session,
+            payload_bytes: a.payload_bytes,
+        },
+        threads: a.threads.max(1),
+        pin: a.pin.clone(),
+        kind,
+        rate: a.rate,
+        admin: a.admin.clone(),
+        watch_pid: a.watch_pid,
+        max_p99_ms: a.max_p99_ms,
+        allow_rejections: a.allow_rejections,
+        target_url: a.target.clone(),
+        connect_rate: a.connect_rate,
+    })
 }
