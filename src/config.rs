@@ -29,7 +29,10 @@ pub const DEFAULT_SSE_KEEPALIVE_MS: u64 = 15_000;
 pub const DEFAULT_SESSION_IDLE_TIMEOUT_MS: u64 = 300_000;
 pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_RETRY_AFTER_S: u32 = 1;
-pub const DEFAULT_POOL_MAX_IDLE: usize = 256;
+/// Idle upstream connections kept per shard. Below the in-flight count, connections churn
+/// (measured with loadgen at 1000 busy connections: p99 1066 ms with 256, 55 ms with 4096).
+/// The idle timeout still closes them after a quiet spell.
+pub const DEFAULT_POOL_MAX_IDLE: usize = 4096;
 pub const DEFAULT_POOL_MAX_CONNECTIONS: usize = 4096;
 /// Below the 5 s keep-alive of common upstream servers, so the pool drops a connection before
 /// the upstream does.

@@ -60,6 +60,26 @@ struct Demo {
     sessions: RefCell<HashMap<String, DemoSession>>,
 }
 
+/// Listen backlog of the demo server: a gateway opening thousands of upstream connections at
+/// once must not overflow it (the std default of 128 does).
+pub const DEMO_LISTEN_BACKLOG: i32 = 4096;
+
+/// Binds the demo server's listener.
+pub fn bind(addr: &str) -> std::io::Result<std::net::TcpListener> {
+    let addr: std::net::SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(addr)?
+        .next()
+        .ok_or_else(|| std::io::Error::other("address resolves to nothing"))?;
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    sock.set_reuse_address(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(DEMO_LISTEN_BACKLOG)?;
+    Ok(sock.into())
+}
+
 /// Runs the demo server on the current thread until the process exits.
 pub fn run(listener: std::net::TcpListener, cfg: DemoConfig) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;

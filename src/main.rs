@@ -76,7 +76,7 @@ fn main() {
 }
 
 fn run_demo(a: DemoArgs) -> i32 {
-    let listener = match std::net::TcpListener::bind(&a.listen) {
+    let listener = match demo::bind(&a.listen) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("shardcat demo-upstream: cannot listen on {}: {e}", a.listen);
@@ -104,7 +104,7 @@ fn run_demo(a: DemoArgs) -> i32 {
 
 /// Starts the built-in demo server on a loopback port of its own thread.
 fn start_embedded_demo() -> std::io::Result<SocketAddr> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let listener = demo::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     std::thread::Builder::new()
         .name("demo-upstream".into())
