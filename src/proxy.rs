@@ -327,11 +327,16 @@ async fn post(
                 body: Some(&body),
                 upstream_sid: upstream_sid.as_deref(),
             };
-            let out = forward(shard, conn, req, None, expects_stream)
+            // An upstream that no longer knows the session ends it here too.
+            let mut on_head = |resp: &ResponseHead| -> Option<String> {
+                if resp.status == 404 {
+                    end_session_local(shard, &id);
+                }
+                None
+            };
+            forward(shard, conn, req, Some(&mut on_head), expects_stream)
                 .await
-                .map_err(fail)?;
-            after_session_request(shard, &id, out.status);
-            Ok(out)
+                .map_err(fail)
         }
         None if parsed.is_initialize() => initialize(shard, conn, head, &body).await.map_err(fail),
         None => {
@@ -446,13 +451,6 @@ fn lookup_session(shard: &Shard, raw: &[u8]) -> Result<(SessionId, Option<Rc<str
     Ok((id, s.upstream_sid.clone()))
 }
 
-/// The upstream says it no longer knows the session: end it here too.
-fn after_session_request(shard: &Shard, id: &SessionId, status: u16) {
-    if status == 404 {
-        end_session_local(shard, id);
-    }
-}
-
 fn end_session_local(shard: &Shard, id: &SessionId) -> Option<crate::session::Session> {
     let s = shard.sessions.borrow_mut().remove(id)?;
     shard.shared.sessions.release();
@@ -495,12 +493,16 @@ async fn delete(shard: &Rc<Shard>, conn: &mut ClientConn, head: &RequestHead) ->
         body: None,
         upstream_sid: Some(&upstream_sid),
     };
-    let out = forward(shard, conn, req, None, false).await?;
-    // 405 means the upstream keeps sessions alive until they expire: so does the gateway.
-    if (200..300).contains(&out.status) || out.status == 404 {
-        end_session_local(shard, &id);
-    }
-    Ok(out)
+    // Ended as soon as the upstream's answer head arrives, before the client can see it, so a
+    // client that re-initializes at once finds the session slot free. A 405 means the upstream
+    // keeps sessions until they expire: so does the gateway.
+    let mut on_head = |resp: &ResponseHead| -> Option<String> {
+        if (200..300).contains(&resp.status) || resp.status == 404 {
+            end_session_local(shard, &id);
+        }
+        None
+    };
+    forward(shard, conn, req, Some(&mut on_head), false).await
 }
 
 /// Reads a whole request body, bounded by `max_body_bytes`.
