@@ -320,7 +320,6 @@ async fn post(
             format!("batches are not allowed in protocol version {}", v.as_str()),
         )));
     }
-    let expects_stream = parsed.has_request();
     match head.headers.get("mcp-session-id") {
         Some(raw) => {
             let (id, upstream_sid) = lookup_session(shard, raw).map_err(fail)?;
@@ -337,7 +336,7 @@ async fn post(
                 }
                 None
             };
-            forward(shard, conn, req, Some(&mut on_head), expects_stream)
+            forward(shard, conn, req, Some(&mut on_head), true)
                 .await
                 .map_err(fail)
         }
@@ -349,9 +348,7 @@ async fn post(
                 body: Some(&body),
                 upstream_sid: None,
             };
-            forward(shard, conn, req, None, expects_stream)
-                .await
-                .map_err(fail)
+            forward(shard, conn, req, None, true).await.map_err(fail)
         }
     }
 }
@@ -382,7 +379,7 @@ async fn stateless_post(
         body: Some(body),
         upstream_sid: None,
     };
-    forward(shard, conn, req, None, msg.kind == mcp::Kind::Request).await
+    forward(shard, conn, req, None, true).await
 }
 
 /// Forwards `initialize` under a session permit; mints the gateway's session on success.
@@ -418,12 +415,30 @@ async fn initialize(
         body: Some(body),
         upstream_sid: None,
     };
-    let result = forward(shard, conn, req, Some(&mut on_head), true).await;
-    if minted.is_none() {
+    // No hang-up watch: aborting here could leave a session upstream that the gateway never
+    // learns the id of. Let the answer arrive, then end the session if the client missed it.
+    let result = forward(shard, conn, req, Some(&mut on_head), false).await;
+    match minted {
         // The upstream made no session (error, or a sessionless server): give the permit back.
-        shard.shared.sessions.release();
+        None => shard.shared.sessions.release(),
+        Some(id) if !result.as_ref().is_ok_and(|o| o.reusable) => {
+            log::info!(
+                "shard {}: client missed its initialize answer; ending the session",
+                shard.id
+            );
+            end_session_everywhere(shard, &id);
+        }
+        Some(_) => {}
     }
     result
+}
+
+/// Ends a session here and, in the background (bounded by the request timeout), upstream.
+fn end_session_everywhere(shard: &Rc<Shard>, id: &SessionId) {
+    if let Some(up) = end_session_local(shard, id).and_then(|s| s.upstream_sid) {
+        let timeout = shard.config().timeouts.upstream_request;
+        monoio::spawn(delete_upstream(shard.clone(), up, timeout));
+    }
 }
 
 fn requested_version(body: &[u8]) -> Version {
@@ -505,7 +520,7 @@ async fn delete(shard: &Rc<Shard>, conn: &mut ClientConn, head: &RequestHead) ->
         }
         None
     };
-    forward(shard, conn, req, Some(&mut on_head), false).await
+    forward(shard, conn, req, Some(&mut on_head), true).await
 }
 
 /// Reads a whole request body, bounded by `max_body_bytes`.
@@ -636,29 +651,40 @@ fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 /// Called with the upstream's response head; may return a gateway session id to announce.
 pub type OnHead<'a> = Option<&'a mut dyn FnMut(&ResponseHead) -> Option<String>>;
 
-/// Sends `req` upstream and relays the response to the client.
+/// Sends `req` upstream and relays the response to the client. With `watch_hangup`, a client
+/// that hangs up while the upstream is still thinking aborts the upstream request.
 async fn forward(
     shard: &Rc<Shard>,
     conn: &mut ClientConn,
     req: UpRequest<'_>,
     on_head: OnHead<'_>,
-    _expects_stream: bool,
+    watch_hangup: bool,
 ) -> Result<Outcome> {
     let mut wire = Vec::with_capacity(512 + req.body.map_or(0, <[u8]>::len));
     encode_request(&mut wire, &req, shard.pool.config());
     let (mut up, wire) = send_request(shard, wire).await?;
     drop(wire);
     let mut urb = http::ReadBuf::from_vec(shard.take_buffer());
-    let client = Some(&conn.stream);
+    let client = watch_hangup.then_some(&conn.stream);
     let resp = match read_response_head(shard, &mut up, &mut urb, req.method, client).await {
         Ok(r) => r,
         Err(e) => {
-            inc(&shard.stats.upstream_errors);
+            if e.side() == crate::error::Side::Upstream {
+                inc(&shard.stats.upstream_errors);
+            }
             shard.give_buffer(urb.into_vec());
             return Err(e);
         }
     };
     let session_header = on_head.and_then(|f| f(&resp));
+    if !watch_hangup && relay::has_hung_up(&conn.stream) {
+        // Nobody to relay to; the caller cleans up what `on_head` created.
+        shard.give_buffer(urb.into_vec());
+        return Err(Error::new(
+            Kind::ClientGone,
+            "client hung up before the answer",
+        ));
+    }
     let end = relay::relay(shard, conn, up, urb, &resp, session_header.as_deref()).await;
     Ok(Outcome {
         status: resp.status,
@@ -818,14 +844,9 @@ pub fn expire_sessions(shard: &Rc<Shard>, now: Instant) {
     };
     let idle = shard.sessions.borrow().idle_since(deadline);
     for id in idle {
-        if let Some(s) = end_session_local(shard, &id) {
-            inc(&shard.stats.sessions_expired);
-            log::info!("shard {}: session expired after idling", shard.id);
-            if let Some(up) = s.upstream_sid {
-                let timeout = shard.config().timeouts.upstream_request;
-                monoio::spawn(delete_upstream(shard.clone(), up, timeout));
-            }
-        }
+        inc(&shard.stats.sessions_expired);
+        log::info!("shard {}: session expired after idling", shard.id);
+        end_session_everywhere(shard, &id);
     }
 }
 

@@ -121,34 +121,50 @@ fn client_head(
     out
 }
 
+/// Whether the client has already hung up (EOF or a socket error is pending), without waiting.
+/// Bytes waiting to be read mean it has not.
+pub fn has_hung_up(stream: &TcpStream) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: the fd is owned by `stream`, open for this call; recv writes at most one byte into
+    // a valid local and, with MSG_PEEK, consumes nothing.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n == 0 || (n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock)
+}
+
 /// Resolves once the client has hung up (EOF or error). A client that pipelined bytes has not
 /// hung up, and then this never resolves. Readiness waits consume nothing, so dropping this
 /// future is always safe.
 pub async fn client_hung_up(stream: &TcpStream) {
     loop {
-        if stream.readable(false).await.is_err() {
+        if stream.readable(false).await.is_err() || has_hung_up(stream) {
             return;
         }
-        let mut byte = 0u8;
-        // SAFETY: the fd is owned by `stream`, open for this call; recv writes at most one byte
-        // into a valid local and, with MSG_PEEK, consumes nothing.
-        let n = unsafe {
-            libc::recv(
-                stream.as_raw_fd(),
-                (&mut byte as *mut u8).cast(),
-                1,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        match n {
-            0 => return,
-            n if n > 0 => std::future::pending::<()>().await,
-            _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock => {
-                continue
-            }
-            _ => return,
+        if has_pending_bytes(stream) {
+            // Pipelined bytes: not a hang-up, and readiness would now fire at once forever.
+            std::future::pending::<()>().await
         }
     }
+}
+
+fn has_pending_bytes(stream: &TcpStream) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: as in `has_hung_up`.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n > 0
 }
 
 /// Reads more upstream bytes, giving up after `wait` with an `ECANCELED` error, or with

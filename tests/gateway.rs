@@ -826,3 +826,91 @@ fn client_hang_up_releases_the_upstream_at_once() {
         && metric(admin, "shardcat_connections{shard=\"all\"}") == 0.0));
     assert!(started.elapsed() < Duration::from_secs(3));
 }
+
+/// An upstream whose initialize answers after `delay` with session `up-1`; it reports each
+/// request line (and the session it names) it receives.
+fn slow_initialize_upstream(delay: Duration) -> (SocketAddr, std::sync::mpsc::Receiver<String>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut tmp = [0u8; 4096];
+                loop {
+                    let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match s.read(&mut tmp) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..i]).to_ascii_lowercase();
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            l.strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    while buf.len() < i + 4 + len {
+                        match s.read(&mut tmp) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                        }
+                    }
+                    let body = String::from_utf8_lossy(&buf[i + 4..i + 4 + len]).to_string();
+                    buf.drain(..i + 4 + len);
+                    let sid = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("mcp-session-id:"))
+                        .unwrap_or("")
+                        .trim()
+                        .to_string();
+                    let _ = tx.send(format!("{} {sid}", head.lines().next().unwrap_or("")));
+                    if body.contains("\"initialize\"") {
+                        std::thread::sleep(delay);
+                    }
+                    let ok = "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}";
+                    let resp = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nmcp-session-id: up-1\r\ncontent-length: {}\r\n\r\n{ok}", ok.len());
+                    if s.write_all(resp.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+#[test]
+fn a_client_gone_during_initialize_leaves_no_session_anywhere() {
+    let (up, seen) = slow_initialize_upstream(Duration::from_millis(300));
+    let gw = gateway(&format!("http://{up}/mcp"), 1, None);
+    let (addr, admin) = (gw.addr("listen"), gw.addr("admin"));
+    let mut c = Client::connect(addr);
+    let req = format!("POST /mcp HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{INIT}", INIT.len());
+    c.send_raw(req.as_bytes()).unwrap();
+    assert!(seen
+        .recv_timeout(Duration::from_secs(5))
+        .unwrap()
+        .starts_with("post /mcp"));
+    drop(c);
+    // The upstream's answer arrives after the client left: the session is ended at once,
+    // here and upstream, instead of waiting out the idle timeout.
+    let delete = seen
+        .recv_timeout(Duration::from_secs(5))
+        .expect("upstream DELETE");
+    assert_eq!(delete, "delete /mcp http/1.1 up-1");
+    assert!(eventually(Duration::from_secs(3), || metric(
+        admin,
+        "shardcat_sessions{shard=\"all\"}"
+    ) == 0.0));
+    assert_eq!(
+        metric(admin, "shardcat_sessions_created_total{shard=\"all\"}"),
+        1.0
+    );
+}
