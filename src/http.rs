@@ -111,6 +111,16 @@ impl Headers {
         })
     }
 
+    /// Every `(name, value)` pair as bytes, with no UTF-8 check (names are ASCII tokens).
+    pub fn iter_raw(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.fields.iter().map(move |&(n, nl, v, vl)| {
+            (
+                &self.raw[n as usize..(n + nl) as usize],
+                &self.raw[v as usize..(v + vl) as usize],
+            )
+        })
+    }
+
     /// The first value of `name` (case-insensitive). Compares bytes: no UTF-8 check per field.
     pub fn get(&self, name: &str) -> Option<&[u8]> {
         let want = name.as_bytes();

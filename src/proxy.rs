@@ -614,9 +614,9 @@ fn encode_request(out: &mut Vec<u8>, req: &UpRequest<'_>, up: &crate::config::Up
     if req.head.headers.get("accept").is_none() {
         push_header(out, "accept", b"application/json, text/event-stream");
     }
-    for (name, value) in req.head.headers.iter() {
+    for (name, value) in req.head.headers.iter_raw() {
         if is_forwarded(name) {
-            push_header(out, name, value);
+            push_raw_header(out, name, value);
         }
     }
     if let Some(sid) = req.upstream_sid {
@@ -633,12 +633,21 @@ fn encode_request(out: &mut Vec<u8>, req: &UpRequest<'_>, up: &crate::config::Up
     }
 }
 
-fn is_forwarded(name: &str) -> bool {
-    const PARAM: &str = "mcp-param-";
-    FORWARDED.iter().any(|f| name.eq_ignore_ascii_case(f))
+fn is_forwarded(name: &[u8]) -> bool {
+    const PARAM: &[u8] = b"mcp-param-";
+    FORWARDED
+        .iter()
+        .any(|f| name.eq_ignore_ascii_case(f.as_bytes()))
         || name
             .get(..PARAM.len())
             .is_some_and(|p| p.eq_ignore_ascii_case(PARAM))
+}
+
+fn push_raw_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {

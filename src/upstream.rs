@@ -22,6 +22,9 @@ struct Idle {
     since: Instant,
 }
 
+/// Idle time after which a pooled connection is checked for a peer close before reuse.
+const PEEK_AFTER_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub struct Pool {
     cfg: UpstreamConfig,
     connect_timeout: std::time::Duration,
@@ -75,8 +78,11 @@ impl Pool {
     pub async fn checkout(self: &Rc<Self>) -> Result<UpConn> {
         let now = Instant::now();
         while let Some(idle) = self.pop_idle() {
-            if now.duration_since(idle.since) < self.cfg.pool_idle_timeout
-                && peer_still_open(&idle.stream)
+            let idle_for = now.duration_since(idle.since);
+            // Upstreams close idle keep-alive connections after seconds, not milliseconds:
+            // only a connection idle that long is worth a liveness syscall.
+            if idle_for < self.cfg.pool_idle_timeout
+                && (idle_for < PEEK_AFTER_IDLE || peer_still_open(&idle.stream))
             {
                 inc(&self.stats.pool_reuses);
                 return Ok(UpConn {
