@@ -504,6 +504,39 @@ impl ReadBuf {
     }
 }
 
+/// What a socket holds right now, learned without consuming anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peek {
+    /// Nothing to read and still open.
+    Empty,
+    /// Bytes are waiting.
+    Data,
+    /// The peer closed (EOF) or the socket has an error.
+    Closed,
+}
+
+/// Peeks one byte without blocking or consuming it.
+pub fn peek(stream: &monoio::net::TcpStream) -> Peek {
+    use std::os::fd::AsRawFd;
+    let mut byte = 0u8;
+    // SAFETY: the fd is owned by `stream` and open for this call; recv writes at most one byte
+    // into a valid local and, with MSG_PEEK, consumes nothing.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => Peek::Closed,
+        n if n > 0 => Peek::Data,
+        _ if io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock => Peek::Empty,
+        _ => Peek::Closed,
+    }
+}
+
 /// Incremental decoder of a chunked body (RFC 9112 §7.1).
 #[derive(Debug, Clone, Default)]
 pub struct ChunkedDecoder {

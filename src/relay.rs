@@ -13,8 +13,6 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use std::os::fd::AsRawFd;
-
 use monoio::io::{AsyncWriteRentExt, CancelHandle, Canceller};
 use monoio::net::TcpStream;
 
@@ -124,18 +122,7 @@ fn client_head(
 /// Whether the client has already hung up (EOF or a socket error is pending), without waiting.
 /// Bytes waiting to be read mean it has not.
 pub fn has_hung_up(stream: &TcpStream) -> bool {
-    let mut byte = 0u8;
-    // SAFETY: the fd is owned by `stream`, open for this call; recv writes at most one byte into
-    // a valid local and, with MSG_PEEK, consumes nothing.
-    let n = unsafe {
-        libc::recv(
-            stream.as_raw_fd(),
-            (&mut byte as *mut u8).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    n == 0 || (n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock)
+    http::peek(stream) == http::Peek::Closed
 }
 
 /// Resolves once the client has hung up (EOF or error). A client that pipelined bytes has not
@@ -143,28 +130,16 @@ pub fn has_hung_up(stream: &TcpStream) -> bool {
 /// future is always safe.
 pub async fn client_hung_up(stream: &TcpStream) {
     loop {
-        if stream.readable(false).await.is_err() || has_hung_up(stream) {
+        if stream.readable(false).await.is_err() {
             return;
         }
-        if has_pending_bytes(stream) {
+        match http::peek(stream) {
+            http::Peek::Closed => return,
             // Pipelined bytes: not a hang-up, and readiness would now fire at once forever.
-            std::future::pending::<()>().await
+            http::Peek::Data => std::future::pending::<()>().await,
+            http::Peek::Empty => {}
         }
     }
-}
-
-fn has_pending_bytes(stream: &TcpStream) -> bool {
-    let mut byte = 0u8;
-    // SAFETY: as in `has_hung_up`.
-    let n = unsafe {
-        libc::recv(
-            stream.as_raw_fd(),
-            (&mut byte as *mut u8).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    n > 0
 }
 
 /// Reads more upstream bytes, giving up after `wait` with an `ECANCELED` error, or with

@@ -6,7 +6,6 @@
 //! no path (error, timeout, client gone) can leak a connection.
 
 use std::cell::{Cell, RefCell};
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -194,16 +193,5 @@ impl Pool {
 /// Whether an idle socket is still open with nothing unread: a closed peer (EOF) or stray bytes
 /// both make it unfit for the next request.
 fn peer_still_open(stream: &TcpStream) -> bool {
-    let mut byte = 0u8;
-    // SAFETY: the fd is owned by `stream` and open for this call; recv writes at most one byte
-    // into a valid local.
-    let n = unsafe {
-        libc::recv(
-            stream.as_raw_fd(),
-            (&mut byte as *mut u8).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+    crate::http::peek(stream) == crate::http::Peek::Empty
 }

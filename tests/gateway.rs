@@ -377,6 +377,35 @@ fn affinity_every_session_is_served_by_its_owner_shard() {
     );
 }
 
+/// Reads one request (head and Content-Length body) for the test's own upstreams, keeping any
+/// bytes that follow in `buf`. `None` when the peer closed.
+fn read_request(s: &mut std::net::TcpStream, buf: &mut Vec<u8>) -> Option<(String, String)> {
+    let mut tmp = [0u8; 8192];
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..i]).to_string();
+            let lower = head.to_ascii_lowercase();
+            let len: usize = lower
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap_or(0));
+            while buf.len() < i + 4 + len {
+                match s.read(&mut tmp) {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                }
+            }
+            let body = String::from_utf8_lossy(&buf[i + 4..i + 4 + len]).to_string();
+            buf.drain(..i + 4 + len);
+            return Some((head, body));
+        }
+        match s.read(&mut tmp) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+        }
+    }
+}
+
 /// An upstream run by the test that misbehaves on a fixed schedule, by request number.
 fn faulty_upstream() -> (SocketAddr, std::thread::JoinHandle<()>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -394,30 +423,10 @@ fn faulty_upstream() -> (SocketAddr, std::thread::JoinHandle<()>) {
 
 fn faulty_conn(mut s: std::net::TcpStream, counter: &std::sync::atomic::AtomicU64) {
     let mut buf = Vec::new();
-    let mut tmp = [0u8; 8192];
     loop {
-        // Read one request head + Content-Length body.
-        let (head_len, body_len) = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..i]).to_ascii_lowercase();
-                let len = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .map_or(0, |v| v.trim().parse().unwrap_or(0));
-                break (i + 4, len);
-            }
-            match s.read(&mut tmp) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&tmp[..n]),
-            }
+        let Some(_) = read_request(&mut s, &mut buf) else {
+            return;
         };
-        while buf.len() < head_len + body_len {
-            match s.read(&mut tmp) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&tmp[..n]),
-            }
-        }
-        buf.drain(..head_len + body_len);
         let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let ok = "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}";
         let res = match n % 10 {
@@ -647,35 +656,12 @@ fn recording_upstream() -> (SocketAddr, std::sync::mpsc::Receiver<String>) {
             let tx = tx.clone();
             std::thread::spawn(move || {
                 let mut buf = Vec::new();
-                let mut tmp = [0u8; 4096];
-                while let Ok(n) = s.read(&mut tmp) {
-                    if n == 0 {
+                while let Some((head, _)) = read_request(&mut s, &mut buf) {
+                    let _ = tx.send(head);
+                    let ok = "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}";
+                    let resp = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nset-cookie: up=1\r\nmcp-session-id: upstream-secret\r\ncontent-length: {}\r\n\r\n{ok}", ok.len());
+                    if s.write_all(resp.as_bytes()).is_err() {
                         return;
-                    }
-                    buf.extend_from_slice(&tmp[..n]);
-                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buf[..i]).to_string();
-                        let len = head
-                            .to_ascii_lowercase()
-                            .lines()
-                            .find_map(|l| {
-                                l.strip_prefix("content-length:")
-                                    .map(|v| v.trim().parse().unwrap_or(0))
-                            })
-                            .unwrap_or(0);
-                        while buf.len() < i + 4 + len {
-                            match s.read(&mut tmp) {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&tmp[..n]),
-                            }
-                        }
-                        buf.drain(..i + 4 + len);
-                        let _ = tx.send(head);
-                        let ok = "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}";
-                        let resp = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nset-cookie: up=1\r\nmcp-session-id: upstream-secret\r\ncontent-length: {}\r\n\r\n{ok}", ok.len());
-                        if s.write_all(resp.as_bytes()).is_err() {
-                            return;
-                        }
                     }
                 }
             });
@@ -839,31 +825,8 @@ fn slow_initialize_upstream(delay: Duration) -> (SocketAddr, std::sync::mpsc::Re
             let tx = tx.clone();
             std::thread::spawn(move || {
                 let mut buf = Vec::new();
-                let mut tmp = [0u8; 4096];
-                loop {
-                    let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        match s.read(&mut tmp) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&tmp[..n]),
-                        }
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&buf[..i]).to_ascii_lowercase();
-                    let len = head
-                        .lines()
-                        .find_map(|l| {
-                            l.strip_prefix("content-length:")
-                                .map(|v| v.trim().parse().unwrap_or(0))
-                        })
-                        .unwrap_or(0);
-                    while buf.len() < i + 4 + len {
-                        match s.read(&mut tmp) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&tmp[..n]),
-                        }
-                    }
-                    let body = String::from_utf8_lossy(&buf[i + 4..i + 4 + len]).to_string();
-                    buf.drain(..i + 4 + len);
+                while let Some((head, body)) = read_request(&mut s, &mut buf) {
+                    let head = head.to_ascii_lowercase();
                     let sid = head
                         .lines()
                         .find_map(|l| l.strip_prefix("mcp-session-id:"))
