@@ -209,26 +209,35 @@ pub struct ResponseHead {
     pub head_len: usize,
 }
 
+/// Applies the head bounds to an httparse outcome: the head's length, `None` for "need more".
+fn head_len(
+    parsed: Result<httparse::Status<usize>, httparse::Error>,
+    buffered: usize,
+    limits: HeadLimits,
+    what: &'static str,
+) -> Result<Option<usize>, HttpError> {
+    match parsed {
+        Ok(httparse::Status::Complete(n)) if n > limits.max_head_bytes => {
+            Err(HttpError::HeadTooLarge)
+        }
+        Ok(httparse::Status::Complete(n)) => Ok(Some(n)),
+        Ok(httparse::Status::Partial) if buffered >= limits.max_head_bytes => {
+            Err(HttpError::HeadTooLarge)
+        }
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err(HttpError::HeadTooLarge),
+        Err(_) => Err(HttpError::Malformed(what)),
+    }
+}
+
 /// Parses a request head from the start of `buf`. `Ok(None)` means more bytes are needed.
 pub fn parse_request(buf: &[u8], limits: HeadLimits) -> Result<Option<RequestHead>, HttpError> {
     let mut storage = [httparse::EMPTY_HEADER; 128];
     let slots = limits.max_headers.min(storage.len());
     let mut req = httparse::Request::new(&mut storage[..slots]);
-    let head_len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            return if buf.len() >= limits.max_head_bytes {
-                Err(HttpError::HeadTooLarge)
-            } else {
-                Ok(None)
-            };
-        }
-        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeadTooLarge),
-        Err(_) => return Err(HttpError::Malformed("request head")),
+    let Some(head_len) = head_len(req.parse(buf), buf.len(), limits, "request head")? else {
+        return Ok(None);
     };
-    if head_len > limits.max_head_bytes {
-        return Err(HttpError::HeadTooLarge);
-    }
     let minor = req.version.unwrap_or(1);
     let method = Method::parse(req.method.unwrap_or(""));
     let path = req.path.unwrap_or("/").to_string();
@@ -255,17 +264,8 @@ pub fn parse_response(
     let mut storage = [httparse::EMPTY_HEADER; 128];
     let slots = limits.max_headers.min(storage.len());
     let mut resp = httparse::Response::new(&mut storage[..slots]);
-    let head_len = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            return if buf.len() >= limits.max_head_bytes {
-                Err(HttpError::HeadTooLarge)
-            } else {
-                Ok(None)
-            };
-        }
-        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeadTooLarge),
-        Err(_) => return Err(HttpError::Malformed("response head")),
+    let Some(head_len) = head_len(resp.parse(buf), buf.len(), limits, "response head")? else {
+        return Ok(None);
     };
     let status = resp.code.unwrap_or(0);
     let minor = resp.version.unwrap_or(1);
