@@ -1,0 +1,187 @@
+//! loadgen as a real process against the real demo MCP server (run in this test process on a
+//! loopback port): a passing run with its JSON report, SSE delivery accounting, the stateless
+//! and session workloads, and a failed criterion giving a non-zero exit.
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+const LOADGEN: &str = env!("CARGO_BIN_EXE_loadgen");
+
+/// Starts the demo server on its own thread; it lives as long as the test process.
+fn demo() -> String {
+    let listener = shardcat::demo::bind("127.0.0.1:0").expect("bind demo");
+    let addr = listener.local_addr().expect("addr");
+    let cfg = shardcat::demo::DemoConfig {
+        push_interval: Duration::from_millis(20),
+        ..Default::default()
+    };
+    std::thread::spawn(move || shardcat::demo::run(listener, cfg));
+    format!("http://{addr}/mcp")
+}
+
+/// Runs loadgen with `args`; returns its exit code and parsed JSON report.
+fn run(target: &str, args: &[&str]) -> (i32, Value) {
+    let json = std::env::temp_dir().join(format!(
+        "loadgen-e2e-{}-{}.json",
+        std::process::id(),
+        args.join("_").replace(['/', ' '], "")
+    ));
+    let out = Command::new(LOADGEN)
+        .args([
+            "--target",
+            target,
+            "--json",
+            json.to_str().expect("utf-8 path"),
+        ])
+        .args(args)
+        .output()
+        .expect("run loadgen");
+    let report = std::fs::read_to_string(&json).unwrap_or_else(|_| {
+        panic!(
+            "no JSON report; stdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let _ = std::fs::remove_file(&json);
+    (
+        out.status.code().unwrap_or(-1),
+        serde_json::from_str(&report).expect("JSON report"),
+    )
+}
+
+#[test]
+fn call_workload_passes_and_reports() {
+    let target = demo();
+    let (code, r) = run(
+        &target,
+        &[
+            "--workload",
+            "call",
+            "--connections",
+            "8",
+            "--duration-s",
+            "1",
+        ],
+    );
+    assert_eq!(code, 0, "{r}");
+    assert!(r["requests"].as_u64().unwrap() > 100, "{r}");
+    assert_eq!(r["errors"], 0);
+    assert_eq!(r["pass"], true);
+    assert!(r["rps"].as_f64().unwrap() > 100.0);
+}
+
+#[test]
+fn session_and_stateless_workloads_run_clean() {
+    let target = demo();
+    for workload in ["session", "stateless"] {
+        let (code, r) = run(
+            &target,
+            &[
+                "--workload",
+                workload,
+                "--connections",
+                "4",
+                "--duration-s",
+                "1",
+            ],
+        );
+        assert_eq!(code, 0, "{workload}: {r}");
+        assert!(r["requests"].as_u64().unwrap() > 10, "{workload}: {r}");
+        assert_eq!(r["errors"], 0, "{workload}");
+    }
+}
+
+#[test]
+fn open_loop_reports_achieved_against_target_rate() {
+    let target = demo();
+    let (code, r) = run(
+        &target,
+        &[
+            "--workload",
+            "stateless",
+            "--connections",
+            "10",
+            "--rate",
+            "500",
+            "--duration-s",
+            "2",
+        ],
+    );
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["mode"], "open");
+    assert_eq!(r["target_rps"].as_f64(), Some(500.0));
+    let achieved = r["rps"].as_f64().unwrap();
+    assert!(
+        (400.0..600.0).contains(&achieved),
+        "achieved {achieved} req/s for a 500 req/s target"
+    );
+}
+
+#[test]
+fn sse_scenario_counts_every_event() {
+    let target = demo();
+    let (code, r) = run(
+        &target,
+        &[
+            "--scenario",
+            "sse",
+            "--connections",
+            "3",
+            "--duration-s",
+            "1",
+        ],
+    );
+    assert_eq!(code, 0, "{r}");
+    let sse = &r["sse"];
+    assert_eq!(sse["streams"], 3, "{r}");
+    assert!(sse["events"].as_u64().unwrap() >= 3 * 20, "{r}");
+    assert_eq!(sse["lost"], 0);
+    assert_eq!(sse["gaps"], 0);
+}
+
+#[test]
+fn a_failed_criterion_exits_non_zero() {
+    let target = demo();
+    let (code, r) = run(
+        &target,
+        &[
+            "--workload",
+            "call",
+            "--connections",
+            "2",
+            "--duration-s",
+            "1",
+            "--max-p99-ms",
+            "0.000001",
+        ],
+    );
+    assert_eq!(code, 1, "{r}");
+    assert_eq!(r["pass"], false);
+}
+
+#[test]
+fn an_unreachable_target_is_an_error_not_a_pass() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = dead.local_addr().unwrap();
+    drop(dead);
+    let out = Command::new(LOADGEN)
+        .args([
+            "--target",
+            &format!("http://{addr}/mcp"),
+            "--connections",
+            "2",
+            "--duration-s",
+            "1",
+        ])
+        .output()
+        .expect("run loadgen");
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
