@@ -205,6 +205,7 @@ pub struct ResponseHead {
     pub minor: u8,
     pub headers: Headers,
     pub body: BodyKind,
+    /// The upstream allows reuse after this response; always false for close-delimited bodies.
     pub keep_alive: bool,
     pub head_len: usize,
 }

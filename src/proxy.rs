@@ -96,12 +96,7 @@ async fn next_head(shard: &Shard, conn: &mut ClientConn) -> Result<Option<Reques
                 _ => return Ok(None),
             }
         }
-        let wait = shard
-            .config()
-            .timeouts
-            .client_head
-            .saturating_sub(started.elapsed());
-        match read_with_deadline(shard, conn, wait, false).await {
+        match read_within_head_budget(shard, conn, started).await {
             Ok(0) => {
                 return Err(Error::new(
                     Kind::BadHttp(http::HttpError::Malformed("connection closed mid-head")),
@@ -164,6 +159,21 @@ async fn wait_readable(shard: &Shard, conn: &mut ClientConn, wait: Duration) -> 
         conn.rb = http::ReadBuf::from_vec(shard.take_buffer());
     }
     ready
+}
+
+/// Reads more bytes of a request that began at `started`: head and body share the
+/// `client_head_timeout_ms` budget.
+async fn read_within_head_budget(
+    shard: &Shard,
+    conn: &mut ClientConn,
+    started: Instant,
+) -> std::io::Result<usize> {
+    let wait = shard
+        .config()
+        .timeouts
+        .client_head
+        .saturating_sub(started.elapsed());
+    read_with_deadline(shard, conn, wait, false).await
 }
 
 /// Reads more client bytes, giving up after `wait` (or at shutdown when `idle`). The read is
@@ -302,12 +312,8 @@ async fn post(
         mcp::ClassifyError::Invalid(why) => Error::new(Kind::InvalidRequest, why),
     })?;
     ex.method = static_method(parsed.method_label());
-    let first_id = parsed
-        .messages()
-        .first()
-        .and_then(|m| m.id)
-        .map(str::to_string);
-    let fail = |e: Error| e.with_id(first_id.as_deref());
+    let first_id = parsed.messages().first().and_then(|m| m.id);
+    let fail = |e: Error| e.with_id(first_id);
     if version.is_some_and(Version::is_stateless) {
         return stateless_post(shard, conn, head, &body, &parsed)
             .await
@@ -565,12 +571,7 @@ async fn read_body(shard: &Shard, conn: &mut ClientConn, head: &RequestHead) -> 
         if done {
             return Ok(Bytes::from(body));
         }
-        let wait = shard
-            .config()
-            .timeouts
-            .client_head
-            .saturating_sub(started.elapsed());
-        match read_with_deadline(shard, conn, wait, false).await {
+        match read_within_head_budget(shard, conn, started).await {
             Ok(0) => return Err(http::HttpError::Malformed("body truncated").into()),
             Ok(_) => {}
             Err(_) => {

@@ -202,7 +202,8 @@ pub async fn drain_body(
     let mut dec = BodyDecoder::new(kind);
     loop {
         match dec.decode(urb, &mut |_| {}) {
-            Ok(true) => return kind != BodyKind::Close && urb.data().is_empty(),
+            // A close-delimited body never gets here: it ends at EOF, below, as not reusable.
+            Ok(true) => return urb.data().is_empty(),
             Ok(false) => {}
             Err(_) => return false,
         }
@@ -234,23 +235,15 @@ async fn relay_length(
             break;
         }
         if out.len() >= WRITE_BATCH_BYTES {
-            let (res, back) = conn.stream.write_all(out).await;
-            if res.is_err() {
-                shard.give_buffer(urb.into_vec());
-                return RelayEnd { client_ok: false };
-            }
-            out = back;
-            out.clear();
+            out = match flush(conn, out).await {
+                Some(emptied) => emptied,
+                None => return client_gone(shard, urb),
+            };
         }
         match read_upstream(&mut up, &mut urb, wait, None).await {
             Ok(n) if n > 0 => {}
-            _ => {
-                // The upstream broke its promised length: the client cannot get a whole body.
-                inc(&shard.stats.upstream_errors);
-                let _ = conn.stream.write_all(out).await;
-                shard.give_buffer(urb.into_vec());
-                return RelayEnd { client_ok: false };
-            }
+            // The upstream broke its promised length: the client cannot get a whole body.
+            _ => return upstream_broke(shard, conn, out, urb).await,
         }
     }
     finish_upstream(shard, up, urb, resp.keep_alive);
@@ -274,21 +267,17 @@ async fn relay_rechunk(
     while let Ok(done) = dec.decode(&mut urb, &mut |d: &[u8]| http::encode_chunk(&mut out, d)) {
         if done {
             out.extend_from_slice(http::LAST_CHUNK);
-            let reusable = resp.body != BodyKind::Close && resp.keep_alive;
-            finish_upstream(shard, up, urb, reusable);
+            finish_upstream(shard, up, urb, resp.keep_alive);
             let (res, _) = conn.stream.write_all(out).await;
             return RelayEnd {
                 client_ok: res.is_ok(),
             };
         }
         if !out.is_empty() {
-            let (res, back) = conn.stream.write_all(out).await;
-            if res.is_err() {
-                shard.give_buffer(urb.into_vec());
-                return RelayEnd { client_ok: false };
-            }
-            out = back;
-            out.clear();
+            out = match flush(conn, out).await {
+                Some(emptied) => emptied,
+                None => return client_gone(shard, urb),
+            };
         }
         match read_upstream(&mut up, &mut urb, wait, None).await {
             Ok(0) if dec.finish_on_eof().is_ok() => {}
@@ -296,12 +285,34 @@ async fn relay_rechunk(
             _ => break,
         }
     }
-    // Upstream failed mid-body: end the client connection without the last chunk, so the
-    // client sees a truncated response rather than a complete one.
-    inc(&shard.stats.upstream_errors);
-    let _ = conn.stream.write_all(out).await;
+    // Without the last chunk, the client sees a truncated response rather than a complete one.
+    upstream_broke(shard, conn, out, urb).await
+}
+
+/// Writes `out`; gives the buffer back emptied, or `None` when the client is gone.
+async fn flush(conn: &mut ClientConn, out: Vec<u8>) -> Option<Vec<u8>> {
+    let (res, mut back) = conn.stream.write_all(out).await;
+    res.ok()?;
+    back.clear();
+    Some(back)
+}
+
+/// The client went away mid-body: the upstream connection (dropped by the caller) is closed.
+fn client_gone(shard: &Shard, urb: ReadBuf) -> RelayEnd {
     shard.give_buffer(urb.into_vec());
     RelayEnd { client_ok: false }
+}
+
+/// The upstream failed mid-body: the client gets what arrived, then the connection ends.
+async fn upstream_broke(
+    shard: &Shard,
+    conn: &mut ClientConn,
+    out: Vec<u8>,
+    urb: ReadBuf,
+) -> RelayEnd {
+    inc(&shard.stats.upstream_errors);
+    let _ = conn.stream.write_all(out).await;
+    client_gone(shard, urb)
 }
 
 /// How the SSE reader task ended.
@@ -464,9 +475,7 @@ async fn read_events(
     };
     queue.close();
     match end {
-        ReadEnd::Complete => {
-            finish_upstream(&shard, up, urb, keep_alive && kind != BodyKind::Close)
-        }
+        ReadEnd::Complete => finish_upstream(&shard, up, urb, keep_alive),
         ReadEnd::Broken => {
             shard.give_buffer(urb.into_vec());
             drop(up);
