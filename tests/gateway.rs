@@ -645,27 +645,40 @@ fn invalid_config_is_rejected_naming_the_key() {
     let _ = std::fs::remove_file(&path);
 }
 
-/// An upstream that records every request head it receives and answers a fixed JSON body.
-fn recording_upstream() -> (SocketAddr, std::sync::mpsc::Receiver<String>) {
+/// An upstream run by the test: for each request, `on_request(head, body)` runs (it may record
+/// or wait) and returns extra response header lines; the answer is a 200 JSON-RPC result.
+fn scripted_upstream(
+    on_request: impl Fn(&str, &str) -> &'static str + Send + Sync + 'static,
+) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
+    let on_request = std::sync::Arc::new(on_request);
     std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(mut s) = s else { return };
-            let tx = tx.clone();
+            let on_request = on_request.clone();
             std::thread::spawn(move || {
                 let mut buf = Vec::new();
-                while let Some((head, _)) = read_request(&mut s, &mut buf) {
-                    let _ = tx.send(head);
+                while let Some((head, body)) = read_request(&mut s, &mut buf) {
+                    let extra = on_request(&head, &body);
                     let ok = "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}";
-                    let resp = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nset-cookie: up=1\r\nmcp-session-id: upstream-secret\r\ncontent-length: {}\r\n\r\n{ok}", ok.len());
+                    let resp = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n{extra}content-length: {}\r\n\r\n{ok}", ok.len());
                     if s.write_all(resp.as_bytes()).is_err() {
                         return;
                     }
                 }
             });
         }
+    });
+    addr
+}
+
+/// An upstream that records every request head it receives.
+fn recording_upstream() -> (SocketAddr, std::sync::mpsc::Receiver<String>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let addr = scripted_upstream(move |head, _| {
+        let _ = tx.send(head.to_string());
+        "set-cookie: up=1\r\nmcp-session-id: upstream-secret\r\n"
     });
     (addr, rx)
 }
@@ -816,35 +829,19 @@ fn client_hang_up_releases_the_upstream_at_once() {
 /// An upstream whose initialize answers after `delay` with session `up-1`; it reports each
 /// request line (and the session it names) it receives.
 fn slow_initialize_upstream(delay: Duration) -> (SocketAddr, std::sync::mpsc::Receiver<String>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { return };
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                let mut buf = Vec::new();
-                while let Some((head, body)) = read_request(&mut s, &mut buf) {
-                    let head = head.to_ascii_lowercase();
-                    let sid = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("mcp-session-id:"))
-                        .unwrap_or("")
-                        .trim()
-                        .to_string();
-                    let _ = tx.send(format!("{} {sid}", head.lines().next().unwrap_or("")));
-                    if body.contains("\"initialize\"") {
-                        std::thread::sleep(delay);
-                    }
-                    let ok = "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}";
-                    let resp = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nmcp-session-id: up-1\r\ncontent-length: {}\r\n\r\n{ok}", ok.len());
-                    if s.write_all(resp.as_bytes()).is_err() {
-                        return;
-                    }
-                }
-            });
+    let addr = scripted_upstream(move |head, body| {
+        let head = head.to_ascii_lowercase();
+        let sid = head
+            .lines()
+            .find_map(|l| l.strip_prefix("mcp-session-id:"))
+            .unwrap_or("")
+            .trim();
+        let _ = tx.send(format!("{} {sid}", head.lines().next().unwrap_or("")));
+        if body.contains("\"initialize\"") {
+            std::thread::sleep(delay);
         }
+        "mcp-session-id: up-1\r\n"
     });
     (addr, rx)
 }
