@@ -49,47 +49,10 @@ cargo build --release >&2
 TMP="$(mktemp -d /tmp/compare-wrk.XXXXXX)"
 PIDS=()
 
-alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
+# Process handling, cleanup and /proc readings shared by the benchmark scripts.
+# shellcheck source=scripts/lib.sh
+. "$REPO/scripts/lib.sh"
 
-# Process state letter from /proc/PID/stat ("" when gone).
-pstate() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $1}'; }
-# Alive and not a zombie/dead entry waiting to be reaped.
-running() { local s; s="$(pstate "$1")"; [ -n "$s" ] && [ "$s" != Z ] && [ "$s" != X ]; }
-
-# Stops one pid: SIGTERM, up to ~5 s grace, then SIGKILL. Reaps it when it is our child.
-stop_pid() {
-    local pid="$1" i
-    if running "$pid"; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for i in $(seq 1 50); do
-            running "$pid" || break
-            sleep 0.1
-        done
-        if running "$pid"; then
-            log "pid $pid still running (state $(pstate "$pid")) 5 s after SIGTERM; sending SIGKILL"
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-    fi
-    wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-    local rc=$? i
-    trap - EXIT INT TERM
-    set +e
-    # Newest first: wrk, then the proxy, then its upstream.
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-        stop_pid "${PIDS[$i]}"
-    done
-    # nginx workers are children of the master and go with it; make sure regardless.
-    for p in $(cat "$TMP"/nginx-workers 2>/dev/null); do stop_pid "$p"; done
-    if [ "${KEEP_TMP:-0}" = 1 ] || [ "$rc" -ne 0 ]; then
-        log "kept $TMP"
-    else
-        rm -rf "$TMP"
-    fi
-    exit "$rc"
-}
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT
 trap 'log "terminated"; exit 143' TERM
@@ -98,58 +61,7 @@ trap 'log "terminated"; exit 143' TERM
 cp "$BIN" "$TMP/shardcat"
 BIN="$TMP/shardcat"
 
-# Forgets a pid once stopped, so cleanup does not signal a recycled pid.
-forget() {
-    local pid="$1" keep=() p
-    for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || keep+=("$p"); done
-    PIDS=("${keep[@]+"${keep[@]}"}")
-}
-
-# Waits until FILE has a line starting with PREFIX (prints the line), or PID dies, or 10 s pass.
-wait_ready() {
-    local file="$1" prefix="$2" pid="$3" name="$4" i line
-    for i in $(seq 1 100); do
-        line="$(grep -m1 "^$prefix" "$file" 2>/dev/null || true)"
-        if [ -n "$line" ]; then echo "$line"; return 0; fi
-        alive "$pid" || { cat "${file%.out}.err" >&2 2>/dev/null; die "$name exited before READY"; }
-        sleep 0.1
-    done
-    die "$name not ready after 10 s"
-}
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-
 # --- /proc readings --------------------------------------------------------------------------
-CLK_TCK="$(getconf CLK_TCK)"
-# utime+stime (clock ticks) of every pid given, whole thread group each.
-cpu_ticks() {
-    local total=0 p t
-    for p in "$@"; do
-        t="$(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')"
-        total=$((total + t))
-    done
-    echo "$total"
-}
-# "busy total" jiffies of one cpu from /proc/stat (busy excludes idle and iowait).
-core_jiffies() {
-    awk -v c="cpu$1" '$1 == c { b = $2 + $3 + $4 + $7 + $8 + $9; print b, b + $5 + $6 }' /proc/stat
-}
-# Busy percentage of a core between two core_jiffies readings.
-busy_pct() {
-    awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " ");
-        t = y[2] - x[2]; if (t > 0) printf "%.0f", 100 * (y[1] - x[1]) / t; else print "?" }'
-}
-# VmRSS (kB) summed over every pid given.
-rss_kb() {
-    local total=0 p v
-    for p in "$@"; do
-        v="$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status")"
-        total=$((total + ${v:-0}))
-    done
-    echo "$total"
-}
 
 # --- workload --------------------------------------------------------------------------------
 BODY='{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hello"},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}'

@@ -59,51 +59,13 @@ cargo build --release -p loadgen >&2
 TMP="$(mktemp -d /tmp/generator-ceiling.XXXXXX)"
 PIDS=()
 
-alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
-pstate() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $1}'; }
-running() { local s; s="$(pstate "$1")"; [ -n "$s" ] && [ "$s" != Z ] && [ "$s" != X ]; }
+# Process handling, cleanup and /proc readings shared by the benchmark scripts.
+# shellcheck source=scripts/lib.sh
+. "$REPO/scripts/lib.sh"
 
-# Stops one pid: SIGTERM, up to ~5 s grace, then SIGKILL. Reaps it when it is our child.
-stop_pid() {
-    local pid="$1" i
-    if running "$pid"; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for i in $(seq 1 50); do
-            running "$pid" || break
-            sleep 0.1
-        done
-        if running "$pid"; then
-            log "pid $pid still running 5 s after SIGTERM; sending SIGKILL"
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-    fi
-    wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-    local rc=$? i
-    trap - EXIT INT TERM
-    set +e
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-        stop_pid "${PIDS[$i]}"
-    done
-    for p in $(cat "$TMP"/nginx-workers 2>/dev/null); do stop_pid "$p"; done
-    if [ "${KEEP_TMP:-0}" = 1 ] || [ "$rc" -ne 0 ]; then
-        log "kept $TMP"
-    else
-        rm -rf "$TMP"
-    fi
-    exit "$rc"
-}
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT
 trap 'log "terminated"; exit 143' TERM
-
-forget() {
-    local pid="$1" keep=() p
-    for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || keep+=("$p"); done
-    PIDS=("${keep[@]+"${keep[@]}"}")
-}
 
 cp "$REPO/target/release/loadgen" "$TMP/loadgen"
 LOADGEN="$TMP/loadgen"
@@ -136,15 +98,6 @@ rc = os.waitstatus_to_exitcode(status)
 sys.exit(rc if rc >= 0 else 128 - rc)
 EOF
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-
-CLK_TCK="$(getconf CLK_TCK)"
-cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
-core_jiffies() {
-    awk -v c="cpu$1" '$1 == c { b = $2 + $3 + $4 + $7 + $8 + $9; print b, b + $5 + $6 }' /proc/stat
-}
 # Busy time of both cores not spent in nginx or the generator, in % of one core:
 # other_pct C0A C0B C1A C1B NGINX_TICKS RUSAGE_JSON. Other tenants of a shared machine show up
 # here; a few % is accounting noise.
@@ -156,10 +109,6 @@ ours, ru, hz = int(sys.argv[5]), json.load(open(sys.argv[6])), int(sys.argv[7])
 busy = (c0b[0] - c0a[0]) + (c1b[0] - c1a[0])
 span = max((c0b[1] - c0a[1] + c1b[1] - c1a[1]) / 2, 1)
 print(max(0, round(100 * (busy - ours - ru["cpu_s"] * hz) / span)))' "$@" "$CLK_TCK"
-}
-busy_pct() {
-    awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " ");
-        t = y[2] - x[2]; if (t > 0) printf "%.0f", 100 * (y[1] - x[1]) / t; else print "?" }'
 }
 
 # --- the target: nginx answering by itself ---------------------------------------------------

@@ -1,0 +1,104 @@
+# Shared by compare.sh, compare-wrk.sh and generator-ceiling.sh; sourced, not run.
+# The sourcing script defines log and die, and sets TMP (its temp dir) and PIDS (the pids it
+# started, oldest first) before any of these run.
+
+# True while PID exists (zombies included).
+alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
+
+# Process state letter from /proc/PID/stat ("" when gone).
+pstate() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $1}'; }
+
+# Alive and not a zombie/dead entry waiting to be reaped.
+running() { local s; s="$(pstate "$1")"; [ -n "$s" ] && [ "$s" != Z ] && [ "$s" != X ]; }
+
+# SIGTERM, up to 5 s for a clean exit, then SIGKILL; reaps the pid either way.
+stop_pid() {
+    local pid="$1" i
+    if running "$pid"; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for i in $(seq 1 50); do
+            running "$pid" || break
+            sleep 0.1
+        done
+        if running "$pid"; then
+            log "pid $pid still running (state $(pstate "$pid")) 5 s after SIGTERM; sending SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
+# EXIT trap: stops every started process, newest first (load generator, proxy, upstream), and
+# removes TMP unless the run failed or KEEP_TMP=1.
+cleanup() {
+    local rc=$? i
+    trap - EXIT INT TERM
+    set +e
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+        stop_pid "${PIDS[$i]}"
+    done
+    # nginx workers are children of the master and go with it; make sure regardless.
+    for p in $(cat "$TMP"/nginx-workers 2>/dev/null); do stop_pid "$p"; done
+    if [ "${KEEP_TMP:-0}" = 1 ] || [ "$rc" -ne 0 ]; then
+        log "kept $TMP"
+    else
+        rm -rf "$TMP"
+    fi
+    exit "$rc"
+}
+
+# Drops PID from PIDS once it was stopped by hand.
+forget() {
+    local pid="$1" keep=() p
+    for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || keep+=("$p"); done
+    PIDS=("${keep[@]+"${keep[@]}"}")
+}
+
+# Waits until FILE has a line starting with PREFIX (prints the line), or PID dies, or 10 s pass.
+wait_ready() {
+    local file="$1" prefix="$2" pid="$3" name="$4" i line
+    for i in $(seq 1 100); do
+        line="$(grep -m1 "^$prefix" "$file" 2>/dev/null || true)"
+        if [ -n "$line" ]; then echo "$line"; return 0; fi
+        alive "$pid" || { cat "${file%.out}.err" >&2 2>/dev/null; die "$name exited before READY"; }
+        sleep 0.1
+    done
+    die "$name not ready after 10 s"
+}
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+CLK_TCK="$(getconf CLK_TCK)"
+
+# utime+stime (clock ticks) of every pid given, whole thread group each.
+cpu_ticks() {
+    local total=0 p t
+    for p in "$@"; do
+        t="$(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')"
+        total=$((total + t))
+    done
+    echo "$total"
+}
+
+# "busy total" jiffies of one cpu from /proc/stat (busy excludes idle and iowait).
+core_jiffies() {
+    awk -v c="cpu$1" '$1 == c { b = $2 + $3 + $4 + $7 + $8 + $9; print b, b + $5 + $6 }' /proc/stat
+}
+
+# Busy percentage of a core between two core_jiffies readings.
+busy_pct() {
+    awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " ");
+        t = y[2] - x[2]; if (t > 0) printf "%.0f", 100 * (y[1] - x[1]) / t; else print "?" }'
+}
+
+# VmRSS (kB) of every pid given, summed; 0 for a pid that is gone.
+rss_kb() {
+    local total=0 p v
+    for p in "$@"; do
+        v="$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null)"
+        total=$((total + ${v:-0}))
+    done
+    echo "$total"
+}
