@@ -102,3 +102,69 @@ rss_kb() {
     done
     echo "$total"
 }
+
+# Starts nginx (1 worker on PROXY_CPU, upstream keepalive) in front of the demo at UPORT; sets
+# NGINX_PID, NGINX_WORKER, NGINX_LOGDIR and TARGET_URL. TAG names its directory under TMP.
+start_nginx() {
+    local tag="$1" NPORT NGX
+    NPORT="$(free_port)"
+    NGX="$TMP/nginx-$tag"
+    mkdir -p "$NGX/logs" "$NGX/tmp"
+    cat >"$NGX/nginx.conf" <<EOF
+user root;
+worker_processes 1;
+worker_cpu_affinity 1$(printf '%*s' "$PROXY_CPU" '' | tr ' ' 0);
+pid $NGX/nginx.pid;
+error_log $NGX/logs/error.log warn;
+events {
+    worker_connections 4096;
+}
+http {
+    access_log off;
+    client_body_temp_path $NGX/tmp/client_body;
+    proxy_temp_path $NGX/tmp/proxy;
+    fastcgi_temp_path $NGX/tmp/fastcgi;
+    uwsgi_temp_path $NGX/tmp/uwsgi;
+    scgi_temp_path $NGX/tmp/scgi;
+    # Client side: do not let nginx's per-connection request cap (1000) close the load generator's connections.
+    keepalive_requests 100000000;
+    keepalive_timeout 75s;
+    upstream demo {
+        server 127.0.0.1:$UPORT;
+        keepalive 256;
+        keepalive_requests 100000000;
+        keepalive_timeout 75s;
+    }
+    server {
+        listen 127.0.0.1:$NPORT;
+        location = /ready {
+            return 204;
+        }
+        # Mcp-Session-Id passes through both ways (nginx forwards and returns unknown headers).
+        location /mcp {
+            proxy_pass http://demo;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host 127.0.0.1:$UPORT;
+        }
+    }
+}
+EOF
+    nginx -t -p "$NGX" -c "$NGX/nginx.conf" 2>"$NGX/logs/test.log" || { cat "$NGX/logs/test.log" >&2; die "nginx config test failed"; }
+    taskset -c "$PROXY_CPU" nginx -p "$NGX" -c "$NGX/nginx.conf" -g 'daemon off;' \
+        >"$NGX/logs/stdout" 2>"$NGX/logs/stderr" &
+    NGINX_PID=$!
+    PIDS+=("$NGINX_PID")
+    NGINX_WORKER=""
+    for _ in $(seq 1 100); do
+        alive "$NGINX_PID" || { cat "$NGX/logs/stderr" "$NGX/logs/error.log" >&2 2>/dev/null; die "nginx exited"; }
+        NGINX_WORKER="$(pgrep -P "$NGINX_PID" | head -1 || true)"
+        if [ -n "$NGINX_WORKER" ] && curl -sf -o /dev/null --max-time 1 "http://127.0.0.1:$NPORT/ready"; then break; fi
+        sleep 0.1
+    done
+    [ -n "$NGINX_WORKER" ] || die "nginx worker did not start"
+    echo "$NGINX_WORKER" >"$TMP/nginx-workers"
+    NGINX_LOGDIR="$NGX/logs"
+    log "nginx: master $NGINX_PID, worker $NGINX_WORKER (affinity $(taskset -cp "$NGINX_WORKER" | awk '{print $NF}')) on :$NPORT -> demo :$UPORT"
+    TARGET_URL="http://127.0.0.1:$NPORT/mcp"
+}
