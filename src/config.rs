@@ -5,10 +5,11 @@
 //! Invariant: every bound the gateway enforces is a named `DEFAULT_*` constant here with a key in
 //! the file schema; nothing else in the crate invents a limit.
 
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use crate::http::{DEFAULT_MAX_HEADERS, DEFAULT_MAX_HEAD_BYTES};
 
@@ -39,6 +40,19 @@ pub const DEFAULT_POOL_MAX_CONNECTIONS: usize = 4096;
 pub const DEFAULT_POOL_IDLE_TIMEOUT_MS: u64 = 4_000;
 /// Session ids carry the shard index in one byte.
 pub const MAX_SHARDS: usize = 255;
+/// Child processes of stdio upstreams across all shards: one per session, plus prewarmed and
+/// stateless-serving children. Past it, a new session gets 503.
+pub const DEFAULT_MAX_PROCESSES: usize = 1_000;
+/// Started, not yet initialized children kept ready per shard, so initialize skips the spawn.
+pub const DEFAULT_PREWARM: usize = 0;
+/// Initialized children per shard that serve 2026-07-28 stateless requests, multiplexed.
+pub const DEFAULT_STATELESS_CHILDREN: usize = 1;
+/// Time between SIGTERM and SIGKILL when a child is ended.
+pub const DEFAULT_KILL_GRACE_MS: u64 = 2_000;
+/// stderr lines logged per child per second; the rest are counted and dropped.
+pub const DEFAULT_STDERR_LINES_PER_S: u32 = 20;
+/// Messages queued toward one child's stdin before new requests get 503.
+pub const DEFAULT_STDIN_QUEUE_DEPTH: usize = 256;
 
 /// The TOML file, as written by an operator. Unknown keys are errors.
 #[derive(Debug, Default, Deserialize)]
@@ -47,7 +61,33 @@ pub struct FileConfig {
     pub server: ServerSection,
     pub limits: LimitsSection,
     pub timeouts: TimeoutsSection,
-    pub upstream: UpstreamSection,
+    /// `[upstream]` or `[[upstream]]`: one upstream (several are not supported yet).
+    #[serde(deserialize_with = "one_or_many")]
+    pub upstream: Vec<UpstreamSection>,
+}
+
+/// Accepts a single table or an array of tables.
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<UpstreamSection>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        Many(Vec<UpstreamSection>),
+        One(Box<UpstreamSection>),
+    }
+    // Untagged errors say only "did not match": decode again as a table for a precise message.
+    let value = toml::Value::deserialize(d)?;
+    match value {
+        toml::Value::Array(_) => {
+            Vec::<UpstreamSection>::deserialize(value).map_err(serde::de::Error::custom)
+        }
+        other => match OneOrMany::deserialize(other.clone()) {
+            Ok(OneOrMany::One(u)) => Ok(vec![*u]),
+            Ok(OneOrMany::Many(v)) => Ok(v),
+            Err(_) => UpstreamSection::deserialize(other)
+                .map(|u| vec![u])
+                .map_err(serde::de::Error::custom),
+        },
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -138,23 +178,47 @@ impl Default for TimeoutsSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamSection {
-    /// `http://host:port/path`. Empty: the built-in demo server.
+    /// "http" (the default) or "stdio".
+    pub kind: String,
+    /// http: `http://host:port/path`. Empty: the built-in demo server.
     pub url: String,
-    /// Sent upstream as `Authorization`; the client's own credentials never are.
+    /// http: sent upstream as `Authorization`; the client's own credentials never are.
     pub authorization: Option<String>,
     pub pool_max_idle: usize,
     pub pool_max_connections: usize,
     pub pool_idle_timeout_ms: u64,
+    /// stdio: the program to start, its arguments, extra environment and working directory.
+    pub command: String,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<String>,
+    pub prewarm: usize,
+    pub max_processes: usize,
+    pub stateless_children: usize,
+    pub kill_grace_ms: u64,
+    pub stderr_lines_per_s: u32,
+    pub stdin_queue_depth: usize,
 }
 
 impl Default for UpstreamSection {
     fn default() -> Self {
         UpstreamSection {
+            kind: "http".into(),
             url: String::new(),
             authorization: None,
             pool_max_idle: DEFAULT_POOL_MAX_IDLE,
             pool_max_connections: DEFAULT_POOL_MAX_CONNECTIONS,
             pool_idle_timeout_ms: DEFAULT_POOL_IDLE_TIMEOUT_MS,
+            command: String::new(),
+            args: Vec::new(),
+            env: BTreeMap::new(),
+            cwd: None,
+            prewarm: DEFAULT_PREWARM,
+            max_processes: DEFAULT_MAX_PROCESSES,
+            stateless_children: DEFAULT_STATELESS_CHILDREN,
+            kill_grace_ms: DEFAULT_KILL_GRACE_MS,
+            stderr_lines_per_s: DEFAULT_STDERR_LINES_PER_S,
+            stdin_queue_depth: DEFAULT_STDIN_QUEUE_DEPTH,
         }
     }
 }
@@ -178,7 +242,38 @@ pub struct Config {
     pub origins: OriginPolicy,
     pub limits: Limits,
     pub timeouts: Timeouts,
-    pub upstream: UpstreamConfig,
+    pub upstream: Upstream,
+}
+
+/// The upstream MCP server: over HTTP, or a program spoken to over stdio.
+#[derive(Debug, Clone)]
+pub enum Upstream {
+    Http(UpstreamConfig),
+    Stdio(StdioConfig),
+}
+
+impl Upstream {
+    /// How the upstream is named in logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Upstream::Http(u) => format!("http://{}{}", u.authority, u.path),
+            Upstream::Stdio(s) => format!("stdio: {} {}", s.command, s.args.join(" ")),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StdioConfig {
+    pub command: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<String>,
+    pub prewarm: usize,
+    pub max_processes: usize,
+    pub stateless_children: usize,
+    pub kill_grace: Duration,
+    pub stderr_lines_per_s: u32,
+    pub stdin_queue_depth: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -234,6 +329,8 @@ pub struct OriginPolicy {
 pub struct Overrides {
     pub listen: Option<String>,
     pub upstream: Option<String>,
+    /// A stdio upstream's command line, split on whitespace (quotes group words).
+    pub upstream_cmd: Option<String>,
     pub shards: Option<usize>,
     pub admin: Option<String>,
     pub driver: Option<String>,
@@ -256,6 +353,16 @@ fn err<T>(key: &str, why: impl std::fmt::Display) -> Result<T, ConfigError> {
 }
 
 impl FileConfig {
+    /// True when neither the file nor the flags name an upstream: serve the built-in demo.
+    pub fn needs_demo(&self, o: &Overrides) -> bool {
+        o.upstream.is_none()
+            && o.upstream_cmd.is_none()
+            && self
+                .upstream
+                .iter()
+                .all(|u| u.kind == "http" && u.url.is_empty())
+    }
+
     pub fn from_toml(text: &str) -> Result<FileConfig, ConfigError> {
         toml::from_str(text).map_err(|e| ConfigError(format!("invalid config: {e}")))
     }
@@ -275,8 +382,20 @@ impl FileConfig {
         if let Some(v) = &o.listen {
             self.server.listen = v.clone();
         }
+        if o.upstream.is_some() || o.upstream_cmd.is_some() {
+            self.upstream = vec![UpstreamSection::default()];
+        }
         if let Some(v) = &o.upstream {
-            self.upstream.url = v.clone();
+            self.upstream[0].url = v.clone();
+        }
+        if let Some(v) = &o.upstream_cmd {
+            let mut words = split_command(v)
+                .map_err(|why| ConfigError(format!("invalid --upstream-cmd: {why}")))?
+                .into_iter();
+            let u = &mut self.upstream[0];
+            u.kind = "stdio".into();
+            u.command = words.next().unwrap_or_default();
+            u.args = words.collect();
         }
         if let Some(v) = o.shards {
             self.server.shards = v;
@@ -307,7 +426,11 @@ impl FileConfig {
         let origins = origin_policy(&self.server, listen);
         let limits = validate_limits(&self.limits)?;
         let timeouts = validate_timeouts(&self.timeouts)?;
-        let upstream = validate_upstream(&self.upstream, demo_addr)?;
+        let upstream = match self.upstream.as_slice() {
+            [] => validate_upstream(&UpstreamSection::default(), demo_addr)?,
+            [u] => validate_upstream(u, demo_addr)?,
+            _ => return err("upstream", "only one upstream is supported"),
+        };
         let listen_backlog = self.server.listen_backlog;
         if listen_backlog == 0 {
             return err("server.listen_backlog", "must be at least 1");
@@ -418,6 +541,91 @@ fn validate_timeouts(t: &TimeoutsSection) -> Result<Timeouts, ConfigError> {
 }
 
 fn validate_upstream(
+    u: &UpstreamSection,
+    demo: Option<SocketAddr>,
+) -> Result<Upstream, ConfigError> {
+    match u.kind.as_str() {
+        "http" => validate_http(u, demo).map(Upstream::Http),
+        "stdio" => validate_stdio(u).map(Upstream::Stdio),
+        other => err(
+            "upstream.kind",
+            format!("'{other}' is not one of http, stdio"),
+        ),
+    }
+}
+
+fn validate_stdio(u: &UpstreamSection) -> Result<StdioConfig, ConfigError> {
+    if u.command.trim().is_empty() {
+        return err("upstream.command", "is required for kind = \"stdio\"");
+    }
+    if u.max_processes == 0 {
+        return err("upstream.max_processes", "must be at least 1");
+    }
+    if u.stdin_queue_depth == 0 {
+        return err("upstream.stdin_queue_depth", "must be at least 1");
+    }
+    if u.kill_grace_ms == 0 {
+        return err("upstream.kill_grace_ms", "must be at least 1 ms");
+    }
+    if u.prewarm + u.stateless_children > u.max_processes {
+        return err(
+            "upstream.prewarm",
+            "prewarm + stateless_children must not exceed upstream.max_processes",
+        );
+    }
+    Ok(StdioConfig {
+        command: u.command.clone(),
+        args: u.args.clone(),
+        env: u.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        cwd: u.cwd.clone(),
+        prewarm: u.prewarm,
+        max_processes: u.max_processes,
+        stateless_children: u.stateless_children,
+        kill_grace: Duration::from_millis(u.kill_grace_ms),
+        stderr_lines_per_s: u.stderr_lines_per_s,
+        stdin_queue_depth: u.stdin_queue_depth,
+    })
+}
+
+/// Splits a command line into words: whitespace separates, single or double quotes group.
+pub fn split_command(line: &str) -> Result<Vec<String>, &'static str> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut quote: Option<char> = None;
+    for c in line.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => cur.push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                in_word = true;
+            }
+            (None, c) if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            (None, c) => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if quote.is_some() {
+        return Err("unterminated quote");
+    }
+    if in_word {
+        words.push(cur);
+    }
+    if words.is_empty() {
+        return Err("empty command");
+    }
+    Ok(words)
+}
+
+fn validate_http(
     u: &UpstreamSection,
     demo: Option<SocketAddr>,
 ) -> Result<UpstreamConfig, ConfigError> {
@@ -557,7 +765,7 @@ mod tests {
             .unwrap();
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(c.limits.max_pending_events, DEFAULT_MAX_PENDING_EVENTS);
-        assert_eq!(c.upstream.path, "/mcp");
+        assert!(matches!(&c.upstream, Upstream::Http(u) if u.path == "/mcp"));
         assert!(c.origins.loopback_origins);
     }
 
@@ -595,6 +803,36 @@ mod tests {
         let c = f.resolve(&o, demo()).unwrap();
         assert_eq!(c.shards, 2);
         assert_eq!(c.listen.port(), 1000);
+    }
+
+    #[test]
+    fn stdio_upstream_from_file_and_flag() {
+        let f = FileConfig::from_toml(
+            "[[upstream]]\nkind = \"stdio\"\ncommand = \"srv\"\nargs = [\"-v\"]\nprewarm = 2\n[upstream.env]\nK = \"v\"\n",
+        )
+        .unwrap();
+        assert!(!f.needs_demo(&Overrides::default()));
+        let c = f.resolve(&Overrides::default(), None).unwrap();
+        let Upstream::Stdio(s) = &c.upstream else {
+            panic!("expected stdio")
+        };
+        assert_eq!((s.command.as_str(), s.prewarm), ("srv", 2));
+        assert_eq!(s.env, vec![("K".to_string(), "v".to_string())]);
+        let o = Overrides {
+            upstream_cmd: Some("python3 -m 'my server' --x".into()),
+            ..Overrides::default()
+        };
+        let c = FileConfig::default().resolve(&o, None).unwrap();
+        let Upstream::Stdio(s) = &c.upstream else {
+            panic!("expected stdio")
+        };
+        assert_eq!(s.args, vec!["-m", "my server", "--x"]);
+        let f = FileConfig::from_toml("[upstream]\nkind = \"stdio\"\n").unwrap();
+        let e = f.resolve(&Overrides::default(), None).unwrap_err();
+        assert!(e.0.contains("upstream.command"), "{e}");
+        let e = FileConfig::from_toml("[upstream]\ncomand = \"x\"\n").unwrap_err();
+        assert!(e.0.contains("comand"), "{e}");
+        assert!(split_command("a 'b").is_err());
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub enum Kind {
     UnknownSession,
     NotFound,
     MethodNotAllowed,
+    /// The resource is busy (a second GET stream on one stdio session).
+    Conflict,
     /// A named bound was hit (connections, sessions, pool, hand-off queue).
     Overloaded(&'static str),
     ShuttingDown,
@@ -104,6 +106,7 @@ impl Error {
             Kind::MisdirectedHost => 421,
             Kind::UnknownSession | Kind::NotFound => 404,
             Kind::MethodNotAllowed => 405,
+            Kind::Conflict => 409,
             Kind::ClientTimeout => 408,
             Kind::ClientGone => 499,
             Kind::Overloaded(_) | Kind::ShuttingDown => 503,
@@ -152,6 +155,7 @@ impl Error {
             Kind::UnknownSession => "Session not found",
             Kind::NotFound => "Not found",
             Kind::MethodNotAllowed => "Method not allowed",
+            Kind::Conflict => "Conflict",
             Kind::Overloaded(what) => {
                 return format!("Gateway overloaded: {what} limit reached, retry later")
             }
@@ -184,6 +188,7 @@ impl Error {
             Kind::UnknownSession => "unknown_session",
             Kind::NotFound => "not_found",
             Kind::MethodNotAllowed => "method_not_allowed",
+            Kind::Conflict => "conflict",
             Kind::Overloaded(w) => w,
             Kind::ShuttingDown => "shutting_down",
             Kind::UpstreamConnect => "upstream_connect",

@@ -8,6 +8,9 @@
 //! - `mcp`       — JSON-RPC classification, protocol versions, session ids.
 //! - `session`   — the shard's session table (gateway id → upstream session).
 //! - `upstream`  — the shard's bounded keep-alive pool of upstream connections.
+//! - `stdio`     — stdio upstreams: one child process per session, correlation by id, reaping.
+//! - `bridge`    — answers HTTP requests from a stdio child (JSON or SSE, GET stream).
+//! - `forward`   — `shardcat forward`: stdio to stdio, and stdio to Streamable HTTP.
 //! - `relay`     — upstream body → client: coalesced, re-chunked, or SSE event by event.
 //! - `sync`      — shard-local bounded queue and event.
 //! - `error`     — the one error type and its mapping to HTTP status and JSON-RPC error.
@@ -17,13 +20,15 @@
 //!
 //! A request: `shard::accept_loop` → `proxy::serve` → `proxy::exchange` (head, affinity hop
 //! through `admission`, validation, `mcp::classify`, `session`) → `upstream::Pool::checkout` →
-//! `relay::relay` → back to `proxy::serve` for the next request on the connection.
+//! `relay::relay` (or, for a stdio upstream, `bridge` → `stdio::Child`) → back to `proxy::serve` for the next request on the connection.
 
 pub mod admin;
 pub mod admission;
+pub mod bridge;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod forward;
 pub mod http;
 pub mod mcp;
 pub mod metrics;
@@ -31,5 +36,6 @@ pub mod proxy;
 pub mod relay;
 pub mod session;
 pub mod shard;
+pub mod stdio;
 pub mod sync;
 pub mod upstream;

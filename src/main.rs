@@ -38,8 +38,11 @@ struct ServeArgs {
     #[arg(long)]
     listen: Option<String>,
     /// Upstream MCP endpoint, http://host:port/path. Default: the built-in demo server.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "upstream_cmd")]
     upstream: Option<String>,
+    /// A stdio MCP server to run, one process per session: "CMD ARGS" (quotes group words).
+    #[arg(long)]
+    upstream_cmd: Option<String>,
     /// Number of shards (default: one per available core).
     #[arg(long)]
     shards: Option<usize>,
@@ -131,11 +134,12 @@ fn run_serve(a: ServeArgs) -> i32 {
     let overrides = Overrides {
         listen: a.listen,
         upstream: a.upstream,
+        upstream_cmd: a.upstream_cmd,
         shards: a.shards,
         admin: a.admin,
         driver: a.driver,
     };
-    let needs_demo = overrides.upstream.is_none() && file.upstream.url.is_empty();
+    let needs_demo = file.needs_demo(&overrides);
     let demo_addr = if needs_demo {
         match start_embedded_demo() {
             Ok(addr) => Some(addr),
@@ -191,10 +195,7 @@ fn serve(config: shardcat::config::Config, demo: bool) -> i32 {
             return 1;
         }
     };
-    let upstream = format!(
-        "http://{}{}",
-        config.upstream.authority, config.upstream.path
-    );
+    let upstream = config.upstream.describe();
     let shards = config.shards;
     let (shared, rxs) = shard::shared(config);
     if let Some(l) = admin {

@@ -40,12 +40,14 @@ pub const STATUSES: [u16; 19] = [
 ];
 
 /// Rejections (a named bound was hit or input refused), by label.
-pub const REJECTIONS: [&str; 6] = [
+pub const REJECTIONS: [&str; 8] = [
     "connections",
     "sessions",
     "upstream_pool",
     "handoff_queue",
     "shutting_down",
+    "processes",
+    "stdio_input",
     "other",
 ];
 
@@ -95,6 +97,20 @@ pub struct ShardStats {
     pub sse_streams: AtomicI64,
     pub sse_backpressure_waits: AtomicU64,
     pub client_errors: AtomicU64,
+    pub stdio_processes: AtomicI64,
+    pub stdio_spawned: AtomicU64,
+    pub stdio_exited: AtomicU64,
+    pub stdio_crashes: AtomicU64,
+    pub stdio_killed: AtomicU64,
+    pub stdio_stuck: AtomicU64,
+    pub stdio_spawn_failures: AtomicU64,
+    pub stdio_prewarm_hits: AtomicU64,
+    pub stdio_cancelled: AtomicU64,
+    pub stdio_timeouts: AtomicU64,
+    pub stdio_late_responses: AtomicU64,
+    pub stdio_dropped_messages: AtomicU64,
+    pub stdio_bad_lines: AtomicU64,
+    pub stdio_stderr_suppressed: AtomicU64,
 }
 
 impl ShardStats {
@@ -122,6 +138,20 @@ impl ShardStats {
             sse_streams: AtomicI64::new(0),
             sse_backpressure_waits: AtomicU64::new(0),
             client_errors: AtomicU64::new(0),
+            stdio_processes: AtomicI64::new(0),
+            stdio_spawned: AtomicU64::new(0),
+            stdio_exited: AtomicU64::new(0),
+            stdio_crashes: AtomicU64::new(0),
+            stdio_killed: AtomicU64::new(0),
+            stdio_stuck: AtomicU64::new(0),
+            stdio_spawn_failures: AtomicU64::new(0),
+            stdio_prewarm_hits: AtomicU64::new(0),
+            stdio_cancelled: AtomicU64::new(0),
+            stdio_timeouts: AtomicU64::new(0),
+            stdio_late_responses: AtomicU64::new(0),
+            stdio_dropped_messages: AtomicU64::new(0),
+            stdio_bad_lines: AtomicU64::new(0),
+            stdio_stderr_suppressed: AtomicU64::new(0),
         }
     }
 
@@ -163,7 +193,7 @@ type Gauge = (&'static str, &'static str, fn(&ShardStats) -> i64);
 pub fn render(stats: &[&ShardStats], hists: &[Option<Histogram<u64>>], out: &mut String) {
     render_requests(stats, out);
     render_rejections(stats, out);
-    let gauges: [Gauge; 18] = [
+    let gauges: [Gauge; 32] = [
         ("shardcat_connections", "gauge", |s| {
             s.connections.load(Relaxed)
         }),
@@ -211,6 +241,48 @@ pub fn render(stats: &[&ShardStats], hists: &[Option<Histogram<u64>>], out: &mut
         }),
         ("shardcat_client_errors_total", "counter", |s| {
             s.client_errors.load(Relaxed) as i64
+        }),
+        ("shardcat_stdio_processes", "gauge", |s| {
+            s.stdio_processes.load(Relaxed)
+        }),
+        ("shardcat_stdio_spawned_total", "counter", |s| {
+            s.stdio_spawned.load(Relaxed) as i64
+        }),
+        ("shardcat_stdio_exited_total", "counter", |s| {
+            s.stdio_exited.load(Relaxed) as i64
+        }),
+        ("shardcat_stdio_crashes_total", "counter", |s| {
+            s.stdio_crashes.load(Relaxed) as i64
+        }),
+        ("shardcat_stdio_killed_total", "counter", |s| {
+            s.stdio_killed.load(Relaxed) as i64
+        }),
+        ("shardcat_stdio_stuck_total", "counter", |s| {
+            s.stdio_stuck.load(Relaxed) as i64
+        }),
+        ("shardcat_stdio_spawn_failures_total", "counter", |s| {
+            s.stdio_spawn_failures.load(Relaxed) as i64
+        }),
+        ("shardcat_stdio_prewarm_hits_total", "counter", |s| {
+            s.stdio_prewarm_hits.load(Relaxed) as i64
+        }),
+        ("shardcat_stdio_cancelled_total", "counter", |s| {
+            s.stdio_cancelled.load(Relaxed) as i64
+        }),
+        ("shardcat_stdio_timeouts_total", "counter", |s| {
+            s.stdio_timeouts.load(Relaxed) as i64
+        }),
+        ("shardcat_stdio_late_responses_total", "counter", |s| {
+            s.stdio_late_responses.load(Relaxed) as i64
+        }),
+        ("shardcat_stdio_dropped_messages_total", "counter", |s| {
+            s.stdio_dropped_messages.load(Relaxed) as i64
+        }),
+        ("shardcat_stdio_bad_lines_total", "counter", |s| {
+            s.stdio_bad_lines.load(Relaxed) as i64
+        }),
+        ("shardcat_stdio_stderr_suppressed_total", "counter", |s| {
+            s.stdio_stderr_suppressed.load(Relaxed) as i64
         }),
     ];
     for (name, kind, get) in gauges {

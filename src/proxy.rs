@@ -326,9 +326,14 @@ async fn post(
             format!("batches are not allowed in protocol version {}", v.as_str()),
         )));
     }
+    if shard.stdio.is_some() {
+        return stdio_post(shard, conn, head, &body, &parsed)
+            .await
+            .map_err(fail);
+    }
     match head.headers.get("mcp-session-id") {
         Some(raw) => {
-            let (id, upstream_sid) = lookup_session(shard, raw).map_err(fail)?;
+            let (id, upstream_sid, _) = lookup_session(shard, raw).map_err(fail)?;
             let req = UpRequest {
                 method: Method::Post,
                 head,
@@ -359,6 +364,34 @@ async fn post(
     }
 }
 
+/// A session-based POST for a stdio upstream: initialize starts a child, the rest go to the
+/// session's child.
+async fn stdio_post(
+    shard: &Rc<Shard>,
+    conn: &mut ClientConn,
+    head: &RequestHead,
+    body: &[u8],
+    parsed: &mcp::Body<'_>,
+) -> Result<Outcome> {
+    let mcp::Body::Single(msg) = parsed else {
+        return Err(Error::new(
+            Kind::InvalidRequest,
+            "batches are not supported by stdio upstreams",
+        ));
+    };
+    match head.headers.get("mcp-session-id") {
+        Some(raw) => {
+            let (_, _, child) = lookup_session(shard, raw)?;
+            let child = child.ok_or_else(|| Error::new(Kind::UnknownSession, ""))?;
+            crate::bridge::post(shard, conn, head, body, msg, child).await
+        }
+        None if parsed.is_initialize() => {
+            crate::bridge::initialize(shard, conn, body, msg.id).await
+        }
+        None => Err(Error::new(Kind::SessionRequired, "")),
+    }
+}
+
 /// 2026-07-28: no session; the routing headers must agree with the body; one message per POST.
 async fn stateless_post(
     shard: &Rc<Shard>,
@@ -379,6 +412,9 @@ async fn stateless_post(
         head.headers.get_str("mcp-name"),
     )
     .map_err(|why| Error::new(Kind::HeaderMismatch, why))?;
+    if shard.stdio.is_some() {
+        return crate::bridge::stateless(shard, conn, head, body, msg).await;
+    }
     let req = UpRequest {
         method: Method::Post,
         head,
@@ -447,7 +483,7 @@ fn end_session_everywhere(shard: &Rc<Shard>, id: &SessionId) {
     }
 }
 
-fn requested_version(body: &[u8]) -> Version {
+pub(crate) fn requested_version(body: &[u8]) -> Version {
     #[derive(serde::Deserialize)]
     struct P<'a> {
         #[serde(borrow, rename = "protocolVersion")]
@@ -464,19 +500,26 @@ fn requested_version(body: &[u8]) -> Version {
         .unwrap_or_else(Version::assumed)
 }
 
-/// Resolves a client's session id to the upstream's. Unknown, malformed or foreign: 404.
-fn lookup_session(shard: &Shard, raw: &[u8]) -> Result<(SessionId, Option<Rc<str>>)> {
+/// What a session id resolves to: the id, the upstream's session id (HTTP) or child (stdio).
+type SessionRef = (SessionId, Option<Rc<str>>, Option<Rc<crate::stdio::Child>>);
+
+/// Resolves a client's session id. Unknown, malformed or foreign: 404.
+fn lookup_session(shard: &Shard, raw: &[u8]) -> Result<SessionRef> {
     let id = SessionId::decode(raw).ok_or_else(|| Error::new(Kind::UnknownSession, ""))?;
     let mut sessions = shard.sessions.borrow_mut();
     let s = sessions
         .get_mut(&id)
         .ok_or_else(|| Error::new(Kind::UnknownSession, ""))?;
     s.last_seen = Instant::now();
-    Ok((id, s.upstream_sid.clone()))
+    Ok((id, s.upstream_sid.clone(), s.child.clone()))
 }
 
-fn end_session_local(shard: &Shard, id: &SessionId) -> Option<crate::session::Session> {
+/// Removes a session from the table (its stdio child, if any, is asked to end).
+pub(crate) fn end_session_local(shard: &Shard, id: &SessionId) -> Option<crate::session::Session> {
     let s = shard.sessions.borrow_mut().remove(id)?;
+    if let Some(child) = &s.child {
+        child.end();
+    }
     shard.shared.sessions.release();
     gauge_add(&shard.stats.sessions, -1);
     inc(&shard.stats.sessions_ended);
@@ -484,10 +527,17 @@ fn end_session_local(shard: &Shard, id: &SessionId) -> Option<crate::session::Se
 }
 
 async fn get(shard: &Rc<Shard>, conn: &mut ClientConn, head: &RequestHead) -> Result<Outcome> {
-    let upstream_sid = match head.headers.get("mcp-session-id") {
-        Some(raw) => lookup_session(shard, raw)?.1,
-        None => None,
+    let (upstream_sid, child) = match head.headers.get("mcp-session-id") {
+        Some(raw) => {
+            let (_, up, child) = lookup_session(shard, raw)?;
+            (up, child)
+        }
+        None if shard.stdio.is_some() => return Err(Error::new(Kind::SessionRequired, "")),
+        None => (None, None),
     };
+    if let Some(child) = child {
+        return crate::bridge::get(shard, conn, child).await;
+    }
     let req = UpRequest {
         method: Method::Get,
         head,
@@ -502,8 +552,9 @@ async fn delete(shard: &Rc<Shard>, conn: &mut ClientConn, head: &RequestHead) ->
         .headers
         .get("mcp-session-id")
         .ok_or_else(|| Error::new(Kind::SessionRequired, ""))?;
-    let (id, upstream_sid) = lookup_session(shard, raw)?;
+    let (id, upstream_sid, _) = lookup_session(shard, raw)?;
     let Some(upstream_sid) = upstream_sid else {
+        // No upstream session (a stdio child, ended with the session, or a sessionless server).
         end_session_local(shard, &id);
         write_simple(&mut conn.stream, 200, b"", true).await?;
         return Ok(Outcome {
@@ -670,8 +721,9 @@ async fn forward(
     on_head: OnHead<'_>,
     watch_hangup: bool,
 ) -> Result<Outcome> {
+    let pool = http_pool(shard)?;
     let mut wire = Vec::with_capacity(512 + req.body.map_or(0, <[u8]>::len));
-    encode_request(&mut wire, &req, shard.pool.config());
+    encode_request(&mut wire, &req, pool.config());
     let (mut up, wire) = send_request(shard, wire).await?;
     drop(wire);
     let mut urb = http::ReadBuf::from_vec(shard.take_buffer());
@@ -702,12 +754,20 @@ async fn forward(
     })
 }
 
+/// The shard's HTTP upstream pool (absent when the upstream is a stdio program).
+fn http_pool(shard: &Shard) -> Result<&Rc<crate::upstream::Pool>> {
+    shard
+        .pool
+        .as_ref()
+        .ok_or_else(|| Error::new(Kind::Internal, "no HTTP upstream on this shard"))
+}
+
 /// Writes the request on a pooled connection. A reused connection that fails on write was
 /// closed by the upstream while idle, before reading anything: retry once on a fresh one.
 async fn send_request(shard: &Rc<Shard>, wire: Vec<u8>) -> Result<(UpConn, Vec<u8>)> {
     let mut wire = wire;
     for _ in 0..2 {
-        let mut up = shard.pool.checkout().await.inspect_err(|e| {
+        let mut up = http_pool(shard)?.checkout().await.inspect_err(|e| {
             if let Kind::Overloaded(w) = e.kind {
                 shard.stats.count_rejection(w);
             } else {
@@ -878,13 +938,19 @@ pub async fn end_all_sessions(shard: &Rc<Shard>, within: Duration) {
     if n > 0 {
         log::info!("shard {}: ended {n} sessions upstream", shard.id);
     }
+    if let Some(host) = &shard.stdio {
+        host.close();
+        host.wait_all_reaped(host.config().kill_grace + Duration::from_secs(1))
+            .await;
+    }
 }
 
 /// Sends DELETE for an upstream session, bounded by `timeout`; the answer is read and dropped.
 async fn delete_upstream(shard: Rc<Shard>, upstream_sid: Rc<str>, timeout: Duration) {
     let fut = async {
-        let mut up = shard.pool.checkout().await.ok()?;
-        let cfg = shard.pool.config();
+        let pool = shard.pool.as_ref()?;
+        let mut up = pool.checkout().await.ok()?;
+        let cfg = pool.config();
         let mut wire = format!(
             "DELETE {} HTTP/1.1\r\nhost: {}\r\nmcp-session-id: {upstream_sid}\r\n",
             cfg.path, cfg.authority
@@ -902,7 +968,7 @@ async fn delete_upstream(shard: Rc<Shard>, upstream_sid: Rc<str>, timeout: Durat
         let reusable =
             relay::drain_body(&mut up, &mut urb, head.body, timeout).await && head.keep_alive;
         if reusable {
-            shard.pool.checkin(up);
+            pool.checkin(up);
         }
         Some(head.status)
     };

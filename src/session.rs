@@ -23,6 +23,8 @@ pub enum SessionState {
 pub struct Session {
     secret: u128,
     pub upstream_sid: Option<std::rc::Rc<str>>,
+    /// The child process serving the session (stdio upstreams).
+    pub child: Option<std::rc::Rc<crate::stdio::Child>>,
     pub version: Version,
     pub created: Instant,
     pub last_seen: Instant,
@@ -53,6 +55,7 @@ impl Sessions {
         let slot = self.slab.insert(Session {
             secret,
             upstream_sid,
+            child: None,
             version,
             created: now,
             last_seen: now,

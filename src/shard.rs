@@ -40,6 +40,8 @@ pub struct Shared {
     pub config: Config,
     pub connections: Gate,
     pub sessions: Gate,
+    /// Child processes of a stdio upstream, across shards.
+    pub processes: Gate,
     pub draining: AtomicBool,
     pub stats: Vec<Arc<ShardStats>>,
     pub mailboxes: Vec<Mailbox>,
@@ -53,7 +55,10 @@ pub struct Shard {
     pub shared: Arc<Shared>,
     pub stats: Arc<ShardStats>,
     pub sessions: RefCell<Sessions>,
-    pub pool: Rc<Pool>,
+    /// The HTTP upstream's connection pool (absent for a stdio upstream).
+    pub pool: Option<Rc<Pool>>,
+    /// The stdio upstream's children (absent for an HTTP upstream).
+    pub stdio: Option<Rc<crate::stdio::Host>>,
     pub shutdown: LocalEvent,
     pub latency: RefCell<Histogram<u64>>,
     /// Client connections this shard currently serves.
@@ -102,6 +107,10 @@ pub fn shared(config: Config) -> (Arc<Shared>, Vec<MailboxRx>) {
     let shared = Shared {
         connections: Gate::new(config.limits.max_connections),
         sessions: Gate::new(config.limits.max_sessions),
+        processes: Gate::new(match &config.upstream {
+            crate::config::Upstream::Stdio(s) => s.max_processes,
+            crate::config::Upstream::Http(_) => 0,
+        }),
         draining: AtomicBool::new(false),
         stats: (0..n).map(|i| Arc::new(ShardStats::new(i))).collect(),
         hists: (0..n).map(|_| crossbeam_channel::bounded(1)).collect(),
@@ -216,16 +225,33 @@ async fn shard_main(
     rx: MailboxRx,
 ) {
     let stats = shared.stats[id].clone();
-    let pool = Pool::new(
-        shared.config.upstream.clone(),
-        shared.config.timeouts.upstream_connect,
-        stats.clone(),
-    );
+    let (pool, stdio) = match &shared.config.upstream {
+        crate::config::Upstream::Http(u) => {
+            let pool = Pool::new(
+                u.clone(),
+                shared.config.timeouts.upstream_connect,
+                stats.clone(),
+            );
+            (Some(Rc::new(pool)), None)
+        }
+        crate::config::Upstream::Stdio(cfg) => {
+            let spawn = crate::stdio::Spawn {
+                cfg: Rc::new(cfg.clone()),
+                stats: stats.clone(),
+                max_events: shared.config.limits.max_pending_events,
+                max_line_bytes: shared.config.limits.max_body_bytes,
+                write_timeout: shared.config.timeouts.upstream_request,
+            };
+            let host = crate::stdio::Host::new(spawn, shared.clone());
+            (None, Some(Rc::new(host)))
+        }
+    };
     let shard = Rc::new(Shard {
         id,
         stats,
         sessions: RefCell::new(Sessions::new(id as u8)),
-        pool: Rc::new(pool),
+        pool,
+        stdio,
         shutdown: LocalEvent::default(),
         latency: RefCell::new(new_histogram()),
         live: Cell::new(0),
@@ -239,6 +265,9 @@ async fn shard_main(
             std::process::exit(1);
         }
     };
+    if let Some(host) = &shard.stdio {
+        host.refill();
+    }
     monoio::spawn(mailbox_loop(shard.clone(), rx));
     monoio::spawn(tick_loop(shard.clone()));
     accept_loop(&shard, &listener).await;
@@ -414,7 +443,9 @@ async fn tick_loop(shard: Rc<Shard>) {
             return;
         }
         let now = Instant::now();
-        shard.pool.sweep(now);
+        if let Some(pool) = &shard.pool {
+            pool.sweep(now);
+        }
         crate::proxy::expire_sessions(&shard, now);
     }
 }
@@ -442,7 +473,9 @@ async fn drain(shard: &Rc<Shard>) {
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(500));
     crate::proxy::end_all_sessions(shard, left).await;
-    shard.pool.clear();
+    if let Some(pool) = &shard.pool {
+        pool.clear();
+    }
     publish_latency(shard);
     log::info!("shard {}: stopped", shard.id);
 }

@@ -132,6 +132,20 @@ impl<T> LocalQueue<T> {
         .await
     }
 
+    /// Enqueues without waiting. `Err(item)` when full or closed. Any number of producers may
+    /// use this (only `push` keeps a single producer waker).
+    pub fn try_push(&self, item: T) -> Result<(), T> {
+        let mut s = self.state.borrow_mut();
+        if s.closed || s.items.len() >= s.cap {
+            return Err(item);
+        }
+        s.items.push_back(item);
+        if let Some(w) = s.rx_waker.take() {
+            w.wake();
+        }
+        Ok(())
+    }
+
     /// Waits for an item. `None` once the queue is closed and empty.
     pub async fn pop(&self) -> Option<T> {
         poll_fn(|cx| self.poll_pop(cx)).await

@@ -1,0 +1,404 @@
+//! The HTTP face of stdio upstreams: answers Streamable HTTP requests from a child process.
+//!
+//! A request's answer is `application/json` when the child's first message about it is the
+//! response, and `text/event-stream` when notifications or server requests come first (each its
+//! own event, flushed at once). Server messages about no request go to the session's GET
+//! stream. Stateless 2026-07-28 requests are multiplexed over the shard's gateway-initialized
+//! children; `server/discover` is answered from their initialize result.
+//!
+//! Invariants: every request ends with exactly one answer (response, JSON-RPC error, or nothing
+//! when the client hung up); a request that ends early drops its `Ticket`, which cancels it in
+//! the child.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use monoio::io::AsyncWriteRentExt;
+
+use crate::error::{Error, Kind, Result};
+use crate::http::{self, HeadBody, RequestHead};
+use crate::mcp::{self, SessionId};
+use crate::metrics::{gauge_add, inc};
+use crate::proxy::Outcome;
+use crate::relay;
+use crate::shard::{ClientConn, Shard};
+use crate::stdio::{Child, Host, Next, Role, Ticket};
+
+/// How long a wait runs before it also watches for the client hanging up (as for HTTP
+/// upstreams: quick answers cost no extra poll).
+const HANGUP_ARM_DELAY: Duration = Duration::from_millis(20);
+
+const SSE_HEADERS: &[u8] =
+    b"content-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\n";
+
+fn host(shard: &Shard) -> Result<&Rc<Host>> {
+    shard
+        .stdio
+        .as_ref()
+        .ok_or_else(|| Error::new(Kind::Internal, "no stdio upstream on this shard"))
+}
+
+/// Whether the client takes an SSE answer (an absent Accept takes anything).
+fn sse_ok(head: &RequestHead) -> bool {
+    head.headers.get("accept").is_none_or(|a| {
+        a.windows(17)
+            .any(|w| w.eq_ignore_ascii_case(b"text/event-stream"))
+    })
+}
+
+/// `initialize`: a child (prewarmed when one is ready) under a session and a process permit.
+/// The session exists once the child answered with a result.
+pub async fn initialize(
+    shard: &Rc<Shard>,
+    conn: &mut ClientConn,
+    body: &[u8],
+    id: Option<&str>,
+) -> Result<Outcome> {
+    let host = host(shard)?;
+    if !shard.shared.sessions.try_acquire() {
+        shard.stats.count_rejection("sessions");
+        return Err(Error::new(Kind::Overloaded("sessions"), ""));
+    }
+    let child = match host.take_for_session() {
+        Ok(c) => c,
+        Err(e) => {
+            shard.shared.sessions.release();
+            if let Kind::Overloaded(what) = e.kind {
+                shard.stats.count_rejection(what);
+            }
+            return Err(e);
+        }
+    };
+    let version = crate::proxy::requested_version(body);
+    let mut minted: Option<SessionId> = None;
+    let mut on_final = |line: &[u8]| -> Option<String> {
+        if !is_result(line) {
+            return None;
+        }
+        let sid = shard
+            .sessions
+            .borrow_mut()
+            .insert(None, version, std::time::Instant::now());
+        if let Some(s) = shard.sessions.borrow_mut().get_mut(&sid) {
+            s.child = Some(child.clone());
+        }
+        inc(&shard.stats.sessions_created);
+        gauge_add(&shard.stats.sessions, 1);
+        let (sh, gone) = (shard.clone(), sid);
+        child.on_crash(Box::new(move || {
+            log::warn!("shard {}: stdio server crashed: its session ends", sh.id);
+            crate::proxy::end_session_local(&sh, &gone);
+        }));
+        minted = Some(sid);
+        Some(sid.encode())
+    };
+    // No SSE for initialize: the session id must be known before the head is written. No
+    // hang-up watch either: a session created for a client that left is ended below.
+    let result = match child.request(body) {
+        Ok(ticket) => answer(shard, conn, ticket, false, Some(&mut on_final), false, id).await,
+        Err(e) => Err(e),
+    };
+    match minted {
+        None => {
+            child.end();
+            shard.shared.sessions.release();
+        }
+        Some(sid) if !result.as_ref().is_ok_and(|o| o.reusable) => {
+            log::info!(
+                "shard {}: client missed its initialize answer; ending the session",
+                shard.id
+            );
+            crate::proxy::end_session_local(shard, &sid);
+        }
+        Some(_) => {}
+    }
+    result
+}
+
+/// Whether a response line carries a result (not an error).
+fn is_result(line: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct R<'a> {
+        #[serde(borrow)]
+        result: Option<&'a serde_json::value::RawValue>,
+    }
+    serde_json::from_slice::<R<'_>>(line).is_ok_and(|r| r.result.is_some())
+}
+
+/// A POST on a stdio session: requests are answered, notifications and responses get 202.
+pub async fn post(
+    shard: &Rc<Shard>,
+    conn: &mut ClientConn,
+    head: &RequestHead,
+    body: &[u8],
+    msg: &mcp::Message<'_>,
+    child: Rc<Child>,
+) -> Result<Outcome> {
+    if msg.kind == mcp::Kind::Request {
+        let ticket = child.request(body)?;
+        return answer(shard, conn, ticket, sse_ok(head), None, true, msg.id).await;
+    }
+    child.notify(body)?;
+    accepted(conn).await
+}
+
+/// A 2026-07-28 request on a shard's stateless children.
+pub async fn stateless(
+    shard: &Rc<Shard>,
+    conn: &mut ClientConn,
+    head: &RequestHead,
+    body: &[u8],
+    msg: &mcp::Message<'_>,
+) -> Result<Outcome> {
+    let host = host(shard)?;
+    let timeout = shard.config().timeouts.upstream_request;
+    let child = host.stateless_child(timeout).await.inspect_err(|e| {
+        if let Kind::Overloaded(what) = e.kind {
+            shard.stats.count_rejection(what);
+        }
+    })?;
+    debug_assert_eq!(child.role(), Role::Stateless);
+    match (msg.kind, msg.method) {
+        (mcp::Kind::Request, Some("server/discover")) => {
+            let line = discover(&child, msg.id.unwrap_or("null"))?;
+            write_json(conn, None, &line).await
+        }
+        (mcp::Kind::Request, _) => {
+            let ticket = child.request(body)?;
+            answer(shard, conn, ticket, sse_ok(head), None, true, msg.id).await
+        }
+        _ => {
+            child.notify(body)?;
+            accepted(conn).await
+        }
+    }
+}
+
+/// The `server/discover` answer built from the child's initialize result.
+fn discover(child: &Child, id: &str) -> Result<Vec<u8>> {
+    let init = child.init_result.borrow();
+    let init: serde_json::Value = init
+        .as_deref()
+        .and_then(|b| serde_json::from_slice(b).ok())
+        .ok_or_else(|| Error::new(Kind::Internal, "stdio server has no initialize result"))?;
+    let mut result = serde_json::json!({
+        "resultType": "complete",
+        "supportedVersions": [mcp::STATELESS_VERSION],
+        "capabilities": init.get("capabilities").cloned().unwrap_or_else(|| serde_json::json!({})),
+        "ttlMs": 0,
+        "cacheScope": "public",
+        "_meta": {"io.modelcontextprotocol/serverInfo": init.get("serverInfo").cloned().unwrap_or_default()},
+    });
+    if let Some(i) = init.get("instructions") {
+        result["instructions"] = i.clone();
+    }
+    let mut out = format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"result\":").into_bytes();
+    serde_json::to_writer(&mut out, &result)
+        .map_err(|e| Error::new(Kind::Internal, e.to_string()))?;
+    out.push(b'}');
+    Ok(out)
+}
+
+/// The session's GET stream: server messages about no request, with `:` keepalives.
+pub async fn get(shard: &Rc<Shard>, conn: &mut ClientConn, child: Rc<Child>) -> Result<Outcome> {
+    if child.stream_attached.get() {
+        return Err(Error::new(
+            Kind::Conflict,
+            "a GET stream is already open for this session",
+        ));
+    }
+    child.stream_attached.set(true);
+    let _attached = scopeguard(|| child.stream_attached.set(false));
+    let mut out = Vec::with_capacity(256);
+    http::write_response_head(&mut out, 200, SSE_HEADERS, HeadBody::Chunked);
+    write(conn, out).await?;
+    gauge_add(&shard.stats.sse_streams, 1);
+    let _streams = scopeguard(|| gauge_add(&shard.stats.sse_streams, -1));
+    let keepalive = shard.config().timeouts.sse_keepalive;
+    loop {
+        let next = monoio::select! {
+            n = child.stream.next() => Some(n),
+            _ = monoio::time::sleep(keepalive) => None,
+            _ = relay::client_hung_up(&conn.stream) => return Err(Error::new(Kind::ClientGone, "")),
+            _ = shard.shutdown.wait() => Some(Next::Failed(Rc::from("shutdown"))),
+        };
+        let mut chunk = Vec::with_capacity(256);
+        match next {
+            Some(Next::Event(line)) | Some(Next::Final(line)) => {
+                sse_event(&mut chunk, &line);
+                inc(&shard.stats.sse_events);
+            }
+            None => http::encode_chunk(&mut chunk, b":\n\n"),
+            Some(Next::Failed(_)) => {
+                chunk.extend_from_slice(http::LAST_CHUNK);
+                write(conn, chunk).await?;
+                return Ok(Outcome {
+                    status: 200,
+                    reusable: true,
+                });
+            }
+        }
+        write(conn, chunk).await?;
+    }
+}
+
+/// Called with the response line before it is written; may return a session id to announce.
+type OnFinal<'a> = Option<&'a mut dyn FnMut(&[u8]) -> Option<String>>;
+
+/// Waits for the child's messages about one request and answers the client: JSON when the
+/// response comes first, SSE when other messages precede it.
+async fn answer(
+    shard: &Rc<Shard>,
+    conn: &mut ClientConn,
+    ticket: Ticket,
+    sse: bool,
+    mut on_final: OnFinal<'_>,
+    watch_hangup: bool,
+    id: Option<&str>,
+) -> Result<Outcome> {
+    loop {
+        match wait(shard, conn, &ticket, watch_hangup).await? {
+            Next::Final(line) => {
+                let sid = on_final.as_mut().and_then(|f| f(&line));
+                return write_json(conn, sid.as_deref(), &line).await;
+            }
+            Next::Failed(why) => return Err(Error::new(Kind::UpstreamConnect, &*why)),
+            Next::Event(first) if sse => return stream(shard, conn, ticket, first, id).await,
+            // The client takes only JSON: what precedes the response cannot reach it.
+            Next::Event(_) => inc(&shard.stats.stdio_dropped_messages),
+        }
+    }
+}
+
+/// The next message for `ticket`, within the request timeout, watching for a hang-up.
+async fn wait(
+    shard: &Shard,
+    conn: &ClientConn,
+    ticket: &Ticket,
+    watch_hangup: bool,
+) -> Result<Next> {
+    let timeout = shard.config().timeouts.upstream_request;
+    let arm = HANGUP_ARM_DELAY.min(timeout);
+    let quick = monoio::select! {
+        n = ticket.inbox.next() => Some(n),
+        _ = monoio::time::sleep(arm) => None,
+    };
+    if let Some(n) = quick {
+        return Ok(n);
+    }
+    monoio::select! {
+        n = ticket.inbox.next() => Ok(n),
+        _ = monoio::time::sleep(timeout - arm) => {
+            inc(&shard.stats.stdio_timeouts);
+            Err(Error::new(Kind::UpstreamTimeout, "the stdio server did not answer in time"))
+        }
+        _ = relay::client_hung_up(&conn.stream), if watch_hangup => {
+            Err(Error::new(Kind::ClientGone, "client hung up before the answer"))
+        }
+    }
+}
+
+/// Streams events until the response; a failure or timeout mid-stream becomes a JSON-RPC
+/// error event, since the status line is already sent.
+async fn stream(
+    shard: &Rc<Shard>,
+    conn: &mut ClientConn,
+    ticket: Ticket,
+    first: bytes::Bytes,
+    id: Option<&str>,
+) -> Result<Outcome> {
+    let mut out = Vec::with_capacity(512 + first.len());
+    http::write_response_head(&mut out, 200, SSE_HEADERS, HeadBody::Chunked);
+    sse_event(&mut out, &first);
+    inc(&shard.stats.sse_events);
+    write(conn, out).await?;
+    loop {
+        let mut chunk = Vec::with_capacity(256);
+        let end = match wait(shard, conn, &ticket, true).await {
+            Ok(Next::Event(line)) => {
+                sse_event(&mut chunk, &line);
+                false
+            }
+            Ok(Next::Final(line)) => {
+                sse_event(&mut chunk, &line);
+                true
+            }
+            Ok(Next::Failed(why)) => {
+                let e = Error::new(Kind::UpstreamConnect, &*why).with_id(id);
+                sse_event(&mut chunk, &e.body());
+                true
+            }
+            Err(e) if e.kind == Kind::ClientGone => return Err(e),
+            Err(e) => {
+                sse_event(&mut chunk, &e.with_id(id).body());
+                true
+            }
+        };
+        inc(&shard.stats.sse_events);
+        if end {
+            chunk.extend_from_slice(http::LAST_CHUNK);
+        }
+        write(conn, chunk).await?;
+        if end {
+            return Ok(Outcome {
+                status: 200,
+                reusable: true,
+            });
+        }
+    }
+}
+
+fn sse_event(out: &mut Vec<u8>, data: &[u8]) {
+    let mut ev = Vec::with_capacity(data.len() + 24);
+    ev.extend_from_slice(b"event: message\ndata: ");
+    ev.extend_from_slice(data);
+    ev.extend_from_slice(b"\n\n");
+    http::encode_chunk(out, &ev);
+}
+
+async fn write_json(conn: &mut ClientConn, session: Option<&str>, body: &[u8]) -> Result<Outcome> {
+    let mut extra = Vec::with_capacity(96);
+    extra.extend_from_slice(b"content-type: application/json\r\n");
+    if let Some(sid) = session {
+        extra.extend_from_slice(b"mcp-session-id: ");
+        extra.extend_from_slice(sid.as_bytes());
+        extra.extend_from_slice(b"\r\n");
+    }
+    let mut out = Vec::with_capacity(128 + extra.len() + body.len());
+    http::write_response_head(&mut out, 200, &extra, HeadBody::Length(body.len()));
+    out.extend_from_slice(body);
+    write(conn, out).await?;
+    Ok(Outcome {
+        status: 200,
+        reusable: true,
+    })
+}
+
+async fn accepted(conn: &mut ClientConn) -> Result<Outcome> {
+    let mut out = Vec::with_capacity(64);
+    http::write_response_head(&mut out, 202, b"", HeadBody::Length(0));
+    write(conn, out).await?;
+    Ok(Outcome {
+        status: 202,
+        reusable: true,
+    })
+}
+
+async fn write(conn: &mut ClientConn, out: Vec<u8>) -> Result<()> {
+    let (res, _) = conn.stream.write_all(out).await;
+    res.map(|_| ())
+        .map_err(|e| Error::new(Kind::ClientGone, e.to_string()))
+}
+
+/// Runs `f` when dropped: resets per-stream state on every exit path.
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}

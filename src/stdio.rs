@@ -1,0 +1,1101 @@
+//! stdio upstreams: MCP servers run as child processes, spoken to with newline-delimited
+//! JSON-RPC on stdin and stdout. One child serves one MCP session for its whole life; a few
+//! gateway-initialized children serve the stateless 2026-07-28 requests.
+//!
+//! Each child is owned by one shard: its socketpair ends are driven by that shard's ring, and one
+//! supervisor task (with a writer, a stderr logger and a killer beside it) lives exactly as long
+//! as the process and reaps it. Requests are correlated by id: the gateway rewrites every
+//! request id (and progress token) to a number of its own, so concurrent requests can never be
+//! confused, and restores the client's id on the way back.
+//!
+//! Invariants:
+//! - every child is reaped: stdout EOF, a crash, a stop request or shutdown all end in `wait`,
+//!   SIGTERM then SIGKILL after the grace period when it does not leave by itself;
+//! - every pending request gets exactly one end: its response, or `Failed` when the child goes;
+//! - every queue is bounded: stdin lines (`stdin_queue_depth`), events per request and on the
+//!   session stream (`max_pending_events`, the excess dropped and counted), line size
+//!   (`max_body_bytes`, longer lines skipped and counted).
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use monoio::io::{AsyncWriteRentExt, Splitable};
+use monoio::net::UnixStream;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::config::StdioConfig;
+use crate::error::{Error, Kind, Result};
+use crate::http::ReadBuf;
+use crate::metrics::{gauge_add, inc, ShardStats};
+use crate::sync::{LocalEvent, LocalQueue};
+
+/// The protocol version the gateway asks for when it initializes a child itself (stateless
+/// service): the newest session-based version.
+pub const CHILD_PROTOCOL_VERSION: &str = "2025-11-25";
+
+/// Longest stderr line logged; the rest of the line is cut.
+const STDERR_LINE_MAX: usize = 512;
+
+/// What a child is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Started ahead of need, waiting for a session's initialize.
+    Prewarmed,
+    /// Serves one MCP session.
+    Session,
+    /// Initialized by the gateway; serves independent 2026-07-28 requests.
+    Stateless,
+}
+
+/// One item a waiting request (or the session stream) receives.
+#[derive(Debug)]
+pub enum Next {
+    /// A server notification or request to pass on before the response.
+    Event(Bytes),
+    /// The response, with the client's id restored. Nothing follows.
+    Final(Bytes),
+    /// The child is gone; no response will come.
+    Failed(Rc<str>),
+}
+
+/// Messages for one waiter: events bounded by `cap` (the excess is dropped and counted), then
+/// one final response or a failure. Single consumer.
+pub struct Inbox {
+    events: RefCell<VecDeque<Bytes>>,
+    cap: usize,
+    fin: RefCell<Option<Bytes>>,
+    failed: RefCell<Option<Rc<str>>>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Inbox {
+    pub fn new(cap: usize) -> Inbox {
+        Inbox {
+            events: RefCell::new(VecDeque::new()),
+            cap,
+            fin: RefCell::new(None),
+            failed: RefCell::new(None),
+            waker: RefCell::new(None),
+        }
+    }
+
+    fn wake(&self) {
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Queues an event; false (and nothing queued) when full.
+    fn push_event(&self, line: Bytes) -> bool {
+        let mut q = self.events.borrow_mut();
+        if q.len() >= self.cap {
+            return false;
+        }
+        q.push_back(line);
+        drop(q);
+        self.wake();
+        true
+    }
+
+    fn finish(&self, line: Bytes) {
+        *self.fin.borrow_mut() = Some(line);
+        self.wake();
+    }
+
+    fn fail(&self, why: Rc<str>) {
+        *self.failed.borrow_mut() = Some(why);
+        self.wake();
+    }
+
+    /// The next item: queued events first, then the response, then a failure.
+    pub async fn next(&self) -> Next {
+        poll_fn(|cx| {
+            if let Some(e) = self.events.borrow_mut().pop_front() {
+                return Poll::Ready(Next::Event(e));
+            }
+            if let Some(f) = self.fin.borrow_mut().take() {
+                return Poll::Ready(Next::Final(f));
+            }
+            if let Some(why) = self.failed.borrow().clone() {
+                return Poll::Ready(Next::Failed(why));
+            }
+            *self.waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+struct Pending {
+    /// The client's id, raw JSON.
+    id: Box<str>,
+    /// The client's progress token, raw JSON, when it asked for progress.
+    token: Option<Box<str>>,
+    inbox: Rc<Inbox>,
+}
+
+/// One child process and the state of its conversation.
+pub struct Child {
+    pub pid: u32,
+    role: Cell<Role>,
+    out: LocalQueue<Bytes>,
+    pending: RefCell<HashMap<u64, Pending>>,
+    next_id: Cell<u64>,
+    /// Server messages that belong to no request: the session's GET stream.
+    pub stream: Inbox,
+    /// A GET stream is attached to `stream`.
+    pub stream_attached: Cell<bool>,
+    /// Set to end the child (DELETE, expiry, shutdown).
+    pub stop: LocalEvent,
+    /// Set once stdout ended: nothing more will be answered.
+    gone: LocalEvent,
+    /// Set once the process was reaped.
+    reaped: LocalEvent,
+    /// Called once if the child dies without being asked to (ends its session).
+    on_crash: RefCell<Option<Box<dyn FnOnce()>>>,
+    /// The initialize result, for children the gateway initialized itself.
+    pub init_result: RefCell<Option<Bytes>>,
+    stats: Arc<ShardStats>,
+    max_events: usize,
+}
+
+impl std::fmt::Debug for Child {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Child(pid {}, {:?})", self.pid, self.role.get())
+    }
+}
+
+/// A request in flight on a child. Dropping it before its response (client gone, timeout) forgets
+/// the request and tells the child with `notifications/cancelled`.
+pub struct Ticket {
+    child: Rc<Child>,
+    gw_id: u64,
+    pub inbox: Rc<Inbox>,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if self
+            .child
+            .pending
+            .borrow_mut()
+            .remove(&self.gw_id)
+            .is_some()
+            && !self.child.is_gone()
+        {
+            let note = format!(
+                "{{\"jsonrpc\":\"2.0\",\"method\":\"notifications/cancelled\",\"params\":{{\"requestId\":{},\"reason\":\"client went away or timed out\"}}}}\n",
+                self.gw_id
+            );
+            let _ = self.child.out.try_push(Bytes::from(note));
+            inc(&self.child.stats.stdio_cancelled);
+        }
+    }
+}
+
+impl Child {
+    pub fn role(&self) -> Role {
+        self.role.get()
+    }
+
+    pub fn set_role(&self, r: Role) {
+        self.role.set(r);
+    }
+
+    pub fn is_gone(&self) -> bool {
+        self.gone.is_set()
+    }
+
+    /// Runs `f` if the child dies unasked; replaces any earlier hook.
+    pub fn on_crash(&self, f: Box<dyn FnOnce()>) {
+        *self.on_crash.borrow_mut() = Some(f);
+    }
+
+    pub fn clear_on_crash(&self) {
+        self.on_crash.borrow_mut().take();
+    }
+
+    /// Asks the child to end (SIGTERM, then SIGKILL after the grace period).
+    pub fn end(&self) {
+        self.clear_on_crash();
+        self.stop.set();
+    }
+
+    pub async fn wait_reaped(&self) {
+        self.reaped.wait().await
+    }
+
+    fn enqueue(&self, line: Vec<u8>) -> Result<()> {
+        if self.is_gone() || self.stop.is_set() {
+            return Err(Error::new(Kind::UpstreamConnect, "stdio server has exited"));
+        }
+        self.out.try_push(Bytes::from(line)).map_err(|_| {
+            Error::new(
+                Kind::Overloaded("stdio_input"),
+                "the stdio server is not reading its input fast enough",
+            )
+        })
+    }
+
+    /// Sends a client request (one JSON-RPC request object). Its messages arrive on the ticket.
+    pub fn request(self: &Rc<Self>, body: &[u8]) -> Result<Ticket> {
+        let gw_id = self.next_id.get();
+        self.next_id.set(gw_id + 1);
+        let Rewritten { line, id, token } = rewrite_request(body, gw_id)?;
+        let inbox = Rc::new(Inbox::new(self.max_events));
+        self.enqueue(line)?;
+        self.pending.borrow_mut().insert(
+            gw_id,
+            Pending {
+                id,
+                token,
+                inbox: inbox.clone(),
+            },
+        );
+        Ok(Ticket {
+            child: self.clone(),
+            gw_id,
+            inbox,
+        })
+    }
+
+    /// Sends a client notification or response. A cancel naming a client request id is
+    /// translated to the id the child knows.
+    pub fn notify(&self, body: &[u8]) -> Result<()> {
+        let line = rewrite_cancel(body, |raw| {
+            self.pending
+                .borrow()
+                .iter()
+                .find(|(_, p)| &*p.id == raw)
+                .map(|(gw, _)| *gw)
+        });
+        self.enqueue(line)
+    }
+
+    /// Routes one line the child wrote.
+    fn dispatch(&self, line: &[u8]) {
+        let Ok(peek) = serde_json::from_slice::<LinePeek<'_>>(line) else {
+            inc(&self.stats.stdio_bad_lines);
+            log::warn!(
+                "stdio server {}: not JSON-RPC, skipped: {}",
+                self.pid,
+                String::from_utf8_lossy(&line[..line.len().min(200)])
+            );
+            return;
+        };
+        match (peek.method.is_some(), peek.id) {
+            (false, Some(id)) => self.dispatch_response(line, id),
+            (true, _) => self.dispatch_server_message(line, &peek),
+            (false, None) => inc(&self.stats.stdio_bad_lines),
+        }
+    }
+
+    fn dispatch_response(&self, line: &[u8], id: &RawValue) {
+        let pending = id
+            .get()
+            .parse::<u64>()
+            .ok()
+            .and_then(|gw| self.pending.borrow_mut().remove(&gw));
+        match pending {
+            Some(p) => {
+                let restored = splice(line, &mut [(span(line, id), p.id.as_bytes())]);
+                p.inbox.finish(Bytes::from(restored));
+            }
+            // Its request was cancelled (client gone, timeout): nobody waits for it.
+            None => inc(&self.stats.stdio_late_responses),
+        }
+    }
+
+    fn dispatch_server_message(&self, line: &[u8], peek: &LinePeek<'_>) {
+        let params = peek
+            .params
+            .and_then(|p| serde_json::from_str::<ParamsPeek<'_>>(p.get()).ok());
+        if let Some(tok) = params.as_ref().and_then(|p| p.progress_token) {
+            let pending = self.pending.borrow();
+            let hit = tok
+                .get()
+                .parse::<u64>()
+                .ok()
+                .and_then(|gw| pending.get(&gw));
+            if let Some(p) = hit {
+                let orig = p.token.as_deref().unwrap_or("null");
+                let restored = splice(line, &mut [(span(line, tok), orig.as_bytes())]);
+                if !p.inbox.push_event(Bytes::from(restored)) {
+                    inc(&self.stats.stdio_dropped_messages);
+                }
+                return;
+            }
+        }
+        let line = Bytes::copy_from_slice(line);
+        match self.role.get() {
+            Role::Session => {
+                // One request in flight: the message is about it. Otherwise it goes to the
+                // session's stream, which the spec allows for any server message.
+                let pending = self.pending.borrow();
+                let target = match pending.len() {
+                    1 => pending.values().next().map(|p| &*p.inbox),
+                    _ => None,
+                };
+                let ok = match target {
+                    Some(inbox) => inbox.push_event(line),
+                    None => self.stream.push_event(line),
+                };
+                if !ok {
+                    inc(&self.stats.stdio_dropped_messages);
+                }
+            }
+            Role::Stateless | Role::Prewarmed => {
+                // No client can answer: refuse server requests so the child does not wait.
+                if let Some(id) = peek.id {
+                    let refusal = format!(
+                        "{{\"jsonrpc\":\"2.0\",\"id\":{},\"error\":{{\"code\":-32601,\"message\":\"not available through a stateless gateway client\"}}}}\n",
+                        id.get()
+                    );
+                    let _ = self.out.try_push(Bytes::from(refusal));
+                }
+                inc(&self.stats.stdio_dropped_messages);
+            }
+        }
+    }
+
+    /// The child's stdout ended: fail everything still waiting.
+    fn fail_all(&self, why: &str) {
+        let why: Rc<str> = Rc::from(why);
+        for (_, p) in self.pending.borrow_mut().drain() {
+            p.inbox.fail(why.clone());
+        }
+        self.stream.fail(why);
+    }
+}
+
+#[derive(Deserialize)]
+struct LinePeek<'a> {
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    method: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    params: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ParamsPeek<'a> {
+    #[serde(borrow, rename = "_meta")]
+    meta: Option<MetaPeek<'a>>,
+    #[serde(borrow, rename = "progressToken")]
+    progress_token: Option<&'a RawValue>,
+    #[serde(borrow, rename = "requestId")]
+    request_id: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct MetaPeek<'a> {
+    #[serde(borrow, rename = "progressToken")]
+    progress_token: Option<&'a RawValue>,
+}
+
+/// Byte range of a borrowed raw value inside `src`.
+fn span(src: &[u8], raw: &RawValue) -> std::ops::Range<usize> {
+    let start = raw.get().as_ptr() as usize - src.as_ptr() as usize;
+    debug_assert!(
+        start + raw.get().len() <= src.len(),
+        "raw value outside its source"
+    );
+    start..start + raw.get().len()
+}
+
+/// Copies `src` with each range replaced; ranges must not overlap.
+fn splice(src: &[u8], edits: &mut [(std::ops::Range<usize>, &[u8])]) -> Vec<u8> {
+    edits.sort_by_key(|(r, _)| r.start);
+    let extra: usize = edits.iter().map(|(_, b)| b.len()).sum();
+    let mut out = Vec::with_capacity(src.len() + extra + 1);
+    let mut at = 0;
+    for (r, with) in edits.iter() {
+        out.extend_from_slice(&src[at..r.start]);
+        out.extend_from_slice(with);
+        at = r.end;
+    }
+    out.extend_from_slice(&src[at..]);
+    out
+}
+
+/// Turns a client body into one stdin line: raw CR and LF can only be JSON whitespace (inside
+/// strings they must be escaped), so they become spaces; a newline ends the line.
+fn to_line(mut v: Vec<u8>) -> Vec<u8> {
+    for b in v.iter_mut() {
+        if *b == b'\n' || *b == b'\r' {
+            *b = b' ';
+        }
+    }
+    v.push(b'\n');
+    v
+}
+
+/// A request as its stdin line, with the client's id and progress token (raw JSON).
+struct Rewritten {
+    line: Vec<u8>,
+    id: Box<str>,
+    token: Option<Box<str>>,
+}
+
+/// Rewrites a request's id (and progress token) to `gw_id`, keeping the originals.
+fn rewrite_request(body: &[u8], gw_id: u64) -> Result<Rewritten> {
+    let bad = || Error::new(Kind::InvalidRequest, "request without a usable id");
+    let peek: LinePeek<'_> = serde_json::from_slice(body).map_err(|_| bad())?;
+    let id = peek.id.ok_or_else(bad)?;
+    let token = peek
+        .params
+        .and_then(|p| serde_json::from_str::<ParamsPeek<'_>>(p.get()).ok())
+        .and_then(|p| p.meta.and_then(|m| m.progress_token));
+    let gw = gw_id.to_string();
+    let mut edits = vec![(span(body, id), gw.as_bytes())];
+    if let Some(t) = token {
+        edits.push((span(body, t), gw.as_bytes()));
+    }
+    Ok(Rewritten {
+        line: to_line(splice(body, &mut edits)),
+        id: id.get().into(),
+        token: token.map(|t| t.get().into()),
+    })
+}
+
+/// A client notification or response as a stdin line; a `notifications/cancelled` naming a
+/// pending client request id gets the child's id for it.
+fn rewrite_cancel(body: &[u8], lookup: impl Fn(&str) -> Option<u64>) -> Vec<u8> {
+    let target = serde_json::from_slice::<LinePeek<'_>>(body)
+        .ok()
+        .filter(|p| p.method.as_deref() == Some("notifications/cancelled"))
+        .and_then(|p| p.params)
+        .and_then(|p| serde_json::from_str::<ParamsPeek<'_>>(p.get()).ok())
+        .and_then(|p| p.request_id)
+        .and_then(|raw| lookup(raw.get()).map(|gw| (span(body, raw), gw.to_string())));
+    match target {
+        Some((range, gw)) => to_line(splice(body, &mut [(range, gw.as_bytes())])),
+        None => to_line(body.to_vec()),
+    }
+}
+
+/// Limits and counters a child needs from its shard.
+#[derive(Clone)]
+pub struct Spawn {
+    pub cfg: Rc<StdioConfig>,
+    pub stats: Arc<ShardStats>,
+    pub max_events: usize,
+    pub max_line_bytes: usize,
+    /// How long a write to the child's stdin may block before the child is deemed stuck.
+    pub write_timeout: Duration,
+}
+
+/// Starts a child and its supervisor. The caller holds a process permit; `on_reaped` runs once
+/// the process is gone (release the permit there).
+pub fn spawn(s: &Spawn, role: Role, on_reaped: Box<dyn FnOnce()>) -> io::Result<Rc<Child>> {
+    let started = Instant::now();
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+    let (err_ours, err_theirs) = std::os::unix::net::UnixStream::pair()?;
+    let stdin: OwnedFd = theirs.try_clone()?.into();
+    let stdout: OwnedFd = theirs.into();
+    let stderr: OwnedFd = err_theirs.into();
+    let mut cmd = Command::new(&s.cfg.command);
+    cmd.args(&s.cfg.args)
+        .envs(s.cfg.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::from(stdin))
+        .stdout(Stdio::from(stdout))
+        .stderr(Stdio::from(stderr));
+    if let Some(dir) = &s.cfg.cwd {
+        cmd.current_dir(dir);
+    }
+    // SAFETY: only async-signal-safe calls between fork and exec. The child leads its own process
+    // group (so the gateway's terminal signals do not reach it, and a kill reaches its whole
+    // tree), and dies with the gateway if the gateway is killed.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let proc = cmd.spawn()?;
+    drop(cmd);
+    ours.set_nonblocking(true)?;
+    err_ours.set_nonblocking(true)?;
+    let fds = [ours.as_raw_fd(), err_ours.as_raw_fd()];
+    let io = UnixStream::from_std(ours)?;
+    let err_io = UnixStream::from_std(err_ours)?;
+    let child = Rc::new(Child {
+        pid: proc.id(),
+        role: Cell::new(role),
+        out: LocalQueue::new(s.cfg.stdin_queue_depth),
+        pending: RefCell::new(HashMap::new()),
+        next_id: Cell::new(1),
+        stream: Inbox::new(s.max_events),
+        stream_attached: Cell::new(false),
+        stop: LocalEvent::default(),
+        gone: LocalEvent::default(),
+        reaped: LocalEvent::default(),
+        on_crash: RefCell::new(None),
+        init_result: RefCell::new(None),
+        stats: s.stats.clone(),
+        max_events: s.max_events,
+    });
+    inc(&s.stats.stdio_spawned);
+    gauge_add(&s.stats.stdio_processes, 1);
+    log::debug!(
+        "stdio server {} started in {:?}",
+        child.pid,
+        started.elapsed()
+    );
+    monoio::spawn(supervise(
+        s.clone(),
+        child.clone(),
+        proc,
+        io,
+        err_io,
+        fds,
+        on_reaped,
+    ));
+    Ok(child)
+}
+
+/// Owns the process from start to reap: reads stdout, and runs the writer, the stderr logger
+/// and the killer, awaiting all three before it ends.
+async fn supervise(
+    s: Spawn,
+    child: Rc<Child>,
+    mut proc: std::process::Child,
+    io: UnixStream,
+    err_io: UnixStream,
+    fds: [RawFd; 2],
+    on_reaped: Box<dyn FnOnce()>,
+) {
+    let (rd, wr) = io.into_split();
+    let writer = monoio::spawn(write_loop(child.clone(), wr, s.write_timeout));
+    let errlog = monoio::spawn(stderr_loop(
+        child.pid,
+        err_io,
+        s.cfg.stderr_lines_per_s,
+        s.stats.clone(),
+    ));
+    let killer = monoio::spawn(kill_on_stop(child.clone(), s.cfg.kill_grace));
+    read_loop(&child, rd, s.max_line_bytes).await;
+    let asked = child.stop.is_set();
+    child.gone.set();
+    child.fail_all(if asked {
+        "stdio server was stopped"
+    } else {
+        "stdio server exited"
+    });
+    child.out.close();
+    let status = reap(&child, &mut proc, s.cfg.kill_grace).await;
+    child.reaped.set();
+    // Grandchildren may hold the other ends open: end our reads and writes ourselves.
+    for fd in fds {
+        // SAFETY: the fds belong to sockets still owned by the tasks awaited below.
+        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+    }
+    writer.await;
+    errlog.await;
+    killer.await;
+    gauge_add(&s.stats.stdio_processes, -1);
+    inc(&s.stats.stdio_exited);
+    let crashed = !asked;
+    if crashed {
+        inc(&s.stats.stdio_crashes);
+        log::warn!(
+            "stdio server {} ({:?}) exited unasked: {}",
+            child.pid,
+            child.role.get(),
+            describe(status)
+        );
+        let hook = child.on_crash.borrow_mut().take();
+        if let Some(f) = hook {
+            f();
+        }
+    } else {
+        log::debug!("stdio server {} ended: {}", child.pid, describe(status));
+    }
+    on_reaped();
+}
+
+fn describe(status: Option<std::process::ExitStatus>) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Some(s) => match (s.code(), s.signal()) {
+            (Some(c), _) => format!("exit code {c}"),
+            (_, Some(sig)) => format!("killed by signal {sig}"),
+            _ => "unknown status".into(),
+        },
+        None => "could not be reaped".into(),
+    }
+}
+
+/// Reads stdout lines until EOF and routes them.
+async fn read_loop(child: &Child, mut rd: monoio::io::OwnedReadHalf<UnixStream>, max_line: usize) {
+    let mut rb = ReadBuf::with_capacity(16 * 1024);
+    // Bytes of the current partial line already searched for a newline.
+    let mut scanned = 0;
+    let mut skipping = false;
+    loop {
+        if !matches!(rb.fill(&mut rd).await, Ok(n) if n > 0) {
+            return;
+        }
+        while let Some(nl) = memchr(b'\n', &rb.data()[scanned..]) {
+            let end = scanned + nl;
+            let line = trim_cr(&rb.data()[..end]);
+            if !skipping && !line.iter().all(u8::is_ascii_whitespace) {
+                child.dispatch(line);
+            }
+            skipping = false;
+            scanned = 0;
+            rb.consume(end + 1);
+        }
+        scanned = rb.data().len();
+        if scanned > max_line {
+            // No newline within the bound: drop this line up to its end.
+            if !skipping {
+                inc(&child.stats.stdio_bad_lines);
+                log::warn!(
+                    "stdio server {}: line longer than {max_line} bytes skipped",
+                    child.pid
+                );
+            }
+            skipping = true;
+            rb.consume(scanned);
+            scanned = 0;
+        }
+    }
+}
+
+fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
+    hay.iter().position(|&b| b == needle)
+}
+
+fn trim_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// Writes queued lines to stdin, several per write when they pile up. A write blocked past
+/// `timeout` means the child stopped reading: it is stopped.
+async fn write_loop(
+    child: Rc<Child>,
+    mut wr: monoio::io::OwnedWriteHalf<UnixStream>,
+    timeout: Duration,
+) {
+    let mut batch: Vec<u8> = Vec::with_capacity(4096);
+    while let Some(line) = child.out.pop().await {
+        batch.clear();
+        batch.extend_from_slice(&line);
+        while let Some(more) = child.out.try_pop() {
+            batch.extend_from_slice(&more);
+        }
+        match monoio::time::timeout(timeout, wr.write_all(batch)).await {
+            Ok((Ok(_), b)) => batch = b,
+            Ok((Err(e), _)) => {
+                log::debug!("stdio server {}: stdin closed: {e}", child.pid);
+                break;
+            }
+            Err(_) => {
+                inc(&child.stats.stdio_stuck);
+                log::warn!(
+                    "stdio server {} stopped reading its input for {timeout:?}: ending it",
+                    child.pid
+                );
+                child.clear_on_crash();
+                child.stop.set();
+                break;
+            }
+        }
+    }
+    child.out.close();
+}
+
+/// Logs stderr lines, at most `per_s` a second; the rest are counted.
+async fn stderr_loop(pid: u32, mut rd: UnixStream, per_s: u32, stats: Arc<ShardStats>) {
+    let mut rb = ReadBuf::with_capacity(4096);
+    let mut window = Instant::now();
+    let mut logged = 0u32;
+    let mut suppressed = 0u64;
+    while matches!(rb.fill(&mut rd).await, Ok(n) if n > 0) {
+        while let Some(nl) = memchr(b'\n', rb.data()) {
+            if window.elapsed() >= Duration::from_secs(1) {
+                if suppressed > 0 {
+                    log::warn!("stdio server {pid}: {suppressed} stderr lines not logged");
+                }
+                window = Instant::now();
+                logged = 0;
+                suppressed = 0;
+            }
+            if logged < per_s {
+                logged += 1;
+                let line = trim_cr(&rb.data()[..nl]);
+                let cut = &line[..line.len().min(STDERR_LINE_MAX)];
+                log::info!("stdio server {pid}: {}", String::from_utf8_lossy(cut));
+            } else {
+                suppressed += 1;
+                inc(&stats.stdio_stderr_suppressed);
+            }
+            rb.consume(nl + 1);
+        }
+        if rb.data().len() > STDERR_LINE_MAX * 8 {
+            let n = rb.data().len();
+            rb.consume(n);
+        }
+    }
+}
+
+/// Waits for a stop request, then sends SIGTERM to the child's process group, and SIGKILL if it
+/// is still there after `grace`. Ends early once the child is reaped.
+async fn kill_on_stop(child: Rc<Child>, grace: Duration) {
+    monoio::select! {
+        _ = child.stop.wait() => {}
+        _ = child.reaped.wait() => return,
+    }
+    signal_group(child.pid, libc::SIGTERM);
+    monoio::select! {
+        _ = monoio::time::sleep(grace) => {}
+        _ = child.reaped.wait() => return,
+    }
+    if !child.reaped.is_set() {
+        inc(&child.stats.stdio_killed);
+        log::warn!(
+            "stdio server {} ignored SIGTERM for {grace:?}: SIGKILL",
+            child.pid
+        );
+        signal_group(child.pid, libc::SIGKILL);
+    }
+}
+
+fn signal_group(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill has no memory effects; the child leads its own group (setsid at spawn), and is
+    // not yet reaped, so the group id cannot have been reused.
+    unsafe {
+        if libc::kill(-(pid as libc::pid_t), sig) == -1 {
+            libc::kill(pid as libc::pid_t, sig);
+        }
+    }
+}
+
+/// Waits for the process to exit, polling with backoff. A child that closed stdout but lingers
+/// is asked to stop after `grace`, so this always ends.
+async fn reap(
+    child: &Child,
+    proc: &mut std::process::Child,
+    grace: Duration,
+) -> Option<std::process::ExitStatus> {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    // Bound: grace for leaving alone, grace after SIGTERM, then SIGKILL cannot be refused.
+    let give_up = grace * 2 + Duration::from_secs(30);
+    loop {
+        match proc.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) => {}
+            Err(e) => {
+                log::error!("stdio server {}: wait failed: {e}", child.pid);
+                return None;
+            }
+        }
+        let waited = started.elapsed();
+        if waited >= grace && !child.stop.is_set() {
+            child.stop.set();
+        }
+        if waited >= give_up {
+            log::error!("stdio server {} could not be reaped", child.pid);
+            return None;
+        }
+        monoio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// A shard's stdio children: prewarmed ones, the stateless servers, and the process permits.
+pub struct Host {
+    spawn: Spawn,
+    shared: Arc<crate::shard::Shared>,
+    prewarmed: RefCell<VecDeque<Rc<Child>>>,
+    stateless: RefCell<Vec<Rc<Child>>>,
+    stateless_next: Cell<usize>,
+    /// Set when a stateless child being started is ready (or failed).
+    stateless_starting: RefCell<Option<Rc<LocalEvent>>>,
+    /// Children of this shard not yet reaped.
+    live: Cell<usize>,
+    closing: Cell<bool>,
+}
+
+impl Host {
+    pub fn new(spawn: Spawn, shared: Arc<crate::shard::Shared>) -> Host {
+        Host {
+            spawn,
+            shared,
+            prewarmed: RefCell::new(VecDeque::new()),
+            stateless: RefCell::new(Vec::new()),
+            stateless_next: Cell::new(0),
+            stateless_starting: RefCell::new(None),
+            live: Cell::new(0),
+            closing: Cell::new(false),
+        }
+    }
+
+    pub fn config(&self) -> &StdioConfig {
+        &self.spawn.cfg
+    }
+
+    /// Starts a child under a process permit.
+    fn start(self: &Rc<Self>, role: Role) -> Result<Rc<Child>> {
+        if self.closing.get() {
+            return Err(Error::new(Kind::ShuttingDown, ""));
+        }
+        if !self.shared.processes.try_acquire() {
+            return Err(Error::new(Kind::Overloaded("processes"), ""));
+        }
+        let host = self.clone();
+        let on_reaped = Box::new(move || {
+            host.shared.processes.release();
+            host.live.set(host.live.get() - 1);
+            host.forget_exited();
+        });
+        match spawn(&self.spawn, role, on_reaped) {
+            Ok(c) => {
+                self.live.set(self.live.get() + 1);
+                Ok(c)
+            }
+            Err(e) => {
+                self.shared.processes.release();
+                inc(&self.spawn.stats.stdio_spawn_failures);
+                log::error!(
+                    "cannot start stdio server '{}': {e}",
+                    self.spawn.cfg.command
+                );
+                Err(Error::new(
+                    Kind::UpstreamConnect,
+                    format!("cannot start the stdio server: {e}"),
+                ))
+            }
+        }
+    }
+
+    fn forget_exited(&self) {
+        self.prewarmed.borrow_mut().retain(|c| !c.is_gone());
+        self.stateless.borrow_mut().retain(|c| !c.is_gone());
+    }
+
+    /// A child for a new session: a prewarmed one when ready, else a fresh one.
+    pub fn take_for_session(self: &Rc<Self>) -> Result<Rc<Child>> {
+        let ready = loop {
+            match self.prewarmed.borrow_mut().pop_front() {
+                Some(c) if c.is_gone() || c.stop.is_set() => continue,
+                other => break other,
+            }
+        };
+        let child = match ready {
+            Some(c) => {
+                inc(&self.spawn.stats.stdio_prewarm_hits);
+                c
+            }
+            None => self.start(Role::Session)?,
+        };
+        child.set_role(Role::Session);
+        if self.spawn.cfg.prewarm > 0 {
+            let host = self.clone();
+            // After the caller's next await, so the refill's spawns do not delay its request.
+            monoio::spawn(async move { host.refill() });
+        }
+        Ok(child)
+    }
+
+    /// Starts prewarmed children up to the configured count.
+    pub fn refill(self: &Rc<Self>) {
+        while !self.closing.get() && self.prewarmed.borrow().len() < self.spawn.cfg.prewarm {
+            match self.start(Role::Prewarmed) {
+                Ok(c) => self.prewarmed.borrow_mut().push_back(c),
+                Err(e) => {
+                    log::warn!("prewarm stopped: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A ready stateless child (round robin), starting and initializing one when fewer than
+    /// `stateless_children` are running.
+    pub async fn stateless_child(self: &Rc<Self>, timeout: Duration) -> Result<Rc<Child>> {
+        loop {
+            let ready: Vec<Rc<Child>> = self
+                .stateless
+                .borrow()
+                .iter()
+                .filter(|c| !c.is_gone() && !c.stop.is_set())
+                .cloned()
+                .collect();
+            let starting = self.stateless_starting.borrow().clone();
+            let want_more = ready.len() < self.spawn.cfg.stateless_children.max(1);
+            if !ready.is_empty() && (!want_more || starting.is_some()) {
+                let i = self.stateless_next.get() % ready.len();
+                self.stateless_next.set(i + 1);
+                return Ok(ready[i].clone());
+            }
+            if let Some(ev) = starting {
+                ev.wait().await;
+                continue;
+            }
+            let ev = Rc::new(LocalEvent::default());
+            *self.stateless_starting.borrow_mut() = Some(ev.clone());
+            let result = self.init_stateless(timeout).await;
+            self.stateless_starting.borrow_mut().take();
+            ev.set();
+            let child = result?;
+            self.stateless.borrow_mut().push(child.clone());
+            if ready.is_empty() {
+                return Ok(child);
+            }
+        }
+    }
+
+    async fn init_stateless(self: &Rc<Self>, timeout: Duration) -> Result<Rc<Child>> {
+        let child = self.start(Role::Stateless)?;
+        let init = format!(
+            "{{\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"initialize\",\"params\":{{\"protocolVersion\":\"{CHILD_PROTOCOL_VERSION}\",\"capabilities\":{{}},\"clientInfo\":{{\"name\":\"shardcat\",\"version\":\"{}\"}}}}}}",
+            env!("CARGO_PKG_VERSION")
+        );
+        let result = async {
+            let ticket = child.request(init.as_bytes())?;
+            let answer = monoio::time::timeout(timeout, async {
+                loop {
+                    match ticket.inbox.next().await {
+                        Next::Event(_) => continue,
+                        other => return other,
+                    }
+                }
+            })
+            .await
+            .map_err(|_| Error::new(Kind::UpstreamTimeout, "stdio server did not initialize"))?;
+            let line = match answer {
+                Next::Final(l) => l,
+                Next::Failed(why) => return Err(Error::new(Kind::UpstreamConnect, &*why)),
+                Next::Event(_) => unreachable!("events are skipped above"),
+            };
+            let result = init_result(&line).ok_or_else(|| {
+                Error::new(Kind::UpstreamProtocol, "stdio server refused initialize")
+            })?;
+            *child.init_result.borrow_mut() = Some(result);
+            child.notify(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)?;
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => Ok(child),
+            Err(e) => {
+                child.end();
+                Err(e)
+            }
+        }
+    }
+
+    /// Ends the children no session owns (shutdown); session children end with their sessions.
+    pub fn close(&self) {
+        self.closing.set(true);
+        for c in self.prewarmed.borrow_mut().drain(..) {
+            c.end();
+        }
+        for c in self.stateless.borrow().iter() {
+            c.end();
+        }
+    }
+
+    /// Waits until every child of this shard is reaped, at most `within`.
+    pub async fn wait_all_reaped(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while self.live.get() > 0 {
+            if Instant::now() >= deadline {
+                log::error!("{} stdio servers not reaped at shutdown", self.live.get());
+                return false;
+            }
+            monoio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+}
+
+/// The `result` of an initialize response line, raw.
+fn init_result(line: &[u8]) -> Option<Bytes> {
+    #[derive(Deserialize)]
+    struct R<'a> {
+        #[serde(borrow)]
+        result: Option<&'a RawValue>,
+    }
+    let r: R<'_> = serde_json::from_slice(line).ok()?;
+    r.result.map(|v| Bytes::copy_from_slice(v.get().as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_and_tokens_are_rewritten_and_restored() {
+        let body = br#"{"jsonrpc":"2.0","id":"abc","method":"tools/call","params":{"name":"x","_meta":{"progressToken":"tok-1"}}}"#;
+        let Rewritten { line, id, token } = rewrite_request(body, 42).unwrap();
+        assert_eq!(&*id, "\"abc\"");
+        assert_eq!(token.as_deref(), Some("\"tok-1\""));
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(v["id"], 42);
+        assert_eq!(v["params"]["_meta"]["progressToken"], 42);
+        assert_eq!(*line.last().unwrap(), b'\n');
+        let pretty = b"{\n \"jsonrpc\": \"2.0\",\r\n \"id\": 7, \"method\": \"ping\"}";
+        let Rewritten { line, id, token } = rewrite_request(pretty, 1).unwrap();
+        assert_eq!((&*id, token), ("7", None));
+        assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
+        assert!(rewrite_request(br#"{"jsonrpc":"2.0","method":"x"}"#, 1).is_err());
+    }
+
+    #[test]
+    fn cancel_names_the_childs_id() {
+        let body =
+            br#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"r1"}}"#;
+        let line = rewrite_cancel(body, |raw| (raw == "\"r1\"").then_some(9));
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(v["params"]["requestId"], 9);
+        let other = rewrite_cancel(body, |_| None);
+        assert_eq!(&other[..other.len() - 1], &body[..]);
+    }
+
+    #[test]
+    fn splice_keeps_order() {
+        let out = splice(b"0123456789", &mut [(6..8, b"X"), (1..2, b"YY")]);
+        assert_eq!(out, b"0YY2345X89");
+    }
+
+    #[test]
+    fn inbox_orders_events_then_final_and_bounds_events() {
+        let rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .build()
+            .unwrap();
+        let mut rt = rt;
+        rt.block_on(async {
+            let inbox = Inbox::new(2);
+            assert!(inbox.push_event(Bytes::from_static(b"a")));
+            assert!(inbox.push_event(Bytes::from_static(b"b")));
+            assert!(!inbox.push_event(Bytes::from_static(b"c")));
+            inbox.finish(Bytes::from_static(b"f"));
+            assert!(matches!(inbox.next().await, Next::Event(e) if &e[..] == b"a"));
+            assert!(matches!(inbox.next().await, Next::Event(e) if &e[..] == b"b"));
+            assert!(matches!(inbox.next().await, Next::Final(e) if &e[..] == b"f"));
+            inbox.fail(Rc::from("gone"));
+            assert!(matches!(inbox.next().await, Next::Failed(_)));
+        });
+    }
+}
