@@ -1,1 +1,645 @@
-//! placeholder
+//! `shardcat forward`: shardcat as the stdio MCP server a client (an IDE) launches.
+//!
+//! - `forward stdio -- CMD ARGS` starts CMD and relays stdin and stdout byte for byte. When the
+//!   client closes stdin, the child gets EOF, then SIGTERM and SIGKILL after a grace period if it
+//!   stays; the exit code is the child's.
+//! - `forward http --url URL` reaches a remote Streamable HTTP server: each stdin line is POSTed;
+//!   JSON and SSE answers come back as stdout lines; the session id and protocol version are
+//!   kept for the client; the GET stream is held open and resumed with `Last-Event-ID` after a
+//!   drop (exponential backoff with jitter, honouring `retry:`); an expired session (404) is
+//!   re-initialized with the client's own initialize and the message sent again.
+//!
+//! This runs beside a single client, not on the gateway's shards: plain threads and blocking
+//! I/O are the right tools here. Bounds: `MAX_IN_FLIGHT` concurrent requests, `OUT_QUEUE`
+//! lines waiting for stdout, `MAX_LINE_BYTES` per message.
+
+use std::io::{BufRead, Read, Write};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+
+use crate::http::{parse_sse_event, SseSplitter};
+use crate::mcp;
+
+/// Requests to the remote server in flight at once; stdin is not read past it.
+pub const MAX_IN_FLIGHT: usize = 64;
+/// Lines waiting to be written to stdout.
+pub const OUT_QUEUE: usize = 1024;
+/// Longest message accepted on stdin or from the server.
+pub const MAX_LINE_BYTES: usize = 4 * 1024 * 1024;
+/// Time a child gets to leave after stdin closes, and again after SIGTERM.
+pub const CHILD_GRACE: Duration = Duration::from_secs(2);
+/// GET stream reconnection backoff bounds.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Resumption attempts for a POST stream that dropped before its response.
+const RESUME_ATTEMPTS: u32 = 5;
+
+/// `forward stdio -- CMD ARGS`. Returns the child's exit code.
+pub fn stdio(cmd: &[String]) -> i32 {
+    let Some((prog, args)) = cmd.split_first() else {
+        eprintln!("shardcat forward stdio: a command is required after --");
+        return 2;
+    };
+    let mut child = match Command::new(prog)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("shardcat forward stdio: cannot start {prog}: {e}");
+            return 1;
+        }
+    };
+    let pid = child.id();
+    let exited = Arc::new(AtomicBool::new(false));
+    forward_signals(pid, exited.clone());
+    if let Some(mut cin) = child.stdin.take() {
+        let exited = exited.clone();
+        // Ends when stdin closes; if the child exits first, the process exit ends it.
+        let _ = std::thread::Builder::new()
+            .name("stdin".into())
+            .spawn(move || {
+                let _ = copy_flushing(&mut std::io::stdin().lock(), &mut cin);
+                drop(cin);
+                end_child_after_eof(pid, &exited);
+            });
+    }
+    if let Some(mut cout) = child.stdout.take() {
+        let _ = copy_flushing(&mut cout, &mut std::io::stdout().lock());
+    }
+    let status = child.wait();
+    exited.store(true, Ordering::Release);
+    match status {
+        Ok(s) => {
+            use std::os::unix::process::ExitStatusExt;
+            s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))
+        }
+        Err(e) => {
+            eprintln!("shardcat forward stdio: wait failed: {e}");
+            1
+        }
+    }
+}
+
+/// Copies bytes as they come, flushing after each read so no message waits in a buffer.
+fn copy_flushing(from: &mut impl Read, to: &mut impl Write) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buf[..n])?;
+        to.flush()?;
+        total += n as u64;
+    }
+}
+
+/// After the client closed stdin: the child gets `CHILD_GRACE` to leave, then SIGTERM, then
+/// SIGKILL (the MCP stdio shutdown sequence).
+fn end_child_after_eof(pid: u32, exited: &AtomicBool) {
+    for sig in [libc::SIGTERM, libc::SIGKILL] {
+        let until = Instant::now() + CHILD_GRACE;
+        while Instant::now() < until {
+            if exited.load(Ordering::Acquire) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // SAFETY: kill has no memory effects; the child is not reaped (exited is false), so its
+        // pid is still its own.
+        unsafe { libc::kill(pid as libc::pid_t, sig) };
+    }
+}
+
+/// SIGINT, SIGTERM and SIGHUP are passed to the child; a second one kills it.
+fn forward_signals(pid: u32, exited: Arc<AtomicBool>) {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+        return;
+    };
+    let _ = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for (n, _) in signals.forever().enumerate() {
+                if exited.load(Ordering::Acquire) {
+                    return;
+                }
+                let sig = if n == 0 { libc::SIGTERM } else { libc::SIGKILL };
+                // SAFETY: as in `end_child_after_eof`.
+                unsafe { libc::kill(pid as libc::pid_t, sig) };
+            }
+        });
+}
+
+/// Options of `forward http`.
+pub struct HttpOptions {
+    pub url: String,
+    /// Sent as `Authorization` on every request.
+    pub authorization: Option<String>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+/// The client's session with the remote server.
+#[derive(Default)]
+struct Session {
+    id: Option<String>,
+    version: Option<String>,
+    /// The client's initialize request, replayed when the session expires.
+    init: Option<Vec<u8>>,
+    /// Bumped at each (re)initialize, so concurrent 404s re-initialize once.
+    generation: u64,
+}
+
+struct Remote {
+    opts: HttpOptions,
+    agent: ureq::Agent,
+    /// For the GET stream: no read timeout, events may be minutes apart.
+    stream_agent: ureq::Agent,
+    session: Mutex<Session>,
+    out: Sender<Vec<u8>>,
+    stop: AtomicBool,
+}
+
+/// `forward http --url URL`. Returns 0 once stdin closed and the session was ended.
+pub fn http(opts: HttpOptions) -> i32 {
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(opts.connect_timeout)
+        .timeout_read(opts.request_timeout)
+        .build();
+    let stream_agent = ureq::AgentBuilder::new()
+        .timeout_connect(opts.connect_timeout)
+        .build();
+    let (out, out_rx) = bounded::<Vec<u8>>(OUT_QUEUE);
+    let remote = Arc::new(Remote {
+        opts,
+        agent,
+        stream_agent,
+        session: Mutex::new(Session::default()),
+        out,
+        stop: AtomicBool::new(false),
+    });
+    let writer = std::thread::spawn(move || write_lines(out_rx));
+    let (tokens, token_rx) = bounded::<()>(MAX_IN_FLIGHT);
+    let mut listener: Option<std::thread::JoinHandle<()>> = None;
+    std::thread::scope(|scope| {
+        let mut input = std::io::stdin().lock();
+        while let Some(line) = read_line(&mut input) {
+            let line = match line {
+                Ok(l) => l,
+                Err(why) => {
+                    remote.emit(mcp::error_body(None, mcp::code::INVALID_REQUEST, why));
+                    continue;
+                }
+            };
+            let (kind, method, id) = match mcp::classify(&line) {
+                Ok(mcp::Body::Single(m)) => (
+                    m.kind,
+                    m.method.map(str::to_string),
+                    m.id.map(str::to_string),
+                ),
+                Ok(mcp::Body::Batch(_)) => (mcp::Kind::Request, None, None),
+                Err(e) => {
+                    let msg = match e {
+                        mcp::ClassifyError::Parse(why) => why,
+                        mcp::ClassifyError::Invalid(why) => why.to_string(),
+                    };
+                    remote.emit(mcp::error_body(None, mcp::code::PARSE_ERROR, &msg));
+                    continue;
+                }
+            };
+            if method.as_deref() == Some("initialize") {
+                // In order: nothing else may be sent before the session exists.
+                remote
+                    .session
+                    .lock()
+                    .map(|mut s| s.init = Some(line.clone()))
+                    .ok();
+                remote.send(&line, id.as_deref(), true);
+                continue;
+            }
+            let opens_stream = method.as_deref() == Some("notifications/initialized");
+            let _ = tokens.send(());
+            let (remote, token_rx) = (&remote, &token_rx);
+            scope.spawn(move || {
+                remote.send(
+                    &line,
+                    id.as_deref().filter(|_| kind == mcp::Kind::Request),
+                    false,
+                );
+                let _ = token_rx.recv();
+            });
+            if opens_stream && listener.is_none() {
+                let r = remote.clone();
+                listener = Some(std::thread::spawn(move || r.listen()));
+            }
+        }
+    });
+    remote.stop.store(true, Ordering::Release);
+    remote.end_session();
+    if let Some(l) = listener {
+        // The DELETE above ends the stream; a server that keeps it open is not waited for.
+        let until = Instant::now() + Duration::from_secs(2);
+        while !l.is_finished() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    drop(remote);
+    let _ = writer.join();
+    0
+}
+
+/// One stdin line (without its newline); `None` at EOF. Over-long lines are skipped with an error.
+fn read_line(input: &mut impl BufRead) -> Option<Result<Vec<u8>, &'static str>> {
+    loop {
+        let mut line = Vec::new();
+        let n = input
+            .by_ref()
+            .take(MAX_LINE_BYTES as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        if line.len() > MAX_LINE_BYTES {
+            // Skip to the end of the line.
+            let mut rest = Vec::new();
+            let _ = input.read_until(b'\n', &mut rest);
+            return Some(Err("message longer than the 4 MiB limit"));
+        }
+        while matches!(line.last(), Some(b'\n' | b'\r')) {
+            line.pop();
+        }
+        if !line.iter().all(u8::is_ascii_whitespace) {
+            return Some(Ok(line));
+        }
+    }
+}
+
+fn write_lines(rx: Receiver<Vec<u8>>) {
+    let stdout = std::io::stdout();
+    for mut line in rx {
+        for b in line.iter_mut() {
+            // JSON whitespace only: raw CR/LF cannot appear inside JSON strings.
+            if *b == b'\n' || *b == b'\r' {
+                *b = b' ';
+            }
+        }
+        line.push(b'\n');
+        let mut out = stdout.lock();
+        if out.write_all(&line).and_then(|_| out.flush()).is_err() {
+            return;
+        }
+    }
+}
+
+impl Remote {
+    fn emit(&self, line: Vec<u8>) {
+        let _ = self.out.send(line);
+    }
+
+    fn fail(&self, id: Option<&str>, why: &str) {
+        if id.is_some() {
+            self.emit(mcp::error_body(id, mcp::code::SERVER_ERROR, why));
+        }
+    }
+
+    fn request(&self, agent: &ureq::Agent, method: &str) -> (ureq::Request, u64) {
+        let mut req = agent
+            .request(method, &self.opts.url)
+            .set("accept", "application/json, text/event-stream");
+        if let Some(a) = &self.opts.authorization {
+            req = req.set("authorization", a);
+        }
+        let s = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(id) = &s.id {
+            req = req.set("mcp-session-id", id);
+        }
+        if let Some(v) = &s.version {
+            req = req.set("mcp-protocol-version", v);
+        }
+        (req, s.generation)
+    }
+
+    /// POSTs one message and relays the answer. `id`: the request's id, when an answer is owed.
+    fn send(&self, line: &[u8], id: Option<&str>, initialize: bool) {
+        for attempt in 0..2 {
+            let (req, generation) = self.request(&self.agent, "POST");
+            let had_session = req.header("mcp-session-id").is_some();
+            let resp = req.set("content-type", "application/json").send_bytes(line);
+            match resp {
+                Ok(r) => {
+                    if initialize {
+                        self.adopt_session(&r, None);
+                    }
+                    let tail = self.relay(r, id, false);
+                    if let Some(tail) = tail {
+                        if initialize {
+                            self.adopt_session_version(&tail);
+                        }
+                    }
+                    return;
+                }
+                Err(ureq::Error::Status(404, _)) if had_session && attempt == 0 && !initialize => {
+                    if !self.reinitialize(generation) {
+                        self.fail(id, "the server ended the session and refused a new one");
+                        return;
+                    }
+                }
+                Err(ureq::Error::Status(code, r)) => {
+                    let body = r.into_string().unwrap_or_default();
+                    if mcp::classify(body.as_bytes()).is_ok() {
+                        self.emit(body.into_bytes());
+                    } else {
+                        self.fail(id, &format!("server answered HTTP {code}"));
+                    }
+                    return;
+                }
+                Err(e) => {
+                    self.fail(id, &format!("server unreachable: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn adopt_session(&self, r: &ureq::Response, version: Option<String>) {
+        let mut s = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(id) = r.header("mcp-session-id") {
+            s.id = Some(id.to_string());
+        }
+        if version.is_some() {
+            s.version = version;
+        }
+        s.generation += 1;
+    }
+
+    /// Takes the negotiated protocol version from an initialize response line.
+    fn adopt_session_version(&self, response: &[u8]) {
+        #[derive(serde::Deserialize)]
+        struct R {
+            result: Option<V>,
+        }
+        #[derive(serde::Deserialize)]
+        struct V {
+            #[serde(rename = "protocolVersion")]
+            v: Option<String>,
+        }
+        let v = serde_json::from_slice::<R>(response)
+            .ok()
+            .and_then(|r| r.result?.v);
+        if v.is_some() {
+            self.session
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .version = v;
+        }
+    }
+
+    /// Relays a response: nothing for 202, one line for JSON, a line per event for SSE. Returns
+    /// the final response line, if one came. A stream that drops before the response is resumed
+    /// with GET and `Last-Event-ID` when the server gave event ids.
+    fn relay(&self, r: ureq::Response, id: Option<&str>, swallow: bool) -> Option<Vec<u8>> {
+        if r.status() == 202 {
+            return None;
+        }
+        let sse = r.content_type().eq_ignore_ascii_case("text/event-stream");
+        if !sse {
+            let mut body = Vec::new();
+            if r.into_reader()
+                .take(MAX_LINE_BYTES as u64)
+                .read_to_end(&mut body)
+                .is_err()
+            {
+                self.fail(id, "server closed the connection mid-answer");
+                return None;
+            }
+            if !swallow {
+                self.emit(body.clone());
+            }
+            return Some(body);
+        }
+        let mut last_id = None;
+        let mut reader: Box<dyn Read + Send> = r.into_reader();
+        for attempt in 0..=RESUME_ATTEMPTS {
+            if let Some(fin) = self.read_events(&mut reader, id, &mut last_id, swallow) {
+                return Some(fin);
+            }
+            let Some(resume_from) = last_id.clone().filter(|_| attempt < RESUME_ATTEMPTS) else {
+                break;
+            };
+            std::thread::sleep(BACKOFF_MIN * 2u32.pow(attempt));
+            let (req, _) = self.request(&self.stream_agent, "GET");
+            match req.set("last-event-id", &resume_from).call() {
+                Ok(r) if r.content_type().eq_ignore_ascii_case("text/event-stream") => {
+                    reader = r.into_reader();
+                }
+                _ => break,
+            }
+        }
+        self.fail(id, "the server's stream ended before the response");
+        None
+    }
+
+    /// Reads SSE events until the response to `id` arrives (returned) or the stream ends.
+    fn read_events(
+        &self,
+        reader: &mut Box<dyn Read + Send>,
+        id: Option<&str>,
+        last_id: &mut Option<String>,
+        swallow: bool,
+    ) -> Option<Vec<u8>> {
+        let mut splitter = SseSplitter::new(MAX_LINE_BYTES);
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = reader.read(&mut buf).ok().filter(|&n| n > 0)?;
+            splitter.push(&buf[..n]);
+            while let Ok(Some(ev)) = splitter.next_event() {
+                let f = parse_sse_event(&ev);
+                if f.id.is_some() {
+                    *last_id = f.id;
+                }
+                if f.data.is_empty() {
+                    continue;
+                }
+                let done = answers(&f.data, id);
+                if done {
+                    if !swallow {
+                        self.emit(f.data.clone());
+                    }
+                    return Some(f.data);
+                }
+                self.emit(f.data);
+            }
+        }
+    }
+
+    /// Sends the client's initialize again after the server forgot the session. Only one
+    /// thread does it per generation; the others find it done.
+    fn reinitialize(&self, seen_generation: u64) -> bool {
+        let init = {
+            let mut s = self.session.lock().unwrap_or_else(|p| p.into_inner());
+            if s.generation != seen_generation {
+                return true;
+            }
+            s.id = None;
+            match s.init.clone() {
+                Some(i) => i,
+                None => return false,
+            }
+        };
+        log::info!("forward: session expired on the server; initializing again");
+        let Ok(r) = self
+            .request(&self.agent, "POST")
+            .0
+            .set("content-type", "application/json")
+            .send_bytes(&init)
+        else {
+            return false;
+        };
+        self.adopt_session(&r, None);
+        let Some(answer) = self.relay(r, None, true) else {
+            return false;
+        };
+        self.adopt_session_version(&answer);
+        let note = br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+        let (req, _) = self.request(&self.agent, "POST");
+        req.set("content-type", "application/json")
+            .send_bytes(note)
+            .is_ok()
+    }
+
+    /// Holds the session's GET stream open, resuming after drops, until stdin closes.
+    fn listen(&self) {
+        let mut last_id: Option<String> = None;
+        let mut backoff = BACKOFF_MIN;
+        while !self.stop.load(Ordering::Acquire) {
+            let (mut req, _) = self.request(&self.stream_agent, "GET");
+            if let Some(l) = &last_id {
+                req = req.set("last-event-id", l);
+            }
+            match req.call() {
+                Ok(r) if r.content_type().eq_ignore_ascii_case("text/event-stream") => {
+                    backoff = BACKOFF_MIN;
+                    let mut reader: Box<dyn Read + Send> = r.into_reader();
+                    let mut retry = None;
+                    self.pump_stream(&mut reader, &mut last_id, &mut retry);
+                    if let Some(ms) = retry {
+                        backoff = Duration::from_millis(ms).clamp(BACKOFF_MIN, BACKOFF_MAX);
+                    }
+                }
+                // No stream offered (or no session any more): nothing to hold open.
+                Err(ureq::Error::Status(405 | 400, _)) => return,
+                _ => {}
+            }
+            if self.stop.load(Ordering::Acquire) {
+                return;
+            }
+            std::thread::sleep(jitter(backoff));
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    fn pump_stream(
+        &self,
+        reader: &mut Box<dyn Read + Send>,
+        last_id: &mut Option<String>,
+        retry: &mut Option<u64>,
+    ) {
+        let mut splitter = SseSplitter::new(MAX_LINE_BYTES);
+        let mut buf = vec![0u8; 16 * 1024];
+        while let Some(n) = reader.read(&mut buf).ok().filter(|&n| n > 0) {
+            splitter.push(&buf[..n]);
+            while let Ok(Some(ev)) = splitter.next_event() {
+                let f = parse_sse_event(&ev);
+                if f.id.is_some() {
+                    *last_id = f.id;
+                }
+                if f.retry_ms.is_some() {
+                    *retry = f.retry_ms;
+                }
+                if !f.data.is_empty() {
+                    self.emit(f.data);
+                }
+            }
+        }
+    }
+
+    fn end_session(&self) {
+        let has_session = self.session.lock().map(|s| s.id.is_some()).unwrap_or(false);
+        if has_session {
+            let (req, _) = self.request(&self.agent, "DELETE");
+            let _ = req.call();
+        }
+    }
+}
+
+/// Whether an SSE data payload is the response to request `id`.
+fn answers(data: &[u8], id: Option<&str>) -> bool {
+    let Some(id) = id else { return false };
+    matches!(mcp::classify(data), Ok(mcp::Body::Single(m)) if m.kind == mcp::Kind::Response && m.id == Some(id))
+}
+
+/// `d` plus up to 25% more, from the clock's low bits (no shared RNG needed here).
+fn jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.subsec_nanos() as u64);
+    let quarter = d.as_millis() as u64 / 4 + 1;
+    d + Duration::from_millis(nanos % quarter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_split_and_bounded() {
+        let mut input = std::io::Cursor::new(b"{\"a\":1}\r\n\n  \n{\"b\":2}".to_vec());
+        assert_eq!(read_line(&mut input), Some(Ok(b"{\"a\":1}".to_vec())));
+        assert_eq!(read_line(&mut input), Some(Ok(b"{\"b\":2}".to_vec())));
+        assert_eq!(read_line(&mut input), None);
+        let mut big = vec![b'x'; MAX_LINE_BYTES + 10];
+        big.extend_from_slice(b"\n{}\n");
+        let mut input = std::io::Cursor::new(big);
+        assert!(matches!(read_line(&mut input), Some(Err(_))));
+        assert_eq!(read_line(&mut input), Some(Ok(b"{}".to_vec())));
+    }
+
+    #[test]
+    fn answers_matches_response_ids_only() {
+        assert!(answers(
+            br#"{"jsonrpc":"2.0","id":3,"result":{}}"#,
+            Some("3")
+        ));
+        assert!(!answers(
+            br#"{"jsonrpc":"2.0","id":4,"result":{}}"#,
+            Some("3")
+        ));
+        assert!(!answers(
+            br#"{"jsonrpc":"2.0","id":3,"method":"ping"}"#,
+            Some("3")
+        ));
+        assert!(!answers(br#"{"jsonrpc":"2.0","id":3,"result":{}}"#, None));
+    }
+
+    #[test]
+    fn jitter_stays_within_a_quarter() {
+        let d = Duration::from_millis(400);
+        for _ in 0..100 {
+            let j = jitter(d);
+            assert!(j >= d && j <= d + Duration::from_millis(101));
+        }
+    }
+}

@@ -848,6 +848,44 @@ fn find_event_end(buf: &[u8], from: usize) -> Option<usize> {
     None
 }
 
+/// The fields of one SSE event that MCP uses.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SseFields {
+    /// `data:` lines joined with `\n`.
+    pub data: Vec<u8>,
+    pub id: Option<String>,
+    pub retry_ms: Option<u64>,
+}
+
+/// Parses one whole event (as `SseSplitter` yields it). Comments and unknown fields are skipped.
+pub fn parse_sse_event(event: &[u8]) -> SseFields {
+    let mut f = SseFields::default();
+    let mut has_data = false;
+    for line in event.split(|&b| b == b'\n' || b == b'\r') {
+        let (name, value) = match line.iter().position(|&b| b == b':') {
+            Some(0) => continue,
+            Some(i) => {
+                let v = &line[i + 1..];
+                (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
+            }
+            None => (line, &b""[..]),
+        };
+        match name {
+            b"data" => {
+                if has_data {
+                    f.data.push(b'\n');
+                }
+                f.data.extend_from_slice(value);
+                has_data = true;
+            }
+            b"id" => f.id = Some(String::from_utf8_lossy(value).into_owned()),
+            b"retry" => f.retry_ms = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()),
+            _ => {}
+        }
+    }
+    f
+}
+
 /// Writes a response head. `extra` lines must each end in CRLF.
 pub fn write_response_head(out: &mut Vec<u8>, status: u16, extra: &[u8], body: HeadBody) {
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -1065,6 +1103,12 @@ mod tests {
     #[test]
     fn sse_splits_events_with_any_line_ending() {
         let mut s = SseSplitter::new(1024);
+        let f = parse_sse_event(
+            b"event: message\nid: 7\nretry: 250\n: note\ndata: {\"a\":\ndata:1}\n\n",
+        );
+        assert_eq!(f.data, b"{\"a\":\n1}");
+        assert_eq!((f.id.as_deref(), f.retry_ms), (Some("7"), Some(250)));
+        assert_eq!(parse_sse_event(b"id: 1\ndata:\n\n").data, b"");
         s.push(b"data: a\n\ndata: b\r\n\r\ndata: c\r\rdata: d");
         assert_eq!(&s.next_event().unwrap().unwrap()[..], b"data: a\n\n");
         assert_eq!(&s.next_event().unwrap().unwrap()[..], b"data: b\r\n\r\n");

@@ -30,6 +30,33 @@ enum Command {
     Serve(ServeArgs),
     /// Run the built-in demo MCP server alone.
     DemoUpstream(DemoArgs),
+    /// Be the stdio MCP server a client launches, relaying to a program or a remote server.
+    Forward {
+        #[command(subcommand)]
+        to: ForwardTo,
+    },
+}
+
+#[derive(Subcommand)]
+enum ForwardTo {
+    /// Start CMD and relay stdin and stdout byte for byte: shardcat forward stdio -- CMD ARGS
+    Stdio {
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        cmd: Vec<String>,
+    },
+    /// Reach a remote Streamable HTTP MCP server: sessions, SSE and reconnection handled here.
+    Http {
+        /// The server's MCP endpoint, http(s)://host[:port]/path.
+        #[arg(long)]
+        url: String,
+        /// Sent as the Authorization header.
+        #[arg(long)]
+        authorization: Option<String>,
+        #[arg(long, default_value_t = shardcat::config::DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS)]
+        connect_timeout_ms: u64,
+        #[arg(long, default_value_t = shardcat::config::DEFAULT_UPSTREAM_REQUEST_TIMEOUT_MS)]
+        request_timeout_ms: u64,
+    },
 }
 
 #[derive(Args, Clone, Default)]
@@ -73,9 +100,27 @@ fn main() {
     let code = match cli.command {
         Some(Command::DemoUpstream(a)) => run_demo(a),
         Some(Command::Serve(a)) => run_serve(a),
+        Some(Command::Forward { to }) => run_forward(to),
         None => run_serve(cli.serve),
     };
     std::process::exit(code);
+}
+
+fn run_forward(to: ForwardTo) -> i32 {
+    match to {
+        ForwardTo::Stdio { cmd } => shardcat::forward::stdio(&cmd),
+        ForwardTo::Http {
+            url,
+            authorization,
+            connect_timeout_ms,
+            request_timeout_ms,
+        } => shardcat::forward::http(shardcat::forward::HttpOptions {
+            url,
+            authorization,
+            connect_timeout: Duration::from_millis(connect_timeout_ms.max(1)),
+            request_timeout: Duration::from_millis(request_timeout_ms.max(1)),
+        }),
+    }
 }
 
 fn run_demo(a: DemoArgs) -> i32 {
