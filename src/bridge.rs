@@ -85,8 +85,8 @@ pub async fn initialize(
         inc(&shard.stats.sessions_created);
         gauge_add(&shard.stats.sessions, 1);
         let (sh, gone) = (shard.clone(), sid);
-        child.on_crash(Box::new(move || {
-            log::warn!("shard {}: stdio server crashed: its session ends", sh.id);
+        child.on_exit(Box::new(move || {
+            log::warn!("shard {}: stdio server gone: its session ends", sh.id);
             crate::proxy::end_session_local(&sh, &gone);
         }));
         minted = Some(sid);

@@ -382,10 +382,13 @@ impl FileConfig {
         if let Some(v) = &o.listen {
             self.server.listen = v.clone();
         }
-        if o.upstream.is_some() || o.upstream_cmd.is_some() {
+        // A flag names the upstream; the file's other upstream settings (credentials, pool and
+        // process bounds) still apply to it.
+        if (o.upstream.is_some() || o.upstream_cmd.is_some()) && self.upstream.is_empty() {
             self.upstream = vec![UpstreamSection::default()];
         }
         if let Some(v) = &o.upstream {
+            self.upstream[0].kind = "http".into();
             self.upstream[0].url = v.clone();
         }
         if let Some(v) = &o.upstream_cmd {

@@ -20,7 +20,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::rc::Rc;
@@ -162,8 +162,8 @@ pub struct Child {
     gone: LocalEvent,
     /// Set once the process was reaped.
     reaped: LocalEvent,
-    /// Called once if the child dies without being asked to (ends its session).
-    on_crash: RefCell<Option<Box<dyn FnOnce()>>>,
+    /// Called once when the child is gone, unless `end` was called first (ends its session).
+    on_exit: RefCell<Option<Box<dyn FnOnce()>>>,
     /// The initialize result, for children the gateway initialized itself.
     pub init_result: RefCell<Option<Bytes>>,
     stats: Arc<ShardStats>,
@@ -217,18 +217,18 @@ impl Child {
         self.gone.is_set()
     }
 
-    /// Runs `f` if the child dies unasked; replaces any earlier hook.
-    pub fn on_crash(&self, f: Box<dyn FnOnce()>) {
-        *self.on_crash.borrow_mut() = Some(f);
+    /// Runs `f` once the child is gone, unless `end` is called first; replaces any earlier hook.
+    pub fn on_exit(&self, f: Box<dyn FnOnce()>) {
+        *self.on_exit.borrow_mut() = Some(f);
     }
 
-    pub fn clear_on_crash(&self) {
-        self.on_crash.borrow_mut().take();
+    pub fn clear_on_exit(&self) {
+        self.on_exit.borrow_mut().take();
     }
 
     /// Asks the child to end (SIGTERM, then SIGKILL after the grace period).
     pub fn end(&self) {
-        self.clear_on_crash();
+        self.clear_on_exit();
         self.stop.set();
     }
 
@@ -533,7 +533,12 @@ pub fn spawn(s: &Spawn, role: Role, on_reaped: Box<dyn FnOnce()>) -> io::Result<
     drop(cmd);
     ours.set_nonblocking(true)?;
     err_ours.set_nonblocking(true)?;
-    let fds = [ours.as_raw_fd(), err_ours.as_raw_fd()];
+    // Our own handles on both sockets, so the supervisor can shut them down even after the
+    // tasks using them dropped theirs (a raw fd number could by then name another socket).
+    let handles = [
+        OwnedFd::from(ours.try_clone()?),
+        OwnedFd::from(err_ours.try_clone()?),
+    ];
     let io = UnixStream::from_std(ours)?;
     let err_io = UnixStream::from_std(err_ours)?;
     let child = Rc::new(Child {
@@ -547,7 +552,7 @@ pub fn spawn(s: &Spawn, role: Role, on_reaped: Box<dyn FnOnce()>) -> io::Result<
         stop: LocalEvent::default(),
         gone: LocalEvent::default(),
         reaped: LocalEvent::default(),
-        on_crash: RefCell::new(None),
+        on_exit: RefCell::new(None),
         init_result: RefCell::new(None),
         stats: s.stats.clone(),
         max_events: s.max_events,
@@ -565,7 +570,7 @@ pub fn spawn(s: &Spawn, role: Role, on_reaped: Box<dyn FnOnce()>) -> io::Result<
         proc,
         io,
         err_io,
-        fds,
+        handles,
         on_reaped,
     ));
     Ok(child)
@@ -579,7 +584,7 @@ async fn supervise(
     mut proc: std::process::Child,
     io: UnixStream,
     err_io: UnixStream,
-    fds: [RawFd; 2],
+    handles: [OwnedFd; 2],
     on_reaped: Box<dyn FnOnce()>,
 ) {
     let (rd, wr) = io.into_split();
@@ -603,13 +608,14 @@ async fn supervise(
     let status = reap(&child, &mut proc, s.cfg.kill_grace).await;
     child.reaped.set();
     // Grandchildren may hold the other ends open: end our reads and writes ourselves.
-    for fd in fds {
-        // SAFETY: the fds belong to sockets still owned by the tasks awaited below.
-        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+    for h in &handles {
+        // SAFETY: `h` is an open fd this function owns; shutdown has no memory effects.
+        unsafe { libc::shutdown(h.as_raw_fd(), libc::SHUT_RDWR) };
     }
     writer.await;
     errlog.await;
     killer.await;
+    drop(handles);
     gauge_add(&s.stats.stdio_processes, -1);
     inc(&s.stats.stdio_exited);
     let crashed = !asked;
@@ -621,12 +627,13 @@ async fn supervise(
             child.role.get(),
             describe(status)
         );
-        let hook = child.on_crash.borrow_mut().take();
-        if let Some(f) = hook {
-            f();
-        }
     } else {
         log::debug!("stdio server {} ended: {}", child.pid, describe(status));
+    }
+    // Whatever ended the child, its session ends too (a session that ended first cleared this).
+    let hook = child.on_exit.borrow_mut().take();
+    if let Some(f) = hook {
+        f();
     }
     on_reaped();
 }
@@ -714,7 +721,6 @@ async fn write_loop(
                     "stdio server {} stopped reading its input for {timeout:?}: ending it",
                     child.pid
                 );
-                child.clear_on_crash();
                 child.stop.set();
                 break;
             }
@@ -760,14 +766,17 @@ async fn stderr_loop(pid: u32, mut rd: UnixStream, per_s: u32, stats: Arc<ShardS
 /// Waits for a stop request, then sends SIGTERM to the child's process group, and SIGKILL if it
 /// is still there after `grace`. Ends early once the child is reaped.
 async fn kill_on_stop(child: Rc<Child>, grace: Duration) {
+    // Biased: once reaped, its pid may be reused, so it must never be signalled.
     monoio::select! {
-        _ = child.stop.wait() => {}
+        biased;
         _ = child.reaped.wait() => return,
+        _ = child.stop.wait() => {}
     }
     signal_group(child.pid, libc::SIGTERM);
     monoio::select! {
-        _ = monoio::time::sleep(grace) => {}
+        biased;
         _ = child.reaped.wait() => return,
+        _ = monoio::time::sleep(grace) => {}
     }
     if !child.reaped.is_set() {
         inc(&child.stats.stdio_killed);
