@@ -580,7 +580,7 @@ fn validate_stdio(u: &UpstreamSection) -> Result<StdioConfig, ConfigError> {
         command: u.command.clone(),
         args: u.args.clone(),
         env: u.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        cwd: u.cwd.clone(),
+        cwd: u.cwd.clone().filter(|d| !d.is_empty()),
         prewarm: u.prewarm,
         max_processes: u.max_processes,
         stateless_children: u.stateless_children,

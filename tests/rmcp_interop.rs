@@ -213,6 +213,15 @@ struct Gateway {
 
 impl Gateway {
     fn start(upstream: &str) -> Gateway {
+        Gateway::start_with(&["--upstream", upstream])
+    }
+
+    /// A gateway whose upstream is a stdio program.
+    fn start_stdio(cmd: &str) -> Gateway {
+        Gateway::start_with(&["--upstream-cmd", cmd])
+    }
+
+    fn start_with(upstream: &[&str]) -> Gateway {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = std::env::temp_dir().join(format!(
@@ -221,17 +230,9 @@ impl Gateway {
         ));
         let stderr = std::fs::File::create(&log).expect("create gateway log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_shardcat"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--upstream",
-                upstream,
-                "--admin",
-                "127.0.0.1:0",
-                "--shards",
-                "2",
-            ])
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(upstream)
+            .args(["--admin", "127.0.0.1:0", "--shards", "2"])
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -946,4 +947,120 @@ async fn listen_cancel_reaches_upstream_promptly() {
         );
         let _ = timeout(WAIT, client.cancel()).await;
     }
+}
+
+/// The stdio fixture (`fixtures/`), built by `cargo test --workspace` next to this test.
+fn stdio_fixture() -> String {
+    let exe = std::env::current_exe().expect("test exe");
+    let path = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .join("mcp-stdio-server");
+    assert!(
+        path.exists(),
+        "{} missing: run `cargo test --workspace`",
+        path.display()
+    );
+    path.display().to_string()
+}
+
+/// rmcp clients of every version through the gateway to an rmcp server on stdio: session
+/// versions get a child each (progress relayed to the caller); 2026-07-28 discovers the server
+/// and calls tools on the gateway's stateless children.
+#[tokio::test(flavor = "multi_thread")]
+async fn rmcp_clients_through_a_stdio_upstream() {
+    let gw = Gateway::start_stdio(&stdio_fixture());
+    for version in SESSION_VERSIONS {
+        let label = format!("stdio/{version}");
+        let (handler, _rx) = probe(version.clone());
+        let client = timeout(
+            WAIT,
+            handler.serve(StreamableHttpClientTransport::from_uri(gw.url())),
+        )
+        .await
+        .expect("initialize timed out")
+        .expect("initialize through the gateway");
+        assert_eq!(
+            client.peer_info().expect("info").protocol_version,
+            version,
+            "{label}"
+        );
+        expect_gateway_sessions(&gw, 1.0, &label).await;
+        let r = timeout(
+            WAIT,
+            client.call_tool(
+                CallToolRequestParams::new("echo")
+                    .with_arguments(args(json!({"text": label.clone()}))),
+            ),
+        )
+        .await
+        .expect("echo timed out")
+        .expect("echo");
+        assert_eq!(text_of(&r), label);
+        let r = timeout(
+            WAIT,
+            client.call_tool(
+                CallToolRequestParams::new("progress")
+                    .with_arguments(args(json!({"count": 3, "interval_ms": 5}))),
+            ),
+        )
+        .await
+        .expect("progress timed out")
+        .expect("progress");
+        assert_eq!(text_of(&r), "done", "{label}");
+        let deadline = Instant::now() + WAIT;
+        while client.service().progress.lock().unwrap().len() < 3 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            client.service().progress.lock().unwrap().len(),
+            3,
+            "{label}: progress"
+        );
+        timeout(WAIT, client.cancel())
+            .await
+            .expect("close timed out")
+            .expect("close");
+        expect_gateway_sessions(&gw, 0.0, &format!("{label} after close")).await;
+    }
+    let (handler, _rx) = probe(ProtocolVersion::V_2026_07_28);
+    let client = timeout(
+        WAIT,
+        handler.serve_with_lifecycle(
+            StreamableHttpClientTransport::from_uri(gw.url()),
+            ClientLifecycleMode::Discover {
+                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+            },
+        ),
+    )
+    .await
+    .expect("server/discover timed out")
+    .expect("server/discover through the gateway");
+    let tools = timeout(WAIT, client.list_tools(None))
+        .await
+        .expect("tools/list timed out")
+        .expect("tools/list");
+    assert!(tools.tools.iter().any(|t| t.name == "echo"));
+    let r = timeout(
+        WAIT,
+        client.call_tool(
+            CallToolRequestParams::new("echo").with_arguments(args(json!({"text": "stateless"}))),
+        ),
+    )
+    .await
+    .expect("echo timed out")
+    .expect("echo");
+    assert_eq!(text_of(&r), "stateless");
+    timeout(WAIT, client.cancel())
+        .await
+        .expect("close timed out")
+        .expect("close");
+    expect_metric(
+        &gw,
+        "shardcat_stdio_crashes_total{shard=\"all\"}",
+        0.0,
+        "end",
+    )
+    .await;
 }

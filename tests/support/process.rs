@@ -174,6 +174,28 @@ pub fn gateway(upstream: &str, shards: usize, toml: Option<&str>) -> Proc {
     Proc::start(&args)
 }
 
+/// A gateway configured by `toml` alone (its upstream named there), on port 0.
+pub fn gateway_config(shards: usize, toml: &str) -> Proc {
+    let path = std::env::temp_dir().join(format!(
+        "shardcat-test-{}-{}.toml",
+        std::process::id(),
+        unique()
+    ));
+    std::fs::write(&path, toml).expect("write config");
+    let shards = shards.to_string();
+    Proc::start(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--shards",
+        &shards,
+        "--config",
+        path.to_str().expect("utf-8 path"),
+    ])
+}
+
 pub fn demo_url(demo: &Proc) -> String {
     demo.ready["demo"].clone()
 }
