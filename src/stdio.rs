@@ -497,6 +497,17 @@ pub struct Spawn {
     pub write_timeout: Duration,
 }
 
+/// A CPU mask naming every core.
+fn all_cpus() -> libc::cpu_set_t {
+    // SAFETY: cpu_set_t is plain bits; all zeroes is the empty set, filled in below.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for cpu in 0..libc::CPU_SETSIZE as usize {
+        // SAFETY: `cpu` is below CPU_SETSIZE, inside the set.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    set
+}
+
 /// Starts a child and its supervisor. The caller holds a process permit; `on_reaped` runs once
 /// the process is gone (release the permit there).
 pub fn spawn(s: &Spawn, role: Role, on_reaped: Box<dyn FnOnce()>) -> io::Result<Rc<Child>> {
@@ -515,17 +526,20 @@ pub fn spawn(s: &Spawn, role: Role, on_reaped: Box<dyn FnOnce()>) -> io::Result<
     if let Some(dir) = &s.cfg.cwd {
         cmd.current_dir(dir);
     }
+    let all_cpus = all_cpus();
     // SAFETY: only async-signal-safe calls between fork and exec. The child leads its own process
     // group (so the gateway's terminal signals do not reach it, and a kill reaches its whole
-    // tree), and dies with the gateway if the gateway is killed.
+    // tree), dies with the gateway if the gateway is killed, and may run on any core rather than
+    // inherit the shard's pinning.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::setsid() == -1 {
                 return Err(io::Error::last_os_error());
             }
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
                 return Err(io::Error::last_os_error());
             }
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &all_cpus);
             Ok(())
         });
     }
