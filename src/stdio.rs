@@ -44,6 +44,9 @@ use crate::sync::{LocalEvent, LocalQueue};
 /// service): the newest session-based version.
 pub const CHILD_PROTOCOL_VERSION: &str = "2025-11-25";
 
+/// Pause between a prewarmed child being taken and its replacement being started.
+const REFILL_DELAY: Duration = Duration::from_millis(100);
+
 /// Longest stderr line logged; the rest of the line is cut.
 const STDERR_LINE_MAX: usize = 512;
 
@@ -934,8 +937,12 @@ impl Host {
         child.set_role(Role::Session);
         if self.spawn.cfg.prewarm > 0 {
             let host = self.clone();
-            // After the caller's next await, so the refill's spawns do not delay its request.
-            monoio::spawn(async move { host.refill() });
+            // Later, so neither the spawn (which blocks this thread until the exec) nor the new
+            // child's start-up competes with the new session's first requests.
+            monoio::spawn(async move {
+                monoio::time::sleep(REFILL_DELAY).await;
+                host.refill()
+            });
         }
         Ok(child)
     }
