@@ -17,6 +17,8 @@
 //! - `metrics`   — per-shard counters and latency histograms; `admin` serves them.
 //! - `config`    — the TOML schema with every bound, and the validated runtime config.
 //! - `demo`      — the built-in demo MCP server (default upstream and benchmark upstream).
+//! - `tape`      — recording on the persistence core (`Recorder` per shard, one writer thread),
+//!   the tape tools (list, show, export, verify) and replay.
 //!
 //! A request: `shard::accept_loop` → `proxy::serve` → `proxy::exchange` (head, affinity hop
 //! through `admission`, validation, `mcp::classify`, `session`) → `upstream::Pool::checkout` →
@@ -38,4 +40,5 @@ pub mod session;
 pub mod shard;
 pub mod stdio;
 pub mod sync;
+pub mod tape;
 pub mod upstream;

@@ -1,5 +1,5 @@
 //! The `shardcat` command: `serve` (the default, in front of the built-in demo server when no
-//! upstream is given) and `demo-upstream`.
+//! upstream is given), `demo-upstream`, `tape` (list, show, export, verify) and `replay`.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -35,6 +35,10 @@ enum Command {
         #[command(subcommand)]
         to: ForwardTo,
     },
+    /// Read recorded tapes: list, show, export, verify.
+    Tape(shardcat::tape::cli::TapeArgs),
+    /// Serve a recorded session as an MCP server.
+    Replay(shardcat::tape::cli::ReplayArgs),
 }
 
 #[derive(Subcommand)]
@@ -101,6 +105,8 @@ fn main() {
         Some(Command::DemoUpstream(a)) => run_demo(a),
         Some(Command::Serve(a)) => run_serve(a),
         Some(Command::Forward { to }) => run_forward(to),
+        Some(Command::Tape(a)) => shardcat::tape::cli::run_tape(a),
+        Some(Command::Replay(a)) => shardcat::tape::cli::run_replay(a),
         None => run_serve(cli.serve),
     };
     std::process::exit(code);
