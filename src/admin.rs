@@ -69,6 +69,11 @@ fn handle(
             let mut out = String::with_capacity(16 * 1024);
             let stats: Vec<_> = shared.stats.iter().map(|s| s.as_ref()).collect();
             crate::metrics::render(&stats, latest, &mut out);
+            if let Some(t) = &shared.tape {
+                let recorders: Vec<&crate::tape::RecorderStats> =
+                    t.recorders.iter().map(|r| r.as_ref()).collect();
+                crate::tape::render(&recorders, &t.persist, &mut out);
+            }
             respond(&mut s, 200, "text/plain; version=0.0.4", &out)
         }
         _ => respond(&mut s, 404, "text/plain", "not found\n"),

@@ -20,9 +20,11 @@ use crate::http::{self, HeadBody, RequestHead};
 use crate::mcp::{self, SessionId};
 use crate::metrics::{gauge_add, inc};
 use crate::proxy::Outcome;
+use crate::record::{SseMeta, Tap};
 use crate::relay;
 use crate::shard::{ClientConn, Shard};
 use crate::stdio::{Child, Host, Next, Role, Ticket};
+use crate::tape::Dir;
 
 /// How long a wait runs before it also watches for the client hanging up (as for HTTP
 /// upstreams: quick answers cost no extra poll).
@@ -53,6 +55,7 @@ pub async fn initialize(
     conn: &mut ClientConn,
     body: &[u8],
     id: Option<&str>,
+    tape: Option<u64>,
 ) -> Result<Outcome> {
     let host = host(shard)?;
     if !shard.shared.sessions.try_acquire() {
@@ -81,21 +84,31 @@ pub async fn initialize(
             .insert(None, version, std::time::Instant::now());
         if let Some(s) = shard.sessions.borrow_mut().get_mut(&sid) {
             s.child = Some(child.clone());
+            s.tape = tape;
         }
         inc(&shard.stats.sessions_created);
         gauge_add(&shard.stats.sessions, 1);
         let (sh, gone) = (shard.clone(), sid);
         child.on_exit(Box::new(move || {
             log::warn!("shard {}: stdio server gone: its session ends", sh.id);
-            crate::proxy::end_session_local(&sh, &gone);
+            crate::proxy::end_session_local(&sh, &gone, "stdio server exited");
         }));
         minted = Some(sid);
         Some(sid.encode())
     };
     // No SSE for initialize: the session id must be known before the head is written. No
     // hang-up watch either: a session created for a client that left is ended below.
+    let tap = tape.map(|session| Tap { session, stream: 1 });
     let result = match child.request(body) {
-        Ok(ticket) => answer(shard, conn, ticket, false, Some(&mut on_final), false, id).await,
+        Ok(ticket) => {
+            let how = Answer {
+                sse: false,
+                watch_hangup: false,
+                id,
+                tap,
+            };
+            answer(shard, conn, ticket, how, Some(&mut on_final)).await
+        }
         Err(e) => Err(e),
     };
     match minted {
@@ -108,7 +121,7 @@ pub async fn initialize(
                 "shard {}: client missed its initialize answer; ending the session",
                 shard.id
             );
-            crate::proxy::end_session_local(shard, &sid);
+            crate::proxy::end_session_local(shard, &sid, "client missed the initialize answer");
         }
         Some(_) => {}
     }
@@ -133,13 +146,15 @@ pub async fn post(
     body: &[u8],
     msg: &mcp::Message<'_>,
     child: Rc<Child>,
+    tap: Option<Tap>,
 ) -> Result<Outcome> {
     if msg.kind == mcp::Kind::Request {
         let ticket = child.request(body)?;
-        return answer(shard, conn, ticket, sse_ok(head), None, true, msg.id).await;
+        let how = Answer::streaming(head, msg, tap);
+        return answer(shard, conn, ticket, how, None).await;
     }
     child.notify(body)?;
-    accepted(conn).await
+    accepted(shard, conn, tap).await
 }
 
 /// A 2026-07-28 request on a shard's stateless children.
@@ -149,6 +164,7 @@ pub async fn stateless(
     head: &RequestHead,
     body: &[u8],
     msg: &mcp::Message<'_>,
+    tap: Option<Tap>,
 ) -> Result<Outcome> {
     let host = host(shard)?;
     let timeout = shard.config().timeouts.upstream_request;
@@ -160,16 +176,19 @@ pub async fn stateless(
     debug_assert_eq!(child.role(), Role::Stateless);
     match (msg.kind, msg.method) {
         (mcp::Kind::Request, Some("server/discover")) => {
-            let line = discover(&child, msg.id.unwrap_or("null"))?;
+            let line = bytes::Bytes::from(discover(&child, msg.id.unwrap_or("null"))?);
+            shard
+                .record_message(tap, Dir::ServerToClient, 200, None, line.clone())
+                .await;
             write_json(conn, None, &line).await
         }
         (mcp::Kind::Request, _) => {
             let ticket = child.request(body)?;
-            answer(shard, conn, ticket, sse_ok(head), None, true, msg.id).await
+            answer(shard, conn, ticket, Answer::streaming(head, msg, tap), None).await
         }
         _ => {
             child.notify(body)?;
-            accepted(conn).await
+            accepted(shard, conn, tap).await
         }
     }
 }
@@ -200,7 +219,12 @@ fn discover(child: &Child, id: &str) -> Result<Vec<u8>> {
 }
 
 /// The session's GET stream: server messages about no request, with `:` keepalives.
-pub async fn get(shard: &Rc<Shard>, conn: &mut ClientConn, child: Rc<Child>) -> Result<Outcome> {
+pub async fn get(
+    shard: &Rc<Shard>,
+    conn: &mut ClientConn,
+    child: Rc<Child>,
+    tap: Option<Tap>,
+) -> Result<Outcome> {
     if child.stream_attached.get() {
         return Err(Error::new(
             Kind::Conflict,
@@ -227,6 +251,10 @@ pub async fn get(shard: &Rc<Shard>, conn: &mut ClientConn, child: Rc<Child>) -> 
             Some(Next::Event(line)) | Some(Next::Final(line)) => {
                 sse_event(&mut chunk, &line);
                 inc(&shard.stats.sse_events);
+                let sse = Some(SseMeta { event_id: None });
+                shard
+                    .record_message(tap, Dir::ServerToClient, 200, sse, line)
+                    .await;
             }
             None => http::encode_chunk(&mut chunk, b":\n\n"),
             Some(Next::Failed(_)) => {
@@ -245,25 +273,50 @@ pub async fn get(shard: &Rc<Shard>, conn: &mut ClientConn, child: Rc<Child>) -> 
 /// Called with the response line before it is written; may return a session id to announce.
 type OnFinal<'a> = Option<&'a mut dyn FnMut(&[u8]) -> Option<String>>;
 
+/// How a request is answered.
+struct Answer<'a> {
+    /// The client takes an SSE answer.
+    sse: bool,
+    /// Watch the client socket: a hang-up cancels the request in the child.
+    watch_hangup: bool,
+    /// The request's id, for errors written mid-stream.
+    id: Option<&'a str>,
+    tap: Option<Tap>,
+}
+
+impl<'a> Answer<'a> {
+    fn streaming(head: &RequestHead, msg: &mcp::Message<'a>, tap: Option<Tap>) -> Answer<'a> {
+        Answer {
+            sse: sse_ok(head),
+            watch_hangup: true,
+            id: msg.id,
+            tap,
+        }
+    }
+}
+
 /// Waits for the child's messages about one request and answers the client: JSON when the
 /// response comes first, SSE when other messages precede it.
 async fn answer(
     shard: &Rc<Shard>,
     conn: &mut ClientConn,
     ticket: Ticket,
-    sse: bool,
+    how: Answer<'_>,
     mut on_final: OnFinal<'_>,
-    watch_hangup: bool,
-    id: Option<&str>,
 ) -> Result<Outcome> {
     loop {
-        match wait(shard, conn, &ticket, watch_hangup).await? {
+        match wait(shard, conn, &ticket, how.watch_hangup).await? {
             Next::Final(line) => {
                 let sid = on_final.as_mut().and_then(|f| f(&line));
+                shard
+                    .record_message(how.tap, Dir::ServerToClient, 200, None, line.clone())
+                    .await;
                 return write_json(conn, sid.as_deref(), &line).await;
             }
             Next::Failed(why) => return Err(Error::new(Kind::UpstreamConnect, &*why)),
-            Next::Event(first) if sse => return stream(shard, conn, ticket, first, id).await,
+            Next::Event(first) if how.sse => {
+                return stream(shard, conn, ticket, first, how.id, how.tap).await
+            }
             // The client takes only JSON: what precedes the response cannot reach it.
             Next::Event(_) => inc(&shard.stats.stdio_dropped_messages),
         }
@@ -306,34 +359,33 @@ async fn stream(
     ticket: Ticket,
     first: bytes::Bytes,
     id: Option<&str>,
+    tap: Option<Tap>,
 ) -> Result<Outcome> {
     let mut out = Vec::with_capacity(512 + first.len());
     http::write_response_head(&mut out, 200, SSE_HEADERS, HeadBody::Chunked);
     sse_event(&mut out, &first);
     inc(&shard.stats.sse_events);
+    let sse = || Some(SseMeta { event_id: None });
+    shard
+        .record_message(tap, Dir::ServerToClient, 200, sse(), first)
+        .await;
     write(conn, out).await?;
     loop {
         let mut chunk = Vec::with_capacity(256);
-        let end = match wait(shard, conn, &ticket, true).await {
-            Ok(Next::Event(line)) => {
-                sse_event(&mut chunk, &line);
-                false
-            }
-            Ok(Next::Final(line)) => {
-                sse_event(&mut chunk, &line);
-                true
-            }
+        let (line, end) = match wait(shard, conn, &ticket, true).await {
+            Ok(Next::Event(line)) => (line, false),
+            Ok(Next::Final(line)) => (line, true),
             Ok(Next::Failed(why)) => {
                 let e = Error::new(Kind::UpstreamConnect, &*why).with_id(id);
-                sse_event(&mut chunk, &e.body());
-                true
+                (bytes::Bytes::from(e.body()), true)
             }
             Err(e) if e.kind == Kind::ClientGone => return Err(e),
-            Err(e) => {
-                sse_event(&mut chunk, &e.with_id(id).body());
-                true
-            }
+            Err(e) => (bytes::Bytes::from(e.with_id(id).body()), true),
         };
+        sse_event(&mut chunk, &line);
+        shard
+            .record_message(tap, Dir::ServerToClient, 200, sse(), line)
+            .await;
         inc(&shard.stats.sse_events);
         if end {
             chunk.extend_from_slice(http::LAST_CHUNK);
@@ -374,7 +426,8 @@ async fn write_json(conn: &mut ClientConn, session: Option<&str>, body: &[u8]) -
     })
 }
 
-async fn accepted(conn: &mut ClientConn) -> Result<Outcome> {
+async fn accepted(shard: &Shard, conn: &mut ClientConn, tap: Option<Tap>) -> Result<Outcome> {
+    shard.record_status(tap, 202).await;
     let mut out = Vec::with_capacity(64);
     http::write_response_head(&mut out, 202, b"", HeadBody::Length(0));
     write(conn, out).await?;

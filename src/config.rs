@@ -64,6 +64,95 @@ pub struct FileConfig {
     /// `[upstream]` or `[[upstream]]`: one upstream (several are not supported yet).
     #[serde(deserialize_with = "one_or_many")]
     pub upstream: Vec<UpstreamSection>,
+    pub tapes: TapesSection,
+}
+
+/// `[tapes]`: recording. Off unless `dir` is set (or `--tapes DIR`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TapesSection {
+    pub dir: String,
+    /// "drop" (the default: a full channel drops the frame and counts it) or "block".
+    pub overflow: String,
+    pub channel_depth: usize,
+    pub batch_max_frames: usize,
+    pub batch_max_delay_ms: u64,
+    pub segment_max_bytes: u64,
+    /// "never", "interval" (the default) or "always".
+    pub fsync: String,
+    pub fsync_interval_ms: u64,
+    /// JSON pointers whose values are written as "***".
+    pub mask: Vec<String>,
+    pub io_retry_max: u32,
+    pub io_retry_backoff_ms: u64,
+    pub index_interval_ms: u64,
+    /// Core to pin the persistence thread to; absent: not pinned.
+    pub core: Option<usize>,
+}
+
+impl Default for TapesSection {
+    fn default() -> Self {
+        use crate::tape as t;
+        TapesSection {
+            dir: String::new(),
+            overflow: "drop".into(),
+            channel_depth: t::DEFAULT_CHANNEL_DEPTH,
+            batch_max_frames: t::DEFAULT_BATCH_MAX_FRAMES,
+            batch_max_delay_ms: t::DEFAULT_BATCH_MAX_DELAY_MS,
+            segment_max_bytes: t::DEFAULT_SEGMENT_MAX_BYTES,
+            fsync: "interval".into(),
+            fsync_interval_ms: t::DEFAULT_FSYNC_INTERVAL_MS,
+            mask: Vec::new(),
+            io_retry_max: t::DEFAULT_IO_RETRY_MAX,
+            io_retry_backoff_ms: t::DEFAULT_IO_RETRY_BACKOFF_MS,
+            index_interval_ms: t::DEFAULT_INDEX_INTERVAL_MS,
+            core: None,
+        }
+    }
+}
+
+impl TapesSection {
+    /// The validated recording settings, or `None` when recording is off.
+    pub fn resolve(&self) -> Result<Option<crate::tape::TapeConfig>, ConfigError> {
+        use crate::tape::{Fsync, Overflow, TapeConfig};
+        if self.dir.is_empty() {
+            return Ok(None);
+        }
+        let mut c = TapeConfig::new(&self.dir);
+        c.overflow = match self.overflow.as_str() {
+            "drop" => Overflow::Drop,
+            "block" => Overflow::Block,
+            other => {
+                return err(
+                    "tapes.overflow",
+                    format!("'{other}' is not one of drop, block"),
+                )
+            }
+        };
+        c.fsync = match self.fsync.as_str() {
+            "never" => Fsync::Never,
+            "interval" => Fsync::Interval(self.fsync_interval_ms),
+            "always" => Fsync::Always,
+            other => {
+                return err(
+                    "tapes.fsync",
+                    format!("'{other}' is not one of never, interval, always"),
+                )
+            }
+        };
+        c.channel_depth = self.channel_depth;
+        c.batch_max_frames = self.batch_max_frames;
+        c.batch_max_delay_ms = self.batch_max_delay_ms;
+        c.segment_max_bytes = self.segment_max_bytes;
+        c.mask = self.mask.clone();
+        c.io_retry_max = self.io_retry_max;
+        c.io_retry_backoff_ms = self.io_retry_backoff_ms;
+        c.index_interval_ms = self.index_interval_ms;
+        c.core = self.core;
+        c.validate()
+            .map_err(|why| ConfigError(format!("invalid config: {why}")))?;
+        Ok(Some(c))
+    }
 }
 
 /// Accepts a single table or an array of tables.
@@ -243,6 +332,8 @@ pub struct Config {
     pub limits: Limits,
     pub timeouts: Timeouts,
     pub upstream: Upstream,
+    /// Recording; `None` when off.
+    pub tapes: Option<crate::tape::TapeConfig>,
 }
 
 /// The upstream MCP server: over HTTP, or a program spoken to over stdio.
@@ -331,6 +422,8 @@ pub struct Overrides {
     pub upstream: Option<String>,
     /// A stdio upstream's command line, split on whitespace (quotes group words).
     pub upstream_cmd: Option<String>,
+    /// Record tapes into this directory.
+    pub tapes: Option<String>,
     pub shards: Option<usize>,
     pub admin: Option<String>,
     pub driver: Option<String>,
@@ -409,6 +502,9 @@ impl FileConfig {
         if let Some(v) = &o.driver {
             self.server.driver = v.clone();
         }
+        if let Some(v) = &o.tapes {
+            self.tapes.dir = v.clone();
+        }
         let listen = resolve_addr("server.listen", &self.server.listen)?;
         let admin = match self.server.admin.as_str() {
             "" | "off" => None,
@@ -434,6 +530,7 @@ impl FileConfig {
             [u] => validate_upstream(u, demo_addr)?,
             _ => return err("upstream", "only one upstream is supported"),
         };
+        let tapes = self.tapes.resolve()?;
         let listen_backlog = self.server.listen_backlog;
         if listen_backlog == 0 {
             return err("server.listen_backlog", "must be at least 1");
@@ -448,6 +545,7 @@ impl FileConfig {
             limits,
             timeouts,
             upstream,
+            tapes,
         })
     }
 }
@@ -836,6 +934,20 @@ mod tests {
         let e = FileConfig::from_toml("[upstream]\ncomand = \"x\"\n").unwrap_err();
         assert!(e.0.contains("comand"), "{e}");
         assert!(split_command("a 'b").is_err());
+        let f =
+            FileConfig::from_toml("[tapes]\ndir = \"/tmp/t\"\noverflow = \"sometimes\"\n").unwrap();
+        let e = f.resolve(&Overrides::default(), demo()).unwrap_err();
+        assert!(e.0.contains("tapes.overflow"), "{e}");
+        let f = FileConfig::from_toml("[tapes]\nmask = [\"/params/secret\"]\n").unwrap();
+        let o = Overrides {
+            tapes: Some("/tmp/t".into()),
+            ..Overrides::default()
+        };
+        let c = f.resolve(&o, demo()).unwrap();
+        assert_eq!(
+            c.tapes.map(|t| t.mask),
+            Some(vec!["/params/secret".to_string()])
+        );
     }
 
     #[test]

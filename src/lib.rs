@@ -14,6 +14,7 @@
 //! - `relay`     — upstream body → client: coalesced, re-chunked, or SSE event by event.
 //! - `sync`      — shard-local bounded queue and event.
 //! - `error`     — the one error type and its mapping to HTTP status and JSON-RPC error.
+//! - `record`    — the shard side of recording: frames offered to the persistence core (`tape`).
 //! - `metrics`   — per-shard counters and latency histograms; `admin` serves them.
 //! - `config`    — the TOML schema with every bound, and the validated runtime config.
 //! - `demo`      — the built-in demo MCP server (default upstream and benchmark upstream).
@@ -35,6 +36,7 @@ pub mod http;
 pub mod mcp;
 pub mod metrics;
 pub mod proxy;
+pub mod record;
 pub mod relay;
 pub mod session;
 pub mod shard;

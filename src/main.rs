@@ -86,6 +86,9 @@ struct ServeArgs {
     /// io driver: auto, uring or legacy.
     #[arg(long)]
     driver: Option<String>,
+    /// Record every session into tapes in this directory (see `shardcat tape`).
+    #[arg(long)]
+    tapes: Option<String>,
 }
 
 #[derive(Args)]
@@ -110,6 +113,23 @@ fn main() {
         None => run_serve(cli.serve),
     };
     std::process::exit(code);
+}
+
+/// One line a test or an operator can check: every frame offered is accounted for.
+fn log_tape_totals(t: &shard::TapeStats, p: &shardcat::tape::PersistStats) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let sum = |f: fn(&shardcat::tape::RecorderStats) -> u64| {
+        t.recorders.iter().map(|r| f(r)).sum::<u64>()
+    };
+    log::info!(
+        "tapes: offered {} queued {} dropped {} written {} lost_io {} oversize {}",
+        sum(|r| r.offered.load(Relaxed)),
+        sum(|r| r.queued.load(Relaxed)),
+        sum(|r| r.dropped.load(Relaxed)),
+        p.frames_written.load(Relaxed),
+        p.frames_lost_io.load(Relaxed),
+        p.frames_oversize.load(Relaxed),
+    );
 }
 
 fn run_forward(to: ForwardTo) -> i32 {
@@ -186,6 +206,7 @@ fn run_serve(a: ServeArgs) -> i32 {
         listen: a.listen,
         upstream: a.upstream,
         upstream_cmd: a.upstream_cmd,
+        tapes: a.tapes,
         shards: a.shards,
         admin: a.admin,
         driver: a.driver,
@@ -248,14 +269,34 @@ fn serve(config: shardcat::config::Config, demo: bool) -> i32 {
     };
     let upstream = config.upstream.describe();
     let shards = config.shards;
-    let (shared, rxs) = shard::shared(config);
+    let (persistence, recorders) = match config.tapes.clone() {
+        Some(t) => {
+            let dir = t.dir.display().to_string();
+            match shardcat::tape::start(t, shards) {
+                Ok((p, r)) => {
+                    log::info!("recording tapes into {dir}");
+                    (Some(p), r)
+                }
+                Err(e) => {
+                    eprintln!("shardcat: cannot record into {dir}: {e}");
+                    return 1;
+                }
+            }
+        }
+        None => (None, Vec::new()),
+    };
+    let tape_stats = persistence.as_ref().map(|p| shard::TapeStats {
+        recorders: recorders.iter().map(|r| r.stats()).collect(),
+        persist: p.stats(),
+    });
+    let (shared, rxs) = shard::shared(config, tape_stats);
     if let Some(l) = admin {
         let shared = shared.clone();
         let _ = std::thread::Builder::new()
             .name("admin".into())
             .spawn(move || shardcat::admin::serve(l, shared));
     }
-    let handles = match shard::spawn_shards(shared.clone(), listeners, rxs) {
+    let handles = match shard::spawn_shards(shared.clone(), listeners, rxs, recorders) {
         Ok(h) => h,
         Err(e) => {
             eprintln!("shardcat: cannot start shards: {e}");
@@ -285,6 +326,13 @@ fn serve(config: shardcat::config::Config, demo: bool) -> i32 {
     });
     for h in handles {
         let _ = h.join();
+    }
+    if let Some(p) = persistence {
+        // The shards are done: everything they offered is flushed before exit.
+        let stats = p.shutdown();
+        if let Some(t) = &shared.tape {
+            log_tape_totals(t, &stats);
+        }
     }
     log::info!("shardcat stopped");
     0

@@ -20,8 +20,10 @@ use crate::error::{Error, Kind, Result};
 use crate::http::{self, BodyDecoder, BodyKind, HeadBody, Method, RequestHead, ResponseHead};
 use crate::mcp::{self, SessionId, Version};
 use crate::metrics::{gauge_add, inc, method_index};
+use crate::record::Tap;
 use crate::relay;
 use crate::shard::{ClientConn, Shard};
+use crate::tape::Dir;
 use crate::upstream::UpConn;
 
 /// The endpoint path MCP clients use.
@@ -213,12 +215,20 @@ async fn exchange(shard: &Rc<Shard>, conn: &mut ClientConn, head: RequestHead) -
     let mut ex = Exchange {
         method: method_label(head.method),
         body_pending: head.body != BodyKind::None,
+        tap: None,
+        one_off: None,
     };
     let result = route(shard, conn, &head, &mut ex).await;
     let (status, reusable) = match result {
         Ok(out) => (out.status, out.reusable),
         Err(e) => {
             log_error(shard, &e);
+            if e.kind != Kind::ClientGone {
+                let body = Bytes::from(e.body());
+                shard
+                    .record_message(ex.tap, Dir::ServerToClient, e.status(), None, body)
+                    .await;
+            }
             let close = e.closes_connection() || ex.body_pending || !head.keep_alive;
             // A client that hung up gets no answer: there is nobody to read it.
             let ok = e.kind != Kind::ClientGone
@@ -228,6 +238,9 @@ async fn exchange(shard: &Rc<Shard>, conn: &mut ClientConn, head: RequestHead) -
             (e.status(), ok && !close)
         }
     };
+    if let Some(session) = ex.one_off {
+        shard.record_end(session, "exchange done");
+    }
     shard.stats.count_request(ex.method, status);
     shard.record_latency(started);
     reusable && head.keep_alive && !ex.body_pending
@@ -237,6 +250,35 @@ async fn exchange(shard: &Rc<Shard>, conn: &mut ClientConn, head: RequestHead) -
 struct Exchange {
     method: &'static str,
     body_pending: bool,
+    /// Where this exchange's frames are recorded.
+    tap: Option<Tap>,
+    /// A tape session opened for this exchange alone (stateless or sessionless), ended with it.
+    one_off: Option<u64>,
+}
+
+impl Exchange {
+    /// Records the client's message on the exchange's tap.
+    async fn record_request(&self, shard: &Shard, body: &Bytes) {
+        shard
+            .record_message(self.tap, Dir::ClientToServer, 0, None, body.clone())
+            .await;
+    }
+
+    /// Opens a tape session for this exchange alone.
+    async fn open_one_off(&mut self, shard: &Shard, conn: &ClientConn, version: &str) {
+        if let Some(session) = shard.new_tape_session() {
+            shard.record_start(session, version, &peer(conn)).await;
+            self.tap = Some(Tap { session, stream: 1 });
+            self.one_off = Some(session);
+        }
+    }
+}
+
+fn peer(conn: &ClientConn) -> String {
+    conn.stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default()
 }
 
 fn method_label(m: Method) -> &'static str {
@@ -268,9 +310,9 @@ async fn route(
     match head.method {
         Method::Post => post(shard, conn, head, ex, version).await,
         Method::Get if version.is_some_and(Version::is_stateless) => Err(stateless_405()),
-        Method::Get => get(shard, conn, head).await,
+        Method::Get => get(shard, conn, head, ex).await,
         Method::Delete if version.is_some_and(Version::is_stateless) => Err(stateless_405()),
-        Method::Delete => delete(shard, conn, head).await,
+        Method::Delete => delete(shard, conn, head, ex).await,
         _ => Err(Error::new(Kind::MethodNotAllowed, head.method.as_str())),
     }
 }
@@ -315,7 +357,9 @@ async fn post(
     let first_id = parsed.messages().first().and_then(|m| m.id);
     let fail = |e: Error| e.with_id(first_id);
     if version.is_some_and(Version::is_stateless) {
-        return stateless_post(shard, conn, head, &body, &parsed)
+        ex.open_one_off(shard, conn, mcp::STATELESS_VERSION).await;
+        ex.record_request(shard, &body).await;
+        return stateless_post(shard, conn, head, &body, &parsed, ex.tap)
             .await
             .map_err(fail);
     }
@@ -327,23 +371,27 @@ async fn post(
         )));
     }
     if shard.stdio.is_some() {
-        return stdio_post(shard, conn, head, &body, &parsed)
+        return stdio_post(shard, conn, head, &body, &parsed, ex)
             .await
             .map_err(fail);
     }
     match head.headers.get("mcp-session-id") {
         Some(raw) => {
-            let (id, upstream_sid, _) = lookup_session(shard, raw).map_err(fail)?;
+            let sref = lookup_session(shard, raw).map_err(fail)?;
+            ex.tap = sref.tap;
+            ex.record_request(shard, &body).await;
+            let id = sref.id;
             let req = UpRequest {
                 method: Method::Post,
                 head,
                 body: Some(&body),
-                upstream_sid: upstream_sid.as_deref(),
+                upstream_sid: sref.upstream_sid.as_deref(),
+                tap: ex.tap,
             };
             // An upstream that no longer knows the session ends it here too.
             let mut on_head = |resp: &ResponseHead| -> Option<String> {
                 if resp.status == 404 {
-                    end_session_local(shard, &id);
+                    end_session_local(shard, &id, "upstream forgot the session");
                 }
                 None
             };
@@ -351,13 +399,18 @@ async fn post(
                 .await
                 .map_err(fail)
         }
-        None if parsed.is_initialize() => initialize(shard, conn, head, &body).await.map_err(fail),
+        None if parsed.is_initialize() => {
+            initialize(shard, conn, head, &body, ex).await.map_err(fail)
+        }
         None => {
+            ex.open_one_off(shard, conn, v.as_str()).await;
+            ex.record_request(shard, &body).await;
             let req = UpRequest {
                 method: Method::Post,
                 head,
                 body: Some(&body),
                 upstream_sid: None,
+                tap: ex.tap,
             };
             forward(shard, conn, req, None, true).await.map_err(fail)
         }
@@ -370,8 +423,9 @@ async fn stdio_post(
     shard: &Rc<Shard>,
     conn: &mut ClientConn,
     head: &RequestHead,
-    body: &[u8],
+    body: &Bytes,
     parsed: &mcp::Body<'_>,
+    ex: &mut Exchange,
 ) -> Result<Outcome> {
     let mcp::Body::Single(msg) = parsed else {
         return Err(Error::new(
@@ -381,14 +435,45 @@ async fn stdio_post(
     };
     match head.headers.get("mcp-session-id") {
         Some(raw) => {
-            let (_, _, child) = lookup_session(shard, raw)?;
-            let child = child.ok_or_else(|| Error::new(Kind::UnknownSession, ""))?;
-            crate::bridge::post(shard, conn, head, body, msg, child).await
+            let sref = lookup_session(shard, raw)?;
+            ex.tap = sref.tap;
+            ex.record_request(shard, body).await;
+            let child = sref
+                .child
+                .ok_or_else(|| Error::new(Kind::UnknownSession, ""))?;
+            crate::bridge::post(shard, conn, head, body, msg, child, ex.tap).await
         }
         None if parsed.is_initialize() => {
-            crate::bridge::initialize(shard, conn, body, msg.id).await
+            let session = open_session_tape(shard, conn, body, ex).await;
+            let out = crate::bridge::initialize(shard, conn, body, msg.id, session).await;
+            close_failed_session_tape(&out, session, ex);
+            out
         }
         None => Err(Error::new(Kind::SessionRequired, "")),
+    }
+}
+
+/// Starts the tape of a session being initialized and records its initialize.
+async fn open_session_tape(
+    shard: &Shard,
+    conn: &ClientConn,
+    body: &Bytes,
+    ex: &mut Exchange,
+) -> Option<u64> {
+    let session = shard.new_tape_session()?;
+    let version = requested_version(body);
+    shard
+        .record_start(session, version.as_str(), &peer(conn))
+        .await;
+    ex.tap = Some(Tap { session, stream: 1 });
+    ex.record_request(shard, body).await;
+    Some(session)
+}
+
+/// An initialize that made no session: its tape session ends with the exchange.
+fn close_failed_session_tape(out: &Result<Outcome>, session: Option<u64>, ex: &mut Exchange) {
+    if session.is_some() && !out.as_ref().is_ok_and(|o| o.status == 200 && o.reusable) {
+        ex.one_off = session;
     }
 }
 
@@ -399,6 +484,7 @@ async fn stateless_post(
     head: &RequestHead,
     body: &[u8],
     parsed: &mcp::Body<'_>,
+    tap: Option<Tap>,
 ) -> Result<Outcome> {
     let mcp::Body::Single(msg) = parsed else {
         return Err(Error::new(
@@ -413,13 +499,14 @@ async fn stateless_post(
     )
     .map_err(|why| Error::new(Kind::HeaderMismatch, why))?;
     if shard.stdio.is_some() {
-        return crate::bridge::stateless(shard, conn, head, body, msg).await;
+        return crate::bridge::stateless(shard, conn, head, body, msg, tap).await;
     }
     let req = UpRequest {
         method: Method::Post,
         head,
         body: Some(body),
         upstream_sid: None,
+        tap,
     };
     forward(shard, conn, req, None, true).await
 }
@@ -429,7 +516,21 @@ async fn initialize(
     shard: &Rc<Shard>,
     conn: &mut ClientConn,
     head: &RequestHead,
+    body: &Bytes,
+    ex: &mut Exchange,
+) -> Result<Outcome> {
+    let session = open_session_tape(shard, conn, body, ex).await;
+    let out = initialize_upstream(shard, conn, head, body, session).await;
+    close_failed_session_tape(&out, session, ex);
+    out
+}
+
+async fn initialize_upstream(
+    shard: &Rc<Shard>,
+    conn: &mut ClientConn,
+    head: &RequestHead,
     body: &[u8],
+    tape: Option<u64>,
 ) -> Result<Outcome> {
     if !shard.shared.sessions.try_acquire() {
         shard.stats.count_rejection("sessions");
@@ -446,6 +547,9 @@ async fn initialize(
             .sessions
             .borrow_mut()
             .insert(Some(Rc::from(up)), version, Instant::now());
+        if let Some(s) = shard.sessions.borrow_mut().get_mut(&id) {
+            s.tape = tape;
+        }
         inc(&shard.stats.sessions_created);
         gauge_add(&shard.stats.sessions, 1);
         minted = Some(id);
@@ -456,6 +560,7 @@ async fn initialize(
         head,
         body: Some(body),
         upstream_sid: None,
+        tap: tape.map(|session| Tap { session, stream: 1 }),
     };
     // No hang-up watch: aborting here could leave a session upstream that the gateway never
     // learns the id of. Let the answer arrive, then end the session if the client missed it.
@@ -468,7 +573,7 @@ async fn initialize(
                 "shard {}: client missed its initialize answer; ending the session",
                 shard.id
             );
-            end_session_everywhere(shard, &id);
+            end_session_everywhere(shard, &id, "client missed the initialize answer");
         }
         Some(_) => {}
     }
@@ -476,8 +581,8 @@ async fn initialize(
 }
 
 /// Ends a session here and, in the background (bounded by the request timeout), upstream.
-fn end_session_everywhere(shard: &Rc<Shard>, id: &SessionId) {
-    if let Some(up) = end_session_local(shard, id).and_then(|s| s.upstream_sid) {
+fn end_session_everywhere(shard: &Rc<Shard>, id: &SessionId, reason: &str) {
+    if let Some(up) = end_session_local(shard, id, reason).and_then(|s| s.upstream_sid) {
         let timeout = shard.config().timeouts.upstream_request;
         monoio::spawn(delete_upstream(shard.clone(), up, timeout));
     }
@@ -500,8 +605,16 @@ pub(crate) fn requested_version(body: &[u8]) -> Version {
         .unwrap_or_else(Version::assumed)
 }
 
-/// What a session id resolves to: the id, the upstream's session id (HTTP) or child (stdio).
-type SessionRef = (SessionId, Option<Rc<str>>, Option<Rc<crate::stdio::Child>>);
+/// What a session id resolves to.
+struct SessionRef {
+    id: SessionId,
+    /// The upstream's session id (HTTP upstreams).
+    upstream_sid: Option<Rc<str>>,
+    /// The session's child (stdio upstreams).
+    child: Option<Rc<crate::stdio::Child>>,
+    /// Where this exchange of the session is recorded.
+    tap: Option<Tap>,
+}
 
 /// Resolves a client's session id. Unknown, malformed or foreign: 404.
 fn lookup_session(shard: &Shard, raw: &[u8]) -> Result<SessionRef> {
@@ -511,12 +624,31 @@ fn lookup_session(shard: &Shard, raw: &[u8]) -> Result<SessionRef> {
         .get_mut(&id)
         .ok_or_else(|| Error::new(Kind::UnknownSession, ""))?;
     s.last_seen = Instant::now();
-    Ok((id, s.upstream_sid.clone(), s.child.clone()))
+    let tap = s.tape.map(|session| {
+        s.streams += 1;
+        Tap {
+            session,
+            stream: s.streams,
+        }
+    });
+    Ok(SessionRef {
+        id,
+        upstream_sid: s.upstream_sid.clone(),
+        child: s.child.clone(),
+        tap,
+    })
 }
 
 /// Removes a session from the table (its stdio child, if any, is asked to end).
-pub(crate) fn end_session_local(shard: &Shard, id: &SessionId) -> Option<crate::session::Session> {
+pub(crate) fn end_session_local(
+    shard: &Shard,
+    id: &SessionId,
+    reason: &str,
+) -> Option<crate::session::Session> {
     let s = shard.sessions.borrow_mut().remove(id)?;
+    if let Some(session) = s.tape {
+        shard.record_end(session, reason);
+    }
     if let Some(child) = &s.child {
         child.end();
     }
@@ -526,36 +658,51 @@ pub(crate) fn end_session_local(shard: &Shard, id: &SessionId) -> Option<crate::
     Some(s)
 }
 
-async fn get(shard: &Rc<Shard>, conn: &mut ClientConn, head: &RequestHead) -> Result<Outcome> {
+async fn get(
+    shard: &Rc<Shard>,
+    conn: &mut ClientConn,
+    head: &RequestHead,
+    ex: &mut Exchange,
+) -> Result<Outcome> {
     let (upstream_sid, child) = match head.headers.get("mcp-session-id") {
         Some(raw) => {
-            let (_, up, child) = lookup_session(shard, raw)?;
-            (up, child)
+            let sref = lookup_session(shard, raw)?;
+            ex.tap = sref.tap;
+            (sref.upstream_sid, sref.child)
         }
         None if shard.stdio.is_some() => return Err(Error::new(Kind::SessionRequired, "")),
         None => (None, None),
     };
     if let Some(child) = child {
-        return crate::bridge::get(shard, conn, child).await;
+        return crate::bridge::get(shard, conn, child, ex.tap).await;
     }
     let req = UpRequest {
         method: Method::Get,
         head,
         body: None,
         upstream_sid: upstream_sid.as_deref(),
+        tap: ex.tap,
     };
     forward(shard, conn, req, None, true).await
 }
 
-async fn delete(shard: &Rc<Shard>, conn: &mut ClientConn, head: &RequestHead) -> Result<Outcome> {
+async fn delete(
+    shard: &Rc<Shard>,
+    conn: &mut ClientConn,
+    head: &RequestHead,
+    ex: &mut Exchange,
+) -> Result<Outcome> {
     let raw = head
         .headers
         .get("mcp-session-id")
         .ok_or_else(|| Error::new(Kind::SessionRequired, ""))?;
-    let (id, upstream_sid, _) = lookup_session(shard, raw)?;
-    let Some(upstream_sid) = upstream_sid else {
+    let sref = lookup_session(shard, raw)?;
+    ex.tap = sref.tap;
+    let id = sref.id;
+    let Some(upstream_sid) = sref.upstream_sid else {
         // No upstream session (a stdio child, ended with the session, or a sessionless server).
-        end_session_local(shard, &id);
+        shard.record_status(ex.tap, 200).await;
+        end_session_local(shard, &id, "deleted");
         write_simple(&mut conn.stream, 200, b"", true).await?;
         return Ok(Outcome {
             status: 200,
@@ -567,13 +714,14 @@ async fn delete(shard: &Rc<Shard>, conn: &mut ClientConn, head: &RequestHead) ->
         head,
         body: None,
         upstream_sid: Some(&upstream_sid),
+        tap: ex.tap,
     };
     // Ended as soon as the upstream's answer head arrives, before the client can see it, so a
     // client that re-initializes at once finds the session slot free. A 405 means the upstream
     // keeps sessions until they expire: so does the gateway.
     let mut on_head = |resp: &ResponseHead| -> Option<String> {
         if (200..300).contains(&resp.status) || resp.status == 404 {
-            end_session_local(shard, &id);
+            end_session_local(shard, &id, "deleted");
         }
         None
     };
@@ -641,6 +789,8 @@ pub struct UpRequest<'a> {
     pub head: &'a RequestHead,
     pub body: Option<&'a [u8]>,
     pub upstream_sid: Option<&'a str>,
+    /// Where the response is recorded.
+    pub tap: Option<Tap>,
 }
 
 /// Headers forwarded from the client as they are. Authorization, Cookie, Origin and Host never
@@ -747,7 +897,16 @@ async fn forward(
             "client hung up before the answer",
         ));
     }
-    let end = relay::relay(shard, conn, up, urb, &resp, session_header.as_deref()).await;
+    let end = relay::relay(
+        shard,
+        conn,
+        up,
+        urb,
+        &resp,
+        session_header.as_deref(),
+        req.tap,
+    )
+    .await;
     Ok(Outcome {
         status: resp.status,
         reusable: end.client_ok,
@@ -916,7 +1075,7 @@ pub fn expire_sessions(shard: &Rc<Shard>, now: Instant) {
     for id in idle {
         inc(&shard.stats.sessions_expired);
         log::info!("shard {}: session expired after idling", shard.id);
-        end_session_everywhere(shard, &id);
+        end_session_everywhere(shard, &id, "expired");
     }
 }
 
@@ -925,7 +1084,7 @@ pub async fn end_all_sessions(shard: &Rc<Shard>, within: Duration) {
     let ids = shard.sessions.borrow().all();
     let mut tasks = Vec::with_capacity(ids.len());
     for id in ids {
-        if let Some(s) = end_session_local(shard, &id) {
+        if let Some(s) = end_session_local(shard, &id, "gateway shutdown") {
             if let Some(up) = s.upstream_sid {
                 tasks.push(monoio::spawn(delete_upstream(shard.clone(), up, within)));
             }

@@ -18,8 +18,10 @@ use monoio::net::TcpStream;
 
 use crate::http::{self, BodyDecoder, BodyKind, HeadBody, ReadBuf, ResponseHead, SseSplitter};
 use crate::metrics::{gauge_add, inc};
+use crate::record::{SseMeta, Tap};
 use crate::shard::{ClientConn, Shard};
 use crate::sync::LocalQueue;
+use crate::tape::Dir;
 use crate::upstream::UpConn;
 
 /// How long an upstream read waits before it also watches for the client hanging up.
@@ -53,10 +55,12 @@ pub async fn relay(
     urb: ReadBuf,
     resp: &ResponseHead,
     session_header: Option<&str>,
+    tap: Option<Tap>,
 ) -> RelayEnd {
     let sse = http::is_event_stream(resp.headers.get("content-type"));
     match resp.body {
         BodyKind::None => {
+            shard.record_status(tap, resp.status).await;
             let framing = if resp.status == 204 || resp.status == 304 {
                 HeadBody::None
             } else {
@@ -69,9 +73,16 @@ pub async fn relay(
                 client_ok: res.is_ok(),
             }
         }
-        _ if sse => relay_sse(shard, conn, up, urb, resp, session_header).await,
-        BodyKind::Length(n) => relay_length(shard, conn, up, urb, resp, session_header, n).await,
-        _ => relay_rechunk(shard, conn, up, urb, resp, session_header).await,
+        _ if sse => relay_sse(shard, conn, up, urb, resp, session_header, tap).await,
+        BodyKind::Length(n) => {
+            let body = Body {
+                len: n,
+                tap,
+                session_header,
+            };
+            relay_length(shard, conn, up, urb, resp, body).await
+        }
+        _ => relay_rechunk(shard, conn, up, urb, resp, session_header, tap).await,
     }
 }
 
@@ -216,20 +227,61 @@ pub async fn drain_body(
     }
 }
 
+/// A Content-Length body to relay.
+struct Body<'a> {
+    len: u64,
+    tap: Option<Tap>,
+    session_header: Option<&'a str>,
+}
+
+/// A copy of a response body for its tape frame, when recording (bounded by the body limit).
+fn capture(shard: &Shard, tap: Option<Tap>) -> Option<Vec<u8>> {
+    tap.map(|_| Vec::with_capacity(1024))
+        .filter(|_| shard.recording())
+}
+
+fn capture_more(shard: &Shard, captured: &mut Option<Vec<u8>>, data: &[u8]) {
+    if let Some(c) = captured {
+        if c.len() + data.len() <= shard.config().limits.max_body_bytes {
+            c.extend_from_slice(data);
+        }
+    }
+}
+
+/// Records a relayed body: a JSON-RPC message (or batch) as one frame, an empty one as a status.
+async fn record_body(shard: &Shard, tap: Option<Tap>, status: u16, captured: Option<Vec<u8>>) {
+    match captured {
+        Some(c) if !c.is_empty() => {
+            shard
+                .record_message(tap, Dir::ServerToClient, status, None, Bytes::from(c))
+                .await
+        }
+        Some(_) => shard.record_status(tap, status).await,
+        None => {}
+    }
+}
+
 async fn relay_length(
     shard: &Rc<Shard>,
     conn: &mut ClientConn,
     mut up: UpConn,
     mut urb: ReadBuf,
     resp: &ResponseHead,
-    session_header: Option<&str>,
-    len: u64,
+    body: Body<'_>,
 ) -> RelayEnd {
-    let mut out = client_head(resp, session_header, HeadBody::Length(len as usize), false);
+    let len = body.len;
+    let mut out = client_head(
+        resp,
+        body.session_header,
+        HeadBody::Length(len as usize),
+        false,
+    );
+    let mut captured = capture(shard, body.tap);
     let mut left = len;
     let wait = shard.config().timeouts.upstream_request;
     loop {
         let take = (left.min(urb.data().len() as u64)) as usize;
+        capture_more(shard, &mut captured, &urb.data()[..take]);
         out.extend_from_slice(&urb.data()[..take]);
         urb.consume(take);
         left -= take as u64;
@@ -249,6 +301,7 @@ async fn relay_length(
         }
     }
     finish_upstream(shard, up, urb, resp.keep_alive);
+    record_body(shard, body.tap, resp.status, captured).await;
     let (res, _) = conn.stream.write_all(out).await;
     RelayEnd {
         client_ok: res.is_ok(),
@@ -262,14 +315,20 @@ async fn relay_rechunk(
     mut urb: ReadBuf,
     resp: &ResponseHead,
     session_header: Option<&str>,
+    tap: Option<Tap>,
 ) -> RelayEnd {
     let mut out = client_head(resp, session_header, HeadBody::Chunked, false);
     let mut dec = BodyDecoder::new(resp.body);
+    let mut captured = capture(shard, tap);
     let wait = shard.config().timeouts.upstream_request;
-    while let Ok(done) = dec.decode(&mut urb, &mut |d: &[u8]| http::encode_chunk(&mut out, d)) {
+    while let Ok(done) = dec.decode(&mut urb, &mut |d: &[u8]| {
+        capture_more(shard, &mut captured, d);
+        http::encode_chunk(&mut out, d)
+    }) {
         if done {
             out.extend_from_slice(http::LAST_CHUNK);
             finish_upstream(shard, up, urb, resp.keep_alive);
+            record_body(shard, tap, resp.status, captured).await;
             let (res, _) = conn.stream.write_all(out).await;
             return RelayEnd {
                 client_ok: res.is_ok(),
@@ -332,6 +391,7 @@ async fn relay_sse(
     urb: ReadBuf,
     resp: &ResponseHead,
     session_header: Option<&str>,
+    tap: Option<Tap>,
 ) -> RelayEnd {
     let head = client_head(resp, session_header, HeadBody::Chunked, true);
     let (res, _) = conn.stream.write_all(head).await;
@@ -351,7 +411,7 @@ async fn relay_sse(
         queue.clone(),
         canceller.handle(),
     ));
-    let end = write_events(shard, conn, &queue).await;
+    let end = write_events(shard, conn, &queue, tap.map(|t| (t, resp.status))).await;
     queue.close();
     if end != WriteEnd::UpstreamDone {
         let _ = canceller.cancel();
@@ -379,8 +439,14 @@ enum WriteEnd {
     Shutdown,
 }
 
-/// Flushes events to the client as they arrive, with `:` keepalive comments while idle.
-async fn write_events(shard: &Shard, conn: &mut ClientConn, queue: &LocalQueue<Bytes>) -> WriteEnd {
+/// Flushes events to the client as they arrive, with `:` keepalive comments while idle. With a
+/// tap, each event carrying data is recorded as its own frame.
+async fn write_events(
+    shard: &Shard,
+    conn: &mut ClientConn,
+    queue: &LocalQueue<Bytes>,
+    tap: Option<(Tap, u16)>,
+) -> WriteEnd {
     let keepalive = shard.config().timeouts.sse_keepalive;
     let mut out = Vec::with_capacity(4096);
     loop {
@@ -396,10 +462,12 @@ async fn write_events(shard: &Shard, conn: &mut ClientConn, queue: &LocalQueue<B
         match next {
             Some(Some(ev)) => {
                 http::encode_chunk(&mut out, &ev);
+                record_event(shard, tap, &ev).await;
                 let mut n = 1;
                 while out.len() < WRITE_BATCH_BYTES {
                     let Some(more) = queue.try_pop() else { break };
                     http::encode_chunk(&mut out, &more);
+                    record_event(shard, tap, &more).await;
                     n += 1;
                 }
                 shard
@@ -416,6 +484,27 @@ async fn write_events(shard: &Shard, conn: &mut ClientConn, queue: &LocalQueue<B
             return WriteEnd::ClientGone;
         }
     }
+}
+
+/// Records one relayed SSE event (comments and priming events without data are not messages).
+async fn record_event(shard: &Shard, tap: Option<(Tap, u16)>, ev: &[u8]) {
+    let Some((tap, status)) = tap else { return };
+    let f = http::parse_sse_event(ev);
+    if f.data.is_empty() {
+        return;
+    }
+    let sse = SseMeta {
+        event_id: f.id.map(Bytes::from),
+    };
+    shard
+        .record_message(
+            Some(tap),
+            Dir::ServerToClient,
+            status,
+            Some(sse),
+            Bytes::from(f.data),
+        )
+        .await;
 }
 
 /// The reader half of an SSE relay: upstream bytes → events → bounded queue.

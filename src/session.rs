@@ -25,6 +25,10 @@ pub struct Session {
     pub upstream_sid: Option<std::rc::Rc<str>>,
     /// The child process serving the session (stdio upstreams).
     pub child: Option<std::rc::Rc<crate::stdio::Child>>,
+    /// The session's tape, when recording.
+    pub tape: Option<u64>,
+    /// HTTP exchanges seen so far (numbers the tape's streams).
+    pub streams: u32,
     pub version: Version,
     pub created: Instant,
     pub last_seen: Instant,
@@ -56,6 +60,8 @@ impl Sessions {
             secret,
             upstream_sid,
             child: None,
+            tape: None,
+            streams: 1,
             version,
             created: now,
             last_seen: now,

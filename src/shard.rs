@@ -47,6 +47,13 @@ pub struct Shared {
     pub mailboxes: Vec<Mailbox>,
     /// Latest latency snapshot per shard (capacity 1; the shard replaces a stale one).
     pub hists: Vec<HistSlot>,
+    /// Recording counters (shards' recorders and the persistence thread), when recording.
+    pub tape: Option<TapeStats>,
+}
+
+pub struct TapeStats {
+    pub recorders: Vec<Arc<crate::tape::RecorderStats>>,
+    pub persist: Arc<crate::tape::PersistStats>,
 }
 
 /// One shard's own state. Never leaves its thread.
@@ -59,6 +66,10 @@ pub struct Shard {
     pub pool: Option<Rc<Pool>>,
     /// The stdio upstream's children (absent for an HTTP upstream).
     pub stdio: Option<Rc<crate::stdio::Host>>,
+    /// This shard's channel to the persistence core (absent when not recording).
+    pub tape: Option<crate::tape::Recorder>,
+    /// Frames waiting for room under the `block` policy (see `record`).
+    pub backlog: RefCell<std::collections::VecDeque<crate::tape::Frame>>,
     pub shutdown: LocalEvent,
     pub latency: RefCell<Histogram<u64>>,
     /// Client connections this shard currently serves.
@@ -95,7 +106,7 @@ impl Shard {
 }
 
 /// Builds the shared state; returns it with each shard's mailbox receiver.
-pub fn shared(config: Config) -> (Arc<Shared>, Vec<MailboxRx>) {
+pub fn shared(config: Config, tape: Option<TapeStats>) -> (Arc<Shared>, Vec<MailboxRx>) {
     let n = config.shards;
     let mut mailboxes = Vec::with_capacity(n);
     let mut rxs = Vec::with_capacity(n);
@@ -116,6 +127,7 @@ pub fn shared(config: Config) -> (Arc<Shared>, Vec<MailboxRx>) {
         hists: (0..n).map(|_| crossbeam_channel::bounded(1)).collect(),
         mailboxes,
         config,
+        tape,
     };
     (Arc::new(shared), rxs)
 }
@@ -146,10 +158,13 @@ pub fn spawn_shards(
     shared: Arc<Shared>,
     listeners: Vec<std::net::TcpListener>,
     rxs: Vec<MailboxRx>,
+    recorders: Vec<crate::tape::Recorder>,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut handles = Vec::new();
+    let mut recorders = recorders.into_iter();
     for (id, (listener, rx)) in listeners.into_iter().zip(rxs).enumerate() {
+        let recorder = recorders.next();
         let shared = shared.clone();
         let core = if cores.is_empty() {
             None
@@ -166,7 +181,8 @@ pub fn spawn_shards(
                 }
                 // A shard that panics would silently take its connections and sessions with it:
                 // stop the whole process loudly instead, so the supervisor restarts it.
-                let run = std::panic::AssertUnwindSafe(|| run_shard(id, shared, listener, rx));
+                let run =
+                    std::panic::AssertUnwindSafe(|| run_shard(id, shared, listener, rx, recorder));
                 if std::panic::catch_unwind(run).is_err() {
                     log::error!("shard {id} panicked; aborting the process");
                     std::process::abort();
@@ -177,9 +193,15 @@ pub fn spawn_shards(
     Ok(handles)
 }
 
-fn run_shard(id: usize, shared: Arc<Shared>, listener: std::net::TcpListener, rx: MailboxRx) {
+fn run_shard(
+    id: usize,
+    shared: Arc<Shared>,
+    listener: std::net::TcpListener,
+    rx: MailboxRx,
+    recorder: Option<crate::tape::Recorder>,
+) {
     let driver = shared.config.driver;
-    let main = move || shard_main(id, shared, listener, rx);
+    let main = move || shard_main(id, shared, listener, rx, recorder);
     if driver != Driver::Legacy {
         let why = if monoio::utils::detect_uring() {
             match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
@@ -223,6 +245,7 @@ async fn shard_main(
     shared: Arc<Shared>,
     listener: std::net::TcpListener,
     rx: MailboxRx,
+    tape: Option<crate::tape::Recorder>,
 ) {
     let stats = shared.stats[id].clone();
     let (pool, stdio) = match &shared.config.upstream {
@@ -252,6 +275,8 @@ async fn shard_main(
         sessions: RefCell::new(Sessions::new(id as u8)),
         pool,
         stdio,
+        tape,
+        backlog: RefCell::new(std::collections::VecDeque::new()),
         shutdown: LocalEvent::default(),
         latency: RefCell::new(new_histogram()),
         live: Cell::new(0),
@@ -447,6 +472,7 @@ async fn tick_loop(shard: Rc<Shard>) {
             pool.sweep(now);
         }
         crate::proxy::expire_sessions(&shard, now);
+        shard.flush_backlog();
     }
 }
 

@@ -323,7 +323,8 @@ impl Recorder {
         }
     }
 
-    fn count_dropped(&self) {
+    /// Counts a frame dropped before it reached `try_record` (a shard's own bound).
+    pub fn count_dropped(&self) {
         self.stats.offered.fetch_add(1, Relaxed);
         self.stats.dropped.fetch_add(1, Relaxed);
     }

@@ -1,0 +1,162 @@
+//! The shard side of recording: turns what crosses the gateway into tape frames and offers them
+//! to the persistence core. Shards never touch files; they only offer frames on their bounded
+//! channel (`tape::Recorder`).
+//!
+//! Overflow: under `drop` a full channel drops the frame (counted by the recorder). Under
+//! `block` the request that offers it waits (asynchronously: the shard keeps serving others)
+//! until the channel has room. Frames offered from places that cannot wait (session ends found
+//! by the clock or by a hook) go through a small shard-local backlog, flushed before the next
+//! frame; a full backlog drops and counts.
+//!
+//! Invariant: per session, frames are offered in the order they crossed the gateway.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::shard::Shard;
+use crate::tape::{self, Dir, Frame, FrameKind};
+
+/// Frames held by a shard for the `block` policy when the offering code cannot wait.
+pub const BACKLOG_MAX_FRAMES: usize = 4096;
+
+/// Where a frame belongs: the tape session and the HTTP exchange within it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tap {
+    pub session: u64,
+    pub stream: u32,
+}
+
+/// The SSE event fields a frame keeps.
+pub struct SseMeta {
+    pub event_id: Option<Bytes>,
+}
+
+impl Shard {
+    pub fn recording(&self) -> bool {
+        self.tape.is_some()
+    }
+
+    /// A new tape session, or `None` when recording is off.
+    pub fn new_tape_session(&self) -> Option<u64> {
+        self.tape.as_ref().map(|r| r.new_session_id())
+    }
+
+    /// Offers a frame, waiting under the `block` policy while the channel is full.
+    pub async fn record(&self, frame: Frame) {
+        let Some(rec) = &self.tape else { return };
+        self.flush_backlog();
+        if !self.backlog.borrow().is_empty() {
+            // Keep the order: behind what already waits.
+            self.record_later(frame);
+            return;
+        }
+        let mut frame = frame;
+        let mut pause = Duration::from_micros(50);
+        loop {
+            match rec.try_record(frame) {
+                Ok(()) => return,
+                Err(back) => {
+                    frame = back;
+                    monoio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+
+    /// Offers a frame without waiting (see the module note on the backlog).
+    pub fn record_later(&self, frame: Frame) {
+        let Some(rec) = &self.tape else { return };
+        self.flush_backlog();
+        let mut backlog = self.backlog.borrow_mut();
+        if backlog.is_empty() {
+            if let Err(back) = rec.try_record(frame) {
+                backlog.push_back(back);
+            }
+        } else if backlog.len() < BACKLOG_MAX_FRAMES {
+            backlog.push_back(frame);
+        } else {
+            rec.count_dropped();
+        }
+    }
+
+    /// Moves backlogged frames into the channel while it has room.
+    pub fn flush_backlog(&self) {
+        let Some(rec) = &self.tape else { return };
+        let mut backlog = self.backlog.borrow_mut();
+        while let Some(f) = backlog.pop_front() {
+            if let Err(back) = rec.try_record(f) {
+                backlog.push_front(back);
+                return;
+            }
+        }
+    }
+
+    /// Records one JSON-RPC message (or a batch, as one frame).
+    pub async fn record_message(
+        &self,
+        tap: Option<Tap>,
+        dir: Dir,
+        status: u16,
+        sse: Option<SseMeta>,
+        payload: Bytes,
+    ) {
+        let Some(tap) = tap else { return };
+        let kind = FrameKind::Message {
+            status,
+            sse: sse.is_some(),
+            stream: tap.stream,
+            event_id: sse.and_then(|s| s.event_id),
+        };
+        self.record(frame(tap.session, dir, kind, payload)).await;
+    }
+
+    /// Records a response that carried no JSON-RPC message (202, DELETE's 200, an empty 404).
+    pub async fn record_status(&self, tap: Option<Tap>, status: u16) {
+        let Some(tap) = tap else { return };
+        let kind = FrameKind::Status {
+            status,
+            stream: tap.stream,
+        };
+        self.record(frame(tap.session, Dir::ServerToClient, kind, Bytes::new()))
+            .await;
+    }
+
+    /// Records the start of a session.
+    pub async fn record_start(&self, session: u64, version: &str, client: &str) {
+        let meta = serde_json::json!({
+            "upstream": self.config().upstream.describe(),
+            "protocol_version": version,
+            "client": client,
+            "shard": self.id,
+        });
+        let payload = Bytes::from(meta.to_string());
+        self.record(frame(
+            session,
+            Dir::Gateway,
+            FrameKind::SessionStart,
+            payload,
+        ))
+        .await;
+    }
+
+    /// Records the end of a session (from any context).
+    pub fn record_end(&self, session: u64, reason: &str) {
+        if !self.recording() {
+            return;
+        }
+        let payload = Bytes::from(serde_json::json!({ "reason": reason }).to_string());
+        self.record_later(frame(session, Dir::Gateway, FrameKind::SessionEnd, payload));
+    }
+}
+
+fn frame(session: u64, dir: Dir, kind: FrameKind, payload: Bytes) -> Frame {
+    Frame {
+        session,
+        ts_us: tape::now_us(),
+        dir,
+        kind,
+        payload,
+    }
+}
