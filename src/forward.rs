@@ -23,6 +23,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 
 use crate::http::{parse_sse_event, SseSplitter};
 use crate::mcp;
+use crate::tape::{self, Dir, Frame, FrameKind};
 
 /// Requests to the remote server in flight at once; stdin is not read past it.
 pub const MAX_IN_FLIGHT: usize = 64;
@@ -38,11 +39,126 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// Resumption attempts for a POST stream that dropped before its response.
 const RESUME_ATTEMPTS: u32 = 5;
 
+/// Records a forward session: one tape session for the whole run, a frame per message line.
+/// Several threads record, so the shard-style `Recorder` sits behind a mutex (this is beside
+/// one client, not on a shard). Dropping it ends the session and flushes the tape.
+pub struct TapeSink {
+    recorder: Mutex<tape::Recorder>,
+    persistence: Mutex<Option<tape::Persistence>>,
+    session: u64,
+}
+
+impl TapeSink {
+    /// Starts recording into `dir`; `upstream` names what the client is connected to.
+    pub fn start(dir: &str, upstream: &str) -> std::io::Result<TapeSink> {
+        let (persistence, mut recorders) = tape::start(tape::TapeConfig::new(dir), 1)?;
+        let recorder = recorders
+            .pop()
+            .ok_or_else(|| std::io::Error::other("no recorder"))?;
+        let session = recorder.new_session_id();
+        let sink = TapeSink {
+            recorder: Mutex::new(recorder),
+            persistence: Mutex::new(Some(persistence)),
+            session,
+        };
+        let meta = serde_json::json!({"upstream": upstream, "protocol_version": "", "client": "stdio", "shard": 0});
+        sink.frame(
+            Dir::Gateway,
+            FrameKind::SessionStart,
+            meta.to_string().into_bytes(),
+        );
+        Ok(sink)
+    }
+
+    fn frame(&self, dir: Dir, kind: FrameKind, payload: Vec<u8>) {
+        let frame = Frame {
+            session: self.session,
+            ts_us: tape::now_us(),
+            dir,
+            kind,
+            payload: payload.into(),
+        };
+        let rec = self.recorder.lock().unwrap_or_else(|p| p.into_inner());
+        let mut frame = frame;
+        // The `block` policy never applies here (TapeConfig::new is `drop`); loop for safety.
+        while let Err(back) = rec.try_record(frame) {
+            frame = back;
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+
+    /// Records one message line.
+    pub fn message(&self, dir: Dir, line: &[u8]) {
+        let kind = FrameKind::Message {
+            status: 0,
+            sse: false,
+            stream: 0,
+            event_id: None,
+        };
+        self.frame(dir, kind, line.to_vec());
+    }
+}
+
+impl TapeSink {
+    /// Ends the session and flushes the tape (once; later frames are dropped and counted).
+    pub fn finish(&self) {
+        let p = self
+            .persistence
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(p) = p {
+            let end = serde_json::json!({"reason": "forward ended"}).to_string();
+            self.frame(Dir::Gateway, FrameKind::SessionEnd, end.into_bytes());
+            p.shutdown();
+        }
+    }
+}
+
+impl Drop for TapeSink {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// Splits relayed bytes into lines for the tape, without touching the bytes relayed.
+struct LineTap<'a> {
+    sink: &'a TapeSink,
+    dir: Dir,
+    partial: Vec<u8>,
+}
+
+impl LineTap<'_> {
+    fn push(&mut self, data: &[u8]) {
+        let mut rest = data;
+        while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
+            self.partial.extend_from_slice(&rest[..nl]);
+            let line = std::mem::take(&mut self.partial);
+            let line = line.strip_suffix(b"\r").unwrap_or(&line);
+            if !line.iter().all(u8::is_ascii_whitespace) {
+                self.sink.message(self.dir, line);
+            }
+            rest = &rest[nl + 1..];
+        }
+        if self.partial.len() + rest.len() <= MAX_LINE_BYTES {
+            self.partial.extend_from_slice(rest);
+        }
+    }
+}
+
 /// `forward stdio -- CMD ARGS`. Returns the child's exit code.
-pub fn stdio(cmd: &[String]) -> i32 {
+pub fn stdio(cmd: &[String], tapes: Option<&str>) -> i32 {
     let Some((prog, args)) = cmd.split_first() else {
         eprintln!("shardcat forward stdio: a command is required after --");
         return 2;
+    };
+    let sink = match tapes.map(|d| TapeSink::start(d, &format!("stdio: {}", cmd.join(" ")))) {
+        Some(Ok(s)) => Some(Arc::new(s)),
+        Some(Err(e)) => {
+            eprintln!("shardcat forward stdio: cannot record: {e}");
+            return 1;
+        }
+        None => None,
     };
     let mut child = match Command::new(prog)
         .args(args)
@@ -62,20 +178,35 @@ pub fn stdio(cmd: &[String]) -> i32 {
     forward_signals(pid, exited.clone());
     if let Some(mut cin) = child.stdin.take() {
         let exited = exited.clone();
+        let sink = sink.clone();
         // Ends when stdin closes; if the child exits first, the process exit ends it.
         let _ = std::thread::Builder::new()
             .name("stdin".into())
             .spawn(move || {
-                let _ = copy_flushing(&mut std::io::stdin().lock(), &mut cin);
+                let mut tap = sink.as_deref().map(|s| LineTap {
+                    sink: s,
+                    dir: Dir::ClientToServer,
+                    partial: Vec::new(),
+                });
+                let _ = copy_flushing(&mut std::io::stdin().lock(), &mut cin, tap.as_mut());
                 drop(cin);
                 end_child_after_eof(pid, &exited);
             });
     }
     if let Some(mut cout) = child.stdout.take() {
-        let _ = copy_flushing(&mut cout, &mut std::io::stdout().lock());
+        let mut tap = sink.as_deref().map(|s| LineTap {
+            sink: s,
+            dir: Dir::ServerToClient,
+            partial: Vec::new(),
+        });
+        let _ = copy_flushing(&mut cout, &mut std::io::stdout().lock(), tap.as_mut());
     }
     let status = child.wait();
     exited.store(true, Ordering::Release);
+    // The stdin thread may still hold a reference: end the tape here.
+    if let Some(s) = &sink {
+        s.finish();
+    }
     match status {
         Ok(s) => {
             use std::os::unix::process::ExitStatusExt;
@@ -89,7 +220,11 @@ pub fn stdio(cmd: &[String]) -> i32 {
 }
 
 /// Copies bytes as they come, flushing after each read so no message waits in a buffer.
-fn copy_flushing(from: &mut impl Read, to: &mut impl Write) -> std::io::Result<u64> {
+fn copy_flushing(
+    from: &mut impl Read,
+    to: &mut impl Write,
+    mut tap: Option<&mut LineTap<'_>>,
+) -> std::io::Result<u64> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut total = 0;
     loop {
@@ -101,6 +236,9 @@ fn copy_flushing(from: &mut impl Read, to: &mut impl Write) -> std::io::Result<u
         };
         to.write_all(&buf[..n])?;
         to.flush()?;
+        if let Some(t) = tap.as_deref_mut() {
+            t.push(&buf[..n]);
+        }
         total += n as u64;
     }
 }
@@ -149,6 +287,8 @@ pub struct HttpOptions {
     pub authorization: Option<String>,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// Record the session into tapes in this directory.
+    pub tapes: Option<String>,
 }
 
 /// The client's session with the remote server.
@@ -170,10 +310,19 @@ struct Remote {
     session: Mutex<Session>,
     out: Sender<Vec<u8>>,
     stop: AtomicBool,
+    tape: Option<TapeSink>,
 }
 
 /// `forward http --url URL`. Returns 0 once stdin closed and the session was ended.
 pub fn http(opts: HttpOptions) -> i32 {
+    let tape = match opts.tapes.as_deref().map(|d| TapeSink::start(d, &opts.url)) {
+        Some(Ok(s)) => Some(s),
+        Some(Err(e)) => {
+            eprintln!("shardcat forward http: cannot record: {e}");
+            return 1;
+        }
+        None => None,
+    };
     let agent = ureq::AgentBuilder::new()
         .timeout_connect(opts.connect_timeout)
         .timeout_read(opts.request_timeout)
@@ -189,15 +338,25 @@ pub fn http(opts: HttpOptions) -> i32 {
         session: Mutex::new(Session::default()),
         out,
         stop: AtomicBool::new(false),
+        tape,
     });
-    let writer = std::thread::spawn(move || write_lines(out_rx));
+    let done = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let done = done.clone();
+        std::thread::spawn(move || write_lines(out_rx, &done))
+    };
     let (tokens, token_rx) = bounded::<()>(MAX_IN_FLIGHT);
     let mut listener: Option<std::thread::JoinHandle<()>> = None;
     std::thread::scope(|scope| {
         let mut input = std::io::stdin().lock();
         while let Some(line) = read_line(&mut input) {
             let line = match line {
-                Ok(l) => l,
+                Ok(l) => {
+                    if let Some(t) = &remote.tape {
+                        t.message(Dir::ClientToServer, &l);
+                    }
+                    l
+                }
                 Err(why) => {
                     remote.emit(mcp::error_body(None, mcp::code::INVALID_REQUEST, why));
                     continue;
@@ -255,7 +414,13 @@ pub fn http(opts: HttpOptions) -> i32 {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+    if let Some(t) = &remote.tape {
+        t.finish();
+    }
     drop(remote);
+    // A stream thread that outlived the wait above still holds a sender: end the writer once
+    // what is queued is written, not when every sender is gone.
+    done.store(true, Ordering::Release);
     let _ = writer.join();
     0
 }
@@ -287,9 +452,17 @@ fn read_line(input: &mut impl BufRead) -> Option<Result<Vec<u8>, &'static str>> 
     }
 }
 
-fn write_lines(rx: Receiver<Vec<u8>>) {
+fn write_lines(rx: Receiver<Vec<u8>>, done: &AtomicBool) {
     let stdout = std::io::stdout();
-    for mut line in rx {
+    loop {
+        let mut line = match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(l) => l,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) if done.load(Ordering::Acquire) => {
+                return
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+        };
         for b in line.iter_mut() {
             // JSON whitespace only: raw CR/LF cannot appear inside JSON strings.
             if *b == b'\n' || *b == b'\r' {
@@ -306,6 +479,9 @@ fn write_lines(rx: Receiver<Vec<u8>>) {
 
 impl Remote {
     fn emit(&self, line: Vec<u8>) {
+        if let Some(t) = &self.tape {
+            t.message(Dir::ServerToClient, &line);
+        }
         let _ = self.out.send(line);
     }
 

@@ -45,6 +45,9 @@ enum Command {
 enum ForwardTo {
     /// Start CMD and relay stdin and stdout byte for byte: shardcat forward stdio -- CMD ARGS
     Stdio {
+        /// Record the session into tapes in this directory.
+        #[arg(long)]
+        tapes: Option<String>,
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         cmd: Vec<String>,
     },
@@ -60,6 +63,9 @@ enum ForwardTo {
         connect_timeout_ms: u64,
         #[arg(long, default_value_t = shardcat::config::DEFAULT_UPSTREAM_REQUEST_TIMEOUT_MS)]
         request_timeout_ms: u64,
+        /// Record the session into tapes in this directory.
+        #[arg(long)]
+        tapes: Option<String>,
     },
 }
 
@@ -134,17 +140,19 @@ fn log_tape_totals(t: &shard::TapeStats, p: &shardcat::tape::PersistStats) {
 
 fn run_forward(to: ForwardTo) -> i32 {
     match to {
-        ForwardTo::Stdio { cmd } => shardcat::forward::stdio(&cmd),
+        ForwardTo::Stdio { cmd, tapes } => shardcat::forward::stdio(&cmd, tapes.as_deref()),
         ForwardTo::Http {
             url,
             authorization,
             connect_timeout_ms,
             request_timeout_ms,
+            tapes,
         } => shardcat::forward::http(shardcat::forward::HttpOptions {
             url,
             authorization,
             connect_timeout: Duration::from_millis(connect_timeout_ms.max(1)),
             request_timeout: Duration::from_millis(request_timeout_ms.max(1)),
+            tapes,
         }),
     }
 }
