@@ -37,6 +37,17 @@ pub enum TapeCommand {
     },
     /// Check every record; exit 1 on mid-file corruption (a torn tail alone is fine).
     Verify { dir: PathBuf },
+    /// Record synthetic sessions as fast as the persistence thread takes them (crash tests and
+    /// throughput runs). Stops after --frames (0: never) or at SIGTERM/SIGINT, then shuts down
+    /// cleanly and prints its counters on stderr.
+    #[command(hide = true)]
+    Load {
+        dir: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        frames: u64,
+        #[arg(long, default_value_t = 1)]
+        shards: usize,
+    },
 }
 
 /// Serve a recorded session as an MCP server.
@@ -68,6 +79,11 @@ pub fn run_tape(a: TapeArgs) -> i32 {
             tools::render_verify(&v, &mut out)?;
             Ok(i32::from(v.has_corruption()))
         }),
+        TapeCommand::Load {
+            dir,
+            frames,
+            shards,
+        } => load_run(&dir, frames, shards),
     };
     let flushed = out.flush();
     match (res, flushed) {
@@ -87,6 +103,76 @@ fn export(dir: &Path, id: &str, format: &str, out: &mut dyn Write) -> std::io::R
     }
     let id = tools::parse_id(id).map_err(std::io::Error::other)?;
     tools::export_jsonl(dir, id, out).map(|()| 0)
+}
+
+/// `tape load`: `shards` producer threads, each recording 20-message sessions under the
+/// `block` policy until `frames` in all (0: until a signal).
+fn load_run(dir: &Path, frames: u64, shards: usize) -> std::io::Result<i32> {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    use std::sync::Arc;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    let mut cfg = super::TapeConfig::new(dir);
+    cfg.overflow = super::Overflow::Block;
+    let (p, recs) = super::start(cfg, shards.max(1))?;
+    let stats: Vec<_> = recs.iter().map(super::Recorder::stats).collect();
+    println!("READY load={}", dir.display());
+    let _ = std::io::stdout().flush();
+    let per = frames.div_ceil(shards.max(1) as u64);
+    let producers: Vec<_> = recs
+        .into_iter()
+        .map(|r| {
+            let stop = stop.clone();
+            std::thread::spawn(move || load_produce(&r, per, &stop))
+        })
+        .collect();
+    for t in producers {
+        let _ = t.join();
+    }
+    let ps = p.shutdown();
+    let sum = |f: fn(&super::RecorderStats) -> u64| stats.iter().map(|s| f(s)).sum::<u64>();
+    eprintln!(
+        "tape load: offered={} queued={} dropped={} written={} lost_io={}",
+        sum(|s| s.offered.load(Relaxed)),
+        sum(|s| s.queued.load(Relaxed)),
+        sum(|s| s.dropped.load(Relaxed)),
+        ps.frames_written.load(Relaxed),
+        ps.frames_lost_io.load(Relaxed)
+    );
+    Ok(0)
+}
+
+fn load_produce(rec: &super::Recorder, frames: u64, stop: &std::sync::atomic::AtomicBool) {
+    use super::{Dir, Frame, FrameKind};
+    let payload = bytes::Bytes::from_static(
+        br#"{"jsonrpc":"2.0","id":4711,"result":{"content":[{"type":"text","text":"ok"}],"isError":false}}"#,
+    );
+    let mut n = 0u64;
+    let mut session = rec.new_session_id();
+    while (frames == 0 || n < frames) && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        if n % 20 == 0 {
+            session = rec.new_session_id();
+        }
+        let mut f = Frame {
+            session,
+            ts_us: super::now_us(),
+            dir: Dir::ServerToClient,
+            kind: FrameKind::Message {
+                status: 200,
+                sse: false,
+                stream: (n % 20) as u32,
+                event_id: None,
+            },
+            payload: payload.clone(),
+        };
+        while let Err(back) = rec.try_record(f) {
+            f = back;
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        }
+        n += 1;
+    }
 }
 
 /// The frames `replay` serves: an export file, or one session of a tape directory.

@@ -557,3 +557,106 @@ async fn reply(s: &mut TcpStream, status: u16, extra: &[u8], body: &[u8]) -> boo
     out.extend_from_slice(body);
     s.write_all(out).await.0.is_ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn msg(dir: Dir, stream: u32, sse: bool, ts: u64, v: Value) -> Frame {
+        Frame {
+            session: 1,
+            ts_us: ts,
+            dir,
+            kind: FrameKind::Message {
+                status: if dir == Dir::ClientToServer { 0 } else { 200 },
+                sse,
+                stream,
+                event_id: None,
+            },
+            payload: Bytes::from(v.to_string()),
+        }
+    }
+
+    #[test]
+    fn interleaved_sse_streams_pair_by_stream_and_id() {
+        let c2s = Dir::ClientToServer;
+        let s2c = Dir::ServerToClient;
+        let note = |n: u64| json!({"jsonrpc": "2.0", "method": "notifications/message", "params": {"n": n}});
+        let frames = vec![
+            msg(
+                c2s,
+                1,
+                false,
+                0,
+                json!({"jsonrpc": "2.0", "id": 1, "method": "a", "params": {"x": 1}}),
+            ),
+            msg(
+                c2s,
+                2,
+                false,
+                10,
+                json!({"jsonrpc": "2.0", "id": 2, "method": "b", "params": {"_meta": {"t": 1}}}),
+            ),
+            msg(s2c, 1, true, 20, note(1)),
+            msg(s2c, 2, true, 30, note(2)),
+            msg(
+                s2c,
+                1,
+                true,
+                40,
+                json!({"jsonrpc": "2.0", "id": 1, "result": "A"}),
+            ),
+            msg(
+                s2c,
+                2,
+                true,
+                50,
+                json!({"jsonrpc": "2.0", "id": 2, "result": "B"}),
+            ),
+            // Never answered: not servable.
+            msg(
+                c2s,
+                3,
+                false,
+                60,
+                json!({"jsonrpc": "2.0", "id": 3, "method": "c"}),
+            ),
+        ];
+        let s = Script::from_frames(&frames);
+        assert_eq!(s.exchanges.len(), 2);
+        let a = &s.exchanges[0];
+        assert_eq!((a.method.as_str(), a.sse, a.events.len()), ("a", true, 2));
+        assert_eq!(a.events[0].message["params"]["n"], 1);
+        assert_eq!((a.events[0].after_us, a.events[1].after_us), (20, 40));
+        let b = &s.exchanges[1];
+        assert_eq!(b.events[0].message["params"]["n"], 2);
+        assert_eq!(b.params, json!({}), "_meta is not part of the match");
+        assert!(
+            s.matches("b", &Value::Null).is_some(),
+            "{{}} and no params match alike"
+        );
+        assert!(s.matches("a", &json!({"x": 1})).is_some());
+        let (known, c) = s.candidates("a", &json!({"x": 2}));
+        assert!(known);
+        assert_eq!(c[0]["params"], json!({"x": 1}));
+        let (known, c) = s.candidates("bb", &Value::Null);
+        assert!(!known);
+        assert_eq!(c[0]["method"], "b");
+        // The final response gets the new id; progress tokens follow the new request.
+        let out = rewrite(&a.events, &json!("new"), None);
+        assert_eq!(out[1].message["id"], "new");
+        assert_eq!(
+            canonical(&json!({"b": 1, "a": [2, {"d": 1, "c": 0}]})),
+            r#"{"a":[2,{"c":0,"d":1}],"b":1}"#
+        );
+    }
+
+    #[test]
+    fn recorder_moves_to_a_shard_thread() {
+        fn is_send<T: Send>() {}
+        is_send::<crate::tape::Recorder>();
+        is_send::<Frame>();
+    }
+}

@@ -44,6 +44,9 @@ pub trait Disk: Send {
 #[derive(Default)]
 pub struct FileDisk {
     file: Option<File>,
+    /// Directory of a segment created since the last sync: its entry is synced too, so a
+    /// synced segment survives a power cut under its name.
+    new_entry_in: Option<std::path::PathBuf>,
 }
 
 impl Disk for FileDisk {
@@ -54,6 +57,7 @@ impl Disk for FileDisk {
             .truncate(true)
             .open(path)?;
         self.file = Some(f);
+        self.new_entry_in = path.parent().map(Path::to_path_buf);
         Ok(())
     }
 
@@ -65,10 +69,14 @@ impl Disk for FileDisk {
     }
 
     fn sync(&mut self) -> io::Result<()> {
-        match &self.file {
-            Some(f) => f.sync_data(),
-            None => Ok(()),
+        if let Some(f) = &self.file {
+            f.sync_data()?;
         }
+        if let Some(dir) = &self.new_entry_in {
+            File::open(dir)?.sync_all()?;
+            self.new_entry_in = None;
+        }
+        Ok(())
     }
 
     fn close(&mut self) {
