@@ -278,7 +278,12 @@ fn serve(config: shardcat::config::Config, demo: bool) -> i32 {
     let upstream = config.upstream.describe();
     let shards = config.shards;
     let (persistence, recorders) = match config.tapes.clone() {
-        Some(t) => {
+        Some(mut t) => {
+            // The persistence core: the first core without a shard, when there is one.
+            let cores = core_affinity::get_core_ids().map_or(0, |c| c.len());
+            if t.core.is_none() && shards < cores {
+                t.core = Some(shards);
+            }
             let dir = t.dir.display().to_string();
             match shardcat::tape::start(t, shards) {
                 Ok((p, r)) => {

@@ -581,7 +581,7 @@ async fn initialize_upstream(
 }
 
 /// Ends a session here and, in the background (bounded by the request timeout), upstream.
-fn end_session_everywhere(shard: &Rc<Shard>, id: &SessionId, reason: &str) {
+fn end_session_everywhere(shard: &Rc<Shard>, id: &SessionId, reason: &'static str) {
     if let Some(up) = end_session_local(shard, id, reason).and_then(|s| s.upstream_sid) {
         let timeout = shard.config().timeouts.upstream_request;
         monoio::spawn(delete_upstream(shard.clone(), up, timeout));
@@ -643,7 +643,7 @@ fn lookup_session(shard: &Shard, raw: &[u8]) -> Result<SessionRef> {
 pub(crate) fn end_session_local(
     shard: &Shard,
     id: &SessionId,
-    reason: &str,
+    reason: &'static str,
 ) -> Option<crate::session::Session> {
     let s = shard.sessions.borrow_mut().remove(id)?;
     if let Some(session) = s.tape {

@@ -125,13 +125,12 @@ impl Shard {
 
     /// Records the start of a session.
     pub async fn record_start(&self, session: u64, version: &str, client: &str) {
-        let meta = serde_json::json!({
-            "upstream": self.config().upstream.describe(),
-            "protocol_version": version,
-            "client": client,
-            "shard": self.id,
-        });
-        let payload = Bytes::from(meta.to_string());
+        // Built by hand: this runs per stateless request. `upstream_json` is escaped once;
+        // versions and socket addresses need no escaping.
+        let payload = Bytes::from(format!(
+            "{{\"upstream\":{},\"protocol_version\":\"{version}\",\"client\":\"{client}\",\"shard\":{}}}",
+            self.shared.upstream_json, self.id
+        ));
         self.record(frame(
             session,
             Dir::Gateway,
@@ -141,12 +140,13 @@ impl Shard {
         .await;
     }
 
-    /// Records the end of a session (from any context).
-    pub fn record_end(&self, session: u64, reason: &str) {
+    /// Records the end of a session (from any context). `reason` is a fixed phrase (no quotes).
+    pub fn record_end(&self, session: u64, reason: &'static str) {
         if !self.recording() {
             return;
         }
-        let payload = Bytes::from(serde_json::json!({ "reason": reason }).to_string());
+        debug_assert!(!reason.contains(['"', '\\']), "reason must need no JSON escaping");
+        let payload = Bytes::from(format!("{{\"reason\":\"{reason}\"}}"));
         self.record_later(frame(session, Dir::Gateway, FrameKind::SessionEnd, payload));
     }
 }

@@ -49,6 +49,8 @@ pub struct Shared {
     pub hists: Vec<HistSlot>,
     /// Recording counters (shards' recorders and the persistence thread), when recording.
     pub tape: Option<TapeStats>,
+    /// The upstream's name as a JSON string, for tape session records.
+    pub upstream_json: String,
 }
 
 pub struct TapeStats {
@@ -126,6 +128,7 @@ pub fn shared(config: Config, tape: Option<TapeStats>) -> (Arc<Shared>, Vec<Mail
         stats: (0..n).map(|i| Arc::new(ShardStats::new(i))).collect(),
         hists: (0..n).map(|_| crossbeam_channel::bounded(1)).collect(),
         mailboxes,
+        upstream_json: serde_json::to_string(&config.upstream.describe()).unwrap_or_default(),
         config,
         tape,
     };

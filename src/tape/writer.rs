@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Select, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 
 use super::format::{self, FILE_HEADER_LEN, FRAME_HEADER_LEN, RECORD_PREFIX_LEN};
 use super::index::{self, SegmentIndex, SessionEntry};
@@ -394,9 +394,13 @@ pub fn run(mut w: Writer, mut rxs: Vec<Receiver<Frame>>, stop: Receiver<()>, clo
     w.finish();
 }
 
-/// Fills `batch` until it holds `batch_max_frames`, its first frame is `batch_max_delay_ms`
-/// old, or periodic work is due. Returns true when the thread should stop: shutdown was asked,
-/// or every recorder is gone and its channel empty.
+/// Fills `batch` until it holds `batch_max_frames`, `batch_max_delay_ms` passed, or periodic
+/// work is due. Returns true when the thread should stop: shutdown was asked, or every recorder
+/// is gone and its channel empty.
+///
+/// The thread polls the frame channels rather than waiting on them: a receiver parked on a
+/// channel is woken by every frame sent, which would cost the shards a futex wake (and this
+/// thread a context switch) per frame. Only the stop channel is waited on.
 fn gather(
     rxs: &mut Vec<Receiver<Frame>>,
     stop: &Receiver<()>,
@@ -404,7 +408,7 @@ fn gather(
     w: &Writer,
 ) -> bool {
     let max = w.cfg.batch_max_frames;
-    let mut batch_deadline = None;
+    let until = (Instant::now() + Duration::from_millis(w.cfg.batch_max_delay_ms)).min(w.next_tick());
     loop {
         drain(rxs, batch, max);
         if batch.len() >= max {
@@ -413,26 +417,13 @@ fn gather(
         if rxs.is_empty() {
             return true;
         }
-        if !batch.is_empty() && batch_deadline.is_none() {
-            batch_deadline = Some(Instant::now() + Duration::from_millis(w.cfg.batch_max_delay_ms));
-        }
-        let deadline = batch_deadline.unwrap_or_else(|| w.next_tick());
-        if Instant::now() >= deadline {
+        if Instant::now() >= until {
             return false;
         }
-        let mut sel = Select::new();
-        for rx in rxs.iter() {
-            sel.recv(rx);
-        }
-        let stop_at = sel.recv(stop);
-        match sel.ready_deadline(deadline) {
-            Ok(i) if i == stop_at => {
-                if !matches!(stop.try_recv(), Err(TryRecvError::Empty)) {
-                    return true;
-                }
-            }
-            Ok(_) => {}
-            Err(_) => return false,
+        match stop.recv_deadline(until) {
+            Err(RecvTimeoutError::Timeout) => {}
+            // A stop message, or the handle dropped.
+            _ => return true,
         }
     }
 }
