@@ -28,7 +28,7 @@ pub enum TapeCommand {
         #[arg(long, default_value_t = 120)]
         width: usize,
     },
-    /// One JSON object per frame of a session (schema in TAPE_FORMAT.md).
+    /// One JSON object per frame of a session (schema in the README, section Tapes).
     Export {
         dir: PathBuf,
         id: String,

@@ -1,5 +1,5 @@
 //! Reading tapes back: `list` (sessions), `show` (a readable timeline), `export` (JSON lines in
-//! the schema of TAPE_FORMAT.md, which `replay` also reads), and `verify` (integrity report).
+//! the schema in the README, section Tapes, which `replay` also reads), and `verify` (integrity report).
 //!
 //! Every tool works from the segments alone; the index only saves `list` a scan.
 
@@ -180,7 +180,7 @@ fn describe_message(m: &Value) -> String {
     }
 }
 
-/// `export --format jsonl`: one JSON object per frame (schema in TAPE_FORMAT.md).
+/// `export --format jsonl`: one JSON object per frame (schema in the README, section Tapes).
 pub fn export_jsonl(dir: &Path, session: u64, out: &mut dyn Write) -> io::Result<()> {
     let frames = session_frames(dir, session)?;
     let t0 = frames.first().map_or(0, |f| f.ts_us);
