@@ -145,7 +145,10 @@ impl Shard {
         if !self.recording() {
             return;
         }
-        debug_assert!(!reason.contains(['"', '\\']), "reason must need no JSON escaping");
+        debug_assert!(
+            !reason.contains(['"', '\\']),
+            "reason must need no JSON escaping"
+        );
         let payload = Bytes::from(format!("{{\"reason\":\"{reason}\"}}"));
         self.record_later(frame(session, Dir::Gateway, FrameKind::SessionEnd, payload));
     }

@@ -408,7 +408,8 @@ fn gather(
     w: &Writer,
 ) -> bool {
     let max = w.cfg.batch_max_frames;
-    let until = (Instant::now() + Duration::from_millis(w.cfg.batch_max_delay_ms)).min(w.next_tick());
+    let until =
+        (Instant::now() + Duration::from_millis(w.cfg.batch_max_delay_ms)).min(w.next_tick());
     loop {
         drain(rxs, batch, max);
         if batch.len() >= max {
