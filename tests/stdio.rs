@@ -618,3 +618,39 @@ fn forward_http_keeps_the_session_and_the_stream() {
     assert_eq!(status.code(), Some(0));
     assert_eq!(stats(&demo), Some(0), "forward did not end its session");
 }
+
+#[test]
+fn forward_http_reinitializes_an_expired_session() {
+    let demo = demo();
+    // A gateway that forgets idle sessions after one second stands in for a remote server.
+    let gw = gateway(
+        &demo_url(&demo),
+        1,
+        Some("[timeouts]\nsession_idle_timeout_ms = 1000\n"),
+    );
+    let url = format!("http://{}/mcp", gw.addr("listen"));
+    let mut p = forward(&["http", "--url", &url]);
+    let mut stdin = p.stdin.take().expect("stdin");
+    let mut out = BufReader::new(p.stdout.take().expect("stdout"));
+    writeln!(stdin, "{INIT}").expect("write");
+    assert_eq!(read_json_line(&mut out)["id"], 1);
+    writeln!(stdin, "{INITIALIZED}").expect("write");
+    let admin = gw.addr("admin");
+    let expired = || metric(admin, "shardcat_sessions_expired_total{shard=\"all\"}") >= 1.0;
+    assert!(
+        eventually(Duration::from_secs(6), expired),
+        "session never expired"
+    );
+    // The next call meets a 404; forward initializes again and sends it once more.
+    writeln!(stdin, "{}", call(5, "echo", r#"{"text":"after expiry"}"#)).expect("write");
+    let v = loop {
+        let v = read_json_line(&mut out);
+        if v["id"] == 5 {
+            break v;
+        }
+    };
+    assert_eq!(v["result"]["content"][0]["text"], "after expiry", "{v}");
+    assert!(metric(admin, "shardcat_sessions_created_total{shard=\"all\"}") >= 2.0);
+    drop(stdin);
+    assert_eq!(p.wait().expect("wait").code(), Some(0));
+}
