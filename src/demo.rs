@@ -18,9 +18,7 @@ use monoio::io::AsyncWriteRentExt;
 use monoio::net::{TcpListener, TcpStream};
 use serde_json::{json, Value};
 
-use crate::http::{
-    self, BodyDecoder, BodyKind, HeadBody, HeadLimits, Method, ReadBuf, RequestHead,
-};
+use crate::http::{self, BodyDecoder, HeadBody, HeadLimits, Method, ReadBuf, RequestHead};
 use crate::mcp::{self, Version};
 
 /// Most sessions the demo keeps; past it, initialize gets 503.
@@ -82,24 +80,36 @@ pub fn bind(addr: &str) -> std::io::Result<std::net::TcpListener> {
 
 /// Runs the demo server on the current thread until the process exits.
 pub fn run(listener: std::net::TcpListener, cfg: DemoConfig) -> std::io::Result<()> {
+    let demo = Demo {
+        cfg,
+        sessions: RefCell::new(HashMap::new()),
+    };
+    serve_forever(listener, "demo", demo, serve)
+}
+
+/// Runs `serve` for every connection accepted on `listener`, on a single-thread epoll runtime,
+/// until the process exits. Shared by the built-in servers (demo, tape replay).
+pub(crate) fn serve_forever<S: 'static, F: std::future::Future<Output = ()> + 'static>(
+    listener: std::net::TcpListener,
+    name: &'static str,
+    state: S,
+    serve: fn(Rc<S>, TcpStream) -> F,
+) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
     let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
         .enable_timer()
         .build()?;
     rt.block_on(async move {
         let listener = TcpListener::from_std(listener)?;
-        let demo = Rc::new(Demo {
-            cfg,
-            sessions: RefCell::new(HashMap::new()),
-        });
+        let state = Rc::new(state);
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
                     let _ = stream.set_nodelay(true);
-                    monoio::spawn(serve(demo.clone(), stream));
+                    monoio::spawn(serve(state.clone(), stream));
                 }
                 Err(e) => {
-                    log::warn!("demo: accept failed: {e}");
+                    log::warn!("{name}: accept failed: {e}");
                     monoio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
@@ -107,49 +117,53 @@ pub fn run(listener: std::net::TcpListener, cfg: DemoConfig) -> std::io::Result<
     })
 }
 
-async fn serve(demo: Rc<Demo>, mut stream: TcpStream) {
-    let mut rb = ReadBuf::default();
+/// The next request on a connection of a built-in server: head and whole body (bounded by
+/// `MAX_BODY_BYTES`). `Ok(None)`: the peer closed, or sent too much. `Err`: a malformed head.
+pub(crate) async fn next_request(
+    stream: &mut TcpStream,
+    rb: &mut ReadBuf,
+) -> Result<Option<(RequestHead, Vec<u8>)>, http::HttpError> {
+    let head = loop {
+        if let Some(h) = http::parse_request(rb.data(), HeadLimits::default())? {
+            break h;
+        }
+        match rb.fill(stream).await {
+            Ok(n) if n > 0 => {}
+            _ => return Ok(None),
+        }
+    };
+    rb.consume(head.head_len);
+    let mut dec = BodyDecoder::new(head.body);
+    let mut body = Vec::new();
     loop {
-        let head = loop {
-            match http::parse_request(rb.data(), HeadLimits::default()) {
-                Ok(Some(h)) => break h,
-                Ok(None) => {}
-                Err(_) => {
-                    let _ = reply(&mut stream, 400, &[], b"bad request", false).await;
-                    return;
-                }
-            }
-            match rb.fill(&mut stream).await {
-                Ok(n) if n > 0 => {}
-                _ => return,
-            }
-        };
-        rb.consume(head.head_len);
-        let Some(body) = read_body(&mut stream, &mut rb, head.body).await else {
-            return;
-        };
-        if !handle(&demo, &mut stream, &head, &body).await || !head.keep_alive {
-            return;
+        match dec.decode(rb, &mut |d: &[u8]| body.extend_from_slice(d)) {
+            Ok(true) => return Ok(Some((head, body))),
+            Ok(false) => {}
+            Err(_) => return Ok(None),
+        }
+        if body.len() > MAX_BODY_BYTES {
+            return Ok(None);
+        }
+        match rb.fill(stream).await {
+            Ok(n) if n > 0 => {}
+            _ => return Ok(None),
         }
     }
 }
 
-async fn read_body(stream: &mut TcpStream, rb: &mut ReadBuf, kind: BodyKind) -> Option<Vec<u8>> {
-    let mut dec = BodyDecoder::new(kind);
-    let mut body = Vec::new();
+async fn serve(demo: Rc<Demo>, mut stream: TcpStream) {
+    let mut rb = ReadBuf::default();
     loop {
-        if dec
-            .decode(rb, &mut |d: &[u8]| body.extend_from_slice(d))
-            .ok()?
-        {
-            return Some(body);
-        }
-        if body.len() > MAX_BODY_BYTES {
-            return None;
-        }
-        match rb.fill(stream).await {
-            Ok(n) if n > 0 => {}
-            _ => return None,
+        let (head, body) = match next_request(&mut stream, &mut rb).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(_) => {
+                let _ = reply(&mut stream, 400, &[], b"bad request", false).await;
+                return;
+            }
+        };
+        if !handle(&demo, &mut stream, &head, &body).await || !head.keep_alive {
+            return;
         }
     }
 }

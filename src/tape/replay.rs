@@ -17,15 +17,13 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use monoio::io::AsyncWriteRentExt;
-use monoio::net::{TcpListener, TcpStream};
+use monoio::net::TcpStream;
 use serde_json::{json, Value};
 
 use super::{Dir, Frame, FrameKind};
-use crate::http::{self, BodyDecoder, BodyKind, HeadBody, HeadLimits, Method, ReadBuf};
+use crate::http::{self, HeadBody, Method, ReadBuf};
 use crate::mcp;
 
-/// Largest request body the replay server reads.
-const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// Candidates named in an unmatched request's error.
 const MAX_CANDIDATES: usize = 3;
 
@@ -301,53 +299,25 @@ struct Replay {
 
 /// Serves `script` on `listener` until the process exits.
 pub fn run(listener: std::net::TcpListener, script: Script, timing: bool) -> std::io::Result<()> {
-    listener.set_nonblocking(true)?;
-    let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-        .enable_timer()
-        .build()?;
-    rt.block_on(async move {
-        let listener = TcpListener::from_std(listener)?;
-        let replay = Rc::new(Replay {
-            script,
-            timing,
-            cursors: RefCell::default(),
-            sessions: RefCell::default(),
-        });
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    let _ = stream.set_nodelay(true);
-                    monoio::spawn(serve(replay.clone(), stream));
-                }
-                Err(e) => {
-                    log::warn!("replay: accept failed: {e}");
-                    monoio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }
-        }
-    })
+    let replay = Replay {
+        script,
+        timing,
+        cursors: RefCell::default(),
+        sessions: RefCell::default(),
+    };
+    crate::demo::serve_forever(listener, "replay", replay, serve)
 }
 
 async fn serve(replay: Rc<Replay>, mut s: TcpStream) {
     let mut rb = ReadBuf::default();
     loop {
-        let head = loop {
-            match http::parse_request(rb.data(), HeadLimits::default()) {
-                Ok(Some(h)) => break h,
-                Ok(None) => {}
-                Err(e) => {
-                    let _ = reply(&mut s, 400, &[], e.to_string().as_bytes()).await;
-                    return;
-                }
+        let (head, body) = match crate::demo::next_request(&mut s, &mut rb).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(e) => {
+                let _ = reply(&mut s, 400, &[], e.to_string().as_bytes()).await;
+                return;
             }
-            match rb.fill(&mut s).await {
-                Ok(n) if n > 0 => {}
-                _ => return,
-            }
-        };
-        rb.consume(head.head_len);
-        let Some(body) = read_body(&mut s, &mut rb, head.body).await else {
-            return;
         };
         let ok = if head.path.split('?').next() != Some("/mcp") {
             reply(&mut s, 404, &[], b"not found").await
@@ -361,26 +331,6 @@ async fn serve(replay: Rc<Replay>, mut s: TcpStream) {
         };
         if !ok || !head.keep_alive {
             return;
-        }
-    }
-}
-
-async fn read_body(s: &mut TcpStream, rb: &mut ReadBuf, kind: BodyKind) -> Option<Vec<u8>> {
-    let mut dec = BodyDecoder::new(kind);
-    let mut body = Vec::new();
-    loop {
-        if dec
-            .decode(rb, &mut |d: &[u8]| body.extend_from_slice(d))
-            .ok()?
-        {
-            return Some(body);
-        }
-        if body.len() > MAX_BODY_BYTES {
-            return None;
-        }
-        match rb.fill(s).await {
-            Ok(n) if n > 0 => {}
-            _ => return None,
         }
     }
 }
