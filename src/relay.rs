@@ -566,7 +566,10 @@ async fn read_events(
     };
     queue.close();
     match end {
-        ReadEnd::Complete => finish_upstream(&shard, up, urb, keep_alive),
+        ReadEnd::Complete => {
+            up.streamed();
+            finish_upstream(&shard, up, urb, keep_alive)
+        }
         ReadEnd::Broken => {
             shard.give_buffer(urb.into_vec());
             drop(up);

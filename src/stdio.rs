@@ -622,6 +622,12 @@ async fn supervise(
         "stdio server exited"
     });
     child.out.close();
+    // Its session ends now, before the reap, so no request can reach a child that is gone (a
+    // session that ended first cleared the hook).
+    let hook = child.on_exit.borrow_mut().take();
+    if let Some(f) = hook {
+        f();
+    }
     let status = reap(&child, &mut proc, s.cfg.kill_grace).await;
     child.reaped.set();
     // Grandchildren may hold the other ends open: end our reads and writes ourselves.
@@ -646,11 +652,6 @@ async fn supervise(
         );
     } else {
         log::debug!("stdio server {} ended: {}", child.pid, describe(status));
-    }
-    // Whatever ended the child, its session ends too (a session that ended first cleared this).
-    let hook = child.on_exit.borrow_mut().take();
-    if let Some(f) = hook {
-        f();
     }
     on_reaped();
 }

@@ -19,6 +19,8 @@ use crate::metrics::{gauge_add, inc, ShardStats};
 struct Idle {
     stream: TcpStream,
     since: Instant,
+    /// Check liveness before reuse, however briefly idle (see `UpConn::streamed`).
+    verify: bool,
 }
 
 /// Idle time after which a pooled connection is checked for a peer close before reuse.
@@ -36,12 +38,21 @@ pub struct Pool {
 pub struct UpConn {
     stream: Option<TcpStream>,
     pub reused: bool,
+    /// Its last response was an SSE stream the server ended.
+    streamed: bool,
     pool: Rc<Pool>,
 }
 
 impl UpConn {
     pub fn stream(&mut self) -> &mut TcpStream {
         self.stream.as_mut().expect("UpConn used after checkin")
+    }
+
+    /// Marks a connection whose SSE stream the server just ended. Servers often close such a
+    /// connection right after the stream's last chunk, so it is checked before its next reuse
+    /// even when it was idle only briefly (a request sent on it would meet EOF: 502).
+    pub fn streamed(&mut self) {
+        self.streamed = true;
     }
 }
 
@@ -80,13 +91,13 @@ impl Pool {
             let idle_for = now.duration_since(idle.since);
             // Upstreams close idle keep-alive connections after seconds, not milliseconds:
             // only a connection idle that long is worth a liveness syscall.
-            if idle_for < self.cfg.pool_idle_timeout
-                && (idle_for < PEEK_AFTER_IDLE || peer_still_open(&idle.stream))
-            {
+            let trusted = idle_for < PEEK_AFTER_IDLE && !idle.verify;
+            if idle_for < self.cfg.pool_idle_timeout && (trusted || peer_still_open(&idle.stream)) {
                 inc(&self.stats.pool_reuses);
                 return Ok(UpConn {
                     stream: Some(idle.stream),
                     reused: true,
+                    streamed: false,
                     pool: self.clone(),
                 });
             }
@@ -102,6 +113,7 @@ impl Pool {
         let guard = UpConn {
             stream: None,
             reused: false,
+            streamed: false,
             pool: self.clone(),
         };
         let stream =
@@ -154,6 +166,7 @@ impl Pool {
         idle.push(Idle {
             stream,
             since: Instant::now(),
+            verify: conn.streamed,
         });
         gauge_add(&self.stats.pool_idle, 1);
     }

@@ -245,10 +245,12 @@ fn bad_input_gets_exact_errors_and_the_shard_survives() {
 
 #[test]
 fn upstream_refused_is_502_and_timeout_is_504() {
-    // A port with nothing listening.
-    let dead = TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead_addr = dead.local_addr().unwrap();
-    drop(dead);
+    // A port bound but not listening: connections are refused, and no other process can take
+    // the port while the test runs (a dropped listener's port could be reused by a parallel test).
+    let dead = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    dead.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    let dead_addr = dead.local_addr().unwrap().as_socket().unwrap();
     let gw = gateway(&format!("http://{dead_addr}/mcp"), 1, None);
     let r = post(gw.addr("listen"), &[], INIT);
     assert_eq!((r.status, r.rpc_code()), (502, -32000));
