@@ -319,6 +319,18 @@ mod tests {
         run_for(Workload::Stateless, None);
         let s = run_for(Workload::Session, None);
         assert!(s.iterations > 0);
+        let methods: Vec<&str> = s.by_method.keys().copied().collect();
+        assert_eq!(
+            methods,
+            [
+                "DELETE",
+                "initialize",
+                "notifications/initialized",
+                "tools/call"
+            ]
+        );
+        let timed: u64 = s.by_method.values().map(|h| h.len()).sum();
+        assert_eq!(timed, s.ok, "every measured request is timed by method too");
     }
 
     #[test]

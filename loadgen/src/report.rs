@@ -19,6 +19,8 @@ macro_rules! outln {
     }};
 }
 
+use hdrhistogram::Histogram;
+
 use crate::stats::{SseStats, Stats};
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -33,19 +35,45 @@ pub struct Latency {
 
 impl Latency {
     pub fn of(s: &Stats) -> Latency {
-        let mean = if s.hist.is_empty() {
-            0.0
-        } else {
-            s.hist.mean() / 1000.0
-        };
-        Latency {
-            p50_ms: s.ms_at(0.5),
-            p90_ms: s.ms_at(0.9),
-            p99_ms: s.ms_at(0.99),
-            p999_ms: s.ms_at(0.999),
-            max_ms: s.ms_at(1.0),
-            mean_ms: mean,
+        Latency::of_hist(&s.hist)
+    }
+
+    /// Quantiles of a histogram of microseconds, in milliseconds (all 0 when empty).
+    pub fn of_hist(h: &Histogram<u64>) -> Latency {
+        if h.is_empty() {
+            return Latency::default();
         }
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        Latency {
+            p50_ms: ms(0.5),
+            p90_ms: ms(0.9),
+            p99_ms: ms(0.99),
+            p999_ms: ms(0.999),
+            max_ms: ms(1.0),
+            mean_ms: h.mean() / 1000.0,
+        }
+    }
+}
+
+/// The latency of one kind of request over the measured windows.
+#[derive(Debug, Clone, Serialize)]
+pub struct MethodLatency {
+    /// JSON-RPC method, or DELETE.
+    pub method: String,
+    pub count: u64,
+    pub latency: Latency,
+}
+
+impl MethodLatency {
+    pub fn all(s: &Stats) -> Vec<MethodLatency> {
+        s.by_method
+            .iter()
+            .map(|(m, h)| MethodLatency {
+                method: (*m).to_string(),
+                count: h.len(),
+                latency: Latency::of_hist(h),
+            })
+            .collect()
     }
 }
 
@@ -112,6 +140,9 @@ pub struct Report {
     pub iterations: u64,
     pub missed: u64,
     pub latency: Latency,
+    /// Each kind of request on its own over the measured windows (session workload: every
+    /// request; churn: the requests inside the cycles, each timed from its send).
+    pub by_method: Vec<MethodLatency>,
     /// Open loop: how late loadgen's own sends went out (p50, p99, max in ms).
     pub send_lag_ms: Option<[f64; 3]>,
     pub sse: Option<SseStats>,
@@ -216,6 +247,21 @@ pub fn print_summary(r: &Report) {
         l.max_ms,
         l.mean_ms
     );
+    // One kind alone is the line above again.
+    if r.by_method.len() > 1 {
+        for m in &r.by_method {
+            let l = &m.latency;
+            outln!(
+                "  {:<11}{}: {} × p50 {:.3} ms, p99 {:.3}, max {:.3}",
+                "method",
+                m.method,
+                m.count,
+                l.p50_ms,
+                l.p99_ms,
+                l.max_ms
+            );
+        }
+    }
     print_extras(r);
     for (msg, n) in &r.error_samples {
         outln!("  {:<11}{n} × {msg}", "error");

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::admin;
 use crate::engine::Engine;
-use crate::report::{self, Check, Latency, Report, Row, WatchFigures};
+use crate::report::{self, Check, Latency, MethodLatency, Report, Row, WatchFigures};
 use crate::rlimit;
 use crate::schedule::per_user_period;
 use crate::stats::Stats;
@@ -267,6 +267,7 @@ fn build_report(
         iterations: all.iterations,
         missed: all.missed,
         latency,
+        by_method: MethodLatency::all(&t.measured),
         send_lag_ms: plan.rate.map(|_| {
             let m = &t.measured;
             [m.lag_ms_at(0.5), m.lag_ms_at(0.99), m.lag_ms_at(1.0)]

@@ -3,6 +3,7 @@
 //! Latencies are microseconds in an HdrHistogram (3 significant figures). Every worker uses
 //! the same bounds so histograms always merge.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -32,6 +33,9 @@ pub struct Stats {
     pub missed: u64,
     pub sse: SseStats,
     pub error_samples: Vec<(String, u64)>,
+    /// Latency of each kind of request on its own (initialize, tools/call, ...), keyed by
+    /// method name. Holds only kinds that were timed; `ok` counts measured units, not these.
+    pub by_method: BTreeMap<&'static str, Histogram<u64>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -69,6 +73,7 @@ impl Default for Stats {
             missed: 0,
             sse: SseStats::default(),
             error_samples: Vec::new(),
+            by_method: BTreeMap::new(),
         }
     }
 }
@@ -86,6 +91,16 @@ impl Stats {
     pub fn record_us(&mut self, us: u64) {
         self.hist.saturating_record(us.clamp(1, MAX_LATENCY_US));
         self.ok += 1;
+    }
+
+    /// Records the latency of one request of kind `method`, apart from the measured units
+    /// (a churn cycle is one unit of several requests).
+    pub fn record_method(&mut self, method: &'static str, d: Duration) {
+        let us = (d.as_micros() as u64).clamp(1, MAX_LATENCY_US);
+        self.by_method
+            .entry(method)
+            .or_insert_with(new_histogram)
+            .saturating_record(us);
     }
 
     pub fn error(&mut self, what: String) {
@@ -108,6 +123,9 @@ impl Stats {
         self.iterations += o.iterations;
         self.missed += o.missed;
         self.sse.merge(&o.sse);
+        for (m, h) in &o.by_method {
+            let _ = self.by_method.entry(m).or_insert_with(new_histogram).add(h);
+        }
         for (m, n) in &o.error_samples {
             if let Some(s) = self.error_samples.iter_mut().find(|(x, _)| x == m) {
                 s.1 += n;
@@ -129,14 +147,6 @@ impl Stats {
             return 0.0;
         }
         self.lag.value_at_quantile(q) as f64 / 1000.0
-    }
-
-    /// Latency at quantile `q`, in milliseconds.
-    pub fn ms_at(&self, q: f64) -> f64 {
-        if self.hist.is_empty() {
-            return 0.0;
-        }
-        self.hist.value_at_quantile(q) as f64 / 1000.0
     }
 }
 
@@ -251,5 +261,18 @@ mod tests {
         assert_eq!(a.hist.len(), 2);
         assert_eq!(a.errors, 2);
         assert_eq!(a.error_samples, vec![("x".to_string(), 2)]);
+    }
+
+    #[test]
+    fn per_method_latencies_merge_apart_from_units() {
+        let mut a = Stats::default();
+        let mut b = Stats::default();
+        a.record_method("initialize", Duration::from_micros(900));
+        b.record_method("initialize", Duration::from_micros(1100));
+        b.record_method("tools/call", Duration::from_micros(50));
+        a.merge(&b);
+        assert_eq!(a.ok, 0, "per-method records are not measured units");
+        assert_eq!(a.by_method["initialize"].len(), 2);
+        assert_eq!(a.by_method["tools/call"].len(), 1);
     }
 }

@@ -86,8 +86,12 @@ impl Ctx {
         n
     }
 
-    fn record_since(&self, sched: Instant) {
-        self.stats.borrow_mut().record(sched.elapsed());
+    /// Records a measured request of kind `what` that started at `sched`.
+    fn record_since(&self, sched: Instant, what: What) {
+        let d = sched.elapsed();
+        let mut s = self.stats.borrow_mut();
+        s.record(d);
+        s.record_method(what.name(), d);
     }
 
     fn error(&self, what: String) {
@@ -294,7 +298,21 @@ impl Client {
     async fn timed(&mut self, sched: Instant, req: &mut Request, what: What) -> Option<Reply> {
         match self.request(req, what).await {
             Outcome::Ok(r) => {
-                self.ctx.record_since(sched);
+                self.ctx.record_since(sched, what);
+                Some(r)
+            }
+            Outcome::Rejected | Outcome::Failed => None,
+        }
+    }
+
+    /// A request inside a churn cycle: on success, its own latency goes to the per-method
+    /// figures only (the cycle is the measured unit).
+    async fn step(&mut self, req: &mut Request, what: What) -> Option<Reply> {
+        let start = Instant::now();
+        match self.request(req, what).await {
+            Outcome::Ok(r) => {
+                let d = start.elapsed();
+                self.ctx.stats.borrow_mut().record_method(what.name(), d);
                 Some(r)
             }
             Outcome::Rejected | Outcome::Failed => None,
@@ -584,42 +602,35 @@ async fn open_stream(c: &mut Client, sid: &str) -> Option<EventStream> {
 }
 
 /// One churn cycle: a fresh connection, initialize, initialized, one call, DELETE, close.
-/// Measured as a whole, from its scheduled start.
+/// Measured as a whole, from its scheduled start; each request is also timed on its own, from
+/// its send (initialize includes the connect).
 pub async fn churn_cycle(ctx: Rc<Ctx>, sched: Instant) {
     let _live = Live::new(&ctx);
     let mut c = Client::new(&ctx);
     c.ready = true;
     let t = ctx.cfg.target.clone();
-    let Some(reply) = ok_reply(
-        c.request(&mut proto::initialize(&t), What::Initialize)
-            .await,
-    ) else {
+    let Some(reply) = c.step(&mut proto::initialize(&t), What::Initialize).await else {
         return;
     };
     let Some(sid) = c.session_of(reply) else {
         return;
     };
-    let mut ok = ok_reply(
-        c.request(&mut proto::initialized(&t, &sid), What::Initialized)
-            .await,
-    )
-    .is_some();
+    let mut ok = c
+        .step(&mut proto::initialized(&t, &sid), What::Initialized)
+        .await
+        .is_some();
     if ok {
         let mut call = proto::call(&t, &sid, ctx.cfg.payload_bytes);
-        ok = ok_reply(c.request(&mut call, What::Call).await).is_some();
+        ok = c.step(&mut call, What::Call).await.is_some();
     }
-    ok &= ok_reply(c.request(&mut proto::delete(&t, &sid), What::Delete).await).is_some();
+    ok &= c
+        .step(&mut proto::delete(&t, &sid), What::Delete)
+        .await
+        .is_some();
     if ok {
         let mut s = ctx.stats.borrow_mut();
         s.record(sched.elapsed());
         s.iterations += 1;
-    }
-}
-
-fn ok_reply(o: Outcome) -> Option<Reply> {
-    match o {
-        Outcome::Ok(r) => Some(r),
-        Outcome::Rejected | Outcome::Failed => None,
     }
 }
 

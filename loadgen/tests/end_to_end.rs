@@ -91,6 +91,44 @@ fn session_and_stateless_workloads_run_clean() {
         assert_eq!(code, 0, "{workload}: {r}");
         assert!(r["requests"].as_u64().unwrap() > 10, "{workload}: {r}");
         assert_eq!(r["errors"], 0, "{workload}");
+        let methods: Vec<&str> = r["by_method"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["method"].as_str().unwrap())
+            .collect();
+        let want: &[&str] = match workload {
+            "session" => &[
+                "DELETE",
+                "initialize",
+                "notifications/initialized",
+                "tools/call",
+            ],
+            _ => &["tools/call"],
+        };
+        assert_eq!(methods, want, "{workload}");
+    }
+}
+
+/// Churn measures whole cycles, and each request inside them on its own.
+#[test]
+fn churn_times_each_request_of_a_cycle() {
+    let target = demo();
+    let (code, r) = run(
+        &target,
+        &["--scenario", "churn", "--rate", "50", "--duration-s", "1"],
+    );
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["unit"], "cycle");
+    let cycles = r["requests"].as_u64().unwrap();
+    assert!(cycles > 20, "{r}");
+    let by_method = r["by_method"].as_array().unwrap();
+    assert_eq!(by_method.len(), 4, "{r}");
+    for m in by_method {
+        // Cycles in flight as the window opens or closes count on one side only.
+        let n = m["count"].as_u64().unwrap();
+        assert!(n.abs_diff(cycles) <= 5, "{m} for {cycles} cycles");
+        assert!(m["latency"]["p50_ms"].as_f64().unwrap() > 0.0, "{m}");
     }
 }
 
