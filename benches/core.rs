@@ -280,7 +280,11 @@ fn session_table(c: &mut Criterion) {
     let now = Instant::now();
     let version = Version::parse("2025-06-18").unwrap();
     let upstream: Rc<str> = Rc::from("upstream-session-0123456789abcdef");
-    let mut table = Sessions::new(0);
+    let lifetimes = shardcat::session::Lifetimes {
+        idle: std::time::Duration::from_secs(300),
+        max_age: std::time::Duration::from_secs(86_400),
+    };
+    let mut table = Sessions::new(0, lifetimes);
     let ids: Vec<SessionId> = (0..PREFILL)
         .map(|_| table.insert(Some(upstream.clone()), version, now))
         .collect();

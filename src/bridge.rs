@@ -58,7 +58,7 @@ pub async fn initialize(
     tape: Option<u64>,
 ) -> Result<Outcome> {
     let host = host(shard)?;
-    if !shard.shared.sessions.try_acquire() {
+    if !crate::proxy::acquire_session(shard) {
         shard.stats.count_rejection("sessions");
         return Err(Error::new(Kind::Overloaded("sessions"), ""));
     }

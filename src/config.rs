@@ -28,6 +28,11 @@ pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS: u64 = 3_000;
 pub const DEFAULT_UPSTREAM_REQUEST_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_SSE_KEEPALIVE_MS: u64 = 15_000;
 pub const DEFAULT_SESSION_IDLE_TIMEOUT_MS: u64 = 300_000;
+/// A session ends this long after it began, however busy (the client re-initializes on 404).
+pub const DEFAULT_SESSION_MAX_AGE_MS: u64 = 86_400_000;
+/// When `max_sessions` is reached, a new session may evict one idle at least this long (the
+/// least recently used); 0 never evicts.
+pub const DEFAULT_SESSION_EVICT_IDLE_MS: u64 = 10_000;
 pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_RETRY_AFTER_S: u32 = 1;
 /// Idle upstream connections kept per shard. Below the in-flight count, connections churn
@@ -247,6 +252,8 @@ pub struct TimeoutsSection {
     pub upstream_request_timeout_ms: u64,
     pub sse_keepalive_ms: u64,
     pub session_idle_timeout_ms: u64,
+    pub session_max_age_ms: u64,
+    pub session_evict_idle_ms: u64,
     pub drain_timeout_ms: u64,
 }
 
@@ -259,6 +266,8 @@ impl Default for TimeoutsSection {
             upstream_request_timeout_ms: DEFAULT_UPSTREAM_REQUEST_TIMEOUT_MS,
             sse_keepalive_ms: DEFAULT_SSE_KEEPALIVE_MS,
             session_idle_timeout_ms: DEFAULT_SESSION_IDLE_TIMEOUT_MS,
+            session_max_age_ms: DEFAULT_SESSION_MAX_AGE_MS,
+            session_evict_idle_ms: DEFAULT_SESSION_EVICT_IDLE_MS,
             drain_timeout_ms: DEFAULT_DRAIN_TIMEOUT_MS,
         }
     }
@@ -388,6 +397,9 @@ pub struct Timeouts {
     pub upstream_request: Duration,
     pub sse_keepalive: Duration,
     pub session_idle: Duration,
+    pub session_max_age: Duration,
+    /// `None`: eviction off.
+    pub session_evict_idle: Option<Duration>,
     pub drain: Duration,
 }
 
@@ -636,6 +648,9 @@ fn validate_timeouts(t: &TimeoutsSection) -> Result<Timeouts, ConfigError> {
             "timeouts.session_idle_timeout_ms",
             t.session_idle_timeout_ms,
         )?,
+        session_max_age: ms("timeouts.session_max_age_ms", t.session_max_age_ms)?,
+        session_evict_idle: (t.session_evict_idle_ms > 0)
+            .then(|| Duration::from_millis(t.session_evict_idle_ms)),
         drain: ms("timeouts.drain_timeout_ms", t.drain_timeout_ms)?,
     };
     Ok(out)

@@ -85,6 +85,8 @@ pub struct ShardStats {
     pub sessions_created: AtomicU64,
     pub sessions_ended: AtomicU64,
     pub sessions_expired: AtomicU64,
+    pub sessions_max_age: AtomicU64,
+    pub sessions_evicted: AtomicU64,
     pub handoffs_sent: AtomicU64,
     pub handoffs_received: AtomicU64,
     pub pool_open: AtomicI64,
@@ -126,6 +128,8 @@ impl ShardStats {
             sessions_created: AtomicU64::new(0),
             sessions_ended: AtomicU64::new(0),
             sessions_expired: AtomicU64::new(0),
+            sessions_max_age: AtomicU64::new(0),
+            sessions_evicted: AtomicU64::new(0),
             handoffs_sent: AtomicU64::new(0),
             handoffs_received: AtomicU64::new(0),
             pool_open: AtomicI64::new(0),
@@ -193,7 +197,7 @@ type Gauge = (&'static str, &'static str, fn(&ShardStats) -> i64);
 pub fn render(stats: &[&ShardStats], hists: &[Option<Histogram<u64>>], out: &mut String) {
     render_requests(stats, out);
     render_rejections(stats, out);
-    let gauges: [Gauge; 32] = [
+    let gauges: [Gauge; 34] = [
         ("shardcat_connections", "gauge", |s| {
             s.connections.load(Relaxed)
         }),
@@ -209,6 +213,12 @@ pub fn render(stats: &[&ShardStats], hists: &[Option<Histogram<u64>>], out: &mut
         }),
         ("shardcat_sessions_expired_total", "counter", |s| {
             s.sessions_expired.load(Relaxed) as i64
+        }),
+        ("shardcat_sessions_max_age_total", "counter", |s| {
+            s.sessions_max_age.load(Relaxed) as i64
+        }),
+        ("shardcat_sessions_evicted_total", "counter", |s| {
+            s.sessions_evicted.load(Relaxed) as i64
         }),
         ("shardcat_handoffs_sent_total", "counter", |s| {
             s.handoffs_sent.load(Relaxed) as i64

@@ -22,6 +22,7 @@ use crate::mcp::{self, SessionId, Version};
 use crate::metrics::{gauge_add, inc, method_index};
 use crate::record::Tap;
 use crate::relay;
+use crate::session::Expiry;
 use crate::shard::{ClientConn, Shard};
 use crate::tape::Dir;
 use crate::upstream::UpConn;
@@ -532,7 +533,7 @@ async fn initialize_upstream(
     body: &[u8],
     tape: Option<u64>,
 ) -> Result<Outcome> {
-    if !shard.shared.sessions.try_acquire() {
+    if !acquire_session(shard) {
         shard.stats.count_rejection("sessions");
         return Err(Error::new(Kind::Overloaded("sessions"), ""));
     }
@@ -1066,17 +1067,46 @@ fn static_method(m: &str) -> &'static str {
     crate::metrics::METHODS[method_index(m)]
 }
 
-/// Ends sessions idle past the configured timeout, locally and upstream.
+/// Ends sessions past their idle timeout or maximum age, locally and upstream. Only sessions
+/// due now are looked at (see `session`).
 pub fn expire_sessions(shard: &Rc<Shard>, now: Instant) {
-    let Some(deadline) = now.checked_sub(shard.config().timeouts.session_idle) else {
-        return;
-    };
-    let idle = shard.sessions.borrow().idle_since(deadline);
-    for id in idle {
-        inc(&shard.stats.sessions_expired);
-        log::info!("shard {}: session expired after idling", shard.id);
-        end_session_everywhere(shard, &id, "expired");
+    let due = shard.sessions.borrow_mut().due(now);
+    for (id, why) in due {
+        let reason = match why {
+            Expiry::Idle => {
+                inc(&shard.stats.sessions_expired);
+                "expired"
+            }
+            Expiry::MaxAge => {
+                inc(&shard.stats.sessions_max_age);
+                "maximum age"
+            }
+        };
+        log::info!("shard {}: session ended: {reason}", shard.id);
+        end_session_everywhere(shard, &id, reason);
     }
+}
+
+/// Takes a session permit. At `max_sessions`, the least recently used session of this shard
+/// idle for `session_evict_idle_ms` is ended (here and upstream) to make room, and counted.
+pub(crate) fn acquire_session(shard: &Rc<Shard>) -> bool {
+    if shard.shared.sessions.try_acquire() {
+        return true;
+    }
+    let Some(min_idle) = shard.config().timeouts.session_evict_idle else {
+        return false;
+    };
+    let victim = shard.sessions.borrow().lru_idle(Instant::now(), min_idle);
+    let Some(victim) = victim else {
+        return false;
+    };
+    inc(&shard.stats.sessions_evicted);
+    log::info!(
+        "shard {}: max_sessions reached: evicting the least recently used idle session",
+        shard.id
+    );
+    end_session_everywhere(shard, &victim, "evicted");
+    shard.shared.sessions.try_acquire()
 }
 
 /// Ends every session of the shard upstream (shutdown), all at once, within `within`.

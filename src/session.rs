@@ -2,10 +2,18 @@
 //! shard. The id's slot field indexes the slab directly; its 128-bit secret is compared to
 //! reject stale or guessed ids.
 //!
+//! Sessions end by the clock without the table being scanned: an ordered schedule holds each
+//! session once, under the time it is next due for a check. A request only moves `last_seen`;
+//! the check at the due time finds the real deadline (idle timeout or maximum age, whichever
+//! comes first) and either ends the session or schedules it again. A session is thus looked at
+//! about once per idle period, however many requests it serves.
+//!
 //! Invariants: only the owning shard touches its table; every removal path (DELETE, expiry,
-//! shutdown) goes through `remove`, which is where the global session permit is released.
+//! eviction, shutdown) goes through `remove`, which also takes the session off the schedule;
+//! every live session is on the schedule exactly once.
 
-use std::time::Instant;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use slab::Slab;
 
@@ -33,19 +41,111 @@ pub struct Session {
     pub created: Instant,
     pub last_seen: Instant,
     pub state: SessionState,
+    /// Its key on the schedule.
+    due: Instant,
+}
+
+/// How long sessions live.
+#[derive(Debug, Clone, Copy)]
+pub struct Lifetimes {
+    /// Ended after this long without a request.
+    pub idle: Duration,
+    /// Ended this long after it began, however busy.
+    pub max_age: Duration,
+}
+
+/// Why the clock ended a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    Idle,
+    MaxAge,
 }
 
 pub struct Sessions {
     shard: u8,
     slab: Slab<Session>,
+    lifetimes: Lifetimes,
+    /// (due time, slot) → secret: when each session is next checked.
+    schedule: BTreeMap<(Instant, u32), u128>,
 }
 
+/// Schedule entries looked at when choosing a session to evict.
+const EVICT_SCAN_MAX: usize = 64;
+
 impl Sessions {
-    pub fn new(shard: u8) -> Sessions {
+    pub fn new(shard: u8, lifetimes: Lifetimes) -> Sessions {
         Sessions {
             shard,
             slab: Slab::new(),
+            lifetimes,
+            schedule: BTreeMap::new(),
         }
+    }
+
+    /// When a session is really due: idle deadline or maximum age, whichever is first.
+    fn deadline(&self, s: &Session) -> (Instant, Expiry) {
+        let idle = s.last_seen + self.lifetimes.idle;
+        let old = s.created + self.lifetimes.max_age;
+        if old <= idle {
+            (old, Expiry::MaxAge)
+        } else {
+            (idle, Expiry::Idle)
+        }
+    }
+
+    /// Sessions whose time is up, taken off the schedule (the caller ends each with `remove`).
+    /// Sessions used since they were scheduled are scheduled again at their real deadline.
+    pub fn due(&mut self, now: Instant) -> Vec<(SessionId, Expiry)> {
+        let mut out = Vec::new();
+        while let Some((&(at, slot), &secret)) = self.schedule.first_key_value() {
+            if at > now {
+                break;
+            }
+            self.schedule.remove(&(at, slot));
+            let Some(s) = self.slab.get(slot as usize).filter(|s| s.secret == secret) else {
+                debug_assert!(false, "a scheduled session is always live");
+                continue;
+            };
+            let (deadline, why) = self.deadline(s);
+            if deadline <= now {
+                out.push((self.id_of(slot, secret), why));
+            } else {
+                self.schedule.insert((deadline, slot), secret);
+                self.slab[slot as usize].due = deadline;
+            }
+        }
+        out
+    }
+
+    /// The least recently used session idle for at least `min_idle`, among the earliest on the
+    /// schedule (an approximation of LRU that never scans the whole table).
+    pub fn lru_idle(&self, now: Instant, min_idle: Duration) -> Option<SessionId> {
+        self.schedule
+            .iter()
+            .take(EVICT_SCAN_MAX)
+            .filter_map(|(&(_, slot), &secret)| {
+                let s = self.slab.get(slot as usize)?;
+                (now.saturating_duration_since(s.last_seen) >= min_idle).then_some((
+                    s.last_seen,
+                    slot,
+                    secret,
+                ))
+            })
+            .min()
+            .map(|(_, slot, secret)| self.id_of(slot, secret))
+    }
+
+    fn id_of(&self, slot: u32, secret: u128) -> SessionId {
+        SessionId {
+            shard: self.shard,
+            slot,
+            secret,
+        }
+    }
+
+    /// Entries on the schedule (equals `len`).
+    pub fn scheduled(&self) -> usize {
+        self.schedule.len()
     }
 
     /// Creates a session and returns its new gateway id.
@@ -56,6 +156,7 @@ impl Sessions {
         now: Instant,
     ) -> SessionId {
         let secret = random_secret();
+        let due = now + self.lifetimes.idle.min(self.lifetimes.max_age);
         let slot = self.slab.insert(Session {
             secret,
             upstream_sid,
@@ -66,8 +167,10 @@ impl Sessions {
             created: now,
             last_seen: now,
             state: SessionState::Active,
+            due,
         });
         debug_assert!(slot <= u32::MAX as usize, "session slab exceeded u32 slots");
+        self.schedule.insert((due, slot as u32), secret);
         SessionId {
             shard: self.shard,
             slot: slot as u32,
@@ -92,24 +195,13 @@ impl Sessions {
     }
 
     pub fn remove(&mut self, id: &SessionId) -> Option<Session> {
-        if self.matches(id) {
-            Some(self.slab.remove(id.slot as usize))
-        } else {
-            None
+        if !self.matches(id) {
+            return None;
         }
-    }
-
-    /// Sessions idle longer than `idle`, as ids.
-    pub fn idle_since(&self, deadline: Instant) -> Vec<SessionId> {
-        self.slab
-            .iter()
-            .filter(|(_, s)| s.last_seen < deadline && s.state == SessionState::Active)
-            .map(|(slot, s)| SessionId {
-                shard: self.shard,
-                slot: slot as u32,
-                secret: s.secret,
-            })
-            .collect()
+        let s = self.slab.remove(id.slot as usize);
+        // Absent when `due` already took it off.
+        self.schedule.remove(&(s.due, id.slot));
+        Some(s)
     }
 
     /// Every session id, for shutdown.
@@ -142,9 +234,21 @@ fn constant_time_eq(a: u128, b: u128) -> bool {
 mod tests {
     use super::*;
 
+    const S: Duration = Duration::from_secs(1);
+
+    fn table() -> Sessions {
+        Sessions::new(
+            2,
+            Lifetimes {
+                idle: 10 * S,
+                max_age: 100 * S,
+            },
+        )
+    }
+
     #[test]
     fn insert_get_remove() {
-        let mut t = Sessions::new(2);
+        let mut t = table();
         let now = Instant::now();
         let id = t.insert(Some("up-1".into()), Version::assumed(), now);
         assert_eq!(id.shard, 2);
@@ -160,6 +264,11 @@ mod tests {
         assert!(t.remove(&forged).is_none());
         assert!(t.remove(&id).is_some());
         assert!(t.get_mut(&id).is_none());
+        assert_eq!(
+            t.scheduled(),
+            0,
+            "removal takes the session off the schedule"
+        );
         // The slot is reused, but the old id stays dead.
         let id2 = t.insert(None, Version::assumed(), now);
         assert_eq!(id2.slot, id.slot);
@@ -168,15 +277,57 @@ mod tests {
     }
 
     #[test]
-    fn idle_listing() {
-        let mut t = Sessions::new(0);
+    fn idle_sessions_expire_and_used_ones_are_rescheduled() {
+        let mut t = table();
         let t0 = Instant::now();
         let a = t.insert(None, Version::assumed(), t0);
-        let later = t0 + std::time::Duration::from_secs(10);
-        let b = t.insert(None, Version::assumed(), later);
-        let idle = t.idle_since(t0 + std::time::Duration::from_secs(5));
-        assert_eq!(idle, vec![a]);
+        let b = t.insert(None, Version::assumed(), t0);
+        assert!(t.due(t0 + 9 * S).is_empty());
+        // b is used at 5 s: due at 15 s, not 10 s.
+        t.get_mut(&b).unwrap().last_seen = t0 + 5 * S;
+        assert_eq!(t.due(t0 + 10 * S), vec![(a, Expiry::Idle)]);
+        t.remove(&a);
+        assert_eq!(t.scheduled(), 1, "b is scheduled again, once");
+        assert!(t.due(t0 + 14 * S).is_empty());
+        assert_eq!(t.due(t0 + 15 * S), vec![(b, Expiry::Idle)]);
+        t.remove(&b);
+        assert_eq!((t.len(), t.scheduled()), (0, 0));
+    }
+
+    #[test]
+    fn busy_sessions_end_at_their_maximum_age() {
+        let mut t = table();
+        let t0 = Instant::now();
+        let a = t.insert(None, Version::assumed(), t0);
+        let mut now = t0;
+        let mut ended = None;
+        while ended.is_none() && now < t0 + 200 * S {
+            now += S;
+            t.get_mut(&a).unwrap().last_seen = now;
+            ended = t.due(now).pop();
+        }
+        assert_eq!(ended, Some((a, Expiry::MaxAge)));
+        assert_eq!(now, t0 + 100 * S);
+    }
+
+    #[test]
+    fn eviction_takes_the_least_recently_used_idle_session() {
+        let mut t = table();
+        let t0 = Instant::now();
+        let a = t.insert(None, Version::assumed(), t0);
+        let b = t.insert(None, Version::assumed(), t0);
+        let c = t.insert(None, Version::assumed(), t0);
+        t.get_mut(&a).unwrap().last_seen = t0 + 3 * S;
+        t.get_mut(&b).unwrap().last_seen = t0 + S;
+        t.get_mut(&c).unwrap().last_seen = t0 + 4 * S;
+        assert_eq!(t.lru_idle(t0 + 4 * S, 2 * S), Some(b));
+        t.remove(&b);
+        assert_eq!(
+            t.lru_idle(t0 + 4 * S, 2 * S),
+            None,
+            "a and c are not idle long enough"
+        );
+        assert_eq!(t.lru_idle(t0 + 6 * S, 2 * S), Some(a));
         assert_eq!(t.all().len(), 2);
-        assert!(t.get_mut(&b).is_some());
     }
 }

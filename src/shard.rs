@@ -275,7 +275,13 @@ async fn shard_main(
     let shard = Rc::new(Shard {
         id,
         stats,
-        sessions: RefCell::new(Sessions::new(id as u8)),
+        sessions: RefCell::new(Sessions::new(
+            id as u8,
+            crate::session::Lifetimes {
+                idle: shared.config.timeouts.session_idle,
+                max_age: shared.config.timeouts.session_max_age,
+            },
+        )),
         pool,
         stdio,
         tape,

@@ -876,3 +876,38 @@ fn a_client_gone_during_initialize_leaves_no_session_anywhere() {
         1.0
     );
 }
+
+#[test]
+fn idle_sessions_are_evicted_at_the_bound_and_busy_ones_end_at_max_age() {
+    let demo = demo();
+    let toml = "[limits]\nmax_sessions = 2\n[timeouts]\nsession_evict_idle_ms = 300\nsession_max_age_ms = 1500\n";
+    let gw = gateway(&demo_url(&demo), 1, Some(toml));
+    let (addr, admin) = (gw.addr("listen"), gw.addr("admin"));
+    let a = initialize(addr);
+    let b = initialize(addr);
+    // Both sessions are fresh: nothing may be evicted, the third is refused.
+    let r = post(addr, &[], INIT);
+    assert_eq!(r.status, 503, "{}", r.text());
+    std::thread::sleep(Duration::from_millis(400));
+    let call = |sid: &str, id: u64| post(addr, &[("mcp-session-id", sid), V], &echo_call(id, "x"));
+    assert_eq!(call(&b, 2).status, 200);
+    // a is the least recently used idle session: it makes room for c.
+    let c = initialize(addr);
+    assert_eq!(call(&a, 3).status, 404, "an evicted session answers 404");
+    assert_eq!(call(&b, 4).status, 200);
+    assert_eq!(call(&c, 5).status, 200);
+    assert_eq!(
+        metric(admin, "shardcat_sessions_evicted_total{shard=\"all\"}"),
+        1.0
+    );
+    let upstream = || get(demo.addr("demo"), "/stats").json()["sessions"].as_u64();
+    assert!(eventually(Duration::from_secs(3), || upstream() == Some(2)));
+    // b stays busy, yet ends at its maximum age.
+    let mut n = 10;
+    let ended = eventually(Duration::from_secs(5), || {
+        n += 1;
+        call(&b, n).status == 404
+    });
+    assert!(ended, "a busy session outlived its maximum age");
+    assert!(metric(admin, "shardcat_sessions_max_age_total{shard=\"all\"}") >= 1.0);
+}
