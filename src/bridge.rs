@@ -62,10 +62,12 @@ pub async fn initialize(
         shard.stats.count_rejection("sessions");
         return Err(Error::new(Kind::Overloaded("sessions"), ""));
     }
+    let cell = crate::proxy::open_client_session(shard, conn)?;
     let child = match host.take_for_session() {
         Ok(c) => c,
         Err(e) => {
             shard.shared.sessions.release();
+            shard.shared.clients.close_session(cell);
             if let Kind::Overloaded(what) = e.kind {
                 shard.stats.count_rejection(what);
             }
@@ -85,6 +87,7 @@ pub async fn initialize(
         if let Some(s) = shard.sessions.borrow_mut().get_mut(&sid) {
             s.child = Some(child.clone());
             s.tape = tape;
+            s.client = Some(cell);
         }
         inc(&shard.stats.sessions_created);
         gauge_add(&shard.stats.sessions, 1);
@@ -115,6 +118,7 @@ pub async fn initialize(
         None => {
             child.end();
             shard.shared.sessions.release();
+            shard.shared.clients.close_session(cell);
         }
         Some(sid) if !result.as_ref().is_ok_and(|o| o.reusable) => {
             log::info!(

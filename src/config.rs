@@ -35,6 +35,10 @@ pub const DEFAULT_SESSION_MAX_AGE_MS: u64 = 86_400_000;
 pub const DEFAULT_SESSION_EVICT_IDLE_MS: u64 = 10_000;
 pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_RETRY_AFTER_S: u32 = 1;
+/// Sessions one client (IP address) may hold at once; past it, initialize gets 429. Off (0) by
+/// default: `max_sessions` already bounds memory, and a load generator or a NAT puts thousands
+/// of legitimate sessions behind one address. Set it where clients are known.
+pub const DEFAULT_MAX_SESSIONS_PER_CLIENT: u32 = 0;
 /// Idle upstream connections kept per shard. Below the in-flight count, connections churn
 /// (measured with loadgen at 1000 busy connections: p99 1066 ms with 256, 55 ms with 4096).
 /// The idle timeout still closes them after a quiet spell.
@@ -225,6 +229,13 @@ pub struct LimitsSection {
     pub max_event_bytes: usize,
     pub handoff_queue_depth: usize,
     pub retry_after_s: u32,
+    pub max_sessions_per_client: u32,
+    /// Token bucket per client (IP): requests a second, and burst; 0 is off.
+    pub client_requests_per_s: u32,
+    pub client_burst: u32,
+    /// Token bucket per session; 0 is off.
+    pub session_requests_per_s: u32,
+    pub session_burst: u32,
 }
 
 impl Default for LimitsSection {
@@ -239,6 +250,11 @@ impl Default for LimitsSection {
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
             handoff_queue_depth: DEFAULT_HANDOFF_QUEUE_DEPTH,
             retry_after_s: DEFAULT_RETRY_AFTER_S,
+            max_sessions_per_client: DEFAULT_MAX_SESSIONS_PER_CLIENT,
+            client_requests_per_s: 0,
+            client_burst: 0,
+            session_requests_per_s: 0,
+            session_burst: 0,
         }
     }
 }
@@ -387,6 +403,7 @@ pub struct Limits {
     pub max_event_bytes: usize,
     pub handoff_queue_depth: usize,
     pub retry_after_s: u32,
+    pub clients: crate::limits::ClientLimitConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -618,6 +635,13 @@ fn validate_limits(l: &LimitsSection) -> Result<Limits, ConfigError> {
         max_event_bytes: l.max_event_bytes,
         handoff_queue_depth: l.handoff_queue_depth,
         retry_after_s: l.retry_after_s,
+        clients: crate::limits::ClientLimitConfig {
+            max_sessions_per_client: l.max_sessions_per_client,
+            client_requests_per_s: l.client_requests_per_s,
+            client_burst: l.client_burst,
+            session_requests_per_s: l.session_requests_per_s,
+            session_burst: l.session_burst,
+        },
     })
 }
 

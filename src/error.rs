@@ -39,6 +39,8 @@ pub enum Kind {
     Conflict,
     /// A named bound was hit (connections, sessions, pool, hand-off queue).
     Overloaded(&'static str),
+    /// A per-client or per-session limit: 429, retry after this many seconds.
+    RateLimited(&'static str, u32),
     ShuttingDown,
     UpstreamConnect,
     UpstreamProtocol,
@@ -88,6 +90,7 @@ impl Error {
         matches!(
             self.kind,
             Kind::Overloaded(_)
+                | Kind::RateLimited(..)
                 | Kind::ShuttingDown
                 | Kind::UpstreamConnect
                 | Kind::UpstreamTimeout
@@ -110,6 +113,7 @@ impl Error {
             Kind::ClientTimeout => 408,
             Kind::ClientGone => 499,
             Kind::Overloaded(_) | Kind::ShuttingDown => 503,
+            Kind::RateLimited(..) => 429,
             Kind::UpstreamConnect | Kind::UpstreamProtocol => 502,
             Kind::UpstreamTimeout => 504,
             Kind::Internal => 500,
@@ -159,6 +163,9 @@ impl Error {
             Kind::Overloaded(what) => {
                 return format!("Gateway overloaded: {what} limit reached, retry later")
             }
+            Kind::RateLimited(what, _) => {
+                return format!("Too many requests: {what} limit reached, retry later")
+            }
             Kind::ShuttingDown => "Gateway is shutting down",
             Kind::UpstreamConnect => "Upstream unavailable",
             Kind::UpstreamProtocol => "Upstream sent an invalid response",
@@ -190,6 +197,7 @@ impl Error {
             Kind::MethodNotAllowed => "method_not_allowed",
             Kind::Conflict => "conflict",
             Kind::Overloaded(w) => w,
+            Kind::RateLimited(w, _) => w,
             Kind::ShuttingDown => "shutting_down",
             Kind::UpstreamConnect => "upstream_connect",
             Kind::UpstreamProtocol => "upstream_protocol",

@@ -6,6 +6,7 @@
 //! - `http`      — HTTP/1.1 heads, body framing, chunked coding, SSE event splitting.
 //! - `proxy`     — the request pipeline, wired in `proxy::exchange`.
 //! - `mcp`       — JSON-RPC classification, protocol versions, session ids.
+//! - `limits`    — per-client limits: sessions per client, request rates per client and session.
 //! - `session`   — the shard's session table (gateway id → upstream session).
 //! - `upstream`  — the shard's bounded keep-alive pool of upstream connections.
 //! - `stdio`     — stdio upstreams: one child process per session, correlation by id, reaping.
@@ -33,6 +34,7 @@ pub mod demo;
 pub mod error;
 pub mod forward;
 pub mod http;
+pub mod limits;
 pub mod mcp;
 pub mod metrics;
 pub mod proxy;

@@ -40,7 +40,7 @@ pub const STATUSES: [u16; 19] = [
 ];
 
 /// Rejections (a named bound was hit or input refused), by label.
-pub const REJECTIONS: [&str; 8] = [
+pub const REJECTIONS: [&str; 11] = [
     "connections",
     "sessions",
     "upstream_pool",
@@ -48,6 +48,9 @@ pub const REJECTIONS: [&str; 8] = [
     "shutting_down",
     "processes",
     "stdio_input",
+    "client_sessions",
+    "client_rate",
+    "session_rate",
     "other",
 ];
 

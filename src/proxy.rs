@@ -308,6 +308,13 @@ async fn route(
         return Err(Error::new(Kind::ForbiddenOrigin, ""));
     }
     let version = header_version(head)?;
+    if let Err(wait) = shard
+        .shared
+        .clients
+        .take(conn.client_cell(), Instant::now())
+    {
+        return Err(rate_limited(shard, "client_rate", wait));
+    }
     match head.method {
         Method::Post => post(shard, conn, head, ex, version).await,
         Method::Get if version.is_some_and(Version::is_stateless) => Err(stateless_405()),
@@ -316,6 +323,28 @@ async fn route(
         Method::Delete => delete(shard, conn, head, ex).await,
         _ => Err(Error::new(Kind::MethodNotAllowed, head.method.as_str())),
     }
+}
+
+/// A 429 for a per-client or per-session limit, counted.
+fn rate_limited(shard: &Shard, what: &'static str, wait: Duration) -> Error {
+    shard.stats.count_rejection(what);
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u32;
+    Error::new(Kind::RateLimited(what, secs), "")
+}
+
+/// Counts a new session against its client, after its session permit was taken. False (and
+/// the permit given back) at `max_sessions_per_client`.
+pub(crate) fn open_client_session(shard: &Shard, conn: &ClientConn) -> Result<u32> {
+    let cell = conn.client_cell();
+    if shard.shared.clients.open_session(cell) {
+        return Ok(cell);
+    }
+    shard.shared.sessions.release();
+    Err(rate_limited(
+        shard,
+        "client_sessions",
+        Duration::from_secs(1),
+    ))
 }
 
 fn stateless_405() -> Error {
@@ -378,7 +407,7 @@ async fn post(
     }
     match head.headers.get("mcp-session-id") {
         Some(raw) => {
-            let sref = lookup_session(shard, raw).map_err(fail)?;
+            let sref = lookup_session(shard, raw, true).map_err(fail)?;
             ex.tap = sref.tap;
             ex.record_request(shard, &body).await;
             let id = sref.id;
@@ -436,7 +465,7 @@ async fn stdio_post(
     };
     match head.headers.get("mcp-session-id") {
         Some(raw) => {
-            let sref = lookup_session(shard, raw)?;
+            let sref = lookup_session(shard, raw, true)?;
             ex.tap = sref.tap;
             ex.record_request(shard, body).await;
             let child = sref
@@ -537,6 +566,7 @@ async fn initialize_upstream(
         shard.stats.count_rejection("sessions");
         return Err(Error::new(Kind::Overloaded("sessions"), ""));
     }
+    let cell = open_client_session(shard, conn)?;
     let version = requested_version(body);
     let mut minted: Option<SessionId> = None;
     let mut on_head = |resp: &ResponseHead| -> Option<String> {
@@ -550,6 +580,7 @@ async fn initialize_upstream(
             .insert(Some(Rc::from(up)), version, Instant::now());
         if let Some(s) = shard.sessions.borrow_mut().get_mut(&id) {
             s.tape = tape;
+            s.client = Some(cell);
         }
         inc(&shard.stats.sessions_created);
         gauge_add(&shard.stats.sessions, 1);
@@ -567,8 +598,11 @@ async fn initialize_upstream(
     // learns the id of. Let the answer arrive, then end the session if the client missed it.
     let result = forward(shard, conn, req, Some(&mut on_head), false).await;
     match minted {
-        // The upstream made no session (error, or a sessionless server): give the permit back.
-        None => shard.shared.sessions.release(),
+        // The upstream made no session (error, or a sessionless server): give the permits back.
+        None => {
+            shard.shared.sessions.release();
+            shard.shared.clients.close_session(cell);
+        }
         Some(id) if !result.as_ref().is_ok_and(|o| o.reusable) => {
             log::info!(
                 "shard {}: client missed its initialize answer; ending the session",
@@ -618,13 +652,24 @@ struct SessionRef {
 }
 
 /// Resolves a client's session id. Unknown, malformed or foreign: 404.
-fn lookup_session(shard: &Shard, raw: &[u8]) -> Result<SessionRef> {
+/// With `limit`, the request takes a token from the session's bucket (POSTs do; GET streams
+/// and DELETE do not).
+fn lookup_session(shard: &Shard, raw: &[u8], limit: bool) -> Result<SessionRef> {
     let id = SessionId::decode(raw).ok_or_else(|| Error::new(Kind::UnknownSession, ""))?;
     let mut sessions = shard.sessions.borrow_mut();
     let s = sessions
         .get_mut(&id)
         .ok_or_else(|| Error::new(Kind::UnknownSession, ""))?;
-    s.last_seen = Instant::now();
+    let now = Instant::now();
+    s.last_seen = now;
+    if let Some(rate) = shard.shared.clients.session_rate.filter(|_| limit) {
+        let bucket = s
+            .bucket
+            .get_or_insert_with(|| crate::limits::SessionBucket::full(rate, now));
+        if let Err(wait) = bucket.take(rate, now) {
+            return Err(rate_limited(shard, "session_rate", wait));
+        }
+    }
     let tap = s.tape.map(|session| {
         s.streams += 1;
         Tap {
@@ -650,6 +695,9 @@ pub(crate) fn end_session_local(
     if let Some(session) = s.tape {
         shard.record_end(session, reason);
     }
+    if let Some(cell) = s.client {
+        shard.shared.clients.close_session(cell);
+    }
     if let Some(child) = &s.child {
         child.end();
     }
@@ -667,7 +715,7 @@ async fn get(
 ) -> Result<Outcome> {
     let (upstream_sid, child) = match head.headers.get("mcp-session-id") {
         Some(raw) => {
-            let sref = lookup_session(shard, raw)?;
+            let sref = lookup_session(shard, raw, false)?;
             ex.tap = sref.tap;
             (sref.upstream_sid, sref.child)
         }
@@ -697,7 +745,7 @@ async fn delete(
         .headers
         .get("mcp-session-id")
         .ok_or_else(|| Error::new(Kind::SessionRequired, ""))?;
-    let sref = lookup_session(shard, raw)?;
+    let sref = lookup_session(shard, raw, false)?;
     ex.tap = sref.tap;
     let id = sref.id;
     let Some(upstream_sid) = sref.upstream_sid else {
@@ -1022,6 +1070,9 @@ pub async fn write_error(
         extra.extend_from_slice(
             format!("retry-after: {}\r\n", shard.config().limits.retry_after_s).as_bytes(),
         );
+    }
+    if let Kind::RateLimited(_, secs) = e.kind {
+        extra.extend_from_slice(format!("retry-after: {secs}\r\n").as_bytes());
     }
     if e.status() == 405 {
         extra.extend_from_slice(b"allow: POST, GET, DELETE\r\n");

@@ -35,6 +35,10 @@ pub struct Session {
     pub child: Option<std::rc::Rc<crate::stdio::Child>>,
     /// The session's tape, when recording.
     pub tape: Option<u64>,
+    /// The client's cell in the client table, when counted against it.
+    pub client: Option<u32>,
+    /// The session's request bucket, when session rates are limited.
+    pub bucket: Option<crate::limits::SessionBucket>,
     /// HTTP exchanges seen so far (numbers the tape's streams).
     pub streams: u32,
     pub version: Version,
@@ -162,6 +166,8 @@ impl Sessions {
             upstream_sid,
             child: None,
             tape: None,
+            client: None,
+            bucket: None,
             streams: 1,
             version,
             created: now,

@@ -40,6 +40,8 @@ pub struct Shared {
     pub config: Config,
     pub connections: Gate,
     pub sessions: Gate,
+    /// Per-client limits, shared by all shards without a lock.
+    pub clients: crate::limits::ClientTable,
     /// Child processes of a stdio upstream, across shards.
     pub processes: Gate,
     pub draining: AtomicBool,
@@ -120,6 +122,10 @@ pub fn shared(config: Config, tape: Option<TapeStats>) -> (Arc<Shared>, Vec<Mail
     let shared = Shared {
         connections: Gate::new(config.limits.max_connections),
         sessions: Gate::new(config.limits.max_sessions),
+        clients: crate::limits::ClientTable::new(
+            config.limits.clients,
+            crate::mcp::random_secret() as u64,
+        ),
         processes: Gate::new(match &config.upstream {
             crate::config::Upstream::Stdio(s) => s.max_processes,
             crate::config::Upstream::Http(_) => 0,
@@ -373,6 +379,8 @@ pub struct ClientConn {
     pub rb: crate::http::ReadBuf,
     shard: Rc<Shard>,
     handed_off: bool,
+    /// The client's cell in the shared client table, once looked up.
+    client: Cell<Option<u32>>,
 }
 
 impl ClientConn {
@@ -385,7 +393,23 @@ impl ClientConn {
             rb: crate::http::ReadBuf::from_vec(buf),
             shard: shard.clone(),
             handed_off: false,
+            client: Cell::new(None),
         }
+    }
+
+    /// The client's cell in the shared client table (by IP address; looked up once).
+    pub fn client_cell(&self) -> u32 {
+        if let Some(c) = self.client.get() {
+            return c;
+        }
+        let ip = self
+            .stream
+            .peer_addr()
+            .map(|a| a.ip())
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        let c = self.shard.shared.clients.cell(ip);
+        self.client.set(Some(c));
+        c
     }
 
     /// Gives the connection to shard `owner`. On failure the connection stays here.

@@ -911,3 +911,59 @@ fn idle_sessions_are_evicted_at_the_bound_and_busy_ones_end_at_max_age() {
     assert!(ended, "a busy session outlived its maximum age");
     assert!(metric(admin, "shardcat_sessions_max_age_total{shard=\"all\"}") >= 1.0);
 }
+
+#[test]
+fn per_client_and_per_session_limits_answer_429() {
+    let demo = demo();
+    let toml =
+        "[limits]\nmax_sessions_per_client = 2\nsession_requests_per_s = 1\nsession_burst = 3\n";
+    let gw = gateway(&demo_url(&demo), 1, Some(toml));
+    let (addr, admin) = (gw.addr("listen"), gw.addr("admin"));
+    let a = initialize(addr);
+    let b = initialize(addr);
+    let r = post(addr, &[], INIT);
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(r.rpc_code(), -32000);
+    let rejected = |what: &str| {
+        metric(
+            admin,
+            &format!("shardcat_rejections_total{{shard=\"all\",reason=\"{what}\"}}"),
+        )
+    };
+    assert_eq!(rejected("client_sessions"), 1.0);
+    // Ending a session gives the client its slot back.
+    let del = raw(
+        addr,
+        format!("DELETE /mcp HTTP/1.1\r\nhost: {addr}\r\nmcp-session-id: {a}\r\ncontent-length: 0\r\n\r\n").as_bytes(),
+    );
+    assert_eq!(del.status, 200);
+    let _c = initialize(addr);
+    // The session's bucket: a burst of 3, then 429 until it refills (1 a second).
+    let h = [("mcp-session-id", b.as_str()), V];
+    for i in 0..3 {
+        assert_eq!(post(addr, &h, &echo_call(i, "x")).status, 200);
+    }
+    let r = post(addr, &h, &echo_call(9, "x"));
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.json()["id"], 9);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(rejected("session_rate"), 1.0);
+
+    // Per client, across requests of any kind.
+    let gw = gateway(
+        &demo_url(&demo),
+        2,
+        Some("[limits]\nclient_requests_per_s = 1\nclient_burst = 4\n"),
+    );
+    let addr = gw.addr("listen");
+    let stateless = [
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "echo"),
+    ];
+    let statuses: Vec<u16> = (0..6)
+        .map(|i| post(addr, &stateless, &echo_call(i, "x")).status)
+        .collect();
+    assert_eq!(statuses, [200, 200, 200, 200, 429, 429]);
+}
