@@ -294,6 +294,11 @@ impl Default for TimeoutsSection {
 pub struct UpstreamSection {
     /// "http" (the default) or "stdio".
     pub kind: String,
+    /// Share of new sessions and stateless requests (several http upstreams).
+    pub weight: u32,
+    /// How requests are spread over several http upstreams: "round_robin" (the default),
+    /// "least_connections" or "sticky" (by client address). Set on the first upstream.
+    pub strategy: String,
     /// http: `http://host:port/path`. Empty: the built-in demo server.
     pub url: String,
     /// http: sent upstream as `Authorization`; the client's own credentials never are.
@@ -318,6 +323,8 @@ impl Default for UpstreamSection {
     fn default() -> Self {
         UpstreamSection {
             kind: "http".into(),
+            weight: 1,
+            strategy: "round_robin".into(),
             url: String::new(),
             authorization: None,
             pool_max_idle: DEFAULT_POOL_MAX_IDLE,
@@ -361,18 +368,42 @@ pub struct Config {
     pub tapes: Option<crate::tape::TapeConfig>,
 }
 
-/// The upstream MCP server: over HTTP, or a program spoken to over stdio.
+/// The upstream MCP server: over HTTP (one or several), or a program spoken to over stdio.
 #[derive(Debug, Clone)]
 pub enum Upstream {
-    Http(UpstreamConfig),
+    Http(HttpUpstreams),
     Stdio(StdioConfig),
+}
+
+/// One or several HTTP upstreams serving the same MCP endpoint.
+#[derive(Debug, Clone)]
+pub struct HttpUpstreams {
+    pub targets: Vec<UpstreamConfig>,
+    pub strategy: Strategy,
+}
+
+/// How new sessions and stateless requests are spread over several upstreams. A session always
+/// stays on the upstream it started on (its upstream session lives there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// Smooth weighted round robin.
+    RoundRobin,
+    /// Fewest requests in flight on this shard, relative to weight.
+    LeastConnections,
+    /// By client address: a client keeps its upstream, for stateless requests too.
+    Sticky,
 }
 
 impl Upstream {
     /// How the upstream is named in logs.
     pub fn describe(&self) -> String {
         match self {
-            Upstream::Http(u) => format!("http://{}{}", u.authority, u.path),
+            Upstream::Http(h) => h
+                .targets
+                .iter()
+                .map(|u| format!("http://{}{}", u.authority, u.path))
+                .collect::<Vec<_>>()
+                .join(", "),
             Upstream::Stdio(s) => format!("stdio: {} {}", s.command, s.args.join(" ")),
         }
     }
@@ -430,6 +461,7 @@ pub struct UpstreamConfig {
     pub pool_max_idle: usize,
     pub pool_max_connections: usize,
     pub pool_idle_timeout: Duration,
+    pub weight: u32,
 }
 
 /// Which `Origin` and `Host` values are accepted.
@@ -557,7 +589,7 @@ impl FileConfig {
         let upstream = match self.upstream.as_slice() {
             [] => validate_upstream(&UpstreamSection::default(), demo_addr)?,
             [u] => validate_upstream(u, demo_addr)?,
-            _ => return err("upstream", "only one upstream is supported"),
+            many => validate_many(many)?,
         };
         let tapes = self.tapes.resolve()?;
         let listen_backlog = self.server.listen_backlog;
@@ -685,11 +717,47 @@ fn validate_upstream(
     demo: Option<SocketAddr>,
 ) -> Result<Upstream, ConfigError> {
     match u.kind.as_str() {
-        "http" => validate_http(u, demo).map(Upstream::Http),
+        "http" => Ok(Upstream::Http(HttpUpstreams {
+            targets: vec![validate_http(u, demo)?],
+            strategy: strategy(&u.strategy)?,
+        })),
         "stdio" => validate_stdio(u).map(Upstream::Stdio),
         other => err(
             "upstream.kind",
             format!("'{other}' is not one of http, stdio"),
+        ),
+    }
+}
+
+/// Several `[[upstream]]` entries: all http, each with its own URL.
+fn validate_many(many: &[UpstreamSection]) -> Result<Upstream, ConfigError> {
+    if many.iter().any(|u| u.kind != "http") {
+        return err(
+            "upstream.kind",
+            "several upstreams must all be http (one stdio upstream serves alone)",
+        );
+    }
+    if many.iter().any(|u| u.url.is_empty()) {
+        return err("upstream.url", "is required for each of several upstreams");
+    }
+    let targets = many
+        .iter()
+        .map(|u| validate_http(u, None))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Upstream::Http(HttpUpstreams {
+        targets,
+        strategy: strategy(&many[0].strategy)?,
+    }))
+}
+
+fn strategy(s: &str) -> Result<Strategy, ConfigError> {
+    match s {
+        "round_robin" => Ok(Strategy::RoundRobin),
+        "least_connections" => Ok(Strategy::LeastConnections),
+        "sticky" => Ok(Strategy::Sticky),
+        other => err(
+            "upstream.strategy",
+            format!("'{other}' is not one of round_robin, least_connections, sticky"),
         ),
     }
 }
@@ -789,6 +857,9 @@ fn validate_http(
     if u.pool_idle_timeout_ms == 0 {
         return err("upstream.pool_idle_timeout_ms", "must be at least 1 ms");
     }
+    if u.weight == 0 || u.weight > 1000 {
+        return err("upstream.weight", "must be between 1 and 1000");
+    }
     if let Some(a) = &u.authorization {
         if a.bytes().any(|b| b == b'\r' || b == b'\n') {
             return err("upstream.authorization", "must be one line");
@@ -802,6 +873,7 @@ fn validate_http(
         pool_max_idle: u.pool_max_idle,
         pool_max_connections: u.pool_max_connections,
         pool_idle_timeout: Duration::from_millis(u.pool_idle_timeout_ms),
+        weight: u.weight,
     })
 }
 
@@ -905,7 +977,7 @@ mod tests {
             .unwrap();
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(c.limits.max_pending_events, DEFAULT_MAX_PENDING_EVENTS);
-        assert!(matches!(&c.upstream, Upstream::Http(u) if u.path == "/mcp"));
+        assert!(matches!(&c.upstream, Upstream::Http(h) if h.targets[0].path == "/mcp"));
         assert!(c.origins.loopback_origins);
     }
 

@@ -98,6 +98,7 @@ pub struct ShardStats {
     pub pool_reuses: AtomicU64,
     pub pool_discarded: AtomicU64,
     pub upstream_errors: AtomicU64,
+    pub upstream_failovers: AtomicU64,
     pub sse_events: AtomicU64,
     pub sse_streams: AtomicI64,
     pub sse_backpressure_waits: AtomicU64,
@@ -141,6 +142,7 @@ impl ShardStats {
             pool_reuses: AtomicU64::new(0),
             pool_discarded: AtomicU64::new(0),
             upstream_errors: AtomicU64::new(0),
+            upstream_failovers: AtomicU64::new(0),
             sse_events: AtomicU64::new(0),
             sse_streams: AtomicI64::new(0),
             sse_backpressure_waits: AtomicU64::new(0),
@@ -200,7 +202,7 @@ type Gauge = (&'static str, &'static str, fn(&ShardStats) -> i64);
 pub fn render(stats: &[&ShardStats], hists: &[Option<Histogram<u64>>], out: &mut String) {
     render_requests(stats, out);
     render_rejections(stats, out);
-    let gauges: [Gauge; 34] = [
+    let gauges: [Gauge; 35] = [
         ("shardcat_connections", "gauge", |s| {
             s.connections.load(Relaxed)
         }),
@@ -242,6 +244,9 @@ pub fn render(stats: &[&ShardStats], hists: &[Option<Histogram<u64>>], out: &mut
         }),
         ("shardcat_upstream_errors_total", "counter", |s| {
             s.upstream_errors.load(Relaxed) as i64
+        }),
+        ("shardcat_upstream_failovers_total", "counter", |s| {
+            s.upstream_failovers.load(Relaxed) as i64
         }),
         ("shardcat_sse_events_total", "counter", |s| {
             s.sse_events.load(Relaxed) as i64

@@ -417,9 +417,10 @@ async fn post(
                 body: Some(&body),
                 upstream_sid: sref.upstream_sid.as_deref(),
                 tap: ex.tap,
+                upstream: Some(sref.upstream),
             };
             // An upstream that no longer knows the session ends it here too.
-            let mut on_head = |resp: &ResponseHead| -> Option<String> {
+            let mut on_head = |resp: &ResponseHead, _: usize| -> Option<String> {
                 if resp.status == 404 {
                     end_session_local(shard, &id, "upstream forgot the session");
                 }
@@ -441,6 +442,7 @@ async fn post(
                 body: Some(&body),
                 upstream_sid: None,
                 tap: ex.tap,
+                upstream: None,
             };
             forward(shard, conn, req, None, true).await.map_err(fail)
         }
@@ -537,6 +539,7 @@ async fn stateless_post(
         body: Some(body),
         upstream_sid: None,
         tap,
+        upstream: None,
     };
     forward(shard, conn, req, None, true).await
 }
@@ -569,7 +572,7 @@ async fn initialize_upstream(
     let cell = open_client_session(shard, conn)?;
     let version = requested_version(body);
     let mut minted: Option<SessionId> = None;
-    let mut on_head = |resp: &ResponseHead| -> Option<String> {
+    let mut on_head = |resp: &ResponseHead, upstream: usize| -> Option<String> {
         let up = resp
             .headers
             .get_str("mcp-session-id")
@@ -581,6 +584,7 @@ async fn initialize_upstream(
         if let Some(s) = shard.sessions.borrow_mut().get_mut(&id) {
             s.tape = tape;
             s.client = Some(cell);
+            s.upstream = upstream;
         }
         inc(&shard.stats.sessions_created);
         gauge_add(&shard.stats.sessions, 1);
@@ -593,6 +597,7 @@ async fn initialize_upstream(
         body: Some(body),
         upstream_sid: None,
         tap: tape.map(|session| Tap { session, stream: 1 }),
+        upstream: None,
     };
     // No hang-up watch: aborting here could leave a session upstream that the gateway never
     // learns the id of. Let the answer arrive, then end the session if the client missed it.
@@ -617,9 +622,11 @@ async fn initialize_upstream(
 
 /// Ends a session here and, in the background (bounded by the request timeout), upstream.
 fn end_session_everywhere(shard: &Rc<Shard>, id: &SessionId, reason: &'static str) {
-    if let Some(up) = end_session_local(shard, id, reason).and_then(|s| s.upstream_sid) {
-        let timeout = shard.config().timeouts.upstream_request;
-        monoio::spawn(delete_upstream(shard.clone(), up, timeout));
+    if let Some(s) = end_session_local(shard, id, reason) {
+        if let Some(up) = s.upstream_sid {
+            let timeout = shard.config().timeouts.upstream_request;
+            monoio::spawn(delete_upstream(shard.clone(), up, s.upstream, timeout));
+        }
     }
 }
 
@@ -649,6 +656,8 @@ struct SessionRef {
     child: Option<Rc<crate::stdio::Child>>,
     /// Where this exchange of the session is recorded.
     tap: Option<Tap>,
+    /// Which HTTP upstream holds the session.
+    upstream: usize,
 }
 
 /// Resolves a client's session id. Unknown, malformed or foreign: 404.
@@ -682,6 +691,7 @@ fn lookup_session(shard: &Shard, raw: &[u8], limit: bool) -> Result<SessionRef> 
         upstream_sid: s.upstream_sid.clone(),
         child: s.child.clone(),
         tap,
+        upstream: s.upstream,
     })
 }
 
@@ -713,14 +723,14 @@ async fn get(
     head: &RequestHead,
     ex: &mut Exchange,
 ) -> Result<Outcome> {
-    let (upstream_sid, child) = match head.headers.get("mcp-session-id") {
+    let (upstream_sid, child, upstream) = match head.headers.get("mcp-session-id") {
         Some(raw) => {
             let sref = lookup_session(shard, raw, false)?;
             ex.tap = sref.tap;
-            (sref.upstream_sid, sref.child)
+            (sref.upstream_sid, sref.child, Some(sref.upstream))
         }
         None if shard.stdio.is_some() => return Err(Error::new(Kind::SessionRequired, "")),
-        None => (None, None),
+        None => (None, None, None),
     };
     if let Some(child) = child {
         return crate::bridge::get(shard, conn, child, ex.tap).await;
@@ -731,6 +741,7 @@ async fn get(
         body: None,
         upstream_sid: upstream_sid.as_deref(),
         tap: ex.tap,
+        upstream,
     };
     forward(shard, conn, req, None, true).await
 }
@@ -764,11 +775,12 @@ async fn delete(
         body: None,
         upstream_sid: Some(&upstream_sid),
         tap: ex.tap,
+        upstream: Some(sref.upstream),
     };
     // Ended as soon as the upstream's answer head arrives, before the client can see it, so a
     // client that re-initializes at once finds the session slot free. A 405 means the upstream
     // keeps sessions until they expire: so does the gateway.
-    let mut on_head = |resp: &ResponseHead| -> Option<String> {
+    let mut on_head = |resp: &ResponseHead, _: usize| -> Option<String> {
         if (200..300).contains(&resp.status) || resp.status == 404 {
             end_session_local(shard, &id, "deleted");
         }
@@ -840,6 +852,8 @@ pub struct UpRequest<'a> {
     pub upstream_sid: Option<&'a str>,
     /// Where the response is recorded.
     pub tap: Option<Tap>,
+    /// The session's upstream; `None`: the balancer picks one.
+    pub upstream: Option<usize>,
 }
 
 /// Headers forwarded from the client as they are. Authorization, Cookie, Origin and Host never
@@ -908,8 +922,9 @@ fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Called with the upstream's response head; may return a gateway session id to announce.
-pub type OnHead<'a> = Option<&'a mut dyn FnMut(&ResponseHead) -> Option<String>>;
+/// Called with the upstream's response head and the upstream's index; may return a gateway
+/// session id to announce.
+pub type OnHead<'a> = Option<&'a mut dyn FnMut(&ResponseHead, usize) -> Option<String>>;
 
 /// Sends `req` upstream and relays the response to the client. With `watch_hangup`, a client
 /// that hangs up while the upstream is still thinking aborts the upstream request.
@@ -920,11 +935,7 @@ async fn forward(
     on_head: OnHead<'_>,
     watch_hangup: bool,
 ) -> Result<Outcome> {
-    let pool = http_pool(shard)?;
-    let mut wire = Vec::with_capacity(512 + req.body.map_or(0, <[u8]>::len));
-    encode_request(&mut wire, &req, pool.config());
-    let (mut up, wire) = send_request(shard, wire).await?;
-    drop(wire);
+    let (mut up, upstream) = connect_upstream(shard, &req, conn.client_cell()).await?;
     let mut urb = http::ReadBuf::from_vec(shard.take_buffer());
     let client = watch_hangup.then_some(&conn.stream);
     let resp = match read_response_head(shard, &mut up, &mut urb, req.method, client).await {
@@ -937,7 +948,7 @@ async fn forward(
             return Err(e);
         }
     };
-    let session_header = on_head.and_then(|f| f(&resp));
+    let session_header = on_head.and_then(|f| f(&resp, upstream));
     if !watch_hangup && relay::has_hung_up(&conn.stream) {
         // Nobody to relay to; the caller cleans up what `on_head` created.
         shard.give_buffer(urb.into_vec());
@@ -962,30 +973,82 @@ async fn forward(
     })
 }
 
-/// The shard's HTTP upstream pool (absent when the upstream is a stdio program).
-fn http_pool(shard: &Shard) -> Result<&Rc<crate::upstream::Pool>> {
+/// Upstream `i`'s pool (there are none when the upstream is a stdio program).
+fn http_pool(shard: &Shard, i: usize) -> Result<&Rc<crate::upstream::Pool>> {
     shard
-        .pool
-        .as_ref()
-        .ok_or_else(|| Error::new(Kind::Internal, "no HTTP upstream on this shard"))
+        .pools
+        .get(i)
+        .ok_or_else(|| Error::new(Kind::Internal, "no such HTTP upstream on this shard"))
 }
 
-/// Writes the request on a pooled connection. A reused connection that fails on write was
-/// closed by the upstream while idle, before reading anything: retry once on a fresh one.
-async fn send_request(shard: &Rc<Shard>, wire: Vec<u8>) -> Result<(UpConn, Vec<u8>)> {
+/// Sends `req` to its session's upstream, or to one the balancer picks. A request not bound to
+/// a session moves on to another upstream when it could not even be sent (connect refused or
+/// timed out, pool full): the only retry that is always safe. Returns the connection and the
+/// upstream used.
+async fn connect_upstream(
+    shard: &Rc<Shard>,
+    req: &UpRequest<'_>,
+    client: u32,
+) -> Result<(UpConn, usize)> {
+    let mut tried: Vec<usize> = Vec::new();
+    loop {
+        let i = match req.upstream {
+            Some(i) => i,
+            None => match shard.balancer.pick(&shard.pools, client, &tried) {
+                Some(i) => i,
+                None => {
+                    return Err(Error::new(
+                        Kind::UpstreamConnect,
+                        "no upstream could be reached",
+                    ))
+                }
+            },
+        };
+        let pool = http_pool(shard, i)?;
+        let mut wire = Vec::with_capacity(512 + req.body.map_or(0, <[u8]>::len));
+        encode_request(&mut wire, req, pool.config());
+        match send_request(shard, i, wire).await {
+            Ok(up) => return Ok((up, i)),
+            Err((e, unsent)) => {
+                let can_move =
+                    req.upstream.is_none() && unsent && tried.len() + 1 < shard.pools.len();
+                if !can_move {
+                    return Err(e);
+                }
+                log::warn!(
+                    "shard {}: upstream {i} unreachable ({e}); trying another",
+                    shard.id
+                );
+                inc(&shard.stats.upstream_failovers);
+                tried.push(i);
+            }
+        }
+    }
+}
+
+/// Writes the request on a pooled connection of upstream `i`. A reused connection that fails
+/// on write was closed by the upstream while idle, before reading anything: retry once on a
+/// fresh one. On error, says whether nothing of the request was sent.
+async fn send_request(
+    shard: &Rc<Shard>,
+    i: usize,
+    wire: Vec<u8>,
+) -> std::result::Result<UpConn, (Error, bool)> {
+    let pool = http_pool(shard, i).map_err(|e| (e, true))?;
     let mut wire = wire;
     for _ in 0..2 {
-        let mut up = http_pool(shard)?.checkout().await.inspect_err(|e| {
+        let mut up = pool.checkout().await.map_err(|e| {
             if let Kind::Overloaded(w) = e.kind {
                 shard.stats.count_rejection(w);
             } else {
                 inc(&shard.stats.upstream_errors);
             }
+            (e, true)
         })?;
         let (res, back) = up.stream().write_all(wire).await;
         wire = back;
         match res {
-            Ok(_) => return Ok((up, wire)),
+            Ok(_) => return Ok(up),
             Err(e) if up.reused => {
                 log::debug!(
                     "shard {}: reused upstream connection failed on write: {e}",
@@ -995,15 +1058,13 @@ async fn send_request(shard: &Rc<Shard>, wire: Vec<u8>) -> Result<(UpConn, Vec<u
             }
             Err(e) => {
                 inc(&shard.stats.upstream_errors);
-                return Err(Error::new(Kind::UpstreamConnect, e.to_string()));
+                return Err((Error::new(Kind::UpstreamConnect, e.to_string()), false));
             }
         }
     }
     inc(&shard.stats.upstream_errors);
-    Err(Error::new(
-        Kind::UpstreamConnect,
-        "upstream closed the connection",
-    ))
+    let e = Error::new(Kind::UpstreamConnect, "upstream closed the connection");
+    Err((e, false))
 }
 
 /// Reads the upstream's final response head within the request timeout (1xx are skipped).
@@ -1032,10 +1093,15 @@ async fn read_response_head(
         let wait = deadline.saturating_duration_since(Instant::now());
         match relay::read_upstream(up, urb, wait, client).await {
             Ok(0) => {
+                if up.reused {
+                    // A kept-alive connection the upstream closed: it may have restarted or died,
+                    // so its other idle connections are not trusted either.
+                    up.discard_idle_siblings();
+                }
                 return Err(Error::new(
                     Kind::UpstreamConnect,
                     "upstream closed before responding",
-                ))
+                ));
             }
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
@@ -1167,7 +1233,8 @@ pub async fn end_all_sessions(shard: &Rc<Shard>, within: Duration) {
     for id in ids {
         if let Some(s) = end_session_local(shard, &id, "gateway shutdown") {
             if let Some(up) = s.upstream_sid {
-                tasks.push(monoio::spawn(delete_upstream(shard.clone(), up, within)));
+                let task = delete_upstream(shard.clone(), up, s.upstream, within);
+                tasks.push(monoio::spawn(task));
             }
         }
     }
@@ -1186,9 +1253,9 @@ pub async fn end_all_sessions(shard: &Rc<Shard>, within: Duration) {
 }
 
 /// Sends DELETE for an upstream session, bounded by `timeout`; the answer is read and dropped.
-async fn delete_upstream(shard: Rc<Shard>, upstream_sid: Rc<str>, timeout: Duration) {
+async fn delete_upstream(shard: Rc<Shard>, upstream_sid: Rc<str>, i: usize, timeout: Duration) {
     let fut = async {
-        let pool = shard.pool.as_ref()?;
+        let pool = shard.pools.get(i)?;
         let mut up = pool.checkout().await.ok()?;
         let cfg = pool.config();
         let mut wire = format!(

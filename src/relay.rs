@@ -89,9 +89,7 @@ pub async fn relay(
 /// Returns the connection to the pool if its response ended cleanly, and the buffer to the shard.
 fn finish_upstream(shard: &Shard, up: UpConn, urb: ReadBuf, keep_alive: bool) {
     if keep_alive && urb.data().is_empty() {
-        if let Some(pool) = &shard.pool {
-            pool.checkin(up);
-        }
+        up.checkin();
     }
     shard.give_buffer(urb.into_vec());
 }

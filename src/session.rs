@@ -33,6 +33,8 @@ pub struct Session {
     pub upstream_sid: Option<std::rc::Rc<str>>,
     /// The child process serving the session (stdio upstreams).
     pub child: Option<std::rc::Rc<crate::stdio::Child>>,
+    /// The HTTP upstream holding the session (index into the shard's pools).
+    pub upstream: usize,
     /// The session's tape, when recording.
     pub tape: Option<u64>,
     /// The client's cell in the client table, when counted against it.
@@ -165,6 +167,7 @@ impl Sessions {
             secret,
             upstream_sid,
             child: None,
+            upstream: 0,
             tape: None,
             client: None,
             bucket: None,

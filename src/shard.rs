@@ -66,8 +66,10 @@ pub struct Shard {
     pub shared: Arc<Shared>,
     pub stats: Arc<ShardStats>,
     pub sessions: RefCell<Sessions>,
-    /// The HTTP upstream's connection pool (absent for a stdio upstream).
-    pub pool: Option<Rc<Pool>>,
+    /// One connection pool per HTTP upstream (none for a stdio upstream).
+    pub pools: Vec<Rc<Pool>>,
+    /// Chooses among `pools` for new sessions and stateless requests.
+    pub balancer: crate::upstream::Balancer,
     /// The stdio upstream's children (absent for an HTTP upstream).
     pub stdio: Option<Rc<crate::stdio::Host>>,
     /// This shard's channel to the persistence core (absent when not recording).
@@ -257,14 +259,19 @@ async fn shard_main(
     tape: Option<crate::tape::Recorder>,
 ) {
     let stats = shared.stats[id].clone();
-    let (pool, stdio) = match &shared.config.upstream {
-        crate::config::Upstream::Http(u) => {
-            let pool = Pool::new(
-                u.clone(),
-                shared.config.timeouts.upstream_connect,
-                stats.clone(),
-            );
-            (Some(Rc::new(pool)), None)
+    let (pools, balancer, stdio) = match &shared.config.upstream {
+        crate::config::Upstream::Http(h) => {
+            let pools = h
+                .targets
+                .iter()
+                .map(|u| {
+                    let connect = shared.config.timeouts.upstream_connect;
+                    Rc::new(Pool::new(u.clone(), connect, stats.clone()))
+                })
+                .collect();
+            let weights = h.targets.iter().map(|u| u.weight).collect();
+            let balancer = crate::upstream::Balancer::new(h.strategy, weights);
+            (pools, balancer, None)
         }
         crate::config::Upstream::Stdio(cfg) => {
             let spawn = crate::stdio::Spawn {
@@ -275,7 +282,9 @@ async fn shard_main(
                 write_timeout: shared.config.timeouts.upstream_request,
             };
             let host = crate::stdio::Host::new(spawn, shared.clone());
-            (None, Some(Rc::new(host)))
+            let balancer =
+                crate::upstream::Balancer::new(crate::config::Strategy::RoundRobin, Vec::new());
+            (Vec::new(), balancer, Some(Rc::new(host)))
         }
     };
     let shard = Rc::new(Shard {
@@ -288,7 +297,8 @@ async fn shard_main(
                 max_age: shared.config.timeouts.session_max_age,
             },
         )),
-        pool,
+        pools,
+        balancer,
         stdio,
         tape,
         backlog: RefCell::new(std::collections::VecDeque::new()),
@@ -501,7 +511,7 @@ async fn tick_loop(shard: Rc<Shard>) {
             return;
         }
         let now = Instant::now();
-        if let Some(pool) = &shard.pool {
+        for pool in &shard.pools {
             pool.sweep(now);
         }
         crate::proxy::expire_sessions(&shard, now);
@@ -532,7 +542,7 @@ async fn drain(shard: &Rc<Shard>) {
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(500));
     crate::proxy::end_all_sessions(shard, left).await;
-    if let Some(pool) = &shard.pool {
+    for pool in &shard.pools {
         pool.clear();
     }
     publish_latency(shard);

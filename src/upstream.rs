@@ -48,6 +48,18 @@ impl UpConn {
         self.stream.as_mut().expect("UpConn used after checkin")
     }
 
+    /// Gives the connection back to its pool (its response was read to the end under
+    /// keep-alive).
+    pub fn checkin(self) {
+        let pool = self.pool.clone();
+        pool.checkin(self);
+    }
+
+    /// Closes every idle connection of this connection's pool (see `Pool::clear`).
+    pub fn discard_idle_siblings(&self) {
+        self.pool.clear();
+    }
+
     /// Marks a connection whose SSE stream the server just ended. Servers often close such a
     /// connection right after the stream's last chunk, so it is checked before its next reuse
     /// even when it was idle only briefly (a request sent on it would meet EOF: 502).
@@ -201,10 +213,122 @@ impl Pool {
     pub fn idle(&self) -> usize {
         self.idle.borrow().len()
     }
+
+    /// Connections carrying a request right now.
+    pub fn in_use(&self) -> usize {
+        self.open.get() - self.idle.borrow().len()
+    }
 }
 
 /// Whether an idle socket is still open with nothing unread: a closed peer (EOF) or stray bytes
 /// both make it unfit for the next request.
 fn peer_still_open(stream: &TcpStream) -> bool {
     crate::http::peek(stream) == crate::http::Peek::Empty
+}
+
+/// Chooses an upstream for a new session or a stateless request (a shard's own state: no
+/// atomics). Sessions never come here again: they stay where they started.
+pub struct Balancer {
+    strategy: crate::config::Strategy,
+    weights: Vec<i64>,
+    /// Smooth weighted round robin: each upstream's running credit.
+    credit: RefCell<Vec<i64>>,
+}
+
+impl Balancer {
+    pub fn new(strategy: crate::config::Strategy, weights: Vec<u32>) -> Balancer {
+        let weights: Vec<i64> = weights.into_iter().map(i64::from).collect();
+        Balancer {
+            strategy,
+            credit: RefCell::new(vec![0; weights.len()]),
+            weights,
+        }
+    }
+
+    /// An upstream not in `tried`, or `None` when all were tried. `client` is the client's cell
+    /// (for `sticky`).
+    pub fn pick(&self, pools: &[Rc<Pool>], client: u32, tried: &[usize]) -> Option<usize> {
+        let open = |i: &usize| !tried.contains(i);
+        let n = self.weights.len();
+        match self.strategy {
+            crate::config::Strategy::RoundRobin => {
+                let mut credit = self.credit.borrow_mut();
+                let mut total = 0;
+                let mut best: Option<usize> = None;
+                for i in (0..n).filter(open) {
+                    credit[i] += self.weights[i];
+                    total += self.weights[i];
+                    if best.is_none_or(|b| credit[i] > credit[b]) {
+                        best = Some(i);
+                    }
+                }
+                let b = best?;
+                credit[b] -= total;
+                Some(b)
+            }
+            crate::config::Strategy::LeastConnections => (0..n)
+                .filter(open)
+                .min_by_key(|&i| (pools[i].in_use() as i64 * 1000) / self.weights[i]),
+            crate::config::Strategy::Sticky => {
+                let total: i64 = self.weights.iter().sum();
+                let mut at = i64::from(client) % total.max(1);
+                let home = (0..n)
+                    .find(|&i| {
+                        at -= self.weights[i];
+                        at < 0
+                    })
+                    .unwrap_or(0);
+                (0..n).map(|k| (home + k) % n).find(open)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod balancer_tests {
+    use super::*;
+    use crate::config::Strategy;
+
+    fn pools(n: usize) -> Vec<Rc<Pool>> {
+        (0..n)
+            .map(|i| {
+                let cfg = crate::config::UpstreamConfig {
+                    addr: format!("127.0.0.1:{}", 1000 + i).parse().unwrap(),
+                    authority: String::new(),
+                    path: "/mcp".into(),
+                    authorization: None,
+                    pool_max_idle: 1,
+                    pool_max_connections: 1,
+                    pool_idle_timeout: std::time::Duration::from_secs(1),
+                    weight: 1,
+                };
+                let stats = Arc::new(ShardStats::new(0));
+                Rc::new(Pool::new(cfg, std::time::Duration::from_secs(1), stats))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn weighted_round_robin_is_smooth_and_skips_tried() {
+        let p = pools(3);
+        let b = Balancer::new(Strategy::RoundRobin, vec![2, 1, 1]);
+        let seq: Vec<usize> = (0..8).map(|_| b.pick(&p, 0, &[]).unwrap()).collect();
+        // Interleaved, not 0,0,1,2: each cycle of 4 gives upstream 0 its two turns apart.
+        assert_eq!(seq, [0, 1, 2, 0, 0, 1, 2, 0]);
+        assert_ne!(b.pick(&p, 0, &[0]), Some(0));
+        assert_eq!(b.pick(&p, 0, &[0, 1, 2]), None);
+    }
+
+    #[test]
+    fn sticky_keeps_a_client_on_its_upstream_until_it_is_tried() {
+        let p = pools(3);
+        let b = Balancer::new(Strategy::Sticky, vec![1, 1, 1]);
+        let home = b.pick(&p, 12345, &[]).unwrap();
+        assert!((0..10).all(|_| b.pick(&p, 12345, &[]) == Some(home)));
+        let next = b.pick(&p, 12345, &[home]).unwrap();
+        assert_ne!(next, home);
+        let spread: std::collections::HashSet<usize> =
+            (0..300u32).filter_map(|c| b.pick(&p, c, &[])).collect();
+        assert_eq!(spread.len(), 3);
+    }
 }

@@ -967,3 +967,65 @@ fn per_client_and_per_session_limits_answer_429() {
         .collect();
     assert_eq!(statuses, [200, 200, 200, 200, 429, 429]);
 }
+
+#[test]
+fn several_upstreams_share_sessions_and_a_dead_one_is_skipped() {
+    let demos: Vec<Proc> = (0..3).map(|_| demo()).collect();
+    let mut toml = String::new();
+    for (i, d) in demos.iter().enumerate() {
+        let weight = if i == 0 { 2 } else { 1 };
+        toml.push_str(&format!(
+            "[[upstream]]\nurl = \"{}\"\nweight = {weight}\n",
+            demo_url(d)
+        ));
+    }
+    let gw = gateway_config(1, &toml);
+    let (addr, admin) = (gw.addr("listen"), gw.addr("admin"));
+    let held = |d: &Proc| get(d.addr("demo"), "/stats").json()["sessions"].as_u64();
+    let sids: Vec<String> = (0..8).map(|_| initialize(addr)).collect();
+    // Weighted round robin: 4, 2 and 2 sessions.
+    let counts: Vec<Option<u64>> = demos.iter().map(held).collect();
+    assert_eq!(counts, [Some(4), Some(2), Some(2)]);
+    // Each session stays on its upstream.
+    for (i, sid) in sids.iter().enumerate() {
+        let r = post(
+            addr,
+            &[("mcp-session-id", sid), V],
+            &echo_call(i as u64, "s"),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    // Upstream 1 goes away. Its idle pooled connection may still take one request and fail
+    // (502: a request already written is never retried); that clears its pool, and from then on
+    // the connect fails and the balancer moves on.
+    let mut demos = demos;
+    let dead = demos.remove(1);
+    drop(dead);
+    let stateless = [
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "echo"),
+    ];
+    let mut failed = 0;
+    let mut created = 0;
+    for i in 0..6 {
+        match post(addr, &[], INIT).status {
+            200 => created += 1,
+            _ => failed += 1,
+        }
+        if post(addr, &stateless, &echo_call(i, "x")).status != 200 {
+            failed += 1;
+        }
+    }
+    assert!(
+        failed <= 1,
+        "{failed} requests failed after the upstream died"
+    );
+    assert!(metric(admin, "shardcat_upstream_failovers_total{shard=\"all\"}") >= 1.0);
+    let live: u64 = demos.iter().filter_map(held).sum();
+    assert_eq!(
+        live,
+        6 + created,
+        "the live upstreams' 6 sessions plus the new ones"
+    );
+}
