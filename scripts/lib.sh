@@ -1,4 +1,4 @@
-# Shared by compare.sh, compare-wrk.sh and generator-ceiling.sh; sourced, not run.
+# Shared by the benchmark scripts (compare*.sh, generator-ceiling.sh); sourced, not run.
 # The sourcing script defines log and die, and sets TMP (its temp dir) and PIDS (the pids it
 # started, oldest first) before any of these run.
 
@@ -167,4 +167,51 @@ EOF
     NGINX_LOGDIR="$NGX/logs"
     log "nginx: master $NGINX_PID, worker $NGINX_WORKER (affinity $(taskset -cp "$NGINX_WORKER" | awk '{print $NF}')) on :$NPORT -> demo :$UPORT"
     TARGET_URL="http://127.0.0.1:$NPORT/mcp"
+}
+
+# Writes $TMP/rusage.py and sets RUSAGE to it. `python3 $RUSAGE OUT CMD...` runs CMD as its
+# child and, when it exits, writes the child's CPU time (rusage from wait4: the same
+# utime/stime the kernel shows in /proc/PID/stat, at microsecond resolution and covering the
+# whole process up to its exit) as JSON to OUT. It forwards TERM/INT/HUP to the child, so
+# cleanup stopping it stops the child too, and exits with the child's status.
+write_rusage_helper() {
+    RUSAGE="$TMP/rusage.py"
+    cat >"$RUSAGE" <<'EOF'
+import json, os, signal, sys, time
+out, cmd = sys.argv[1], sys.argv[2:]
+t0 = time.monotonic()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(cmd[0], cmd)
+    finally:
+        os._exit(127)
+def forward(sig, _frame):
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(s, forward)
+_, status, ru = os.wait4(pid, 0)
+with open(out, "w") as f:
+    json.dump({"cpu_s": ru.ru_utime + ru.ru_stime, "utime_s": ru.ru_utime, "stime_s": ru.ru_stime,
+               "wall_s": time.monotonic() - t0, "maxrss_kb": ru.ru_maxrss}, f)
+rc = os.waitstatus_to_exitcode(status)
+sys.exit(rc if rc >= 0 else 128 - rc)
+EOF
+}
+
+# Busy time of both cores that none of our processes account for, in % of one core:
+# other_pct C0A C0B C1A C1B OUR_TICKS RUSAGE_JSON (OUR_TICKS: the measured servers' ticks from
+# /proc, e.g. proxy + upstream; RUSAGE_JSON: the load generator's, from write_rusage_helper).
+# A shared machine's other tenants show up here; a few % is accounting noise.
+other_pct() {
+    python3 -c '
+import json, sys
+c0a, c0b, c1a, c1b = ([int(x) for x in a.split()] for a in sys.argv[1:5])
+ours, ru, hz = int(sys.argv[5]), json.load(open(sys.argv[6])), int(sys.argv[7])
+busy = (c0b[0] - c0a[0]) + (c1b[0] - c1a[0])
+span = max((c0b[1] - c0a[1] + c1b[1] - c1a[1]) / 2, 1)
+print(max(0, round(100 * (busy - ours - ru["cpu_s"] * hz) / span)))' "$@" "$CLK_TCK"
 }

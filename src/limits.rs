@@ -149,6 +149,11 @@ impl ClientTable {
         }
     }
 
+    /// Whether requests are limited per client (else `take` always succeeds).
+    pub fn rates_clients(&self) -> bool {
+        self.client_rate.is_some()
+    }
+
     /// Takes a token from the client's bucket, or says how long until one is there.
     pub fn take(&self, cell: u32, now: Instant) -> Result<(), Duration> {
         let Some(rate) = self.client_rate else {

@@ -224,7 +224,7 @@ async fn exchange(shard: &Rc<Shard>, conn: &mut ClientConn, head: RequestHead) -
         Ok(out) => (out.status, out.reusable),
         Err(e) => {
             log_error(shard, &e);
-            if e.kind != Kind::ClientGone {
+            if e.kind != Kind::ClientGone && ex.tap.is_some() {
                 let body = Bytes::from(e.body());
                 shard
                     .record_message(ex.tap, Dir::ServerToClient, e.status(), None, body)
@@ -308,12 +308,11 @@ async fn route(
         return Err(Error::new(Kind::ForbiddenOrigin, ""));
     }
     let version = header_version(head)?;
-    if let Err(wait) = shard
-        .shared
-        .clients
-        .take(conn.client_cell(), Instant::now())
-    {
-        return Err(rate_limited(shard, "client_rate", wait));
+    let clients = &shard.shared.clients;
+    if clients.rates_clients() {
+        if let Err(wait) = clients.take(conn.client_cell(), Instant::now()) {
+            return Err(rate_limited(shard, "client_rate", wait));
+        }
     }
     match head.method {
         Method::Post => post(shard, conn, head, ex, version).await,
@@ -935,7 +934,13 @@ async fn forward(
     on_head: OnHead<'_>,
     watch_hangup: bool,
 ) -> Result<Outcome> {
-    let (mut up, upstream) = connect_upstream(shard, &req, conn.client_cell()).await?;
+    // Only `sticky` needs the client's address (saves a getpeername per connection otherwise).
+    let client = if shard.balancer.by_client() {
+        conn.client_cell()
+    } else {
+        0
+    };
+    let (mut up, upstream) = connect_upstream(shard, &req, client).await?;
     let mut urb = http::ReadBuf::from_vec(shard.take_buffer());
     let client = watch_hangup.then_some(&conn.stream);
     let resp = match read_response_head(shard, &mut up, &mut urb, req.method, client).await {

@@ -964,20 +964,22 @@ impl Host {
     /// A ready stateless child (round robin), starting and initializing one when fewer than
     /// `stateless_children` are running.
     pub async fn stateless_child(self: &Rc<Self>, timeout: Duration) -> Result<Rc<Child>> {
+        let usable = |c: &&Rc<Child>| !c.is_gone() && !c.stop.is_set();
         loop {
-            let ready: Vec<Rc<Child>> = self
-                .stateless
-                .borrow()
-                .iter()
-                .filter(|c| !c.is_gone() && !c.stop.is_set())
-                .cloned()
-                .collect();
+            let ready = self.stateless.borrow().iter().filter(usable).count();
             let starting = self.stateless_starting.borrow().clone();
-            let want_more = ready.len() < self.spawn.cfg.stateless_children.max(1);
-            if !ready.is_empty() && (!want_more || starting.is_some()) {
-                let i = self.stateless_next.get() % ready.len();
+            let want_more = ready < self.spawn.cfg.stateless_children.max(1);
+            if ready > 0 && (!want_more || starting.is_some()) {
+                let i = self.stateless_next.get() % ready;
                 self.stateless_next.set(i + 1);
-                return Ok(ready[i].clone());
+                let child = self
+                    .stateless
+                    .borrow()
+                    .iter()
+                    .filter(usable)
+                    .nth(i)
+                    .cloned();
+                return child.ok_or_else(|| Error::new(Kind::Internal, "stateless child vanished"));
             }
             if let Some(ev) = starting {
                 ev.wait().await;
@@ -990,7 +992,7 @@ impl Host {
             ev.set();
             let child = result?;
             self.stateless.borrow_mut().push(child.clone());
-            if ready.is_empty() {
+            if ready == 0 {
                 return Ok(child);
             }
         }

@@ -245,6 +245,11 @@ impl Balancer {
         }
     }
 
+    /// Whether `pick` uses the client (the `sticky` strategy).
+    pub fn by_client(&self) -> bool {
+        self.strategy == crate::config::Strategy::Sticky
+    }
+
     /// An upstream not in `tried`, or `None` when all were tried. `client` is the client's cell
     /// (for `sticky`).
     pub fn pick(&self, pools: &[Rc<Pool>], client: u32, tried: &[usize]) -> Option<usize> {

@@ -50,8 +50,7 @@ fn session_lifecycle_json_and_sse() {
     }
     drop(c);
     // DELETE ends it upstream and here.
-    let del = format!("DELETE /mcp HTTP/1.1\r\nhost: {addr}\r\nmcp-session-id: {sid}\r\n\r\n");
-    assert_eq!(raw(addr, del.as_bytes()).status, 200);
+    assert_eq!(delete(addr, &sid).status, 200);
     assert_eq!(post(addr, &[s, V], &echo_call(4, "x")).status, 404);
     assert_eq!(get(demo.addr("demo"), "/stats").json()["sessions"], 0);
     let admin = gw.addr("admin");
@@ -306,8 +305,7 @@ fn connection_and_session_limits_reject_with_503() {
         1.0
     );
     // Ending one session frees a slot.
-    let del = format!("DELETE /mcp HTTP/1.1\r\nhost: {addr}\r\nmcp-session-id: {a}\r\n\r\n");
-    assert_eq!(raw(addr, del.as_bytes()).status, 200);
+    assert_eq!(delete(addr, &a).status, 200);
     initialize(addr);
     // Connections: three held open, the fourth is turned away.
     assert!(eventually(Duration::from_secs(3), || metric(
@@ -933,10 +931,7 @@ fn per_client_and_per_session_limits_answer_429() {
     };
     assert_eq!(rejected("client_sessions"), 1.0);
     // Ending a session gives the client its slot back.
-    let del = raw(
-        addr,
-        format!("DELETE /mcp HTTP/1.1\r\nhost: {addr}\r\nmcp-session-id: {a}\r\ncontent-length: 0\r\n\r\n").as_bytes(),
-    );
+    let del = delete(addr, &a);
     assert_eq!(del.status, 200);
     let _c = initialize(addr);
     // The session's bucket: a burst of 3, then 429 until it refills (1 a second).

@@ -110,10 +110,7 @@ fn run_calls(addr: SocketAddr) -> Vec<Value> {
         };
         seen.push(json!({"id": last["id"], "result": last["result"]}));
     }
-    let del = raw(
-        addr,
-        format!("DELETE /mcp HTTP/1.1\r\nhost: {addr}\r\nmcp-session-id: {sid}\r\ncontent-length: 0\r\n\r\n").as_bytes(),
-    );
+    let del = delete(addr, &sid);
     assert_eq!(del.status, 200);
     seen
 }

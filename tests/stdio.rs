@@ -180,10 +180,7 @@ fn session_json_sse_get_stream_and_delete() {
         .parse()
         .expect("pid");
     assert!(alive(pid));
-    let del = raw(
-        addr,
-        format!("DELETE /mcp HTTP/1.1\r\nhost: {addr}\r\nmcp-session-id: {sid}\r\ncontent-length: 0\r\n\r\n").as_bytes(),
-    );
+    let del = delete(addr, &sid);
     assert_eq!(del.status, 200);
     assert_eq!(
         session_call(addr, &sid, &call(10, "echo", r#"{"text":"x"}"#)).status,
@@ -480,10 +477,7 @@ fn churn_of_500_sessions_leaks_nothing() {
     let (addr, admin) = (gw.addr("listen"), gw.addr("admin"));
     // Warm up once so lazily opened fds (the runtime's own) are in the baseline.
     let sid = open_session(addr);
-    raw(
-        addr,
-        format!("DELETE /mcp HTTP/1.1\r\nhost: {addr}\r\nmcp-session-id: {sid}\r\ncontent-length: 0\r\n\r\n").as_bytes(),
-    );
+    delete(addr, &sid);
     assert!(eventually(Duration::from_secs(5), || children_of(gw.pid()).is_empty()));
     // Baseline once the warm-up's client connections are closed too.
     assert!(eventually(Duration::from_secs(5), || {
@@ -505,10 +499,7 @@ fn churn_of_500_sessions_leaks_nothing() {
                         let _ = c.send_raw(format!("POST /mcp HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\nmcp-session-id: {sid}\r\ncontent-length: {}\r\n\r\n{body}", body.len()).as_bytes());
                         std::thread::sleep(Duration::from_millis(30));
                     }
-                    let del = raw(
-                        addr,
-                        format!("DELETE /mcp HTTP/1.1\r\nhost: {addr}\r\nmcp-session-id: {sid}\r\ncontent-length: 0\r\n\r\n").as_bytes(),
-                    );
+                    let del = delete(addr, &sid);
                     assert_eq!(del.status, 200);
                 }
             })

@@ -461,9 +461,8 @@ fn replay_serves_the_recorded_session() {
         )
         .unwrap();
     assert_eq!(r.status, 404);
-    let del = format!("DELETE /mcp HTTP/1.1\r\nhost: {addr}\r\nmcp-session-id: {sid}\r\n\r\n");
-    assert_eq!(raw(addr, del.as_bytes()).status, 200);
-    assert_eq!(raw(addr, del.as_bytes()).status, 404);
+    assert_eq!(delete(addr, &sid).status, 200);
+    assert_eq!(delete(addr, &sid).status, 404);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -438,6 +438,15 @@ pub fn echo_call(id: u64, text: &str) -> String {
     )
 }
 
+/// DELETEs session `sid` on a fresh connection.
+pub fn delete(addr: SocketAddr, sid: &str) -> Response {
+    raw(
+        addr,
+        format!("DELETE /mcp HTTP/1.1\r\nhost: {addr}\r\nmcp-session-id: {sid}\r\ncontent-length: 0\r\n\r\n")
+            .as_bytes(),
+    )
+}
+
 /// Initializes a session through `addr`; returns the gateway's session id.
 pub fn initialize(addr: SocketAddr) -> String {
     let r = post(addr, &[], INIT);
