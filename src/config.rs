@@ -27,6 +27,27 @@ pub const DEFAULT_KEEPALIVE_IDLE_TIMEOUT_MS: u64 = 60_000;
 pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS: u64 = 3_000;
 pub const DEFAULT_UPSTREAM_REQUEST_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_SSE_KEEPALIVE_MS: u64 = 15_000;
+/// An upstream SSE stream that delivers no complete event (comments included) for this long is
+/// closed: it catches a stalled or trickling upstream. Servers send keepalive comments far
+/// more often than this.
+pub const DEFAULT_SSE_IDLE_TIMEOUT_MS: u64 = 300_000;
+/// Events of a session's SSE stream kept after delivery, for a client resuming with
+/// `Last-Event-ID`.
+pub const DEFAULT_SSE_REPLAY_MAX_EVENTS: usize = 100;
+/// Delivered events older than this are no longer kept for replay.
+pub const DEFAULT_SSE_REPLAY_MAX_AGE_MS: u64 = 60_000;
+/// Bytes of delivered events kept per stream for replay.
+pub const DEFAULT_SSE_REPLAY_MAX_BYTES: usize = 1024 * 1024;
+/// How long a session stream whose client went away keeps reading its upstream, waiting for
+/// the client to resume it.
+pub const DEFAULT_SSE_RESUME_WINDOW_MS: u64 = 30_000;
+/// Resumable streams remembered per session (the oldest ended ones are forgotten first).
+pub const DEFAULT_SSE_MAX_STREAMS_PER_SESSION: usize = 16;
+/// First delay before reconnecting a dropped upstream stream; doubles per attempt, with jitter.
+pub const DEFAULT_SSE_RECONNECT_BASE_MS: u64 = 100;
+pub const DEFAULT_SSE_RECONNECT_MAX_MS: u64 = 5_000;
+/// Reconnect attempts for one drop before the stream ends.
+pub const DEFAULT_SSE_RECONNECT_MAX_ATTEMPTS: u32 = 5;
 pub const DEFAULT_SESSION_IDLE_TIMEOUT_MS: u64 = 300_000;
 /// A session ends this long after it began, however busy (the client re-initializes on 404).
 pub const DEFAULT_SESSION_MAX_AGE_MS: u64 = 86_400_000;
@@ -70,6 +91,7 @@ pub struct FileConfig {
     pub server: ServerSection,
     pub limits: LimitsSection,
     pub timeouts: TimeoutsSection,
+    pub sse: SseSection,
     /// `[upstream]` or `[[upstream]]`: one upstream (several are not supported yet).
     #[serde(deserialize_with = "one_or_many")]
     pub upstream: Vec<UpstreamSection>,
@@ -267,6 +289,7 @@ pub struct TimeoutsSection {
     pub upstream_connect_timeout_ms: u64,
     pub upstream_request_timeout_ms: u64,
     pub sse_keepalive_ms: u64,
+    pub sse_idle_timeout_ms: u64,
     pub session_idle_timeout_ms: u64,
     pub session_max_age_ms: u64,
     pub session_evict_idle_ms: u64,
@@ -281,11 +304,81 @@ impl Default for TimeoutsSection {
             upstream_connect_timeout_ms: DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS,
             upstream_request_timeout_ms: DEFAULT_UPSTREAM_REQUEST_TIMEOUT_MS,
             sse_keepalive_ms: DEFAULT_SSE_KEEPALIVE_MS,
+            sse_idle_timeout_ms: DEFAULT_SSE_IDLE_TIMEOUT_MS,
             session_idle_timeout_ms: DEFAULT_SESSION_IDLE_TIMEOUT_MS,
             session_max_age_ms: DEFAULT_SESSION_MAX_AGE_MS,
             session_evict_idle_ms: DEFAULT_SESSION_EVICT_IDLE_MS,
             drain_timeout_ms: DEFAULT_DRAIN_TIMEOUT_MS,
         }
+    }
+}
+
+/// `[sse]`: resumable SSE streams of sessions (replay buffers, upstream reconnection).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SseSection {
+    pub replay_max_events: usize,
+    pub replay_max_age_ms: u64,
+    pub replay_max_bytes: usize,
+    pub resume_window_ms: u64,
+    pub max_streams_per_session: usize,
+    pub reconnect_base_ms: u64,
+    pub reconnect_max_ms: u64,
+    pub reconnect_max_attempts: u32,
+}
+
+impl Default for SseSection {
+    fn default() -> Self {
+        SseSection {
+            replay_max_events: DEFAULT_SSE_REPLAY_MAX_EVENTS,
+            replay_max_age_ms: DEFAULT_SSE_REPLAY_MAX_AGE_MS,
+            replay_max_bytes: DEFAULT_SSE_REPLAY_MAX_BYTES,
+            resume_window_ms: DEFAULT_SSE_RESUME_WINDOW_MS,
+            max_streams_per_session: DEFAULT_SSE_MAX_STREAMS_PER_SESSION,
+            reconnect_base_ms: DEFAULT_SSE_RECONNECT_BASE_MS,
+            reconnect_max_ms: DEFAULT_SSE_RECONNECT_MAX_MS,
+            reconnect_max_attempts: DEFAULT_SSE_RECONNECT_MAX_ATTEMPTS,
+        }
+    }
+}
+
+/// Validated `[sse]`.
+#[derive(Debug, Clone)]
+pub struct SseConfig {
+    pub replay_max_events: usize,
+    pub replay_max_age: Duration,
+    pub replay_max_bytes: usize,
+    pub resume_window: Duration,
+    pub max_streams_per_session: usize,
+    pub reconnect_base: Duration,
+    pub reconnect_max: Duration,
+    pub reconnect_max_attempts: u32,
+}
+
+impl SseSection {
+    fn validate(&self) -> Result<SseConfig, ConfigError> {
+        if self.max_streams_per_session == 0 {
+            return err("sse.max_streams_per_session", "must be at least 1");
+        }
+        if self.reconnect_base_ms == 0 || self.reconnect_max_ms < self.reconnect_base_ms {
+            return err(
+                "sse.reconnect_base_ms",
+                "must be at least 1 ms and at most sse.reconnect_max_ms",
+            );
+        }
+        if self.resume_window_ms == 0 {
+            return err("sse.resume_window_ms", "must be at least 1 ms");
+        }
+        Ok(SseConfig {
+            replay_max_events: self.replay_max_events,
+            replay_max_age: Duration::from_millis(self.replay_max_age_ms),
+            replay_max_bytes: self.replay_max_bytes,
+            resume_window: Duration::from_millis(self.resume_window_ms),
+            max_streams_per_session: self.max_streams_per_session,
+            reconnect_base: Duration::from_millis(self.reconnect_base_ms),
+            reconnect_max: Duration::from_millis(self.reconnect_max_ms),
+            reconnect_max_attempts: self.reconnect_max_attempts,
+        })
     }
 }
 
@@ -363,6 +456,7 @@ pub struct Config {
     pub origins: OriginPolicy,
     pub limits: Limits,
     pub timeouts: Timeouts,
+    pub sse: SseConfig,
     pub upstream: Upstream,
     /// Recording; `None` when off.
     pub tapes: Option<crate::tape::TapeConfig>,
@@ -444,6 +538,7 @@ pub struct Timeouts {
     pub upstream_connect: Duration,
     pub upstream_request: Duration,
     pub sse_keepalive: Duration,
+    pub sse_idle: Duration,
     pub session_idle: Duration,
     pub session_max_age: Duration,
     /// `None`: eviction off.
@@ -586,6 +681,7 @@ impl FileConfig {
         let origins = origin_policy(&self.server, listen);
         let limits = validate_limits(&self.limits)?;
         let timeouts = validate_timeouts(&self.timeouts)?;
+        let sse = self.sse.validate()?;
         let upstream = match self.upstream.as_slice() {
             [] => validate_upstream(&UpstreamSection::default(), demo_addr)?,
             [u] => validate_upstream(u, demo_addr)?,
@@ -605,6 +701,7 @@ impl FileConfig {
             origins,
             limits,
             timeouts,
+            sse,
             upstream,
             tapes,
         })
@@ -700,6 +797,7 @@ fn validate_timeouts(t: &TimeoutsSection) -> Result<Timeouts, ConfigError> {
             t.upstream_request_timeout_ms,
         )?,
         sse_keepalive: ms("timeouts.sse_keepalive_ms", t.sse_keepalive_ms)?,
+        sse_idle: ms("timeouts.sse_idle_timeout_ms", t.sse_idle_timeout_ms)?,
         session_idle: ms(
             "timeouts.session_idle_timeout_ms",
             t.session_idle_timeout_ms,

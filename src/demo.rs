@@ -8,6 +8,10 @@
 //! with a session opens a stream of `notifications/message` events, one every
 //! `push_interval_ms`, each carrying a sequence number and a send timestamp (µs since the epoch).
 //! `GET /stats` reports how many sessions it holds, so tests can see sessions end upstream.
+//!
+//! For resilience tests it can break its own streams: `progress` with `drop_after: k` cuts the
+//! connection after the k-th event, and `drop_streams` cuts the session's GET streams. Both
+//! resume with `Last-Event-ID`, as a server supporting resumption does.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -51,11 +55,30 @@ struct DemoSession {
     /// Negotiated version, kept for debugging dumps.
     #[allow(dead_code)]
     version: &'static str,
+    /// Bumped by the `drop_streams` tool: GET streams of the session break off when it moves.
+    drops: u64,
+    /// Progress streams broken off by `drop_after`, resumable with `Last-Event-ID`.
+    broken: Vec<Broken>,
 }
+
+/// The rest of a progress stream the demo broke off on purpose.
+#[derive(Clone)]
+struct Broken {
+    tag: u64,
+    token: Value,
+    id: Value,
+    count: u64,
+    interval: Duration,
+}
+
+/// Broken-off streams kept per session.
+const MAX_BROKEN_STREAMS: usize = 16;
 
 struct Demo {
     cfg: DemoConfig,
     sessions: RefCell<HashMap<String, DemoSession>>,
+    /// Numbers the progress streams (their event ids are `p<tag>-<i>`).
+    next_tag: std::cell::Cell<u64>,
 }
 
 /// Listen backlog of the demo server: a gateway opening thousands of upstream connections at
@@ -83,6 +106,7 @@ pub fn run(listener: std::net::TcpListener, cfg: DemoConfig) -> std::io::Result<
     let demo = Demo {
         cfg,
         sessions: RefCell::new(HashMap::new()),
+        next_tag: std::cell::Cell::new(0),
     };
     serve_forever(listener, "demo", demo, serve)
 }
@@ -261,7 +285,11 @@ async fn post(
             Some(_) => {}
         }
     }
-    call(s, method, &msg, &id).await
+    let sid = head
+        .headers
+        .get_str("mcp-session-id")
+        .filter(|_| !stateless);
+    call(demo, s, method, &msg, &id, sid).await
 }
 
 fn check_stateless(head: &RequestHead, body: &[u8]) -> Result<(), String> {
@@ -296,9 +324,14 @@ async fn initialize(demo: &Rc<Demo>, s: &mut TcpStream, msg: &Value, id: &Value)
         .await;
     }
     let sid = format!("demo-{:032x}", mcp::random_secret());
-    demo.sessions
-        .borrow_mut()
-        .insert(sid.clone(), DemoSession { version });
+    demo.sessions.borrow_mut().insert(
+        sid.clone(),
+        DemoSession {
+            version,
+            drops: 0,
+            broken: Vec::new(),
+        },
+    );
     let result = json!({
         "protocolVersion": version,
         "capabilities": {"tools": {"listChanged": false}, "logging": {}},
@@ -309,7 +342,14 @@ async fn initialize(demo: &Rc<Demo>, s: &mut TcpStream, msg: &Value, id: &Value)
     reply(s, 200, headers.as_bytes(), &rpc_result(id, result), true).await
 }
 
-async fn call(s: &mut TcpStream, method: &str, msg: &Value, id: &Value) -> bool {
+async fn call(
+    demo: &Rc<Demo>,
+    s: &mut TcpStream,
+    method: &str,
+    msg: &Value,
+    id: &Value,
+    sid: Option<&str>,
+) -> bool {
     let result = match method {
         "ping" => json!({}),
         "server/discover" => json!({
@@ -319,7 +359,7 @@ async fn call(s: &mut TcpStream, method: &str, msg: &Value, id: &Value) -> bool 
             "_meta": {"io.modelcontextprotocol/serverInfo": {"name": "shardcat-demo", "version": env!("CARGO_PKG_VERSION")}}
         }),
         "tools/list" => json!({"tools": tool_list()}),
-        "tools/call" => return tool_call(s, msg, id).await,
+        "tools/call" => return tool_call(demo, s, msg, id, sid).await,
         _ => {
             return reply_rpc_error(
                 s,
@@ -348,7 +388,9 @@ fn tool_list() -> Value {
         {"name": "add", "description": "Adds two numbers.", "inputSchema": obj(json!({"a": {"type": "number"}, "b": {"type": "number"}}), &["a", "b"])},
         {"name": "sleep", "description": "Waits ms milliseconds.", "inputSchema": obj(json!({"ms": {"type": "integer"}}), &["ms"])},
         {"name": "progress", "description": "Streams count progress notifications over SSE, then returns.",
-         "inputSchema": obj(json!({"count": {"type": "integer"}, "interval_ms": {"type": "integer"}}), &["count"])}
+         "inputSchema": obj(json!({"count": {"type": "integer"}, "interval_ms": {"type": "integer"}, "drop_after": {"type": "integer"}}), &["count"])},
+        {"name": "drop_streams", "description": "Breaks off the session's GET streams (they resume with Last-Event-ID).",
+         "inputSchema": obj(json!({}), &[])}
     ])
 }
 
@@ -356,7 +398,13 @@ fn text_result(text: String) -> Value {
     json!({"content": [{"type": "text", "text": text}], "isError": false})
 }
 
-async fn tool_call(s: &mut TcpStream, msg: &Value, id: &Value) -> bool {
+async fn tool_call(
+    demo: &Rc<Demo>,
+    s: &mut TcpStream,
+    msg: &Value,
+    id: &Value,
+    sid: Option<&str>,
+) -> bool {
     let name = msg
         .pointer("/params/name")
         .and_then(Value::as_str)
@@ -386,7 +434,17 @@ async fn tool_call(s: &mut TcpStream, msg: &Value, id: &Value) -> bool {
             monoio::time::sleep(Duration::from_millis(ms)).await;
             text_result(format!("slept {ms} ms"))
         }
-        "progress" => return progress(s, msg, id, &args).await,
+        "progress" => return progress(demo, s, msg, id, &args, sid).await,
+        "drop_streams" => {
+            let mut sessions = demo.sessions.borrow_mut();
+            match sid.and_then(|sid| sessions.get_mut(sid)) {
+                Some(session) => {
+                    session.drops += 1;
+                    text_result("dropping the session's GET streams".into())
+                }
+                None => text_result("no session".into()),
+            }
+        }
         _ => {
             return reply_rpc_error(s, 200, Some(id), -32602, &format!("unknown tool: {name}"))
                 .await
@@ -402,8 +460,17 @@ async fn tool_call(s: &mut TcpStream, msg: &Value, id: &Value) -> bool {
     .await
 }
 
-/// Streams `count` progress notifications, then the result, as one SSE response.
-async fn progress(s: &mut TcpStream, msg: &Value, id: &Value, args: &Value) -> bool {
+/// Streams `count` progress notifications, then the result, as one SSE response. Events are
+/// named `p<tag>-<i>`. With `drop_after: k` (sessions only), the connection is cut after the
+/// k-th event, as a crashing proxy or network would; a GET with `Last-Event-ID` resumes it.
+async fn progress(
+    demo: &Rc<Demo>,
+    s: &mut TcpStream,
+    msg: &Value,
+    id: &Value,
+    args: &Value,
+    sid: Option<&str>,
+) -> bool {
     let count = args
         .get("count")
         .and_then(Value::as_u64)
@@ -419,6 +486,37 @@ async fn progress(s: &mut TcpStream, msg: &Value, id: &Value, args: &Value) -> b
         .pointer("/params/_meta/progressToken")
         .cloned()
         .unwrap_or_else(|| json!("progress"));
+    let tag = demo.next_tag.get() + 1;
+    demo.next_tag.set(tag);
+    let stream = Broken {
+        tag,
+        token,
+        id: id.clone(),
+        count,
+        interval,
+    };
+    let drop_after = args.get("drop_after").and_then(Value::as_u64);
+    if let (Some(k), Some(sid)) = (drop_after, sid) {
+        remember_broken(demo, sid, &stream);
+        return send_progress(s, &stream, 1, Some(k)).await;
+    }
+    send_progress(s, &stream, 1, None).await
+}
+
+/// Keeps a stream the demo is about to break off, for a `Last-Event-ID` resume.
+fn remember_broken(demo: &Demo, sid: &str, stream: &Broken) {
+    let mut sessions = demo.sessions.borrow_mut();
+    if let Some(session) = sessions.get_mut(sid) {
+        if session.broken.len() >= MAX_BROKEN_STREAMS {
+            session.broken.remove(0);
+        }
+        session.broken.push(stream.clone());
+    }
+}
+
+/// Sends progress events `from..=count` and the result; with `cut_after`, cuts the connection
+/// after that event instead (no last chunk).
+async fn send_progress(s: &mut TcpStream, p: &Broken, from: u64, cut_after: Option<u64>) -> bool {
     let mut out = Vec::new();
     http::write_response_head(
         &mut out,
@@ -426,28 +524,28 @@ async fn progress(s: &mut TcpStream, msg: &Value, id: &Value, args: &Value) -> b
         b"content-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\n",
         HeadBody::Chunked,
     );
-    for i in 1..=count {
+    for i in from..=p.count {
         let note = json!({"jsonrpc": "2.0", "method": "notifications/progress",
-            "params": {"progressToken": token, "progress": i, "total": count, "message": format!("seq={i} ts_us={}", now_us())}});
+            "params": {"progressToken": p.token, "progress": i, "total": p.count, "message": format!("seq={i} ts_us={}", now_us())}});
         http::encode_chunk(
             &mut out,
-            format!("event: message\ndata: {note}\n\n").as_bytes(),
+            format!("id: p{}-{i}\nevent: message\ndata: {note}\n\n", p.tag).as_bytes(),
         );
         let (res, back) = s.write_all(out).await;
-        if res.is_err() {
+        if res.is_err() || cut_after == Some(i) {
             return false;
         }
         out = back;
         out.clear();
-        if !interval.is_zero() {
-            monoio::time::sleep(interval).await;
+        if !p.interval.is_zero() {
+            monoio::time::sleep(p.interval).await;
         }
     }
     let result = rpc_result(
-        id,
-        text_result(format!("sent {count} progress notifications")),
+        &p.id,
+        text_result(format!("sent {} progress notifications", p.count)),
     );
-    let mut event = b"event: message\ndata: ".to_vec();
+    let mut event = format!("id: p{}-{}\nevent: message\ndata: ", p.tag, p.count + 1).into_bytes();
     event.extend_from_slice(&result);
     event.extend_from_slice(b"\n\n");
     http::encode_chunk(&mut out, &event);
@@ -455,7 +553,22 @@ async fn progress(s: &mut TcpStream, msg: &Value, id: &Value, args: &Value) -> b
     s.write_all(out).await.0.is_ok()
 }
 
-/// The server-to-client stream of a session: numbered, timestamped log notifications.
+/// A broken-off progress stream named by `Last-Event-ID: p<tag>-<i>`, and the event after it.
+fn broken_stream(demo: &Demo, sid: &str, last: &str) -> Option<(Broken, u64)> {
+    let (tag, i) = last.strip_prefix('p')?.split_once('-')?;
+    let (tag, i): (u64, u64) = (tag.parse().ok()?, i.parse().ok()?);
+    let sessions = demo.sessions.borrow();
+    let p = sessions
+        .get(sid)?
+        .broken
+        .iter()
+        .find(|b| b.tag == tag)?
+        .clone();
+    Some((p, i + 1))
+}
+
+/// The server-to-client stream of a session: numbered, timestamped log notifications. A
+/// `Last-Event-ID` resumes the numbering after it (or a broken-off progress stream).
 async fn get_stream(demo: &Rc<Demo>, s: &mut TcpStream, head: &RequestHead) -> bool {
     let sid = head
         .headers
@@ -465,9 +578,14 @@ async fn get_stream(demo: &Rc<Demo>, s: &mut TcpStream, head: &RequestHead) -> b
     if sid.is_empty() {
         return reply(s, 400, &[], b"missing Mcp-Session-Id", true).await;
     }
-    if !demo.sessions.borrow().contains_key(&sid) {
+    let Some(drops) = demo.sessions.borrow().get(&sid).map(|d| d.drops) else {
         return reply(s, 404, &[], b"", true).await;
+    };
+    let last = head.headers.get_str("last-event-id");
+    if let Some((p, from)) = last.and_then(|l| broken_stream(demo, &sid, l)) {
+        return send_progress(s, &p, from, None).await;
     }
+    let mut seq: u64 = last.and_then(|l| l.parse().ok()).unwrap_or(0);
     let mut out = Vec::new();
     http::write_response_head(
         &mut out,
@@ -475,7 +593,6 @@ async fn get_stream(demo: &Rc<Demo>, s: &mut TcpStream, head: &RequestHead) -> b
         b"content-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\n",
         HeadBody::Chunked,
     );
-    let mut seq: u64 = 0;
     loop {
         let (res, back) = s.write_all(out).await;
         if res.is_err() {
@@ -484,10 +601,16 @@ async fn get_stream(demo: &Rc<Demo>, s: &mut TcpStream, head: &RequestHead) -> b
         out = back;
         out.clear();
         monoio::time::sleep(demo.cfg.push_interval).await;
-        if !demo.sessions.borrow().contains_key(&sid) {
-            out.extend_from_slice(http::LAST_CHUNK);
-            let _ = s.write_all(out).await;
-            return false;
+        let now = demo.sessions.borrow().get(&sid).map(|d| d.drops);
+        match now {
+            None => {
+                out.extend_from_slice(http::LAST_CHUNK);
+                let _ = s.write_all(out).await;
+                return false;
+            }
+            // Broken off on purpose (`drop_streams`): no last chunk.
+            Some(d) if d != drops => return false,
+            Some(_) => {}
         }
         seq += 1;
         let note = json!({"jsonrpc": "2.0", "method": "notifications/message",

@@ -13,6 +13,7 @@
 //! - `bridge`    — answers HTTP requests from a stdio child (JSON or SSE, GET stream).
 //! - `forward`   — `shardcat forward`: stdio to stdio, and stdio to Streamable HTTP.
 //! - `relay`     — upstream body → client: coalesced, re-chunked, or SSE event by event.
+//! - `stream`    — SSE streams: gateway event ids, replay buffers, resumption, upstream reconnect.
 //! - `sync`      — shard-local bounded queue and event.
 //! - `error`     — the one error type and its mapping to HTTP status and JSON-RPC error.
 //! - `record`    — the shard side of recording: frames offered to the persistence core (`tape`).
@@ -43,6 +44,7 @@ pub mod relay;
 pub mod session;
 pub mod shard;
 pub mod stdio;
+pub mod stream;
 pub mod sync;
 pub mod tape;
 pub mod upstream;

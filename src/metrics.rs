@@ -102,6 +102,13 @@ pub struct ShardStats {
     pub sse_events: AtomicU64,
     pub sse_streams: AtomicI64,
     pub sse_backpressure_waits: AtomicU64,
+    pub sse_upstream_streams: AtomicI64,
+    pub sse_resumed: AtomicU64,
+    pub sse_replay_gaps: AtomicU64,
+    pub sse_upstream_reconnects: AtomicU64,
+    pub sse_reconnect_failures: AtomicU64,
+    pub sse_idle_timeouts: AtomicU64,
+    pub sse_abandoned: AtomicU64,
     pub client_errors: AtomicU64,
     pub stdio_processes: AtomicI64,
     pub stdio_spawned: AtomicU64,
@@ -146,6 +153,13 @@ impl ShardStats {
             sse_events: AtomicU64::new(0),
             sse_streams: AtomicI64::new(0),
             sse_backpressure_waits: AtomicU64::new(0),
+            sse_upstream_streams: AtomicI64::new(0),
+            sse_resumed: AtomicU64::new(0),
+            sse_replay_gaps: AtomicU64::new(0),
+            sse_upstream_reconnects: AtomicU64::new(0),
+            sse_reconnect_failures: AtomicU64::new(0),
+            sse_idle_timeouts: AtomicU64::new(0),
+            sse_abandoned: AtomicU64::new(0),
             client_errors: AtomicU64::new(0),
             stdio_processes: AtomicI64::new(0),
             stdio_spawned: AtomicU64::new(0),
@@ -202,7 +216,7 @@ type Gauge = (&'static str, &'static str, fn(&ShardStats) -> i64);
 pub fn render(stats: &[&ShardStats], hists: &[Option<Histogram<u64>>], out: &mut String) {
     render_requests(stats, out);
     render_rejections(stats, out);
-    let gauges: [Gauge; 35] = [
+    let gauges: [Gauge; 42] = [
         ("shardcat_connections", "gauge", |s| {
             s.connections.load(Relaxed)
         }),
@@ -256,6 +270,27 @@ pub fn render(stats: &[&ShardStats], hists: &[Option<Histogram<u64>>], out: &mut
         }),
         ("shardcat_sse_backpressure_waits_total", "counter", |s| {
             s.sse_backpressure_waits.load(Relaxed) as i64
+        }),
+        ("shardcat_sse_upstream_streams", "gauge", |s| {
+            s.sse_upstream_streams.load(Relaxed)
+        }),
+        ("shardcat_sse_resumed_total", "counter", |s| {
+            s.sse_resumed.load(Relaxed) as i64
+        }),
+        ("shardcat_sse_replay_gaps_total", "counter", |s| {
+            s.sse_replay_gaps.load(Relaxed) as i64
+        }),
+        ("shardcat_sse_upstream_reconnects_total", "counter", |s| {
+            s.sse_upstream_reconnects.load(Relaxed) as i64
+        }),
+        ("shardcat_sse_reconnect_failures_total", "counter", |s| {
+            s.sse_reconnect_failures.load(Relaxed) as i64
+        }),
+        ("shardcat_sse_idle_timeouts_total", "counter", |s| {
+            s.sse_idle_timeouts.load(Relaxed) as i64
+        }),
+        ("shardcat_sse_abandoned_total", "counter", |s| {
+            s.sse_abandoned.load(Relaxed) as i64
         }),
         ("shardcat_client_errors_total", "counter", |s| {
             s.client_errors.load(Relaxed) as i64

@@ -24,6 +24,7 @@ use crate::record::Tap;
 use crate::relay;
 use crate::session::Expiry;
 use crate::shard::{ClientConn, Shard};
+use crate::stream::{Origin, StreamKind};
 use crate::tape::Dir;
 use crate::upstream::UpConn;
 
@@ -410,6 +411,11 @@ async fn post(
             ex.tap = sref.tap;
             ex.record_request(shard, &body).await;
             let id = sref.id;
+            let requests = parsed
+                .messages()
+                .iter()
+                .filter(|m| m.kind == mcp::Kind::Request)
+                .count();
             let req = UpRequest {
                 method: Method::Post,
                 head,
@@ -417,6 +423,7 @@ async fn post(
                 upstream_sid: sref.upstream_sid.as_deref(),
                 tap: ex.tap,
                 upstream: Some(sref.upstream),
+                stream: Some(sref.sse_ctx(StreamKind::Post, requests)),
             };
             // An upstream that no longer knows the session ends it here too.
             let mut on_head = |resp: &ResponseHead, _: usize| -> Option<String> {
@@ -442,6 +449,7 @@ async fn post(
                 upstream_sid: None,
                 tap: ex.tap,
                 upstream: None,
+                stream: None,
             };
             forward(shard, conn, req, None, true).await.map_err(fail)
         }
@@ -539,6 +547,7 @@ async fn stateless_post(
         upstream_sid: None,
         tap,
         upstream: None,
+        stream: None,
     };
     forward(shard, conn, req, None, true).await
 }
@@ -597,6 +606,7 @@ async fn initialize_upstream(
         upstream_sid: None,
         tap: tape.map(|session| Tap { session, stream: 1 }),
         upstream: None,
+        stream: None,
     };
     // No hang-up watch: aborting here could leave a session upstream that the gateway never
     // learns the id of. Let the answer arrive, then end the session if the client missed it.
@@ -657,6 +667,23 @@ struct SessionRef {
     tap: Option<Tap>,
     /// Which HTTP upstream holds the session.
     upstream: usize,
+    version: Version,
+}
+
+impl SessionRef {
+    /// Makes an SSE answer in this session resumable.
+    fn sse_ctx(&self, kind: StreamKind, responses: usize) -> relay::SseCtx {
+        relay::SseCtx {
+            origin: Origin {
+                session: self.id,
+                upstream: self.upstream,
+                upstream_sid: self.upstream_sid.clone(),
+                version: self.version,
+            },
+            kind,
+            responses,
+        }
+    }
 }
 
 /// Resolves a client's session id. Unknown, malformed or foreign: 404.
@@ -691,6 +718,7 @@ fn lookup_session(shard: &Shard, raw: &[u8], limit: bool) -> Result<SessionRef> 
         child: s.child.clone(),
         tap,
         upstream: s.upstream,
+        version: s.version,
     })
 }
 
@@ -700,7 +728,8 @@ pub(crate) fn end_session_local(
     id: &SessionId,
     reason: &'static str,
 ) -> Option<crate::session::Session> {
-    let s = shard.sessions.borrow_mut().remove(id)?;
+    let mut s = shard.sessions.borrow_mut().remove(id)?;
+    s.sse.stop_all();
     if let Some(session) = s.tape {
         shard.record_end(session, reason);
     }
@@ -722,27 +751,84 @@ async fn get(
     head: &RequestHead,
     ex: &mut Exchange,
 ) -> Result<Outcome> {
-    let (upstream_sid, child, upstream) = match head.headers.get("mcp-session-id") {
-        Some(raw) => {
-            let sref = lookup_session(shard, raw, false)?;
-            ex.tap = sref.tap;
-            (sref.upstream_sid, sref.child, Some(sref.upstream))
+    let Some(raw) = head.headers.get("mcp-session-id") else {
+        if shard.stdio.is_some() {
+            return Err(Error::new(Kind::SessionRequired, ""));
         }
-        None if shard.stdio.is_some() => return Err(Error::new(Kind::SessionRequired, "")),
-        None => (None, None, None),
+        let req = UpRequest {
+            method: Method::Get,
+            head,
+            body: None,
+            upstream_sid: None,
+            tap: None,
+            upstream: None,
+            stream: None,
+        };
+        return forward(shard, conn, req, None, true).await;
     };
-    if let Some(child) = child {
+    let sref = lookup_session(shard, raw, false)?;
+    ex.tap = sref.tap;
+    if let Some(child) = sref.child {
         return crate::bridge::get(shard, conn, child, ex.tap).await;
+    }
+    if let Some(stream) = resumed_stream(shard, head, &sref) {
+        return resume(shard, conn, stream, head).await;
     }
     let req = UpRequest {
         method: Method::Get,
         head,
         body: None,
-        upstream_sid: upstream_sid.as_deref(),
+        upstream_sid: sref.upstream_sid.as_deref(),
         tap: ex.tap,
-        upstream,
+        upstream: Some(sref.upstream),
+        stream: Some(sref.sse_ctx(StreamKind::Get, 0)),
     };
     forward(shard, conn, req, None, true).await
+}
+
+/// The session stream a GET with `Last-Event-ID` names, if the gateway still holds it. An id
+/// the gateway did not issue, or a forgotten stream, opens a new stream instead.
+fn resumed_stream(
+    shard: &Shard,
+    head: &RequestHead,
+    sref: &SessionRef,
+) -> Option<Rc<crate::stream::Stream>> {
+    let (no, _) = crate::stream::parse_event_id(head.headers.get("last-event-id")?)?;
+    let sessions = shard.sessions.borrow();
+    sessions.get(&sref.id)?.sse.find(no)
+}
+
+/// Continues a session stream on this connection, from the event after `Last-Event-ID`.
+async fn resume(
+    shard: &Rc<Shard>,
+    conn: &mut ClientConn,
+    stream: Rc<crate::stream::Stream>,
+    head: &RequestHead,
+) -> Result<Outcome> {
+    let after = head
+        .headers
+        .get("last-event-id")
+        .and_then(crate::stream::parse_event_id)
+        .map_or(0, |(_, seq)| seq);
+    inc(&shard.stats.sse_resumed);
+    if stream.needs_reader() {
+        crate::stream::restart(shard, &stream);
+    }
+    let mut out = Vec::with_capacity(128);
+    http::write_response_head(
+        &mut out,
+        200,
+        b"content-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\n",
+        http::HeadBody::Chunked,
+    );
+    let (res, _) = conn.stream.write_all(out).await;
+    res.map_err(|e| Error::new(Kind::ClientGone, e.to_string()))?;
+    let end = crate::stream::deliver(shard, conn, &stream, after.saturating_add(1)).await;
+    let done = relay::finish_stream(conn, &stream, end).await;
+    Ok(Outcome {
+        status: 200,
+        reusable: done.client_ok,
+    })
 }
 
 async fn delete(
@@ -775,6 +861,7 @@ async fn delete(
         upstream_sid: Some(&upstream_sid),
         tap: ex.tap,
         upstream: Some(sref.upstream),
+        stream: None,
     };
     // Ended as soon as the upstream's answer head arrives, before the client can see it, so a
     // client that re-initializes at once finds the session slot free. A 405 means the upstream
@@ -853,17 +940,15 @@ pub struct UpRequest<'a> {
     pub tap: Option<Tap>,
     /// The session's upstream; `None`: the balancer picks one.
     pub upstream: Option<usize>,
+    /// Makes an SSE answer a session's resumable stream.
+    pub stream: Option<relay::SseCtx>,
 }
 
 /// Headers forwarded from the client as they are. Authorization, Cookie, Origin and Host never
 /// are: the gateway authenticates upstream with its own credentials and names its own Host.
-const FORWARDED: [&str; 5] = [
-    "accept",
-    "mcp-protocol-version",
-    "mcp-method",
-    "mcp-name",
-    "last-event-id",
-];
+/// `Last-Event-ID` is not among them: the gateway names the events its clients see, and
+/// resumes the upstream with the upstream's own ids (`stream`).
+const FORWARDED: [&str; 4] = ["accept", "mcp-protocol-version", "mcp-method", "mcp-name"];
 
 fn encode_request(out: &mut Vec<u8>, req: &UpRequest<'_>, up: &crate::config::UpstreamConfig) {
     out.extend_from_slice(req.method.as_str().as_bytes());
@@ -962,16 +1047,12 @@ async fn forward(
             "client hung up before the answer",
         ));
     }
-    let end = relay::relay(
-        shard,
-        conn,
-        up,
-        urb,
-        &resp,
-        session_header.as_deref(),
-        req.tap,
-    )
-    .await;
+    let answer = relay::Answer {
+        session_header: session_header.as_deref(),
+        tap: req.tap,
+        sse: req.stream,
+    };
+    let end = relay::relay(shard, conn, up, urb, &resp, answer).await;
     Ok(Outcome {
         status: resp.status,
         reusable: end.client_ok,
@@ -1123,6 +1204,72 @@ async fn read_response_head(
             }
             Err(e) => return Err(Error::new(Kind::UpstreamConnect, e.to_string())),
         }
+    }
+}
+
+/// Why a session stream could not be reopened upstream.
+pub enum Reopen {
+    /// Worth another attempt (connect failure, timeout, 5xx).
+    Retry(String),
+    /// Final: the upstream forgot the session or refuses the stream.
+    Gone(String),
+}
+
+/// Opens a session's stream upstream again: GET with the upstream's last event id, so an
+/// upstream that supports resumption continues where it stopped.
+pub(crate) async fn reopen_stream(
+    shard: &Rc<Shard>,
+    origin: &crate::stream::Origin,
+    last_event_id: Option<&str>,
+) -> std::result::Result<(UpConn, http::ReadBuf, ResponseHead), Reopen> {
+    let sid = origin
+        .upstream_sid
+        .as_deref()
+        .ok_or_else(|| Reopen::Gone("no upstream session".into()))?;
+    let pool = http_pool(shard, origin.upstream).map_err(|e| Reopen::Gone(e.to_string()))?;
+    let cfg = pool.config();
+    let mut wire = Vec::with_capacity(512);
+    wire.extend_from_slice(b"GET ");
+    wire.extend_from_slice(cfg.path.as_bytes());
+    wire.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    wire.extend_from_slice(cfg.authority.as_bytes());
+    wire.extend_from_slice(b"\r\nuser-agent: shardcat\r\naccept: text/event-stream\r\n");
+    if let Some(auth) = &cfg.authorization {
+        push_header(&mut wire, "authorization", auth.as_bytes());
+    }
+    push_header(
+        &mut wire,
+        "mcp-protocol-version",
+        origin.version.as_str().as_bytes(),
+    );
+    push_header(&mut wire, "mcp-session-id", sid.as_bytes());
+    if let Some(id) = last_event_id {
+        push_header(&mut wire, "last-event-id", id.as_bytes());
+    }
+    wire.extend_from_slice(b"\r\n");
+    let mut up = send_request(shard, origin.upstream, wire)
+        .await
+        .map_err(|(e, _)| Reopen::Retry(e.to_string()))?;
+    let mut urb = http::ReadBuf::from_vec(shard.take_buffer());
+    let resp = match read_response_head(shard, &mut up, &mut urb, Method::Get, None).await {
+        Ok(r) => r,
+        Err(e) => {
+            shard.give_buffer(urb.into_vec());
+            return Err(Reopen::Retry(e.to_string()));
+        }
+    };
+    if resp.status == 200 && http::is_event_stream(resp.headers.get("content-type")) {
+        return Ok((up, urb, resp));
+    }
+    shard.give_buffer(urb.into_vec());
+    let why = format!("upstream answered {}", resp.status);
+    if resp.status == 404 {
+        end_session_local(shard, &origin.session, "upstream forgot the session");
+    }
+    if resp.status >= 500 || resp.status == 429 {
+        Err(Reopen::Retry(why))
+    } else {
+        Err(Reopen::Gone(why))
     }
 }
 

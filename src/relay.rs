@@ -1,10 +1,10 @@
 //! Relays an upstream response body to the client, in one of three shapes:
 //! - a Content-Length body, coalesced with the head into as few writes as possible;
 //! - any other non-SSE body, re-chunked as it arrives;
-//! - `text/event-stream`, event by event: a reader task splits upstream bytes into events and
-//!   pushes them into a queue bounded by `max_pending_events`; the writer flushes each event as
-//!   it arrives. A slow client fills the queue, the reader stops reading, and TCP pushes back on
-//!   the upstream.
+//! - `text/event-stream`, event by event, through a `stream::Stream`: a reader task splits
+//!   upstream bytes into events and buffers them, bounded by `max_pending_events` undelivered;
+//!   the writer flushes each event as it arrives. A slow client fills the buffer, the reader
+//!   stops reading, and TCP pushes back on the upstream. A session's stream is resumable.
 //!
 //! Invariant: the upstream connection returns to the pool only when its body was read exactly
 //! to its end and the upstream allowed keep-alive; on every other path it is closed.
@@ -13,14 +13,14 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use monoio::io::{AsyncWriteRentExt, CancelHandle, Canceller};
+use monoio::io::{AsyncWriteRentExt, Canceller};
 use monoio::net::TcpStream;
 
-use crate::http::{self, BodyDecoder, BodyKind, HeadBody, ReadBuf, ResponseHead, SseSplitter};
-use crate::metrics::{gauge_add, inc};
-use crate::record::{SseMeta, Tap};
+use crate::http::{self, BodyDecoder, BodyKind, HeadBody, ReadBuf, ResponseHead};
+use crate::metrics::inc;
+use crate::record::Tap;
 use crate::shard::{ClientConn, Shard};
-use crate::sync::LocalQueue;
+use crate::stream::{Stream, StreamKind, WriteEnd};
 use crate::tape::Dir;
 use crate::upstream::UpConn;
 
@@ -47,6 +47,16 @@ pub struct RelayEnd {
     pub client_ok: bool,
 }
 
+/// How the answer reaches the client, besides the upstream's response.
+pub struct Answer<'a> {
+    /// A gateway session id to announce (initialize).
+    pub session_header: Option<&'a str>,
+    /// Where the response is recorded.
+    pub tap: Option<Tap>,
+    /// Makes an SSE answer a session's resumable stream.
+    pub sse: Option<SseCtx>,
+}
+
 /// Relays `resp` (whose head was already read into `urb`) to the client.
 pub async fn relay(
     shard: &Rc<Shard>,
@@ -54,9 +64,13 @@ pub async fn relay(
     up: UpConn,
     urb: ReadBuf,
     resp: &ResponseHead,
-    session_header: Option<&str>,
-    tap: Option<Tap>,
+    answer: Answer<'_>,
 ) -> RelayEnd {
+    let Answer {
+        session_header,
+        tap,
+        sse: ctx,
+    } = answer;
     let sse = http::is_event_stream(resp.headers.get("content-type"));
     match resp.body {
         BodyKind::None => {
@@ -73,7 +87,14 @@ pub async fn relay(
                 client_ok: res.is_ok(),
             }
         }
-        _ if sse => relay_sse(shard, conn, up, urb, resp, session_header, tap).await,
+        _ if sse => {
+            let answer = Answer {
+                session_header,
+                tap,
+                sse: ctx,
+            };
+            relay_sse(shard, conn, up, urb, resp, answer).await
+        }
         BodyKind::Length(n) => {
             let body = Body {
                 len: n,
@@ -87,7 +108,7 @@ pub async fn relay(
 }
 
 /// Returns the connection to the pool if its response ended cleanly, and the buffer to the shard.
-fn finish_upstream(shard: &Shard, up: UpConn, urb: ReadBuf, keep_alive: bool) {
+pub(crate) fn finish_upstream(shard: &Shard, up: UpConn, urb: ReadBuf, keep_alive: bool) {
     if keep_alive && urb.data().is_empty() {
         up.checkin();
     }
@@ -374,12 +395,30 @@ async fn upstream_broke(
     client_gone(shard, urb)
 }
 
-/// How the SSE reader task ended.
-enum ReadEnd {
-    /// The upstream body ended cleanly.
-    Complete,
-    /// Upstream error, cancellation, or the writer went away.
-    Broken,
+/// What makes a relayed SSE stream a session's resumable stream.
+pub struct SseCtx {
+    pub origin: crate::stream::Origin,
+    pub kind: crate::stream::StreamKind,
+    /// Requests the POST answers (its stream is done once their responses arrived).
+    pub responses: usize,
+}
+
+/// A session stream is numbered and kept in its session for resumption; without a context (or
+/// when the session is already gone) the stream is a plain, stateless one.
+fn open_stream(shard: &Shard, ctx: Option<SseCtx>, tap: Option<(Tap, u16)>) -> Rc<Stream> {
+    let Some(ctx) = ctx else {
+        return Stream::new(0, StreamKind::Post, None, tap, 0);
+    };
+    let mut sessions = shard.sessions.borrow_mut();
+    let Some(session) = sessions.get_mut(&ctx.origin.session) else {
+        return Stream::new(0, StreamKind::Post, None, tap, 0);
+    };
+    let no = session.sse.next_no();
+    let stream = Stream::new(no, ctx.kind, Some(ctx.origin), tap, ctx.responses);
+    session
+        .sse
+        .keep(stream.clone(), shard.config().sse.max_streams_per_session);
+    stream
 }
 
 async fn relay_sse(
@@ -388,190 +427,53 @@ async fn relay_sse(
     up: UpConn,
     urb: ReadBuf,
     resp: &ResponseHead,
-    session_header: Option<&str>,
-    tap: Option<Tap>,
+    answer: Answer<'_>,
 ) -> RelayEnd {
+    let Answer {
+        session_header,
+        tap,
+        sse: ctx,
+    } = answer;
     let head = client_head(resp, session_header, HeadBody::Chunked, true);
     let (res, _) = conn.stream.write_all(head).await;
     if res.is_err() {
         shard.give_buffer(urb.into_vec());
         return RelayEnd { client_ok: false };
     }
-    gauge_add(&shard.stats.sse_streams, 1);
-    let queue = LocalQueue::new(shard.config().limits.max_pending_events);
-    let canceller = Canceller::new();
-    let reader = monoio::spawn(read_events(
+    let stream = open_stream(shard, ctx, tap.map(|t| (t, resp.status)));
+    let reader = monoio::spawn(crate::stream::pump(
         shard.clone(),
+        stream.clone(),
         up,
         urb,
         resp.body,
         resp.keep_alive,
-        queue.clone(),
-        canceller.handle(),
     ));
-    let end = write_events(shard, conn, &queue, tap.map(|t| (t, resp.status))).await;
-    queue.close();
-    if end != WriteEnd::UpstreamDone {
-        let _ = canceller.cancel();
+    let end = crate::stream::deliver(shard, conn, &stream, 1).await;
+    if !stream.resumable() {
+        // A stateless stream's reader belongs to this exchange (`deliver` stopped it unless the
+        // stream ended). A session stream's reader belongs to the session: it may outlive this
+        // connection, for the client to resume.
+        reader.await;
     }
-    let outcome = reader.await;
-    gauge_add(&shard.stats.sse_streams, -1);
-    let complete = matches!(outcome, ReadEnd::Complete);
-    if end == WriteEnd::UpstreamDone && complete {
-        let (res, _) = conn.stream.write_all(http::LAST_CHUNK).await;
-        return RelayEnd {
-            client_ok: res.is_ok(),
-        };
-    }
-    if end == WriteEnd::Shutdown {
-        // End the stream cleanly so the client knows to reconnect elsewhere.
-        let _ = conn.stream.write_all(http::LAST_CHUNK).await;
-    }
-    RelayEnd { client_ok: false }
+    finish_stream(conn, &stream, end).await
 }
 
-#[derive(Debug, PartialEq, Eq)]
-enum WriteEnd {
-    UpstreamDone,
-    ClientGone,
-    Shutdown,
-}
-
-/// Flushes events to the client as they arrive, with `:` keepalive comments while idle. With a
-/// tap, each event carrying data is recorded as its own frame.
-async fn write_events(
-    shard: &Shard,
-    conn: &mut ClientConn,
-    queue: &LocalQueue<Bytes>,
-    tap: Option<(Tap, u16)>,
-) -> WriteEnd {
-    let keepalive = shard.config().timeouts.sse_keepalive;
-    let mut out = Vec::with_capacity(4096);
-    loop {
-        // Biased: a ready event is written without arming the other waits.
-        let next = monoio::select! {
-            biased;
-            ev = queue.pop() => Some(ev),
-            _ = shard.shutdown.wait() => return WriteEnd::Shutdown,
-            _ = client_hung_up(&conn.stream) => return WriteEnd::ClientGone,
-            _ = monoio::time::sleep(keepalive) => None,
-        };
-        out.clear();
-        match next {
-            Some(Some(ev)) => {
-                http::encode_chunk(&mut out, &ev);
-                record_event(shard, tap, &ev).await;
-                let mut n = 1;
-                while out.len() < WRITE_BATCH_BYTES {
-                    let Some(more) = queue.try_pop() else { break };
-                    http::encode_chunk(&mut out, &more);
-                    record_event(shard, tap, &more).await;
-                    n += 1;
-                }
-                shard
-                    .stats
-                    .sse_events
-                    .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-            }
-            Some(None) => return WriteEnd::UpstreamDone,
-            None => http::encode_chunk(&mut out, b":\n\n"),
-        }
-        let (res, back) = conn.stream.write_all(out).await;
-        out = back;
-        if res.is_err() {
-            return WriteEnd::ClientGone;
-        }
-    }
-}
-
-/// Records one relayed SSE event (comments and priming events without data are not messages).
-async fn record_event(shard: &Shard, tap: Option<(Tap, u16)>, ev: &[u8]) {
-    let Some((tap, status)) = tap else { return };
-    let f = http::parse_sse_event(ev);
-    if f.data.is_empty() {
-        return;
-    }
-    let sse = SseMeta {
-        event_id: f.id.map(Bytes::from),
-    };
-    shard
-        .record_message(
-            Some(tap),
-            Dir::ServerToClient,
-            status,
-            Some(sse),
-            Bytes::from(f.data),
-        )
-        .await;
-}
-
-/// The reader half of an SSE relay: upstream bytes → events → bounded queue.
-async fn read_events(
-    shard: Rc<Shard>,
-    mut up: UpConn,
-    mut urb: ReadBuf,
-    kind: BodyKind,
-    keep_alive: bool,
-    queue: LocalQueue<Bytes>,
-    cancel: CancelHandle,
-) -> ReadEnd {
-    let mut dec = BodyDecoder::new(kind);
-    let mut split = SseSplitter::new(shard.config().limits.max_event_bytes);
-    let cap = shard.config().limits.max_pending_events;
-    let end = loop {
-        let done = match dec.decode(&mut urb, &mut |d: &[u8]| split.push(d)) {
-            Ok(d) => d,
-            Err(_) => break ReadEnd::Broken,
-        };
-        let mut failed = false;
-        loop {
-            match split.next_event() {
-                Ok(Some(ev)) => {
-                    if queue.len() >= cap {
-                        inc(&shard.stats.sse_backpressure_waits);
-                    }
-                    if queue.push(ev).await.is_err() {
-                        failed = true;
-                        break;
-                    }
-                }
-                Ok(None) => break,
-                Err(_) => {
-                    failed = true;
-                    break;
-                }
-            }
-        }
-        if failed {
-            break ReadEnd::Broken;
-        }
-        if done {
-            let rest = split.take_rest();
-            if !rest.is_empty() && queue.push(rest).await.is_err() {
-                break ReadEnd::Broken;
-            }
-            break ReadEnd::Complete;
-        }
-        match urb.fill_cancelable(up.stream(), cancel.clone()).await {
-            Ok(0) => {
-                if dec.finish_on_eof().is_err() {
-                    break ReadEnd::Broken;
-                }
-            }
-            Ok(_) => {}
-            Err(_) => break ReadEnd::Broken,
-        }
-    };
-    queue.close();
+/// Ends the client's response the way the stream ended: the last chunk after a clean end or at
+/// shutdown (the client knows to reconnect), nothing when the upstream broke (the client sees
+/// a truncated stream).
+pub async fn finish_stream(conn: &mut ClientConn, stream: &Stream, end: WriteEnd) -> RelayEnd {
     match end {
-        ReadEnd::Complete => {
-            up.streamed();
-            finish_upstream(&shard, up, urb, keep_alive)
+        WriteEnd::Done if stream.clean() || stream.resumable() => {
+            let (res, _) = conn.stream.write_all(http::LAST_CHUNK).await;
+            RelayEnd {
+                client_ok: res.is_ok(),
+            }
         }
-        ReadEnd::Broken => {
-            shard.give_buffer(urb.into_vec());
-            drop(up);
+        WriteEnd::Shutdown => {
+            let _ = conn.stream.write_all(http::LAST_CHUNK).await;
+            RelayEnd { client_ok: false }
         }
+        _ => RelayEnd { client_ok: false },
     }
-    end
 }

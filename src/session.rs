@@ -47,6 +47,8 @@ pub struct Session {
     pub created: Instant,
     pub last_seen: Instant,
     pub state: SessionState,
+    /// Its resumable SSE streams.
+    pub sse: crate::stream::SessionStreams,
     /// Its key on the schedule.
     due: Instant,
 }
@@ -176,6 +178,7 @@ impl Sessions {
             created: now,
             last_seen: now,
             state: SessionState::Active,
+            sse: Default::default(),
             due,
         });
         debug_assert!(slot <= u32::MAX as usize, "session slab exceeded u32 slots");
@@ -193,6 +196,14 @@ impl Sessions {
                 .slab
                 .get(id.slot as usize)
                 .is_some_and(|s| constant_time_eq(s.secret, id.secret))
+    }
+
+    pub fn get(&self, id: &SessionId) -> Option<&Session> {
+        if self.matches(id) {
+            self.slab.get(id.slot as usize)
+        } else {
+            None
+        }
     }
 
     pub fn get_mut(&mut self, id: &SessionId) -> Option<&mut Session> {

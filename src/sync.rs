@@ -74,6 +74,68 @@ impl Drop for EventWait<'_> {
     }
 }
 
+/// A shard-local notification: `notify_all` wakes every task waiting in `notified` at that
+/// moment (unlike `LocalEvent`, it can fire any number of times). A waiter registered after a
+/// notification waits for the next one, so callers check their condition before waiting.
+#[derive(Default)]
+pub struct LocalNotify {
+    generation: Cell<u64>,
+    waiters: RefCell<Slab<Waker>>,
+}
+
+impl LocalNotify {
+    pub fn notify_all(&self) {
+        self.generation.set(self.generation.get().wrapping_add(1));
+        for w in self.waiters.borrow_mut().drain() {
+            w.wake();
+        }
+    }
+
+    pub fn notified(&self) -> impl Future<Output = ()> + '_ {
+        NotifyWait {
+            notify: self,
+            seen: self.generation.get(),
+            key: None,
+        }
+    }
+}
+
+struct NotifyWait<'a> {
+    notify: &'a LocalNotify,
+    seen: u64,
+    key: Option<usize>,
+}
+
+impl Future for NotifyWait<'_> {
+    type Output = ();
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        if self.notify.generation.get() != self.seen {
+            return Poll::Ready(());
+        }
+        let mut waiters = self.notify.waiters.borrow_mut();
+        match self.key {
+            Some(k) if waiters.contains(k) => waiters[k].clone_from(cx.waker()),
+            _ => {
+                let k = waiters.insert(cx.waker().clone());
+                drop(waiters);
+                self.key = Some(k);
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for NotifyWait<'_> {
+    fn drop(&mut self) {
+        if let Some(k) = self.key {
+            let mut waiters = self.notify.waiters.borrow_mut();
+            if waiters.contains(k) {
+                waiters.remove(k);
+            }
+        }
+    }
+}
+
 struct QueueState<T> {
     items: VecDeque<T>,
     cap: usize,
@@ -234,6 +296,32 @@ mod tests {
             assert_eq!(q.pop().await, Some(3));
             assert_eq!(q.pop().await, None);
             assert_eq!(q.push(4).await, Err(4));
+        });
+    }
+
+    #[test]
+    fn notify_wakes_current_waiters_every_time() {
+        rt().block_on(async {
+            let n = Rc::new(LocalNotify::default());
+            for round in 0..3 {
+                let n2 = n.clone();
+                let woke = Rc::new(Cell::new(false));
+                let w2 = woke.clone();
+                let h = monoio::spawn(async move {
+                    n2.notified().await;
+                    w2.set(true);
+                });
+                monoio::time::sleep(std::time::Duration::from_millis(2)).await;
+                assert!(!woke.get(), "round {round}: woke without a notification");
+                n.notify_all();
+                h.await;
+                assert!(woke.get());
+            }
+            {
+                let w = n.notified();
+                let _ = monoio::time::timeout(std::time::Duration::from_millis(1), w).await;
+            }
+            assert_eq!(n.waiters.borrow().len(), 0);
         });
     }
 

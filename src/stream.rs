@@ -1,0 +1,852 @@
+//! SSE streams from an HTTP upstream to a client, made resumable for sessions.
+//!
+//! A stream has two halves joined by a bounded buffer: the reader (`pump`, a task that owns the
+//! upstream connection) splits upstream bytes into events and appends them; the writer
+//! (`deliver`, on the client's connection) flushes them in order. For a session's stream the
+//! gateway names every event itself, `id: <stream>-<seq>`, unique within the session and naming
+//! its stream, and keeps delivered events for a while: a client whose connection broke sends
+//! GET with `Last-Event-ID` and `resume` continues that same stream from the next event. When
+//! the upstream's stream drops, the reader reconnects (GET with the upstream's own last event
+//! id), with exponential backoff and jitter, so the client sees one continuous stream.
+//! A stateless (2026-07-28) stream is not resumable: its events pass unchanged and a client
+//! that goes away cancels it.
+//!
+//! Invariants:
+//! - an event not yet delivered is never dropped from the buffer: at `max_pending_events`
+//!   undelivered events the reader stops reading, so TCP pushes back on the upstream;
+//! - delivered events are kept for replay within `[sse]` count, age and byte bounds;
+//! - an event is only ever sent on its own stream, in order, from any writer;
+//! - a reader always ends: when its upstream stream ends for good, when its session ends
+//!   (`stop`), at shutdown, after `sse_idle_timeout_ms` without an event, or when no client
+//!   resumes a detached stream within `resume_window_ms`.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use monoio::io::{AsyncWriteRentExt, Canceller};
+
+use crate::http::{self, BodyDecoder, BodyKind, ReadBuf, SseSplitter};
+use crate::mcp::{SessionId, Version};
+use crate::metrics::{gauge_add, inc};
+use crate::record::{SseMeta, Tap};
+use crate::shard::{ClientConn, Shard};
+use crate::sync::{LocalEvent, LocalNotify};
+use crate::tape::Dir;
+use crate::upstream::UpConn;
+
+/// Bytes gathered before a write is issued while delivering events.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
+
+/// What a session stream was opened by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    /// The answer to a POST: done once its responses arrived.
+    Post,
+    /// The session's GET stream: open until the session ends.
+    Get,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Live,
+    Ended,
+}
+
+/// Where a session stream's upstream lives, to reconnect to it.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub session: SessionId,
+    pub upstream: usize,
+    pub upstream_sid: Option<Rc<str>>,
+    pub version: Version,
+}
+
+struct Buffered {
+    seq: u64,
+    at: Instant,
+    event: Bytes,
+}
+
+struct State {
+    events: VecDeque<Buffered>,
+    bytes: usize,
+    /// Sequence number of the next event (the first is 1).
+    next_seq: u64,
+    /// Highest sequence number written to a client.
+    delivered: u64,
+    phase: Phase,
+    /// Generation of the writer attached last; an attach supersedes the one before.
+    writer: u64,
+    attached: bool,
+    detached_at: Instant,
+    /// The upstream's own id of the last event it sent (for reconnecting).
+    upstream_last_id: Option<Box<str>>,
+    /// The upstream's `retry:` hint.
+    retry: Option<Duration>,
+    /// Responses a POST stream still waits for.
+    responses_left: usize,
+    reader_running: bool,
+    /// The last upstream body ended cleanly (a stream that broke ends without a last chunk).
+    clean: bool,
+}
+
+/// One SSE stream (see the module doc).
+pub struct Stream {
+    pub no: u32,
+    pub kind: StreamKind,
+    /// `Some` for a session's stream: events are renamed, kept and resumable.
+    origin: Option<Origin>,
+    tap: Option<(Tap, u16)>,
+    state: RefCell<State>,
+    changed: LocalNotify,
+    stop: LocalEvent,
+}
+
+/// How a writer ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WriteEnd {
+    /// The stream ended; the caller writes the last chunk.
+    Done,
+    ClientGone,
+    Shutdown,
+    /// Another connection resumed the stream.
+    Superseded,
+}
+
+impl Stream {
+    /// A stream. `origin`: a session's (resumable); `None`: stateless. `responses` is the number
+    /// of requests a POST stream answers.
+    pub fn new(
+        no: u32,
+        kind: StreamKind,
+        origin: Option<Origin>,
+        tap: Option<(Tap, u16)>,
+        responses: usize,
+    ) -> Rc<Stream> {
+        Rc::new(Stream {
+            no,
+            kind,
+            origin,
+            tap,
+            state: RefCell::new(State {
+                events: VecDeque::new(),
+                bytes: 0,
+                next_seq: 1,
+                delivered: 0,
+                phase: Phase::Live,
+                writer: 0,
+                attached: false,
+                detached_at: Instant::now(),
+                upstream_last_id: None,
+                retry: None,
+                responses_left: responses,
+                reader_running: false,
+                clean: false,
+            }),
+            changed: LocalNotify::default(),
+            stop: LocalEvent::default(),
+        })
+    }
+
+    pub fn resumable(&self) -> bool {
+        self.origin.is_some()
+    }
+
+    /// Ends the stream: its reader stops and its writer finishes what is buffered.
+    pub fn stop(&self) {
+        self.stop.set();
+        self.changed.notify_all();
+    }
+
+    fn ended(&self) -> bool {
+        self.state.borrow().phase == Phase::Ended
+    }
+
+    /// Whether the upstream's last body ended cleanly.
+    pub fn clean(&self) -> bool {
+        self.state.borrow().clean
+    }
+
+    /// Trims delivered events: a session stream keeps them for replay within the `[sse]`
+    /// bounds; a stateless stream keeps none.
+    fn trim(&self, s: &mut State, shard: &Shard) {
+        let cfg = &shard.config().sse;
+        let bounds = if self.resumable() {
+            (
+                cfg.replay_max_events,
+                cfg.replay_max_bytes,
+                cfg.replay_max_age,
+            )
+        } else {
+            (0, 0, Duration::ZERO)
+        };
+        s.trim(bounds, Instant::now());
+    }
+
+    /// Whether a reader should be started for a client resuming this stream: a session's GET
+    /// stream whose upstream half ended is opened again.
+    pub fn needs_reader(&self) -> bool {
+        let s = self.state.borrow();
+        self.kind == StreamKind::Get && !s.reader_running && !self.stop.is_set()
+    }
+
+    /// Appends one upstream event (renamed for a session stream). Events without data or id
+    /// (comments, `retry:` alone) are not forwarded: the gateway sends its own keepalives.
+    fn append(&self, shard: &Shard, raw: &[u8]) -> Option<Bytes> {
+        let fields = http::parse_sse_event(raw);
+        let mut s = self.state.borrow_mut();
+        if let Some(ms) = fields.retry_ms {
+            s.retry = Some(Duration::from_millis(ms));
+        }
+        if self.origin.is_none() {
+            if fields.data.is_empty() && fields.id.is_none() {
+                return None;
+            }
+            let event = Bytes::copy_from_slice(raw);
+            s.push(event.clone());
+            self.trim(&mut s, shard);
+            return Some(event);
+        }
+        if let Some(id) = &fields.id {
+            s.upstream_last_id = Some(id.as_str().into());
+        }
+        if fields.data.is_empty() && fields.id.is_none() {
+            return None;
+        }
+        if self.kind == StreamKind::Post && !fields.data.is_empty() {
+            let answered = responses_in(&fields.data);
+            s.responses_left = s.responses_left.saturating_sub(answered);
+        }
+        let event = Bytes::from(rename(raw, self.no, s.next_seq));
+        s.push(event.clone());
+        self.trim(&mut s, shard);
+        Some(event)
+    }
+}
+
+impl State {
+    fn push(&mut self, event: Bytes) {
+        self.bytes += event.len();
+        self.events.push_back(Buffered {
+            seq: self.next_seq,
+            at: Instant::now(),
+            event,
+        });
+        self.next_seq += 1;
+    }
+
+    fn undelivered(&self) -> u64 {
+        self.next_seq - 1 - self.delivered
+    }
+
+    /// Forgets delivered events beyond the replay bounds (never undelivered ones).
+    /// `bounds`: delivered events, bytes, and age kept.
+    fn trim(&mut self, bounds: (usize, usize, Duration), now: Instant) {
+        let (max_events, max_bytes, max_age) = bounds;
+        while let Some(front) = self.events.front() {
+            let kept = self.events.len() as u64 - self.undelivered().min(self.events.len() as u64);
+            let over = kept > max_events as u64
+                || self.bytes > max_bytes
+                || now.duration_since(front.at) > max_age;
+            if front.seq > self.delivered || !over {
+                break;
+            }
+            self.bytes -= front.event.len();
+            self.events.pop_front();
+        }
+    }
+}
+
+/// Responses in an event's data: one message, or a batch of them.
+fn responses_in(data: &[u8]) -> usize {
+    match crate::mcp::classify(data) {
+        Ok(body) => body
+            .messages()
+            .iter()
+            .filter(|m| m.kind == crate::mcp::Kind::Response)
+            .count(),
+        Err(_) => 0,
+    }
+}
+
+/// The event with its `id` lines replaced by the gateway's `id: <stream>-<seq>`.
+fn rename(raw: &[u8], stream: u32, seq: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len() + 24);
+    out.extend_from_slice(format!("id: {stream}-{seq}\n").as_bytes());
+    for line in raw.split_inclusive(|&b| b == b'\n') {
+        let is_id = line.starts_with(b"id:") || line.trim_ascii_end() == b"id";
+        if !is_id {
+            out.extend_from_slice(line);
+        }
+    }
+    out
+}
+
+/// Parses a gateway event id, `<stream>-<seq>`.
+pub fn parse_event_id(raw: &[u8]) -> Option<(u32, u64)> {
+    let text = std::str::from_utf8(raw).ok()?.trim();
+    let (stream, seq) = text.split_once('-')?;
+    Some((stream.parse().ok()?, seq.parse().ok()?))
+}
+
+/// The resumable streams of one session, oldest first, at most `max_streams_per_session`.
+#[derive(Default)]
+pub struct SessionStreams {
+    next: u32,
+    list: VecDeque<Rc<Stream>>,
+}
+
+impl std::fmt::Debug for SessionStreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SessionStreams({} kept)", self.list.len())
+    }
+}
+
+impl SessionStreams {
+    /// A number for the session's next stream.
+    pub fn next_no(&mut self) -> u32 {
+        self.next += 1;
+        self.next
+    }
+
+    /// Keeps `stream` for resumption, forgetting the oldest ended stream (or else the oldest)
+    /// past `max`. A forgotten live stream goes on for its current client; it just cannot be
+    /// resumed.
+    pub fn keep(&mut self, stream: Rc<Stream>, max: usize) {
+        while self.list.len() >= max {
+            let at = self.list.iter().position(|s| s.ended()).unwrap_or(0);
+            self.list.remove(at);
+        }
+        self.list.push_back(stream);
+    }
+
+    pub fn find(&self, no: u32) -> Option<Rc<Stream>> {
+        self.list.iter().find(|s| s.no == no).cloned()
+    }
+
+    /// Stops every stream (the session ended).
+    pub fn stop_all(&mut self) {
+        for s in self.list.drain(..) {
+            s.stop();
+        }
+    }
+}
+
+/// Flushes the stream's events from sequence `from` on, with `:` keepalive comments while idle.
+/// Runs until the stream ends, the client goes, another client resumes it, or shutdown.
+pub async fn deliver(shard: &Shard, conn: &mut ClientConn, stream: &Stream, from: u64) -> WriteEnd {
+    let me = {
+        let mut s = stream.state.borrow_mut();
+        s.writer += 1;
+        s.attached = true;
+        s.writer
+    };
+    gauge_add(&shard.stats.sse_streams, 1);
+    let end = write_loop(shard, conn, stream, from, me).await;
+    gauge_add(&shard.stats.sse_streams, -1);
+    let mut s = stream.state.borrow_mut();
+    if s.writer == me {
+        s.attached = false;
+        s.detached_at = Instant::now();
+    }
+    drop(s);
+    if end != WriteEnd::Done && end != WriteEnd::Superseded && !stream.resumable() {
+        // Closing a stateless stream cancels its request.
+        stream.stop();
+    }
+    stream.changed.notify_all();
+    end
+}
+
+async fn write_loop(
+    shard: &Shard,
+    conn: &mut ClientConn,
+    stream: &Stream,
+    from: u64,
+    me: u64,
+) -> WriteEnd {
+    let keepalive = shard.config().timeouts.sse_keepalive;
+    let mut cursor = from;
+    let mut out = Vec::with_capacity(4096);
+    {
+        let s = stream.state.borrow();
+        if s.events.front().map_or(s.next_seq, |f| f.seq) > from {
+            // The buffer no longer holds events the client asked for.
+            inc(&shard.stats.sse_replay_gaps);
+        }
+    }
+    loop {
+        out.clear();
+        let (n, ended) = {
+            let mut s = stream.state.borrow_mut();
+            if s.writer != me {
+                return WriteEnd::Superseded;
+            }
+            let mut n = 0u64;
+            let from = cursor;
+            for b in s.events.iter().filter(|b| b.seq >= from) {
+                if out.len() >= WRITE_BATCH_BYTES {
+                    break;
+                }
+                http::encode_chunk(&mut out, &b.event);
+                cursor = b.seq + 1;
+                n += 1;
+            }
+            // Events the buffer no longer holds were skipped (counted above).
+            cursor = cursor.max(s.events.front().map_or(s.next_seq, |f| f.seq));
+            if n > 0 {
+                s.delivered = s.delivered.max(cursor - 1);
+                stream.trim(&mut s, shard);
+            }
+            (n, s.phase == Phase::Ended && cursor >= s.next_seq)
+        };
+        if n > 0 {
+            stream.changed.notify_all();
+            shard
+                .stats
+                .sse_events
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        } else if ended {
+            return WriteEnd::Done;
+        } else {
+            // Checked and armed with no await between: a notification cannot slip past.
+            let woke = monoio::select! {
+                biased;
+                _ = stream.changed.notified() => true,
+                _ = shard.shutdown.wait() => return WriteEnd::Shutdown,
+                _ = crate::relay::client_hung_up(&conn.stream) => return WriteEnd::ClientGone,
+                _ = monoio::time::sleep(keepalive) => false,
+            };
+            if woke {
+                continue;
+            }
+            http::encode_chunk(&mut out, b":\n\n");
+        }
+        let (res, back) = conn.stream.write_all(out).await;
+        out = back;
+        if res.is_err() {
+            return WriteEnd::ClientGone;
+        }
+    }
+}
+
+/// Why an upstream body stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyEnd {
+    /// The upstream ended the body cleanly.
+    Complete,
+    /// Read error, bad framing or an event too large.
+    Broken,
+    /// No event within `sse_idle_timeout_ms`.
+    Idle,
+    /// The stream was stopped, or nobody resumed it in time, or shutdown.
+    Stopped,
+}
+
+/// The reader half: relays the upstream body into the stream, then, for a session stream whose
+/// upstream dropped before its end, reconnects. Owns the upstream connection.
+pub async fn pump(
+    shard: Rc<Shard>,
+    stream: Rc<Stream>,
+    up: UpConn,
+    urb: ReadBuf,
+    kind: BodyKind,
+    keep_alive: bool,
+) {
+    stream.state.borrow_mut().reader_running = true;
+    gauge_add(&shard.stats.sse_upstream_streams, 1);
+    let mut next = Some((up, urb, kind, keep_alive));
+    while let Some((up, urb, kind, keep_alive)) = next.take() {
+        let end = read_body(&shard, &stream, up, urb, kind, keep_alive).await;
+        stream.state.borrow_mut().clean = end == BodyEnd::Complete;
+        if end == BodyEnd::Broken {
+            inc(&shard.stats.upstream_errors);
+        }
+        if !should_reconnect(&shard, &stream, end) {
+            break;
+        }
+        next = reconnect(&shard, &stream).await;
+    }
+    gauge_add(&shard.stats.sse_upstream_streams, -1);
+    let mut s = stream.state.borrow_mut();
+    s.reader_running = false;
+    // A GET stream with a client still attached and a session alive may be reopened by a later
+    // resume; a POST stream is over.
+    s.phase = Phase::Ended;
+    drop(s);
+    stream.changed.notify_all();
+}
+
+fn should_reconnect(shard: &Shard, stream: &Stream, end: BodyEnd) -> bool {
+    let Some(origin) = &stream.origin else {
+        return false;
+    };
+    if end == BodyEnd::Idle {
+        inc(&shard.stats.sse_idle_timeouts);
+    }
+    if matches!(end, BodyEnd::Stopped | BodyEnd::Idle) || stream.stop.is_set() {
+        return false;
+    }
+    if origin.upstream_sid.is_none() {
+        return false;
+    }
+    let s = stream.state.borrow();
+    match stream.kind {
+        // A POST stream is resumed only when the upstream names its events (it supports
+        // resumption) and an answer is still owed.
+        StreamKind::Post => s.responses_left > 0 && s.upstream_last_id.is_some(),
+        StreamKind::Get => true,
+    }
+}
+
+/// Reads one upstream body into the stream.
+async fn read_body(
+    shard: &Rc<Shard>,
+    stream: &Rc<Stream>,
+    mut up: UpConn,
+    mut urb: ReadBuf,
+    kind: BodyKind,
+    keep_alive: bool,
+) -> BodyEnd {
+    let mut dec = BodyDecoder::new(kind);
+    let mut split = SseSplitter::new(shard.config().limits.max_event_bytes);
+    let mut last_event = Instant::now();
+    let end = loop {
+        let done = match dec.decode(&mut urb, &mut |d: &[u8]| split.push(d)) {
+            Ok(d) => d,
+            Err(_) => break BodyEnd::Broken,
+        };
+        loop {
+            match split.next_event() {
+                Ok(Some(ev)) => {
+                    last_event = Instant::now();
+                    if let Some(end) = offer(shard, stream, &ev).await {
+                        return finish(shard, up, urb, end, false);
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => return finish(shard, up, urb, BodyEnd::Broken, false),
+            }
+        }
+        if done {
+            let rest = split.take_rest();
+            if !rest.is_empty() {
+                if let Some(end) = offer(shard, stream, &rest).await {
+                    return finish(shard, up, urb, end, false);
+                }
+            }
+            break BodyEnd::Complete;
+        }
+        match read_more(shard, stream, &mut up, &mut urb, last_event).await {
+            Ok(0) => {
+                if dec.finish_on_eof().is_err() {
+                    break BodyEnd::Broken;
+                }
+            }
+            Ok(_) => {}
+            Err(end) => break end,
+        }
+    };
+    finish(shard, up, urb, end, keep_alive)
+}
+
+/// Gives back the upstream connection (to the pool after a clean end) and the buffer.
+fn finish(shard: &Shard, mut up: UpConn, urb: ReadBuf, end: BodyEnd, keep_alive: bool) -> BodyEnd {
+    if end == BodyEnd::Complete {
+        up.streamed();
+        crate::relay::finish_upstream(shard, up, urb, keep_alive);
+    } else {
+        shard.give_buffer(urb.into_vec());
+    }
+    end
+}
+
+/// Appends an event, first waiting for room while `max_pending_events` are undelivered.
+/// `Some(end)` when the stream must stop instead.
+async fn offer(shard: &Shard, stream: &Stream, raw: &[u8]) -> Option<BodyEnd> {
+    let cap = shard.config().limits.max_pending_events as u64;
+    let mut waited = false;
+    loop {
+        if stream.stop.is_set() || shard.shutdown.is_set() {
+            return Some(BodyEnd::Stopped);
+        }
+        if stream.state.borrow().undelivered() < cap {
+            break;
+        }
+        if !waited {
+            inc(&shard.stats.sse_backpressure_waits);
+            waited = true;
+        }
+        let deadline = detach_deadline(shard, stream);
+        monoio::select! {
+            _ = stream.changed.notified() => {}
+            _ = shard.shutdown.wait() => {}
+            _ = sleep_until(deadline) => {
+                if abandoned(shard, stream) {
+                    return Some(BodyEnd::Stopped);
+                }
+            }
+        }
+    }
+    if let Some(event) = stream.append(shard, raw) {
+        stream.changed.notify_all();
+        record(shard, stream, &event).await;
+    }
+    None
+}
+
+/// When a detached session stream is given up (far in the future while a client reads it).
+fn detach_deadline(shard: &Shard, stream: &Stream) -> Option<Instant> {
+    let s = stream.state.borrow();
+    (!s.attached && stream.resumable()).then(|| s.detached_at + shard.config().sse.resume_window)
+}
+
+/// A detached stream nobody resumed within the window.
+fn abandoned(shard: &Shard, stream: &Stream) -> bool {
+    let gone = detach_deadline(shard, stream).is_some_and(|d| Instant::now() >= d);
+    if gone {
+        inc(&shard.stats.sse_abandoned);
+        log::debug!(
+            "shard {}: SSE stream {} not resumed in time; closed",
+            shard.id,
+            stream.no
+        );
+    }
+    gone
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => monoio::time::sleep(at.saturating_duration_since(Instant::now())).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads more upstream bytes, watching the idle timeout, the detach window and `stop`.
+async fn read_more(
+    shard: &Shard,
+    stream: &Stream,
+    up: &mut UpConn,
+    urb: &mut ReadBuf,
+    last_event: Instant,
+) -> Result<usize, BodyEnd> {
+    loop {
+        let idle_at = last_event + shard.config().timeouts.sse_idle;
+        let wake = detach_deadline(shard, stream).map_or(idle_at, |d| d.min(idle_at));
+        let canceller = Canceller::new();
+        let read = urb.fill_cancelable(up.stream(), canceller.handle());
+        let mut read = std::pin::pin!(read);
+        let first = monoio::select! {
+            biased;
+            r = &mut read => Some(r),
+            _ = stream.stop.wait() => None,
+            _ = shard.shutdown.wait() => None,
+            _ = sleep_until(Some(wake)) => None,
+        };
+        let r = match first {
+            Some(r) => r,
+            None => {
+                let _ = canceller.cancel();
+                read.await
+            }
+        };
+        match r {
+            Ok(n) => return Ok(n),
+            Err(_) if stream.stop.is_set() || shard.shutdown.is_set() => {
+                return Err(BodyEnd::Stopped)
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {
+                if abandoned(shard, stream) {
+                    return Err(BodyEnd::Stopped);
+                }
+                if Instant::now() >= idle_at {
+                    return Err(BodyEnd::Idle);
+                }
+            }
+            Err(_) => return Err(BodyEnd::Broken),
+        }
+    }
+}
+
+/// Records an event carrying data (comments and priming events are not messages).
+async fn record(shard: &Shard, stream: &Stream, event: &[u8]) {
+    let Some((tap, status)) = stream.tap else {
+        return;
+    };
+    let f = http::parse_sse_event(event);
+    if f.data.is_empty() {
+        return;
+    }
+    let sse = SseMeta {
+        event_id: f.id.map(Bytes::from),
+    };
+    shard
+        .record_message(
+            Some(tap),
+            Dir::ServerToClient,
+            status,
+            Some(sse),
+            Bytes::from(f.data),
+        )
+        .await;
+}
+
+/// A new upstream response for a dropped session stream: GET with the upstream's last event
+/// id, retried with exponential backoff and full jitter (honouring the upstream's `retry:`).
+async fn reconnect(
+    shard: &Rc<Shard>,
+    stream: &Stream,
+) -> Option<(UpConn, ReadBuf, BodyKind, bool)> {
+    let origin = stream.origin.as_ref()?;
+    let cfg = &shard.config().sse;
+    let mut delay = stream.state.borrow().retry.unwrap_or(cfg.reconnect_base);
+    for attempt in 1..=cfg.reconnect_max_attempts {
+        let jittered = jitter(delay);
+        let deadline = Some(Instant::now() + jittered);
+        monoio::select! {
+            _ = sleep_until(deadline) => {}
+            _ = stream.stop.wait() => return None,
+            _ = shard.shutdown.wait() => return None,
+        }
+        if abandoned(shard, stream) {
+            return None;
+        }
+        inc(&shard.stats.sse_upstream_reconnects);
+        let last_id = stream.state.borrow().upstream_last_id.clone();
+        match crate::proxy::reopen_stream(shard, origin, last_id.as_deref()).await {
+            Ok((up, urb, head)) => {
+                log::info!(
+                    "shard {}: SSE stream {} reconnected upstream (attempt {attempt})",
+                    shard.id,
+                    stream.no
+                );
+                return Some((up, urb, head.body, head.keep_alive));
+            }
+            Err(crate::proxy::Reopen::Gone(why)) => {
+                log::info!("shard {}: SSE stream {} ends: {why}", shard.id, stream.no);
+                return None;
+            }
+            Err(crate::proxy::Reopen::Retry(why)) => {
+                log::debug!(
+                    "shard {}: SSE stream {} reconnect attempt {attempt} failed: {why}",
+                    shard.id,
+                    stream.no
+                );
+            }
+        }
+        delay = (delay * 2).min(cfg.reconnect_max);
+    }
+    inc(&shard.stats.sse_reconnect_failures);
+    log::warn!(
+        "shard {}: SSE stream {} could not reconnect upstream; ended",
+        shard.id,
+        stream.no
+    );
+    None
+}
+
+/// A delay in [d/2, d]: reconnecting clients spread out instead of arriving together.
+fn jitter(d: Duration) -> Duration {
+    let half = d / 2;
+    let span = (d - half).as_micros() as u64;
+    let r = (crate::mcp::random_secret() as u64) % span.max(1);
+    half + Duration::from_micros(r)
+}
+
+/// Starts the reader of a session's GET stream again, for a client resuming it after its
+/// upstream half ended.
+pub fn restart(shard: &Rc<Shard>, stream: &Rc<Stream>) {
+    {
+        let mut s = stream.state.borrow_mut();
+        s.phase = Phase::Live;
+        s.reader_running = true;
+    }
+    let shard = shard.clone();
+    let stream = stream.clone();
+    monoio::spawn(async move {
+        if let Some((up, urb, kind, keep_alive)) = reconnect(&shard, &stream).await {
+            pump(shard, stream, up, urb, kind, keep_alive).await;
+        } else {
+            let mut s = stream.state.borrow_mut();
+            s.reader_running = false;
+            s.phase = Phase::Ended;
+            drop(s);
+            stream.changed.notify_all();
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rename_replaces_upstream_ids_and_keeps_the_rest() {
+        let raw = b"id: 17\nevent: message\ndata: {\"a\":1}\n\n";
+        let out = rename(raw, 3, 9);
+        assert_eq!(out, b"id: 3-9\nevent: message\ndata: {\"a\":1}\n\n");
+        let f = http::parse_sse_event(&out);
+        assert_eq!(f.id.as_deref(), Some("3-9"));
+        assert_eq!(f.data, b"{\"a\":1}");
+    }
+
+    #[test]
+    fn event_ids_parse_and_reject_foreign_ones() {
+        assert_eq!(parse_event_id(b"3-9"), Some((3, 9)));
+        assert_eq!(parse_event_id(b" 12-0 "), Some((12, 0)));
+        assert_eq!(parse_event_id(b"17"), None);
+        assert_eq!(parse_event_id(b"a-b"), None);
+        assert_eq!(parse_event_id(b"\xff-1"), None);
+    }
+
+    #[test]
+    fn trim_keeps_undelivered_events_and_bounds_delivered_ones() {
+        let st = Stream::new(1, StreamKind::Get, None, None, 0);
+        let mut s = st.state.borrow_mut();
+        for _ in 0..10 {
+            s.push(Bytes::from_static(b"data: x\n\n"));
+        }
+        let now = Instant::now();
+        let keep = |events, bytes| (events, bytes, Duration::from_secs(60));
+        s.trim(keep(2, usize::MAX), now);
+        assert_eq!(s.events.len(), 10, "nothing delivered: nothing may go");
+        s.delivered = 6;
+        s.trim(keep(2, usize::MAX), now);
+        // 4 undelivered (7..=10) and the last 2 delivered (5, 6) stay.
+        let seqs: Vec<u64> = s.events.iter().map(|b| b.seq).collect();
+        assert_eq!(seqs, [5, 6, 7, 8, 9, 10]);
+        s.delivered = 10;
+        s.trim(keep(100, 9 * 3), now);
+        assert_eq!(s.events.len(), 3, "byte bound: three 9-byte events");
+        assert_eq!(s.bytes, 27);
+    }
+
+    #[test]
+    fn session_keeps_a_bounded_set_forgetting_ended_streams_first() {
+        let mut ss = SessionStreams::default();
+        let mk =
+            |ss: &mut SessionStreams| Stream::new(ss.next_no(), StreamKind::Post, None, None, 1);
+        let a = mk(&mut ss);
+        let b = mk(&mut ss);
+        let c = mk(&mut ss);
+        b.state.borrow_mut().phase = Phase::Ended;
+        ss.keep(a.clone(), 2);
+        ss.keep(b.clone(), 2);
+        ss.keep(c.clone(), 2);
+        assert!(ss.find(b.no).is_none(), "the ended stream goes first");
+        assert!(ss.find(a.no).is_some() && ss.find(c.no).is_some());
+        ss.stop_all();
+        assert!(a.stop.is_set() && c.stop.is_set());
+    }
+
+    #[test]
+    fn jitter_stays_within_half_to_full() {
+        for _ in 0..100 {
+            let j = jitter(Duration::from_millis(100));
+            assert!(j >= Duration::from_millis(50) && j <= Duration::from_millis(100));
+        }
+    }
+}
