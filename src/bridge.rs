@@ -20,10 +20,11 @@ use crate::http::{self, HeadBody, RequestHead};
 use crate::mcp::{self, SessionId};
 use crate::metrics::{gauge_add, inc};
 use crate::proxy::Outcome;
-use crate::record::{SseMeta, Tap};
+use crate::record::Tap;
 use crate::relay;
 use crate::shard::{ClientConn, Shard};
 use crate::stdio::{Child, Host, Next, Role, Ticket};
+use crate::stream::{SseCtx, Stream};
 use crate::tape::Dir;
 
 /// How long a wait runs before it also watches for the client hanging up (as for HTTP
@@ -109,6 +110,7 @@ pub async fn initialize(
                 watch_hangup: false,
                 id,
                 tap,
+                stream: None,
             };
             answer(shard, conn, ticket, how, Some(&mut on_final)).await
         }
@@ -150,11 +152,12 @@ pub async fn post(
     body: &[u8],
     msg: &mcp::Message<'_>,
     child: Rc<Child>,
-    tap: Option<Tap>,
+    sink: Sink,
 ) -> Result<Outcome> {
+    let tap = sink.tap;
     if msg.kind == mcp::Kind::Request {
         let ticket = child.request(body)?;
-        let how = Answer::streaming(head, msg, tap);
+        let how = Answer::streaming(head, msg, sink);
         return answer(shard, conn, ticket, how, None).await;
     }
     child.notify(body)?;
@@ -188,7 +191,15 @@ pub async fn stateless(
         }
         (mcp::Kind::Request, _) => {
             let ticket = child.request(body)?;
-            answer(shard, conn, ticket, Answer::streaming(head, msg, tap), None).await
+            let sink = Sink { tap, sse: None };
+            answer(
+                shard,
+                conn,
+                ticket,
+                Answer::streaming(head, msg, sink),
+                None,
+            )
+            .await
         }
         _ => {
             child.notify(body)?;
@@ -222,56 +233,54 @@ fn discover(child: &Child, id: &str) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// The session's GET stream: server messages about no request, with `:` keepalives.
+/// The session's GET stream: server messages about no request, resumable like any session
+/// stream. A second GET while a client reads the first gets 409; one whose client left is
+/// replaced.
 pub async fn get(
     shard: &Rc<Shard>,
     conn: &mut ClientConn,
     child: Rc<Child>,
     tap: Option<Tap>,
+    ctx: SseCtx,
 ) -> Result<Outcome> {
-    if child.stream_attached.get() {
-        return Err(Error::new(
-            Kind::Conflict,
-            "a GET stream is already open for this session",
-        ));
+    let old = child.get_stream.borrow().clone();
+    if let Some(old) = old {
+        if old.in_use() {
+            return Err(Error::new(
+                Kind::Conflict,
+                "a GET stream is already open for this session",
+            ));
+        }
+        old.stop();
     }
-    child.stream_attached.set(true);
-    let _attached = scopeguard(|| child.stream_attached.set(false));
     let mut out = Vec::with_capacity(256);
     http::write_response_head(&mut out, 200, SSE_HEADERS, HeadBody::Chunked);
     write(conn, out).await?;
-    gauge_add(&shard.stats.sse_streams, 1);
-    let _streams = scopeguard(|| gauge_add(&shard.stats.sse_streams, -1));
-    let keepalive = shard.config().timeouts.sse_keepalive;
-    loop {
-        let next = monoio::select! {
-            n = child.stream.next() => Some(n),
-            _ = monoio::time::sleep(keepalive) => None,
-            _ = relay::client_hung_up(&conn.stream) => return Err(Error::new(Kind::ClientGone, "")),
-            _ = shard.shutdown.wait() => Some(Next::Failed(Rc::from("shutdown"))),
-        };
-        let mut chunk = Vec::with_capacity(256);
-        match next {
-            Some(Next::Event(line)) | Some(Next::Final(line)) => {
-                sse_event(&mut chunk, &line);
-                inc(&shard.stats.sse_events);
-                let sse = Some(SseMeta { event_id: None });
-                shard
-                    .record_message(tap, Dir::ServerToClient, 200, sse, line)
-                    .await;
-            }
-            None => http::encode_chunk(&mut chunk, b":\n\n"),
-            Some(Next::Failed(_)) => {
-                chunk.extend_from_slice(http::LAST_CHUNK);
-                write(conn, chunk).await?;
-                return Ok(Outcome {
-                    status: 200,
-                    reusable: true,
-                });
-            }
+    let st = crate::stream::open(shard, Some(ctx), tap.map(|t| (t, 200)));
+    *child.get_stream.borrow_mut() = Some(st.clone());
+    monoio::spawn(pump_session(shard.clone(), st.clone(), child));
+    let end = crate::stream::deliver(shard, conn, &st, 1).await;
+    let done = relay::finish_stream(conn, &st, end).await;
+    Ok(Outcome {
+        status: 200,
+        reusable: done.client_ok,
+    })
+}
+
+/// The reader of a session's GET stream: the child's messages about no request, until the
+/// child is gone or the stream stops (session end, replaced, not resumed in time).
+async fn pump_session(shard: Rc<Shard>, st: Rc<Stream>, child: Rc<Child>) {
+    crate::stream::reader_started(&shard, &st);
+    let mut ev = Vec::with_capacity(256);
+    while let Some(Next::Event(line) | Next::Final(line)) =
+        crate::stream::guard(&shard, &st, child.stream.next()).await
+    {
+        sse_event(&mut ev, &line);
+        if !crate::stream::feed(&shard, &st, &ev).await {
+            break;
         }
-        write(conn, chunk).await?;
     }
+    crate::stream::reader_done(&shard, &st, Some(true));
 }
 
 /// Called with the response line before it is written; may return a session id to announce.
@@ -286,17 +295,27 @@ struct Answer<'a> {
     /// The request's id, for errors written mid-stream.
     id: Option<&'a str>,
     tap: Option<Tap>,
+    /// In a session: makes an SSE answer resumable.
+    stream: Option<SseCtx>,
 }
 
 impl<'a> Answer<'a> {
-    fn streaming(head: &RequestHead, msg: &mcp::Message<'a>, tap: Option<Tap>) -> Answer<'a> {
+    fn streaming(head: &RequestHead, msg: &mcp::Message<'a>, sink: Sink) -> Answer<'a> {
         Answer {
             sse: sse_ok(head),
             watch_hangup: true,
             id: msg.id,
-            tap,
+            tap: sink.tap,
+            stream: sink.sse,
         }
     }
+}
+
+/// Where a request's answer goes besides the client: its tape and, in a session, its
+/// resumable stream.
+pub struct Sink {
+    pub tap: Option<Tap>,
+    pub sse: Option<SseCtx>,
 }
 
 /// Waits for the child's messages about one request and answers the client: JSON when the
@@ -318,9 +337,7 @@ async fn answer(
                 return write_json(conn, sid.as_deref(), &line).await;
             }
             Next::Failed(why) => return Err(Error::new(Kind::UpstreamConnect, &*why)),
-            Next::Event(first) if how.sse => {
-                return stream(shard, conn, ticket, first, how.id, how.tap).await
-            }
+            Next::Event(first) if how.sse => return stream(shard, conn, ticket, first, how).await,
             // The client takes only JSON: what precedes the response cannot reach it.
             Next::Event(_) => inc(&shard.stats.stdio_dropped_messages),
         }
@@ -356,60 +373,87 @@ async fn wait(
 }
 
 /// Streams events until the response; a failure or timeout mid-stream becomes a JSON-RPC
-/// error event, since the status line is already sent.
+/// error event, since the status line is already sent. In a session the stream is resumable:
+/// a client that leaves does not cancel the request, its answer waits for a resume.
 async fn stream(
     shard: &Rc<Shard>,
     conn: &mut ClientConn,
     ticket: Ticket,
     first: bytes::Bytes,
-    id: Option<&str>,
-    tap: Option<Tap>,
+    how: Answer<'_>,
 ) -> Result<Outcome> {
-    let mut out = Vec::with_capacity(512 + first.len());
+    let mut out = Vec::with_capacity(128);
     http::write_response_head(&mut out, 200, SSE_HEADERS, HeadBody::Chunked);
-    sse_event(&mut out, &first);
-    inc(&shard.stats.sse_events);
-    let sse = || Some(SseMeta { event_id: None });
-    shard
-        .record_message(tap, Dir::ServerToClient, 200, sse(), first)
-        .await;
     write(conn, out).await?;
-    loop {
-        let mut chunk = Vec::with_capacity(256);
-        let (line, end) = match wait(shard, conn, &ticket, true).await {
-            Ok(Next::Event(line)) => (line, false),
-            Ok(Next::Final(line)) => (line, true),
-            Ok(Next::Failed(why)) => {
-                let e = Error::new(Kind::UpstreamConnect, &*why).with_id(id);
-                (bytes::Bytes::from(e.body()), true)
-            }
-            Err(e) if e.kind == Kind::ClientGone => return Err(e),
-            Err(e) => (bytes::Bytes::from(e.with_id(id).body()), true),
-        };
-        sse_event(&mut chunk, &line);
-        shard
-            .record_message(tap, Dir::ServerToClient, 200, sse(), line)
-            .await;
-        inc(&shard.stats.sse_events);
-        if end {
-            chunk.extend_from_slice(http::LAST_CHUNK);
-        }
-        write(conn, chunk).await?;
-        if end {
-            return Ok(Outcome {
-                status: 200,
-                reusable: true,
-            });
-        }
+    let st = crate::stream::open(shard, how.stream, how.tap.map(|t| (t, 200)));
+    let id: Option<Box<str>> = how.id.map(Into::into);
+    let reader = monoio::spawn(pump_request(shard.clone(), st.clone(), ticket, first, id));
+    let end = crate::stream::deliver(shard, conn, &st, 1).await;
+    if !st.resumable() {
+        // The reader owns the ticket: dropping it cancels the request in the child.
+        reader.await;
     }
+    let done = relay::finish_stream(conn, &st, end).await;
+    Ok(Outcome {
+        status: 200,
+        reusable: done.client_ok,
+    })
 }
 
+/// The reader of a request's stream: the child's messages about it, until the response (or a
+/// failure, or a timeout, answered as a JSON-RPC error event). Dropping the ticket at the end
+/// cancels the request in the child if it was not answered.
+async fn pump_request(
+    shard: Rc<Shard>,
+    st: Rc<Stream>,
+    ticket: Ticket,
+    first: bytes::Bytes,
+    id: Option<Box<str>>,
+) {
+    crate::stream::reader_started(&shard, &st);
+    let timeout = shard.config().timeouts.upstream_request;
+    let mut line = first;
+    let mut ev = Vec::with_capacity(256);
+    loop {
+        sse_event(&mut ev, &line);
+        if !crate::stream::feed(&shard, &st, &ev).await {
+            break;
+        }
+        let next = monoio::time::timeout(timeout, ticket.inbox.next());
+        let (next, end) = match crate::stream::guard(&shard, &st, next).await {
+            None => break,
+            Some(Ok(Next::Event(l))) => (l, false),
+            Some(Ok(Next::Final(l))) => (l, true),
+            Some(Ok(Next::Failed(why))) => {
+                let e = Error::new(Kind::UpstreamConnect, &*why).with_id(id.as_deref());
+                (bytes::Bytes::from(e.body()), true)
+            }
+            Some(Err(_)) => {
+                inc(&shard.stats.stdio_timeouts);
+                let e = Error::new(
+                    Kind::UpstreamTimeout,
+                    "the stdio server did not answer in time",
+                );
+                (bytes::Bytes::from(e.with_id(id.as_deref()).body()), true)
+            }
+        };
+        line = next;
+        if end {
+            sse_event(&mut ev, &line);
+            crate::stream::feed(&shard, &st, &ev).await;
+            break;
+        }
+    }
+    drop(ticket);
+    crate::stream::reader_done(&shard, &st, Some(true));
+}
+
+/// One raw SSE event carrying `data` (replacing what `out` held).
 fn sse_event(out: &mut Vec<u8>, data: &[u8]) {
-    let mut ev = Vec::with_capacity(data.len() + 24);
-    ev.extend_from_slice(b"event: message\ndata: ");
-    ev.extend_from_slice(data);
-    ev.extend_from_slice(b"\n\n");
-    http::encode_chunk(out, &ev);
+    out.clear();
+    out.extend_from_slice(b"event: message\ndata: ");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\n\n");
 }
 
 async fn write_json(conn: &mut ClientConn, session: Option<&str>, body: &[u8]) -> Result<Outcome> {
@@ -445,17 +489,4 @@ async fn write(conn: &mut ClientConn, out: Vec<u8>) -> Result<()> {
     let (res, _) = conn.stream.write_all(out).await;
     res.map(|_| ())
         .map_err(|e| Error::new(Kind::ClientGone, e.to_string()))
-}
-
-/// Runs `f` when dropped: resets per-stream state on every exit path.
-fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
-            }
-        }
-    }
-    Guard(Some(f))
 }

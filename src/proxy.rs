@@ -477,10 +477,14 @@ async fn stdio_post(
             let sref = lookup_session(shard, raw, true)?;
             ex.tap = sref.tap;
             ex.record_request(shard, body).await;
+            let sink = crate::bridge::Sink {
+                tap: ex.tap,
+                sse: Some(sref.sse_ctx(StreamKind::Post, 1)),
+            };
             let child = sref
                 .child
                 .ok_or_else(|| Error::new(Kind::UnknownSession, ""))?;
-            crate::bridge::post(shard, conn, head, body, msg, child, ex.tap).await
+            crate::bridge::post(shard, conn, head, body, msg, child, sink).await
         }
         None if parsed.is_initialize() => {
             let session = open_session_tape(shard, conn, body, ex).await;
@@ -672,8 +676,8 @@ struct SessionRef {
 
 impl SessionRef {
     /// Makes an SSE answer in this session resumable.
-    fn sse_ctx(&self, kind: StreamKind, responses: usize) -> relay::SseCtx {
-        relay::SseCtx {
+    fn sse_ctx(&self, kind: StreamKind, responses: usize) -> crate::stream::SseCtx {
+        crate::stream::SseCtx {
             origin: Origin {
                 session: self.id,
                 upstream: self.upstream,
@@ -768,11 +772,12 @@ async fn get(
     };
     let sref = lookup_session(shard, raw, false)?;
     ex.tap = sref.tap;
-    if let Some(child) = sref.child {
-        return crate::bridge::get(shard, conn, child, ex.tap).await;
-    }
     if let Some(stream) = resumed_stream(shard, head, &sref) {
         return resume(shard, conn, stream, head).await;
+    }
+    if let Some(child) = &sref.child {
+        let ctx = sref.sse_ctx(StreamKind::Get, 0);
+        return crate::bridge::get(shard, conn, child.clone(), ex.tap, ctx).await;
     }
     let req = UpRequest {
         method: Method::Get,
@@ -941,7 +946,7 @@ pub struct UpRequest<'a> {
     /// The session's upstream; `None`: the balancer picks one.
     pub upstream: Option<usize>,
     /// Makes an SSE answer a session's resumable stream.
-    pub stream: Option<relay::SseCtx>,
+    pub stream: Option<crate::stream::SseCtx>,
 }
 
 /// Headers forwarded from the client as they are. Authorization, Cookie, Origin and Host never

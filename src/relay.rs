@@ -20,7 +20,7 @@ use crate::http::{self, BodyDecoder, BodyKind, HeadBody, ReadBuf, ResponseHead};
 use crate::metrics::inc;
 use crate::record::Tap;
 use crate::shard::{ClientConn, Shard};
-use crate::stream::{Stream, StreamKind, WriteEnd};
+use crate::stream::{SseCtx, Stream, WriteEnd};
 use crate::tape::Dir;
 use crate::upstream::UpConn;
 
@@ -395,32 +395,6 @@ async fn upstream_broke(
     client_gone(shard, urb)
 }
 
-/// What makes a relayed SSE stream a session's resumable stream.
-pub struct SseCtx {
-    pub origin: crate::stream::Origin,
-    pub kind: crate::stream::StreamKind,
-    /// Requests the POST answers (its stream is done once their responses arrived).
-    pub responses: usize,
-}
-
-/// A session stream is numbered and kept in its session for resumption; without a context (or
-/// when the session is already gone) the stream is a plain, stateless one.
-fn open_stream(shard: &Shard, ctx: Option<SseCtx>, tap: Option<(Tap, u16)>) -> Rc<Stream> {
-    let Some(ctx) = ctx else {
-        return Stream::new(0, StreamKind::Post, None, tap, 0);
-    };
-    let mut sessions = shard.sessions.borrow_mut();
-    let Some(session) = sessions.get_mut(&ctx.origin.session) else {
-        return Stream::new(0, StreamKind::Post, None, tap, 0);
-    };
-    let no = session.sse.next_no();
-    let stream = Stream::new(no, ctx.kind, Some(ctx.origin), tap, ctx.responses);
-    session
-        .sse
-        .keep(stream.clone(), shard.config().sse.max_streams_per_session);
-    stream
-}
-
 async fn relay_sse(
     shard: &Rc<Shard>,
     conn: &mut ClientConn,
@@ -440,7 +414,7 @@ async fn relay_sse(
         shard.give_buffer(urb.into_vec());
         return RelayEnd { client_ok: false };
     }
-    let stream = open_stream(shard, ctx, tap.map(|t| (t, resp.status)));
+    let stream = crate::stream::open(shard, ctx, tap.map(|t| (t, resp.status)));
     let reader = monoio::spawn(crate::stream::pump(
         shard.clone(),
         stream.clone(),

@@ -157,8 +157,8 @@ pub struct Child {
     next_id: Cell<u64>,
     /// Server messages that belong to no request: the session's GET stream.
     pub stream: Inbox,
-    /// A GET stream is attached to `stream`.
-    pub stream_attached: Cell<bool>,
+    /// The session's GET stream, fed from `stream`.
+    pub get_stream: RefCell<Option<Rc<crate::stream::Stream>>>,
     /// Set to end the child (DELETE, expiry, shutdown).
     pub stop: LocalEvent,
     /// Set once stdout ended: nothing more will be answered.
@@ -565,7 +565,7 @@ pub fn spawn(s: &Spawn, role: Role, on_reaped: Box<dyn FnOnce()>) -> io::Result<
         pending: RefCell::new(HashMap::new()),
         next_id: Cell::new(1),
         stream: Inbox::new(s.max_events),
-        stream_attached: Cell::new(false),
+        get_stream: RefCell::new(None),
         stop: LocalEvent::default(),
         gone: LocalEvent::default(),
         reaped: LocalEvent::default(),

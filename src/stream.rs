@@ -105,6 +105,32 @@ pub struct Stream {
     stop: LocalEvent,
 }
 
+/// What makes an SSE answer a session's resumable stream.
+pub struct SseCtx {
+    pub origin: Origin,
+    pub kind: StreamKind,
+    /// Requests a POST answers (its stream is done once their responses arrived).
+    pub responses: usize,
+}
+
+/// A new stream. With a context (and the session still there) it is numbered and kept in its
+/// session for resumption; otherwise it is a plain, stateless one.
+pub fn open(shard: &Shard, ctx: Option<SseCtx>, tap: Option<(Tap, u16)>) -> Rc<Stream> {
+    let Some(ctx) = ctx else {
+        return Stream::new(0, StreamKind::Post, None, tap, 0);
+    };
+    let mut sessions = shard.sessions.borrow_mut();
+    let Some(session) = sessions.get_mut(&ctx.origin.session) else {
+        return Stream::new(0, StreamKind::Post, None, tap, 0);
+    };
+    let no = session.sse.next_no();
+    let stream = Stream::new(no, ctx.kind, Some(ctx.origin), tap, ctx.responses);
+    session
+        .sse
+        .keep(stream.clone(), shard.config().sse.max_streams_per_session);
+    stream
+}
+
 /// How a writer ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum WriteEnd {
@@ -187,10 +213,20 @@ impl Stream {
     }
 
     /// Whether a reader should be started for a client resuming this stream: a session's GET
-    /// stream whose upstream half ended is opened again.
+    /// stream from an HTTP upstream whose upstream half ended is opened again.
     pub fn needs_reader(&self) -> bool {
         let s = self.state.borrow();
-        self.kind == StreamKind::Get && !s.reader_running && !self.stop.is_set()
+        let http = self
+            .origin
+            .as_ref()
+            .is_some_and(|o| o.upstream_sid.is_some());
+        http && self.kind == StreamKind::Get && !s.reader_running && !self.stop.is_set()
+    }
+
+    /// Live, with a client reading it right now.
+    pub fn in_use(&self) -> bool {
+        let s = self.state.borrow();
+        s.phase == Phase::Live && s.attached && !self.stop.is_set()
     }
 
     /// Appends one upstream event (renamed for a session stream). Events without data or id
@@ -456,9 +492,18 @@ pub async fn pump(
     kind: BodyKind,
     keep_alive: bool,
 ) {
-    stream.state.borrow_mut().reader_running = true;
-    gauge_add(&shard.stats.sse_upstream_streams, 1);
-    let mut next = Some((up, urb, kind, keep_alive));
+    reader_started(&shard, &stream);
+    read_on(&shard, &stream, Some((up, urb, kind, keep_alive))).await;
+    reader_done(&shard, &stream, None);
+}
+
+/// An upstream response to read: connection, buffer, framing, keep-alive.
+type UpBody = (UpConn, ReadBuf, BodyKind, bool);
+
+/// Reads upstream bodies into the stream, reconnecting while that is worthwhile.
+async fn read_on(shard: &Rc<Shard>, stream: &Rc<Stream>, first: Option<UpBody>) {
+    let (shard, stream) = (shard.clone(), stream.clone());
+    let mut next = first;
     while let Some((up, urb, kind, keep_alive)) = next.take() {
         let end = read_body(&shard, &stream, up, urb, kind, keep_alive).await;
         stream.state.borrow_mut().clean = end == BodyEnd::Complete;
@@ -470,14 +515,58 @@ pub async fn pump(
         }
         next = reconnect(&shard, &stream).await;
     }
+}
+
+/// Marks a stream's reader running (any producer: an HTTP upstream or a stdio child).
+pub fn reader_started(shard: &Shard, stream: &Stream) {
+    stream.state.borrow_mut().reader_running = true;
+    gauge_add(&shard.stats.sse_upstream_streams, 1);
+}
+
+/// Marks a stream's reader finished: its writer ends once it delivered everything. `clean`
+/// overrides how the last body ended (`None`: as recorded). A session's GET stream from an
+/// HTTP upstream may be reopened by a later resume.
+pub fn reader_done(shard: &Shard, stream: &Stream, clean: Option<bool>) {
     gauge_add(&shard.stats.sse_upstream_streams, -1);
     let mut s = stream.state.borrow_mut();
     s.reader_running = false;
-    // A GET stream with a client still attached and a session alive may be reopened by a later
-    // resume; a POST stream is over.
     s.phase = Phase::Ended;
+    if let Some(c) = clean {
+        s.clean = c;
+    }
     drop(s);
     stream.changed.notify_all();
+}
+
+/// Appends one raw SSE event from a producer, waiting for room. False when the stream must
+/// stop instead (stopped, shutdown, or not resumed in time).
+pub async fn feed(shard: &Shard, stream: &Stream, raw: &[u8]) -> bool {
+    offer(shard, stream, raw).await.is_none()
+}
+
+/// Runs `fut` unless the stream is stopped, the shard shuts down, or a detached stream is not
+/// resumed in time (`None` then). `stop` is checked first, so a stopped reader never polls
+/// `fut` again (a single-consumer queue keeps only its last waiter).
+pub async fn guard<F: std::future::Future>(
+    shard: &Shard,
+    stream: &Stream,
+    fut: F,
+) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        let deadline = detach_deadline(shard, stream);
+        monoio::select! {
+            biased;
+            _ = stream.stop.wait() => return None,
+            _ = shard.shutdown.wait() => return None,
+            r = &mut fut => return Some(r),
+            _ = sleep_until(deadline) => {
+                if abandoned(shard, stream) {
+                    return None;
+                }
+            }
+        }
+    }
 }
 
 fn should_reconnect(shard: &Shard, stream: &Stream, end: BodyEnd) -> bool {
@@ -696,10 +785,7 @@ async fn record(shard: &Shard, stream: &Stream, event: &[u8]) {
 
 /// A new upstream response for a dropped session stream: GET with the upstream's last event
 /// id, retried with exponential backoff and full jitter (honouring the upstream's `retry:`).
-async fn reconnect(
-    shard: &Rc<Shard>,
-    stream: &Stream,
-) -> Option<(UpConn, ReadBuf, BodyKind, bool)> {
+async fn reconnect(shard: &Rc<Shard>, stream: &Stream) -> Option<UpBody> {
     let origin = stream.origin.as_ref()?;
     let cfg = &shard.config().sse;
     let mut delay = stream.state.borrow().retry.unwrap_or(cfg.reconnect_base);
@@ -759,23 +845,14 @@ fn jitter(d: Duration) -> Duration {
 /// Starts the reader of a session's GET stream again, for a client resuming it after its
 /// upstream half ended.
 pub fn restart(shard: &Rc<Shard>, stream: &Rc<Stream>) {
-    {
-        let mut s = stream.state.borrow_mut();
-        s.phase = Phase::Live;
-        s.reader_running = true;
-    }
+    stream.state.borrow_mut().phase = Phase::Live;
+    reader_started(shard, stream);
     let shard = shard.clone();
     let stream = stream.clone();
     monoio::spawn(async move {
-        if let Some((up, urb, kind, keep_alive)) = reconnect(&shard, &stream).await {
-            pump(shard, stream, up, urb, kind, keep_alive).await;
-        } else {
-            let mut s = stream.state.borrow_mut();
-            s.reader_running = false;
-            s.phase = Phase::Ended;
-            drop(s);
-            stream.changed.notify_all();
-        }
+        let first = reconnect(&shard, &stream).await;
+        read_on(&shard, &stream, first).await;
+        reader_done(&shard, &stream, None);
     });
 }
 

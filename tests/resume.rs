@@ -360,3 +360,59 @@ fn deleting_a_session_ends_its_streams() {
     ) == 0.0
         && all(admin, "shardcat_sse_streams") == 0.0));
 }
+
+/// The rmcp stdio fixture, built by `cargo test --workspace` into this target directory.
+fn stdio_fixture() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let path = dir.join("mcp-stdio-server");
+    assert!(path.exists(), "run the tests with `cargo test --workspace`");
+    path
+}
+
+#[test]
+fn a_stdio_session_stream_resumes_and_its_request_is_not_cancelled() {
+    let toml = format!(
+        "[[upstream]]\nkind = \"stdio\"\ncommand = \"{}\"\nkill_grace_ms = 500\n",
+        stdio_fixture().display()
+    );
+    let gw = gateway_config(1, &toml);
+    let (addr, admin) = (gw.addr("listen"), gw.addr("admin"));
+    let sid = initialize(addr);
+    assert_eq!(
+        post(addr, &[("mcp-session-id", &sid)], INITIALIZED).status,
+        202
+    );
+    let mut r = SseReader::open(addr, &post_request(addr, &sid, &progress(11, 6, 80, None)));
+    assert_eq!(r.status, 200);
+    let a = r.next().expect("first progress event");
+    let (stream, s1) = split_id(a.id.as_deref().expect("gateway id"));
+    assert_eq!(json(&a.data)["params"]["progress"], 1.0);
+    drop(r);
+    std::thread::sleep(Duration::from_millis(150));
+    let mut again = SseReader::open(addr, &get_request(addr, &sid, a.id.as_deref()));
+    assert_eq!(again.status, 200);
+    let mut seen = Vec::new();
+    while let Some(ev) = again.next() {
+        seen.push(ev);
+    }
+    assert!(again.ended);
+    let ids: Vec<(u32, u64)> = seen
+        .iter()
+        .map(|e| split_id(e.id.as_deref().unwrap()))
+        .collect();
+    assert_eq!(
+        ids,
+        (s1 + 1..=s1 + 6).map(|q| (stream, q)).collect::<Vec<_>>()
+    );
+    let last = json(&seen[5].data);
+    assert_eq!(last["id"], 11, "the request ran to its end: {last}");
+    assert!(last["result"].is_object(), "{last}");
+    assert_eq!(all(admin, "shardcat_stdio_cancelled_total"), 0.0);
+    // The session's GET stream: a second GET while the first is read gets 409.
+    let g = SseReader::open(addr, &get_request(addr, &sid, None));
+    assert_eq!(g.status, 200);
+    let second = SseReader::open(addr, &get_request(addr, &sid, None));
+    assert_eq!(second.status, 409);
+    drop(g);
+}

@@ -483,7 +483,13 @@ fn churn_of_500_sessions_leaks_nothing() {
     assert!(eventually(Duration::from_secs(5), || {
         metric(admin, "shardcat_connections{shard=\"all\"}") == 0.0
     }));
-    let fds_before = gw.fd_count();
+    // The warm-up child's sockets close a moment after it is reaped: wait for a steady count.
+    let mut fds_before = gw.fd_count();
+    assert!(eventually(Duration::from_secs(5), || {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = gw.fd_count();
+        std::mem::replace(&mut fds_before, now) == now
+    }));
     let workers: Vec<_> = (0..4)
         .map(|w| {
             std::thread::spawn(move || {
