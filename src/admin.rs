@@ -100,6 +100,7 @@ fn health(shared: &Shared) -> String {
         .collect();
     serde_json::json!({
         "status": status,
+        "upstreams": upstreams(shared),
         "shards": shared.stats.len(),
         "connections": shared.connections.current(),
         "max_connections": shared.connections.max(),
@@ -108,6 +109,38 @@ fn health(shared: &Shared) -> String {
         "per_shard": shards,
     })
     .to_string()
+}
+
+/// Each HTTP upstream with every shard's view of it. Healthy: in rotation on some shard.
+fn upstreams(shared: &Shared) -> Vec<serde_json::Value> {
+    let crate::config::Upstream::Http(h) = &shared.config.upstream else {
+        return Vec::new();
+    };
+    const NAMES: [&str; 4] = ["closed", "open", "half_open", "unhealthy"];
+    h.targets
+        .iter()
+        .enumerate()
+        .map(|(i, u)| {
+            let codes: Vec<i64> = shared
+                .stats
+                .iter()
+                .map(|s| {
+                    s.upstream_state
+                        .get(i)
+                        .map_or(0, |g| g.load(Ordering::Relaxed))
+                })
+                .collect();
+            let breakers: Vec<&str> = codes
+                .iter()
+                .map(|&c| NAMES.get(c as usize).copied().unwrap_or("unknown"))
+                .collect();
+            serde_json::json!({
+                "addr": u.addr.to_string(),
+                "breakers": breakers,
+                "healthy": codes.iter().any(|&c| c != 1 && c != 3),
+            })
+        })
+        .collect()
 }
 
 fn respond(s: &mut TcpStream, status: u16, ctype: &str, body: &str) -> std::io::Result<()> {

@@ -70,6 +70,20 @@ pub const DEFAULT_POOL_MAX_CONNECTIONS: usize = 4096;
 pub const DEFAULT_POOL_IDLE_TIMEOUT_MS: u64 = 4_000;
 /// Session ids carry the shard index in one byte.
 pub const MAX_SHARDS: usize = 255;
+/// Consecutive failed requests that open an upstream's circuit breaker (per shard).
+pub const DEFAULT_BREAKER_FAILURES: u32 = 5;
+/// How long an open breaker sends nothing before letting trial requests through.
+pub const DEFAULT_BREAKER_OPEN_MS: u64 = 5_000;
+/// Trial requests a half-open breaker lets through at once.
+pub const DEFAULT_BREAKER_HALF_OPEN_REQUESTS: u32 = 1;
+/// Time between active probes of an upstream (per shard).
+pub const DEFAULT_HEALTH_INTERVAL_MS: u64 = 2_000;
+/// A probe not answered within this fails.
+pub const DEFAULT_HEALTH_TIMEOUT_MS: u64 = 1_000;
+/// Good probes in a row that bring an unhealthy upstream back.
+pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 2;
+/// Failed probes in a row that take an upstream out of rotation.
+pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
 /// Child processes of stdio upstreams across all shards: one per session, plus prewarmed and
 /// stateless-serving children. Past it, a new session gets 503.
 pub const DEFAULT_MAX_PROCESSES: usize = 1_000;
@@ -410,6 +424,18 @@ pub struct UpstreamSection {
     pub kill_grace_ms: u64,
     pub stderr_lines_per_s: u32,
     pub stdin_queue_depth: usize,
+    /// http: active probe: "mcp" (initialize, ping, DELETE), "http" (GET `health_path`),
+    /// "off", or "auto" (the default: mcp with several upstreams, off with one).
+    pub health_check: String,
+    /// http: the path a "http" probe GETs (default: the upstream's path).
+    pub health_path: Option<String>,
+    pub health_interval_ms: u64,
+    pub health_timeout_ms: u64,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+    pub breaker_failures: u32,
+    pub breaker_open_ms: u64,
+    pub breaker_half_open_requests: u32,
 }
 
 impl Default for UpstreamSection {
@@ -430,6 +456,15 @@ impl Default for UpstreamSection {
             prewarm: DEFAULT_PREWARM,
             max_processes: DEFAULT_MAX_PROCESSES,
             stateless_children: DEFAULT_STATELESS_CHILDREN,
+            health_check: "auto".into(),
+            health_path: None,
+            health_interval_ms: DEFAULT_HEALTH_INTERVAL_MS,
+            health_timeout_ms: DEFAULT_HEALTH_TIMEOUT_MS,
+            healthy_threshold: DEFAULT_HEALTHY_THRESHOLD,
+            unhealthy_threshold: DEFAULT_UNHEALTHY_THRESHOLD,
+            breaker_failures: DEFAULT_BREAKER_FAILURES,
+            breaker_open_ms: DEFAULT_BREAKER_OPEN_MS,
+            breaker_half_open_requests: DEFAULT_BREAKER_HALF_OPEN_REQUESTS,
             kill_grace_ms: DEFAULT_KILL_GRACE_MS,
             stderr_lines_per_s: DEFAULT_STDERR_LINES_PER_S,
             stdin_queue_depth: DEFAULT_STDIN_QUEUE_DEPTH,
@@ -557,6 +592,29 @@ pub struct UpstreamConfig {
     pub pool_max_connections: usize,
     pub pool_idle_timeout: Duration,
     pub weight: u32,
+    pub health: HealthConfig,
+}
+
+/// How an upstream is probed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeKind {
+    Mcp,
+    Http,
+    Off,
+}
+
+/// Validated health settings of one HTTP upstream (see `health`).
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    pub kind: ProbeKind,
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+    pub breaker_failures: u32,
+    pub breaker_open: Duration,
+    pub breaker_half_open_requests: u32,
 }
 
 /// Which `Origin` and `Host` values are accepted.
@@ -816,7 +874,7 @@ fn validate_upstream(
 ) -> Result<Upstream, ConfigError> {
     match u.kind.as_str() {
         "http" => Ok(Upstream::Http(HttpUpstreams {
-            targets: vec![validate_http(u, demo)?],
+            targets: vec![validate_http(u, demo, false)?],
             strategy: strategy(&u.strategy)?,
         })),
         "stdio" => validate_stdio(u).map(Upstream::Stdio),
@@ -840,7 +898,7 @@ fn validate_many(many: &[UpstreamSection]) -> Result<Upstream, ConfigError> {
     }
     let targets = many
         .iter()
-        .map(|u| validate_http(u, None))
+        .map(|u| validate_http(u, None, true))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Upstream::Http(HttpUpstreams {
         targets,
@@ -934,6 +992,7 @@ pub fn split_command(line: &str) -> Result<Vec<String>, &'static str> {
 fn validate_http(
     u: &UpstreamSection,
     demo: Option<SocketAddr>,
+    several: bool,
 ) -> Result<UpstreamConfig, ConfigError> {
     let (addr, authority, path) = if u.url.is_empty() {
         match demo {
@@ -963,6 +1022,7 @@ fn validate_http(
             return err("upstream.authorization", "must be one line");
         }
     }
+    let health = validate_health(u, &path, several)?;
     Ok(UpstreamConfig {
         addr,
         authority,
@@ -972,6 +1032,57 @@ fn validate_http(
         pool_max_connections: u.pool_max_connections,
         pool_idle_timeout: Duration::from_millis(u.pool_idle_timeout_ms),
         weight: u.weight,
+        health,
+    })
+}
+
+fn validate_health(
+    u: &UpstreamSection,
+    path: &str,
+    several: bool,
+) -> Result<HealthConfig, ConfigError> {
+    let kind = match (u.health_check.as_str(), several) {
+        ("auto", true) | ("mcp", _) => ProbeKind::Mcp,
+        ("auto", false) | ("off", _) => ProbeKind::Off,
+        ("http", _) => ProbeKind::Http,
+        (other, _) => {
+            return err(
+                "upstream.health_check",
+                format!("'{other}' is not one of auto, mcp, http, off"),
+            )
+        }
+    };
+    let at_least_1 = |key: &str, v: u64| {
+        if v == 0 {
+            err(key, "must be at least 1")
+        } else {
+            Ok(())
+        }
+    };
+    at_least_1("upstream.health_interval_ms", u.health_interval_ms)?;
+    at_least_1("upstream.health_timeout_ms", u.health_timeout_ms)?;
+    at_least_1("upstream.healthy_threshold", u.healthy_threshold.into())?;
+    at_least_1("upstream.unhealthy_threshold", u.unhealthy_threshold.into())?;
+    at_least_1("upstream.breaker_failures", u.breaker_failures.into())?;
+    at_least_1("upstream.breaker_open_ms", u.breaker_open_ms)?;
+    at_least_1(
+        "upstream.breaker_half_open_requests",
+        u.breaker_half_open_requests.into(),
+    )?;
+    let probe_path = u.health_path.clone().unwrap_or_else(|| path.to_string());
+    if !probe_path.starts_with('/') || probe_path.bytes().any(|b| b <= b' ') {
+        return err("upstream.health_path", "must be a path starting with /");
+    }
+    Ok(HealthConfig {
+        kind,
+        path: probe_path,
+        interval: Duration::from_millis(u.health_interval_ms),
+        timeout: Duration::from_millis(u.health_timeout_ms),
+        healthy_threshold: u.healthy_threshold,
+        unhealthy_threshold: u.unhealthy_threshold,
+        breaker_failures: u.breaker_failures,
+        breaker_open: Duration::from_millis(u.breaker_open_ms),
+        breaker_half_open_requests: u.breaker_half_open_requests,
     })
 }
 

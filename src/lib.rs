@@ -8,7 +8,8 @@
 //! - `mcp`       — JSON-RPC classification, protocol versions, session ids.
 //! - `limits`    — per-client limits: sessions per client, request rates per client and session.
 //! - `session`   — the shard's session table (gateway id → upstream session).
-//! - `upstream`  — the shard's bounded keep-alive pool of upstream connections.
+//! - `upstream`  — the shard's bounded keep-alive pool of upstream connections, and balancing.
+//! - `health`    — per-shard circuit breakers and active probes of HTTP upstreams.
 //! - `stdio`     — stdio upstreams: one child process per session, correlation by id, reaping.
 //! - `bridge`    — answers HTTP requests from a stdio child (JSON or SSE, GET stream).
 //! - `forward`   — `shardcat forward`: stdio to stdio, and stdio to Streamable HTTP.
@@ -34,6 +35,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod forward;
+pub mod health;
 pub mod http;
 pub mod limits;
 pub mod mcp;

@@ -40,7 +40,7 @@ pub const STATUSES: [u16; 19] = [
 ];
 
 /// Rejections (a named bound was hit or input refused), by label.
-pub const REJECTIONS: [&str; 11] = [
+pub const REJECTIONS: [&str; 12] = [
     "connections",
     "sessions",
     "upstream_pool",
@@ -51,6 +51,7 @@ pub const REJECTIONS: [&str; 11] = [
     "client_sessions",
     "client_rate",
     "session_rate",
+    "no_healthy_upstream",
     "other",
 ];
 
@@ -102,6 +103,12 @@ pub struct ShardStats {
     pub sse_events: AtomicU64,
     pub sse_streams: AtomicI64,
     pub sse_backpressure_waits: AtomicU64,
+    pub breaker_opened: AtomicU64,
+    pub breaker_closed: AtomicU64,
+    pub health_probes: AtomicU64,
+    pub health_probe_failures: AtomicU64,
+    /// Per HTTP upstream, this shard's view: 0 closed, 1 open, 2 half-open, 3 unhealthy.
+    pub upstream_state: Vec<AtomicI64>,
     pub sse_upstream_streams: AtomicI64,
     pub sse_resumed: AtomicU64,
     pub sse_replay_gaps: AtomicU64,
@@ -127,6 +134,13 @@ pub struct ShardStats {
 }
 
 impl ShardStats {
+    /// Stats of a shard in front of `upstreams` HTTP upstreams (their health gauges).
+    pub fn with_upstreams(shard: usize, upstreams: usize) -> ShardStats {
+        let mut s = ShardStats::new(shard);
+        s.upstream_state = (0..upstreams).map(|_| AtomicI64::new(0)).collect();
+        s
+    }
+
     pub fn new(shard: usize) -> ShardStats {
         let cells = METHODS.len() * (STATUSES.len() + 1);
         ShardStats {
@@ -153,6 +167,11 @@ impl ShardStats {
             sse_events: AtomicU64::new(0),
             sse_streams: AtomicI64::new(0),
             sse_backpressure_waits: AtomicU64::new(0),
+            breaker_opened: AtomicU64::new(0),
+            breaker_closed: AtomicU64::new(0),
+            health_probes: AtomicU64::new(0),
+            health_probe_failures: AtomicU64::new(0),
+            upstream_state: Vec::new(),
             sse_upstream_streams: AtomicI64::new(0),
             sse_resumed: AtomicU64::new(0),
             sse_replay_gaps: AtomicU64::new(0),
@@ -216,7 +235,7 @@ type Gauge = (&'static str, &'static str, fn(&ShardStats) -> i64);
 pub fn render(stats: &[&ShardStats], hists: &[Option<Histogram<u64>>], out: &mut String) {
     render_requests(stats, out);
     render_rejections(stats, out);
-    let gauges: [Gauge; 42] = [
+    let gauges: [Gauge; 46] = [
         ("shardcat_connections", "gauge", |s| {
             s.connections.load(Relaxed)
         }),
@@ -292,6 +311,18 @@ pub fn render(stats: &[&ShardStats], hists: &[Option<Histogram<u64>>], out: &mut
         ("shardcat_sse_abandoned_total", "counter", |s| {
             s.sse_abandoned.load(Relaxed) as i64
         }),
+        ("shardcat_breaker_opened_total", "counter", |s| {
+            s.breaker_opened.load(Relaxed) as i64
+        }),
+        ("shardcat_breaker_closed_total", "counter", |s| {
+            s.breaker_closed.load(Relaxed) as i64
+        }),
+        ("shardcat_health_probes_total", "counter", |s| {
+            s.health_probes.load(Relaxed) as i64
+        }),
+        ("shardcat_health_probe_failures_total", "counter", |s| {
+            s.health_probe_failures.load(Relaxed) as i64
+        }),
         ("shardcat_client_errors_total", "counter", |s| {
             s.client_errors.load(Relaxed) as i64
         }),
@@ -348,6 +379,7 @@ pub fn render(stats: &[&ShardStats], hists: &[Option<Histogram<u64>>], out: &mut
         }
         let _ = writeln!(out, "{name}{{shard=\"all\"}} {total}");
     }
+    render_upstreams(stats, out);
     render_latency(hists, out);
 }
 
@@ -383,6 +415,21 @@ fn render_requests(stats: &[&ShardStats], out: &mut String) {
                 );
             }
             let _ = writeln!(out, "shardcat_requests_total{{shard=\"all\",method=\"{method}\",status=\"{status}\"}} {total}");
+        }
+    }
+}
+
+/// Each shard's view of each HTTP upstream: 0 closed, 1 open, 2 half-open, 3 unhealthy.
+fn render_upstreams(stats: &[&ShardStats], out: &mut String) {
+    out.push_str("# TYPE shardcat_upstream_state gauge\n");
+    for s in stats {
+        for (i, g) in s.upstream_state.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "shardcat_upstream_state{{shard=\"{}\",upstream=\"{i}\"}} {}",
+                s.shard,
+                g.load(Relaxed)
+            );
         }
     }
 }

@@ -700,6 +700,17 @@ fn lookup_session(shard: &Shard, raw: &[u8], limit: bool) -> Result<SessionRef> 
         .get_mut(&id)
         .ok_or_else(|| Error::new(Kind::UnknownSession, ""))?;
     let now = Instant::now();
+    if s.child.is_none() && !shard.health.session_servable(s.upstream, now) {
+        // Its upstream is down (breaker open, probes failing) and holds the session's state:
+        // the client must start again on a healthy upstream.
+        drop(sessions);
+        log::info!(
+            "shard {}: session's upstream is down; session ended",
+            shard.id
+        );
+        end_session_local(shard, &id, "upstream down");
+        return Err(Error::new(Kind::UnknownSession, "its upstream is down"));
+    }
     s.last_seen = now;
     if let Some(rate) = shard.shared.clients.session_rate.filter(|_| limit) {
         let bucket = s
@@ -1034,10 +1045,19 @@ async fn forward(
     let mut urb = http::ReadBuf::from_vec(shard.take_buffer());
     let client = watch_hangup.then_some(&conn.stream);
     let resp = match read_response_head(shard, &mut up, &mut urb, req.method, client).await {
-        Ok(r) => r,
+        Ok(r) => {
+            let failed = matches!(r.status, 502..=504);
+            shard
+                .health
+                .record(upstream, !failed, Instant::now(), &shard.stats);
+            r
+        }
         Err(e) => {
             if e.side() == crate::error::Side::Upstream {
                 inc(&shard.stats.upstream_errors);
+                shard
+                    .health
+                    .record(upstream, false, Instant::now(), &shard.stats);
             }
             shard.give_buffer(urb.into_vec());
             return Err(e);
@@ -1083,17 +1103,10 @@ async fn connect_upstream(
 ) -> Result<(UpConn, usize)> {
     let mut tried: Vec<usize> = Vec::new();
     loop {
+        let now = Instant::now();
         let i = match req.upstream {
             Some(i) => i,
-            None => match shard.balancer.pick(&shard.pools, client, &tried) {
-                Some(i) => i,
-                None => {
-                    return Err(Error::new(
-                        Kind::UpstreamConnect,
-                        "no upstream could be reached",
-                    ))
-                }
-            },
+            None => pick_upstream(shard, client, &tried, now)?,
         };
         let pool = http_pool(shard, i)?;
         let mut wire = Vec::with_capacity(512 + req.body.map_or(0, <[u8]>::len));
@@ -1101,6 +1114,9 @@ async fn connect_upstream(
         match send_request(shard, i, wire).await {
             Ok(up) => return Ok((up, i)),
             Err((e, unsent)) => {
+                if !matches!(e.kind, Kind::Overloaded(_)) {
+                    shard.health.record(i, false, Instant::now(), &shard.stats);
+                }
                 let can_move =
                     req.upstream.is_none() && unsent && tried.len() + 1 < shard.pools.len();
                 if !can_move {
@@ -1115,6 +1131,30 @@ async fn connect_upstream(
             }
         }
     }
+}
+
+/// An upstream for a request not bound to a session: healthy, its breaker admitting, not
+/// tried yet. None at all is 503 (counted), not a wait.
+fn pick_upstream(shard: &Shard, client: u32, tried: &[usize], now: Instant) -> Result<usize> {
+    let usable = |i: usize| shard.health.selectable(i, now);
+    let mut skipped = tried.to_vec();
+    while let Some(i) = shard.balancer.pick(&shard.pools, client, &skipped, &usable) {
+        if shard.health.admit(i, now, &shard.stats) {
+            return Ok(i);
+        }
+        skipped.push(i);
+    }
+    if tried.is_empty() {
+        shard.stats.count_rejection("no_healthy_upstream");
+        return Err(Error::new(
+            Kind::Overloaded("no_healthy_upstream"),
+            "no healthy upstream",
+        ));
+    }
+    Err(Error::new(
+        Kind::UpstreamConnect,
+        "no upstream could be reached",
+    ))
 }
 
 /// Writes the request on a pooled connection of upstream `i`. A reused connection that fails

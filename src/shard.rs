@@ -70,6 +70,8 @@ pub struct Shard {
     pub pools: Vec<Rc<Pool>>,
     /// Chooses among `pools` for new sessions and stateless requests.
     pub balancer: crate::upstream::Balancer,
+    /// This shard's view of the HTTP upstreams' health (breakers, probes).
+    pub health: crate::health::Health,
     /// The stdio upstream's children (absent for an HTTP upstream).
     pub stdio: Option<Rc<crate::stdio::Host>>,
     /// This shard's channel to the persistence core (absent when not recording).
@@ -121,6 +123,10 @@ pub fn shared(config: Config, tape: Option<TapeStats>) -> (Arc<Shared>, Vec<Mail
         mailboxes.push(tx);
         rxs.push(rx);
     }
+    let http_upstreams = match &config.upstream {
+        crate::config::Upstream::Http(h) => h.targets.len(),
+        crate::config::Upstream::Stdio(_) => 0,
+    };
     let shared = Shared {
         connections: Gate::new(config.limits.max_connections),
         sessions: Gate::new(config.limits.max_sessions),
@@ -133,7 +139,9 @@ pub fn shared(config: Config, tape: Option<TapeStats>) -> (Arc<Shared>, Vec<Mail
             crate::config::Upstream::Http(_) => 0,
         }),
         draining: AtomicBool::new(false),
-        stats: (0..n).map(|i| Arc::new(ShardStats::new(i))).collect(),
+        stats: (0..n)
+            .map(|i| Arc::new(ShardStats::with_upstreams(i, http_upstreams)))
+            .collect(),
         hists: (0..n).map(|_| crossbeam_channel::bounded(1)).collect(),
         mailboxes,
         upstream_json: serde_json::to_string(&config.upstream.describe()).unwrap_or_default(),
@@ -259,6 +267,10 @@ async fn shard_main(
     tape: Option<crate::tape::Recorder>,
 ) {
     let stats = shared.stats[id].clone();
+    let health = match &shared.config.upstream {
+        crate::config::Upstream::Http(h) => crate::health::Health::new(id, &h.targets),
+        crate::config::Upstream::Stdio(_) => crate::health::Health::new(id, &[]),
+    };
     let (pools, balancer, stdio) = match &shared.config.upstream {
         crate::config::Upstream::Http(h) => {
             let pools = h
@@ -299,6 +311,7 @@ async fn shard_main(
         )),
         pools,
         balancer,
+        health,
         stdio,
         tape,
         backlog: RefCell::new(std::collections::VecDeque::new()),
@@ -320,6 +333,9 @@ async fn shard_main(
     }
     monoio::spawn(mailbox_loop(shard.clone(), rx));
     monoio::spawn(tick_loop(shard.clone()));
+    for i in 0..shard.pools.len() {
+        monoio::spawn(crate::health::probe_loop(shard.clone(), i));
+    }
     accept_loop(&shard, &listener).await;
     drop(listener);
     drain(&shard).await;

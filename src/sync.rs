@@ -127,6 +127,10 @@ impl Future for NotifyWait<'_> {
 
 impl Drop for NotifyWait<'_> {
     fn drop(&mut self) {
+        // After a notification the slab was drained: the key may now be another waiter's.
+        if self.notify.generation.get() != self.seen {
+            return;
+        }
         if let Some(k) = self.key {
             let mut waiters = self.notify.waiters.borrow_mut();
             if waiters.contains(k) {
@@ -322,6 +326,25 @@ mod tests {
                 let _ = monoio::time::timeout(std::time::Duration::from_millis(1), w).await;
             }
             assert_eq!(n.waiters.borrow().len(), 0);
+            // A woken waiter dropped late must not remove a newer waiter's waker (same slot).
+            let n2 = n.clone();
+            let stale = monoio::spawn(async move {
+                let mut w = Box::pin(n2.notified());
+                std::future::poll_fn(|cx| {
+                    let _ = w.as_mut().poll(cx);
+                    std::task::Poll::Ready(())
+                })
+                .await;
+                n2.notify_all();
+                let n3 = n2.clone();
+                let newer = monoio::spawn(async move { n3.notified().await });
+                monoio::time::sleep(std::time::Duration::from_millis(2)).await;
+                drop(w);
+                assert_eq!(n2.waiters.borrow().len(), 1, "the newer waiter stays");
+                n2.notify_all();
+                newer.await;
+            });
+            stale.await;
         });
     }
 

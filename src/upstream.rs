@@ -250,10 +250,16 @@ impl Balancer {
         self.strategy == crate::config::Strategy::Sticky
     }
 
-    /// An upstream not in `tried`, or `None` when all were tried. `client` is the client's cell
-    /// (for `sticky`).
-    pub fn pick(&self, pools: &[Rc<Pool>], client: u32, tried: &[usize]) -> Option<usize> {
-        let open = |i: &usize| !tried.contains(i);
+    /// An upstream not in `tried` and `usable` (healthy, breaker admitting), or `None` when
+    /// there is none. `client` is the client's cell (for `sticky`).
+    pub fn pick(
+        &self,
+        pools: &[Rc<Pool>],
+        client: u32,
+        tried: &[usize],
+        usable: &dyn Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let open = |i: &usize| !tried.contains(i) && usable(*i);
         let n = self.weights.len();
         match self.strategy {
             crate::config::Strategy::RoundRobin => {
@@ -306,6 +312,17 @@ mod balancer_tests {
                     pool_max_connections: 1,
                     pool_idle_timeout: std::time::Duration::from_secs(1),
                     weight: 1,
+                    health: crate::config::HealthConfig {
+                        kind: crate::config::ProbeKind::Off,
+                        path: "/mcp".into(),
+                        interval: std::time::Duration::from_secs(1),
+                        timeout: std::time::Duration::from_secs(1),
+                        healthy_threshold: 1,
+                        unhealthy_threshold: 1,
+                        breaker_failures: 1,
+                        breaker_open: std::time::Duration::from_secs(1),
+                        breaker_half_open_requests: 1,
+                    },
                 };
                 let stats = Arc::new(ShardStats::new(0));
                 Rc::new(Pool::new(cfg, std::time::Duration::from_secs(1), stats))
@@ -313,27 +330,47 @@ mod balancer_tests {
             .collect()
     }
 
+    fn all(_: usize) -> bool {
+        true
+    }
+
+    #[test]
+    fn unusable_upstreams_are_never_picked() {
+        let p = pools(3);
+        for strategy in [
+            Strategy::RoundRobin,
+            Strategy::LeastConnections,
+            Strategy::Sticky,
+        ] {
+            let b = Balancer::new(strategy, vec![1, 1, 1]);
+            let not_one = |i: usize| i != 1;
+            assert!((0..300u32).all(|c| b.pick(&p, c, &[], &not_one) != Some(1)));
+            assert_eq!(b.pick(&p, 7, &[0, 2], &not_one), None);
+        }
+    }
+
     #[test]
     fn weighted_round_robin_is_smooth_and_skips_tried() {
         let p = pools(3);
         let b = Balancer::new(Strategy::RoundRobin, vec![2, 1, 1]);
-        let seq: Vec<usize> = (0..8).map(|_| b.pick(&p, 0, &[]).unwrap()).collect();
+        let seq: Vec<usize> = (0..8).map(|_| b.pick(&p, 0, &[], &all).unwrap()).collect();
         // Interleaved, not 0,0,1,2: each cycle of 4 gives upstream 0 its two turns apart.
         assert_eq!(seq, [0, 1, 2, 0, 0, 1, 2, 0]);
-        assert_ne!(b.pick(&p, 0, &[0]), Some(0));
-        assert_eq!(b.pick(&p, 0, &[0, 1, 2]), None);
+        assert_ne!(b.pick(&p, 0, &[0], &all), Some(0));
+        assert_eq!(b.pick(&p, 0, &[0, 1, 2], &all), None);
     }
 
     #[test]
     fn sticky_keeps_a_client_on_its_upstream_until_it_is_tried() {
         let p = pools(3);
         let b = Balancer::new(Strategy::Sticky, vec![1, 1, 1]);
-        let home = b.pick(&p, 12345, &[]).unwrap();
-        assert!((0..10).all(|_| b.pick(&p, 12345, &[]) == Some(home)));
-        let next = b.pick(&p, 12345, &[home]).unwrap();
+        let home = b.pick(&p, 12345, &[], &all).unwrap();
+        assert!((0..10).all(|_| b.pick(&p, 12345, &[], &all) == Some(home)));
+        let next = b.pick(&p, 12345, &[home], &all).unwrap();
         assert_ne!(next, home);
-        let spread: std::collections::HashSet<usize> =
-            (0..300u32).filter_map(|c| b.pick(&p, c, &[])).collect();
+        let spread: std::collections::HashSet<usize> = (0..300u32)
+            .filter_map(|c| b.pick(&p, c, &[], &all))
+            .collect();
         assert_eq!(spread.len(), 3);
     }
 }

@@ -970,7 +970,7 @@ fn several_upstreams_share_sessions_and_a_dead_one_is_skipped() {
     for (i, d) in demos.iter().enumerate() {
         let weight = if i == 0 { 2 } else { 1 };
         toml.push_str(&format!(
-            "[[upstream]]\nurl = \"{}\"\nweight = {weight}\n",
+            "[[upstream]]\nurl = \"{}\"\nweight = {weight}\nhealth_check = \"off\"\n",
             demo_url(d)
         ));
     }
