@@ -69,6 +69,7 @@ fn handle(
             let mut out = String::with_capacity(16 * 1024);
             let stats: Vec<_> = shared.stats.iter().map(|s| s.as_ref()).collect();
             crate::metrics::render(&stats, latest, &mut out);
+            render_degradation(shared, &mut out);
             if let Some(t) = &shared.tape {
                 let recorders: Vec<&crate::tape::RecorderStats> =
                     t.recorders.iter().map(|r| r.as_ref()).collect();
@@ -98,8 +99,18 @@ fn health(shared: &Shared) -> String {
             })
         })
         .collect();
+    let level = crate::degrade::level(shared);
+    let occupancy = crate::degrade::measure(shared);
     serde_json::json!({
         "status": status,
+        "level": level.name(),
+        "occupancy": {
+            "max": occupancy.max(),
+            "connections": occupancy.connections,
+            "sessions": occupancy.sessions,
+            "pending_events": occupancy.pending_events,
+            "memory": occupancy.memory,
+        },
         "upstreams": upstreams(shared),
         "shards": shared.stats.len(),
         "connections": shared.connections.current(),
@@ -109,6 +120,25 @@ fn health(shared: &Shared) -> String {
         "per_shard": shards,
     })
     .to_string()
+}
+
+fn render_degradation(shared: &Shared, out: &mut String) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "# TYPE shardcat_degradation_level gauge\nshardcat_degradation_level {}",
+        shared.level.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE shardcat_degradation_changes_total counter\nshardcat_degradation_changes_total {}",
+        shared.level_changes.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE shardcat_occupancy gauge\nshardcat_occupancy {}",
+        shared.occupancy_permille.load(Ordering::Relaxed) as f64 / 1000.0
+    );
 }
 
 /// Each HTTP upstream with every shard's view of it. Healthy: in rotation on some shard.

@@ -84,6 +84,19 @@ pub const DEFAULT_HEALTH_TIMEOUT_MS: u64 = 1_000;
 pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 2;
 /// Failed probes in a row that take an upstream out of rotation.
 pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
+/// Occupancy (the fullest named bound) at which recorded messages are shed.
+pub const DEFAULT_RECORDING_SHED_AT: f64 = 0.80;
+/// Occupancy at which new sessions are refused (503).
+pub const DEFAULT_SESSIONS_REJECTED_AT: f64 = 0.90;
+/// Occupancy at which only requests of existing sessions are served.
+pub const DEFAULT_PROTECTIVE_AT: f64 = 0.97;
+/// A level is left only when occupancy is this far below its threshold.
+pub const DEFAULT_DEGRADATION_HYSTERESIS: f64 = 0.05;
+pub const DEFAULT_DEGRADATION_CHECK_INTERVAL_MS: u64 = 100;
+/// Resident memory counted as full occupancy (0: memory is not a bound).
+pub const DEFAULT_MAX_MEMORY_BYTES: u64 = 0;
+/// Undelivered SSE events, across all streams, counted as full occupancy.
+pub const DEFAULT_MAX_PENDING_EVENTS_TOTAL: u64 = 100_000;
 /// Child processes of stdio upstreams across all shards: one per session, plus prewarmed and
 /// stateless-serving children. Past it, a new session gets 503.
 pub const DEFAULT_MAX_PROCESSES: usize = 1_000;
@@ -106,6 +119,7 @@ pub struct FileConfig {
     pub limits: LimitsSection,
     pub timeouts: TimeoutsSection,
     pub sse: SseSection,
+    pub degradation: DegradationSection,
     /// `[upstream]` or `[[upstream]]`: one upstream (several are not supported yet).
     #[serde(deserialize_with = "one_or_many")]
     pub upstream: Vec<UpstreamSection>,
@@ -356,6 +370,77 @@ impl Default for SseSection {
     }
 }
 
+/// `[degradation]`: levels of service as the named bounds fill (see `degrade`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DegradationSection {
+    pub recording_shed_at: f64,
+    pub sessions_rejected_at: f64,
+    pub protective_at: f64,
+    pub hysteresis: f64,
+    pub check_interval_ms: u64,
+    pub max_memory_bytes: u64,
+    pub max_pending_events: u64,
+}
+
+impl Default for DegradationSection {
+    fn default() -> Self {
+        DegradationSection {
+            recording_shed_at: DEFAULT_RECORDING_SHED_AT,
+            sessions_rejected_at: DEFAULT_SESSIONS_REJECTED_AT,
+            protective_at: DEFAULT_PROTECTIVE_AT,
+            hysteresis: DEFAULT_DEGRADATION_HYSTERESIS,
+            check_interval_ms: DEFAULT_DEGRADATION_CHECK_INTERVAL_MS,
+            max_memory_bytes: DEFAULT_MAX_MEMORY_BYTES,
+            max_pending_events: DEFAULT_MAX_PENDING_EVENTS_TOTAL,
+        }
+    }
+}
+
+impl DegradationSection {
+    fn validate(&self) -> Result<crate::degrade::Thresholds, ConfigError> {
+        let levels = [
+            ("degradation.recording_shed_at", self.recording_shed_at),
+            (
+                "degradation.sessions_rejected_at",
+                self.sessions_rejected_at,
+            ),
+            ("degradation.protective_at", self.protective_at),
+        ];
+        for (key, v) in levels {
+            if !(v > 0.0 && v <= 1.0) {
+                return err(key, "must be in (0, 1]");
+            }
+        }
+        if !(self.recording_shed_at <= self.sessions_rejected_at
+            && self.sessions_rejected_at <= self.protective_at)
+        {
+            return err(
+                "degradation.recording_shed_at",
+                "thresholds must rise: recording_shed_at <= sessions_rejected_at <= protective_at",
+            );
+        }
+        if !(0.0..0.5).contains(&self.hysteresis) {
+            return err("degradation.hysteresis", "must be in [0, 0.5)");
+        }
+        if self.check_interval_ms == 0 || self.max_pending_events == 0 {
+            return err(
+                "degradation.check_interval_ms",
+                "check_interval_ms and max_pending_events must be at least 1",
+            );
+        }
+        Ok(crate::degrade::Thresholds {
+            recording_shed_at: self.recording_shed_at,
+            sessions_rejected_at: self.sessions_rejected_at,
+            protective_at: self.protective_at,
+            hysteresis: self.hysteresis,
+            check_interval: Duration::from_millis(self.check_interval_ms),
+            max_memory_bytes: self.max_memory_bytes,
+            max_pending_events: self.max_pending_events,
+        })
+    }
+}
+
 /// Validated `[sse]`.
 #[derive(Debug, Clone)]
 pub struct SseConfig {
@@ -492,6 +577,7 @@ pub struct Config {
     pub limits: Limits,
     pub timeouts: Timeouts,
     pub sse: SseConfig,
+    pub degradation: crate::degrade::Thresholds,
     pub upstream: Upstream,
     /// Recording; `None` when off.
     pub tapes: Option<crate::tape::TapeConfig>,
@@ -740,6 +826,7 @@ impl FileConfig {
         let limits = validate_limits(&self.limits)?;
         let timeouts = validate_timeouts(&self.timeouts)?;
         let sse = self.sse.validate()?;
+        let degradation = self.degradation.validate()?;
         let upstream = match self.upstream.as_slice() {
             [] => validate_upstream(&UpstreamSection::default(), demo_addr)?,
             [u] => validate_upstream(u, demo_addr)?,
@@ -760,6 +847,7 @@ impl FileConfig {
             limits,
             timeouts,
             sse,
+            degradation,
             upstream,
             tapes,
         })

@@ -6,6 +6,7 @@
 //! - `http`      — HTTP/1.1 heads, body framing, chunked coding, SSE event splitting.
 //! - `proxy`     — the request pipeline, wired in `proxy::exchange`.
 //! - `mcp`       — JSON-RPC classification, protocol versions, session ids.
+//! - `degrade`   — degradation levels from measured occupancy (monitor thread, read by shards).
 //! - `limits`    — per-client limits: sessions per client, request rates per client and session.
 //! - `session`   — the shard's session table (gateway id → upstream session).
 //! - `upstream`  — the shard's bounded keep-alive pool of upstream connections, and balancing.
@@ -32,6 +33,7 @@ pub mod admin;
 pub mod admission;
 pub mod bridge;
 pub mod config;
+pub mod degrade;
 pub mod demo;
 pub mod error;
 pub mod forward;

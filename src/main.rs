@@ -303,6 +303,12 @@ fn serve(config: shardcat::config::Config, demo: bool) -> i32 {
         persist: p.stats(),
     });
     let (shared, rxs) = shard::shared(config, tape_stats);
+    let monitor = {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("degrade".into())
+            .spawn(move || shardcat::degrade::monitor(shared))
+    };
     if let Some(l) = admin {
         let shared = shared.clone();
         let _ = std::thread::Builder::new()
@@ -339,6 +345,10 @@ fn serve(config: shardcat::config::Config, demo: bool) -> i32 {
     });
     for h in handles {
         let _ = h.join();
+    }
+    // The monitor stops once the gateway drains (within one check interval).
+    if let Ok(m) = monitor {
+        let _ = m.join();
     }
     if let Some(p) = persistence {
         // The shards are done: everything they offered is flushed before exit.

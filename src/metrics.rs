@@ -40,7 +40,7 @@ pub const STATUSES: [u16; 19] = [
 ];
 
 /// Rejections (a named bound was hit or input refused), by label.
-pub const REJECTIONS: [&str; 12] = [
+pub const REJECTIONS: [&str; 13] = [
     "connections",
     "sessions",
     "upstream_pool",
@@ -52,6 +52,7 @@ pub const REJECTIONS: [&str; 12] = [
     "client_rate",
     "session_rate",
     "no_healthy_upstream",
+    "degraded",
     "other",
 ];
 
@@ -103,6 +104,8 @@ pub struct ShardStats {
     pub sse_events: AtomicU64,
     pub sse_streams: AtomicI64,
     pub sse_backpressure_waits: AtomicU64,
+    pub sse_pending_events: AtomicI64,
+    pub tape_frames_shed: AtomicU64,
     pub breaker_opened: AtomicU64,
     pub breaker_closed: AtomicU64,
     pub health_probes: AtomicU64,
@@ -167,6 +170,8 @@ impl ShardStats {
             sse_events: AtomicU64::new(0),
             sse_streams: AtomicI64::new(0),
             sse_backpressure_waits: AtomicU64::new(0),
+            sse_pending_events: AtomicI64::new(0),
+            tape_frames_shed: AtomicU64::new(0),
             breaker_opened: AtomicU64::new(0),
             breaker_closed: AtomicU64::new(0),
             health_probes: AtomicU64::new(0),
@@ -235,7 +240,7 @@ type Gauge = (&'static str, &'static str, fn(&ShardStats) -> i64);
 pub fn render(stats: &[&ShardStats], hists: &[Option<Histogram<u64>>], out: &mut String) {
     render_requests(stats, out);
     render_rejections(stats, out);
-    let gauges: [Gauge; 46] = [
+    let gauges: [Gauge; 48] = [
         ("shardcat_connections", "gauge", |s| {
             s.connections.load(Relaxed)
         }),
@@ -322,6 +327,12 @@ pub fn render(stats: &[&ShardStats], hists: &[Option<Histogram<u64>>], out: &mut
         }),
         ("shardcat_health_probe_failures_total", "counter", |s| {
             s.health_probe_failures.load(Relaxed) as i64
+        }),
+        ("shardcat_sse_pending_events", "gauge", |s| {
+            s.sse_pending_events.load(Relaxed)
+        }),
+        ("shardcat_tape_frames_shed_total", "counter", |s| {
+            s.tape_frames_shed.load(Relaxed) as i64
         }),
         ("shardcat_client_errors_total", "counter", |s| {
             s.client_errors.load(Relaxed) as i64

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use monoio::io::{AsyncWriteRentExt, Canceller};
 use monoio::net::TcpStream;
 
+use crate::degrade::Level;
 use crate::error::{Error, Kind, Result};
 use crate::http::{self, BodyDecoder, BodyKind, HeadBody, Method, RequestHead, ResponseHead};
 use crate::mcp::{self, SessionId, Version};
@@ -309,6 +310,11 @@ async fn route(
         return Err(Error::new(Kind::ForbiddenOrigin, ""));
     }
     let version = header_version(head)?;
+    let level = crate::degrade::level(&shard.shared);
+    if level == Level::Protective && head.headers.get("mcp-session-id").is_none() {
+        // Only requests of existing sessions are served.
+        return Err(degraded(shard, "only existing sessions are served"));
+    }
     let clients = &shard.shared.clients;
     if clients.rates_clients() {
         if let Err(wait) = clients.take(conn.client_cell(), Instant::now()) {
@@ -323,6 +329,12 @@ async fn route(
         Method::Delete => delete(shard, conn, head, ex).await,
         _ => Err(Error::new(Kind::MethodNotAllowed, head.method.as_str())),
     }
+}
+
+/// A 503 for work the degradation level sheds, counted.
+fn degraded(shard: &Shard, why: &str) -> Error {
+    shard.stats.count_rejection("degraded");
+    Error::new(Kind::Overloaded("degraded"), why)
 }
 
 /// A 429 for a per-client or per-session limit, counted.
@@ -386,6 +398,12 @@ async fn post(
     ex.method = static_method(parsed.method_label());
     let first_id = parsed.messages().first().and_then(|m| m.id);
     let fail = |e: Error| e.with_id(first_id);
+    if parsed.is_initialize()
+        && crate::degrade::level(&shard.shared) >= Level::SessionsRejected
+        && head.headers.get("mcp-session-id").is_none()
+    {
+        return Err(fail(degraded(shard, "new sessions are refused for now")));
+    }
     if version.is_some_and(Version::is_stateless) {
         ex.open_one_off(shard, conn, mcp::STATELESS_VERSION).await;
         ex.record_request(shard, &body).await;
@@ -1406,6 +1424,10 @@ pub fn expire_sessions(shard: &Rc<Shard>, now: Instant) {
 pub(crate) fn acquire_session(shard: &Rc<Shard>) -> bool {
     if shard.shared.sessions.try_acquire() {
         return true;
+    }
+    // Evicting makes room for a new session: not while the level refuses new sessions.
+    if crate::degrade::level(&shard.shared) >= Level::SessionsRejected {
+        return false;
     }
     let Some(min_idle) = shard.config().timeouts.session_evict_idle else {
         return false;

@@ -8,6 +8,9 @@
 //! by the clock or by a hook) go through a small shard-local backlog, flushed before the next
 //! frame; a full backlog drops and counts.
 //!
+//! Under the `recording_shed` degradation level, message and status frames are dropped and
+//! counted (`shardcat_tape_frames_shed_total`); session start and end frames are kept.
+//!
 //! Invariant: per session, frames are offered in the order they crossed the gateway.
 
 use std::time::Duration;
@@ -35,6 +38,16 @@ pub struct SseMeta {
 impl Shard {
     pub fn recording(&self) -> bool {
         self.tape.is_some()
+    }
+
+    /// Under the `recording_shed` degradation level, messages and statuses are dropped and
+    /// counted instead of recorded; session starts and ends still are, so tapes stay whole.
+    fn shedding(&self) -> bool {
+        let shed = crate::degrade::level(&self.shared) >= crate::degrade::Level::RecordingShed;
+        if shed {
+            crate::metrics::inc(&self.stats.tape_frames_shed);
+        }
+        shed
     }
 
     /// A new tape session, or `None` when recording is off.
@@ -103,6 +116,9 @@ impl Shard {
         payload: Bytes,
     ) {
         let Some(tap) = tap else { return };
+        if self.shedding() {
+            return;
+        }
         let kind = FrameKind::Message {
             status,
             sse: sse.is_some(),
@@ -115,6 +131,9 @@ impl Shard {
     /// Records a response that carried no JSON-RPC message (202, DELETE's 200, an empty 404).
     pub async fn record_status(&self, tap: Option<Tap>, status: u16) {
         let Some(tap) = tap else { return };
+        if self.shedding() {
+            return;
+        }
         let kind = FrameKind::Status {
             status,
             stream: tap.stream,

@@ -45,6 +45,11 @@ pub struct Shared {
     /// Child processes of a stdio upstream, across shards.
     pub processes: Gate,
     pub draining: AtomicBool,
+    /// The degradation level (`degrade::Level`), set by the monitor thread.
+    pub level: std::sync::atomic::AtomicU8,
+    pub level_changes: std::sync::atomic::AtomicU64,
+    /// Occupancy of the fullest bound, in thousandths, as last measured.
+    pub occupancy_permille: std::sync::atomic::AtomicU64,
     pub stats: Vec<Arc<ShardStats>>,
     pub mailboxes: Vec<Mailbox>,
     /// Latest latency snapshot per shard (capacity 1; the shard replaces a stale one).
@@ -139,6 +144,9 @@ pub fn shared(config: Config, tape: Option<TapeStats>) -> (Arc<Shared>, Vec<Mail
             crate::config::Upstream::Http(_) => 0,
         }),
         draining: AtomicBool::new(false),
+        level: std::sync::atomic::AtomicU8::new(0),
+        level_changes: std::sync::atomic::AtomicU64::new(0),
+        occupancy_permille: std::sync::atomic::AtomicU64::new(0),
         stats: (0..n)
             .map(|i| Arc::new(ShardStats::with_upstreams(i, http_upstreams)))
             .collect(),

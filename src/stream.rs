@@ -23,6 +23,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -30,7 +31,7 @@ use monoio::io::{AsyncWriteRentExt, Canceller};
 
 use crate::http::{self, BodyDecoder, BodyKind, ReadBuf, SseSplitter};
 use crate::mcp::{SessionId, Version};
-use crate::metrics::{gauge_add, inc};
+use crate::metrics::{gauge_add, inc, ShardStats};
 use crate::record::{SseMeta, Tap};
 use crate::shard::{ClientConn, Shard};
 use crate::sync::{LocalEvent, LocalNotify};
@@ -103,6 +104,15 @@ pub struct Stream {
     state: RefCell<State>,
     changed: LocalNotify,
     stop: LocalEvent,
+    /// The shard's stats, whose `sse_pending_events` counts this stream's undelivered events.
+    stats: Option<Arc<ShardStats>>,
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let left = self.state.borrow().undelivered() as i64;
+        self.pending_add(-left);
+    }
 }
 
 /// What makes an SSE answer a session's resumable stream.
@@ -116,15 +126,23 @@ pub struct SseCtx {
 /// A new stream. With a context (and the session still there) it is numbered and kept in its
 /// session for resumption; otherwise it is a plain, stateless one.
 pub fn open(shard: &Shard, ctx: Option<SseCtx>, tap: Option<(Tap, u16)>) -> Rc<Stream> {
+    let plain = || Stream::with_stats(0, StreamKind::Post, None, tap, 0, &shard.stats);
     let Some(ctx) = ctx else {
-        return Stream::new(0, StreamKind::Post, None, tap, 0);
+        return plain();
     };
     let mut sessions = shard.sessions.borrow_mut();
     let Some(session) = sessions.get_mut(&ctx.origin.session) else {
-        return Stream::new(0, StreamKind::Post, None, tap, 0);
+        return plain();
     };
     let no = session.sse.next_no();
-    let stream = Stream::new(no, ctx.kind, Some(ctx.origin), tap, ctx.responses);
+    let stream = Stream::with_stats(
+        no,
+        ctx.kind,
+        Some(ctx.origin),
+        tap,
+        ctx.responses,
+        &shard.stats,
+    );
     session
         .sse
         .keep(stream.clone(), shard.config().sse.max_streams_per_session);
@@ -174,7 +192,30 @@ impl Stream {
             }),
             changed: LocalNotify::default(),
             stop: LocalEvent::default(),
+            stats: None,
         })
+    }
+
+    /// A stream whose undelivered events count in the shard's `sse_pending_events`.
+    fn with_stats(
+        no: u32,
+        kind: StreamKind,
+        origin: Option<Origin>,
+        tap: Option<(Tap, u16)>,
+        responses: usize,
+        stats: &Arc<ShardStats>,
+    ) -> Rc<Stream> {
+        let mut s = Stream::new(no, kind, origin, tap, responses);
+        if let Some(s) = Rc::get_mut(&mut s) {
+            s.stats = Some(stats.clone());
+        }
+        s
+    }
+
+    fn pending_add(&self, d: i64) {
+        if let Some(stats) = &self.stats {
+            gauge_add(&stats.sse_pending_events, d);
+        }
     }
 
     pub fn resumable(&self) -> bool {
@@ -244,6 +285,7 @@ impl Stream {
             let event = Bytes::copy_from_slice(raw);
             s.push(event.clone());
             self.trim(&mut s, shard);
+            self.pending_add(1);
             return Some(event);
         }
         if let Some(id) = &fields.id {
@@ -259,6 +301,7 @@ impl Stream {
         let event = Bytes::from(rename(raw, self.no, s.next_seq));
         s.push(event.clone());
         self.trim(&mut s, shard);
+        self.pending_add(1);
         Some(event)
     }
 }
@@ -434,7 +477,9 @@ async fn write_loop(
             // Events the buffer no longer holds were skipped (counted above).
             cursor = cursor.max(s.events.front().map_or(s.next_seq, |f| f.seq));
             if n > 0 {
+                let before = s.undelivered();
                 s.delivered = s.delivered.max(cursor - 1);
+                stream.pending_add(s.undelivered() as i64 - before as i64);
                 stream.trim(&mut s, shard);
             }
             (n, s.phase == Phase::Ended && cursor >= s.next_seq)
