@@ -20,6 +20,9 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_MAX_SESSIONS: usize = 10_000;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 pub const DEFAULT_MAX_PENDING_EVENTS: usize = 100;
+/// Bytes of undelivered SSE events held per stream for a slow client (at least one event is
+/// always let through): with large events, the event count alone would allow megabytes.
+pub const DEFAULT_MAX_PENDING_BYTES: usize = 256 * 1024;
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_HANDOFF_QUEUE_DEPTH: usize = 1024;
 pub const DEFAULT_CLIENT_HEAD_TIMEOUT_MS: u64 = 10_000;
@@ -37,7 +40,7 @@ pub const DEFAULT_SSE_REPLAY_MAX_EVENTS: usize = 100;
 /// Delivered events older than this are no longer kept for replay.
 pub const DEFAULT_SSE_REPLAY_MAX_AGE_MS: u64 = 60_000;
 /// Bytes of delivered events kept per stream for replay.
-pub const DEFAULT_SSE_REPLAY_MAX_BYTES: usize = 1024 * 1024;
+pub const DEFAULT_SSE_REPLAY_MAX_BYTES: usize = 256 * 1024;
 /// How long a session stream whose client went away keeps reading its upstream, waiting for
 /// the client to resume it.
 pub const DEFAULT_SSE_RESUME_WINDOW_MS: u64 = 30_000;
@@ -276,6 +279,7 @@ pub struct LimitsSection {
     pub max_headers: usize,
     pub max_body_bytes: usize,
     pub max_pending_events: usize,
+    pub max_pending_bytes: usize,
     pub max_event_bytes: usize,
     pub handoff_queue_depth: usize,
     pub retry_after_s: u32,
@@ -297,6 +301,7 @@ impl Default for LimitsSection {
             max_headers: DEFAULT_MAX_HEADERS,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_pending_events: DEFAULT_MAX_PENDING_EVENTS,
+            max_pending_bytes: DEFAULT_MAX_PENDING_BYTES,
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
             handoff_queue_depth: DEFAULT_HANDOFF_QUEUE_DEPTH,
             retry_after_s: DEFAULT_RETRY_AFTER_S,
@@ -646,6 +651,7 @@ pub struct Limits {
     pub max_headers: usize,
     pub max_body_bytes: usize,
     pub max_pending_events: usize,
+    pub max_pending_bytes: usize,
     pub max_event_bytes: usize,
     pub handoff_queue_depth: usize,
     pub retry_after_s: u32,
@@ -892,6 +898,7 @@ fn validate_limits(l: &LimitsSection) -> Result<Limits, ConfigError> {
     at_least("limits.max_headers", l.max_headers, 8)?;
     at_least("limits.max_body_bytes", l.max_body_bytes, 1024)?;
     at_least("limits.max_pending_events", l.max_pending_events, 1)?;
+    at_least("limits.max_pending_bytes", l.max_pending_bytes, 1024)?;
     at_least("limits.max_event_bytes", l.max_event_bytes, 1024)?;
     at_least("limits.handoff_queue_depth", l.handoff_queue_depth, 1)?;
     if l.max_head_bytes > 65_535 {
@@ -907,6 +914,7 @@ fn validate_limits(l: &LimitsSection) -> Result<Limits, ConfigError> {
         max_headers: l.max_headers,
         max_body_bytes: l.max_body_bytes,
         max_pending_events: l.max_pending_events,
+        max_pending_bytes: l.max_pending_bytes,
         max_event_bytes: l.max_event_bytes,
         handoff_queue_depth: l.handoff_queue_depth,
         retry_after_s: l.retry_after_s,

@@ -13,7 +13,8 @@
 //!
 //! Invariants:
 //! - an event not yet delivered is never dropped from the buffer: at `max_pending_events`
-//!   undelivered events the reader stops reading, so TCP pushes back on the upstream;
+//!   undelivered events, or `max_pending_bytes` of them, the reader stops reading, so TCP
+//!   pushes back on the upstream;
 //! - delivered events are kept for replay within `[sse]` count, age and byte bounds;
 //! - an event is only ever sent on its own stream, in order, from any writer;
 //! - a reader always ends: when its upstream stream ends for good, when its session ends
@@ -78,6 +79,8 @@ struct State {
     next_seq: u64,
     /// Highest sequence number written to a client.
     delivered: u64,
+    /// Bytes of events not yet written to a client.
+    pending_bytes: usize,
     phase: Phase,
     /// Generation of the writer attached last; an attach supersedes the one before.
     writer: u64,
@@ -180,6 +183,7 @@ impl Stream {
                 bytes: 0,
                 next_seq: 1,
                 delivered: 0,
+                pending_bytes: 0,
                 phase: Phase::Live,
                 writer: 0,
                 attached: false,
@@ -264,6 +268,12 @@ impl Stream {
         http && self.kind == StreamKind::Get && !s.reader_running && !self.stop.is_set()
     }
 
+    /// Whether another event fits in the undelivered bounds (one always does).
+    fn has_room(&self, events: u64, bytes: usize) -> bool {
+        let s = self.state.borrow();
+        s.undelivered() == 0 || (s.undelivered() < events && s.pending_bytes < bytes)
+    }
+
     /// Live, with a client reading it right now.
     pub fn in_use(&self) -> bool {
         let s = self.state.borrow();
@@ -309,6 +319,7 @@ impl Stream {
 impl State {
     fn push(&mut self, event: Bytes) {
         self.bytes += event.len();
+        self.pending_bytes += event.len();
         self.events.push_back(Buffered {
             seq: self.next_seq,
             at: Instant::now(),
@@ -466,6 +477,7 @@ async fn write_loop(
             }
             let mut n = 0u64;
             let from = cursor;
+            let mut sent = 0;
             for b in s.events.iter().filter(|b| b.seq >= from) {
                 if out.len() >= WRITE_BATCH_BYTES {
                     break;
@@ -473,7 +485,11 @@ async fn write_loop(
                 http::encode_chunk(&mut out, &b.event);
                 cursor = b.seq + 1;
                 n += 1;
+                if b.seq > s.delivered {
+                    sent += b.event.len();
+                }
             }
+            s.pending_bytes -= sent;
             // Events the buffer no longer holds were skipped (counted above).
             cursor = cursor.max(s.events.front().map_or(s.next_seq, |f| f.seq));
             if n > 0 {
@@ -615,12 +631,12 @@ pub async fn guard<F: std::future::Future>(
 }
 
 fn should_reconnect(shard: &Shard, stream: &Stream, end: BodyEnd) -> bool {
-    let Some(origin) = &stream.origin else {
-        return false;
-    };
     if end == BodyEnd::Idle {
         inc(&shard.stats.sse_idle_timeouts);
     }
+    let Some(origin) = &stream.origin else {
+        return false;
+    };
     if matches!(end, BodyEnd::Stopped | BodyEnd::Idle) || stream.stop.is_set() {
         return false;
     }
@@ -701,13 +717,15 @@ fn finish(shard: &Shard, mut up: UpConn, urb: ReadBuf, end: BodyEnd, keep_alive:
 /// Appends an event, first waiting for room while `max_pending_events` are undelivered.
 /// `Some(end)` when the stream must stop instead.
 async fn offer(shard: &Shard, stream: &Stream, raw: &[u8]) -> Option<BodyEnd> {
-    let cap = shard.config().limits.max_pending_events as u64;
+    let limits = &shard.config().limits;
+    let cap = limits.max_pending_events as u64;
+    let cap_bytes = limits.max_pending_bytes;
     let mut waited = false;
     loop {
         if stream.stop.is_set() || shard.shutdown.is_set() {
             return Some(BodyEnd::Stopped);
         }
-        if stream.state.borrow().undelivered() < cap {
+        if stream.has_room(cap, cap_bytes) {
             break;
         }
         if !waited {
