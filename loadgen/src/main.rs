@@ -13,10 +13,12 @@
 //! - `admin`    — the gateway's /metrics, for the session-leak check.
 //! - `rlimit`   — raising RLIMIT_NOFILE.
 //! - `report`   — printing and JSON.
+//! - `faults`   — the `faults` scenario: its own gateway and upstreams, killed and stalled.
 
 mod admin;
 mod conn;
 mod engine;
+mod faults;
 mod proto;
 mod report;
 mod rlimit;
@@ -42,9 +44,10 @@ use user::{UserCfg, Workload};
     about = "Load generator for MCP Streamable HTTP endpoints"
 )]
 struct Args {
-    /// Endpoint under test, http://host:port/path.
-    #[arg(long)]
-    target: String,
+    /// Endpoint under test, http://host:port/path (not for --scenario faults, which starts
+    /// its own gateway).
+    #[arg(long, required_unless_present = "scenario")]
+    target: Option<String>,
     /// What each virtual user does.
     #[arg(long, value_enum, default_value = "call")]
     workload: Workload,
@@ -97,10 +100,28 @@ struct Args {
     /// at once).
     #[arg(long)]
     connect_rate: Option<f64>,
+    /// faults: the shardcat binary (default: beside loadgen).
+    #[arg(long)]
+    gateway_bin: Option<PathBuf>,
+    /// faults: the fault-upstream binary (default: beside loadgen).
+    #[arg(long)]
+    fault_bin: Option<PathBuf>,
+    /// faults: clients reading a flooding upstream slowly.
+    #[arg(long, default_value_t = 100)]
+    slow_clients: usize,
+    /// faults: bytes the flooding upstream sends each slow client.
+    #[arg(long, default_value_t = 10 * 1024 * 1024)]
+    flood_bytes: usize,
+    /// faults: read rate of each slow client, KiB per second.
+    #[arg(long, default_value_t = 2048)]
+    slow_read_kib_s: usize,
 }
 
 fn main() {
     let args = Args::parse();
+    if args.scenario == Some(Scenario::Faults) {
+        std::process::exit(run_faults(&args));
+    }
     let code = match plan(&args).and_then(|p| run::run(&p)) {
         Ok(report) => finish(&args, &report),
         Err(e) => {
@@ -123,6 +144,57 @@ fn finish(args: &Args, report: &report::Report) -> i32 {
         }
     }
     report::print_summary(report);
+    if report.pass {
+        0
+    } else {
+        1
+    }
+}
+
+/// A binary beside loadgen's own (the workspace's target directory).
+fn sibling(name: &str) -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join(name)))
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+fn run_faults(a: &Args) -> i32 {
+    let plan = match secs(a.duration_s, "duration-s") {
+        Ok(duration) => faults::FaultPlan {
+            gateway_bin: a.gateway_bin.clone().unwrap_or_else(|| sibling("shardcat")),
+            fault_bin: a
+                .fault_bin
+                .clone()
+                .unwrap_or_else(|| sibling("fault-upstream")),
+            duration,
+            connections: a.connections.unwrap_or(8),
+            slow_clients: a.slow_clients,
+            flood_bytes: a.flood_bytes,
+            slow_read_bytes_per_s: a.slow_read_kib_s * 1024,
+        },
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            return 2;
+        }
+    };
+    let report = match faults::run(&plan) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("loadgen: faults: {e}");
+            return 2;
+        }
+    };
+    if let Some(path) = &a.json {
+        let written = serde_json::to_vec_pretty(&report)
+            .map_err(|e| e.to_string())
+            .and_then(|j| std::fs::write(path, j).map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            eprintln!("loadgen: cannot write {}: {e}", path.display());
+            return 2;
+        }
+    }
+    faults::print(&report);
     if report.pass {
         0
     } else {
@@ -168,6 +240,7 @@ fn plan(a: &Args) -> Result<Plan, String> {
         Some(Scenario::Churn) => PlanKind::Churn {
             duration: secs(a.duration_s, "duration-s")?,
         },
+        Some(Scenario::Faults) => return Err("the faults scenario runs on its own".into()),
     };
     if let PlanKind::Steps { conns, .. } = &kind {
         if conns.is_empty() || conns.contains(&0) {
@@ -180,7 +253,7 @@ fn plan(a: &Args) -> Result<Plan, String> {
     Ok(Plan {
         name,
         cfg: UserCfg {
-            target: target::parse(&a.target)?,
+            target: target::parse(a.target.as_deref().ok_or("--target is required")?)?,
             workload,
             calls_per_session: a.calls_per_session,
             payload_bytes: a.payload_bytes,
@@ -193,7 +266,7 @@ fn plan(a: &Args) -> Result<Plan, String> {
         watch_pid: a.watch_pid,
         max_p99_ms: a.max_p99_ms,
         allow_rejections: a.allow_rejections,
-        target_url: a.target.clone(),
+        target_url: a.target.clone().unwrap_or_default(),
         connect_rate: a.connect_rate,
     })
 }

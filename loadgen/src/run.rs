@@ -28,6 +28,8 @@ pub enum Scenario {
     Burst,
     Churn,
     Sse,
+    /// Starts its own gateway and upstreams and injects faults (see `faults`).
+    Faults,
 }
 
 /// What to run, resolved from the command line.

@@ -223,3 +223,54 @@ fn an_unreachable_target_is_an_error_not_a_pass() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// The faults scenario starts its own gateway (`shardcat`) and upstreams (`fault-upstream`),
+/// built by `cargo test --workspace` into this target directory.
+#[test]
+fn faults_scenario_kills_and_restarts_an_upstream_and_reports_each_phase() {
+    let dir = std::path::Path::new(LOADGEN).parent().expect("target dir");
+    let (gateway, fault) = (dir.join("shardcat"), dir.join("fault-upstream"));
+    assert!(
+        gateway.exists() && fault.exists(),
+        "run the tests with `cargo test --workspace`"
+    );
+    let json = std::env::temp_dir().join(format!("loadgen-faults-{}.json", std::process::id()));
+    let out = Command::new(LOADGEN)
+        .args([
+            "--scenario",
+            "faults",
+            "--duration-s",
+            "4.5",
+            "--connections",
+            "2",
+        ])
+        .args(["--slow-clients", "10", "--flood-bytes", "1048576"])
+        .args(["--gateway-bin", gateway.to_str().unwrap()])
+        .args(["--fault-bin", fault.to_str().unwrap()])
+        .args(["--json", json.to_str().unwrap()])
+        .output()
+        .expect("run loadgen");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let report: Value = serde_json::from_str(
+        &std::fs::read_to_string(&json).unwrap_or_else(|_| panic!("no report:\n{text}")),
+    )
+    .expect("JSON report");
+    let _ = std::fs::remove_file(&json);
+    let f = &report["failover"];
+    assert_eq!(f["windows"].as_array().map(Vec::len), Some(5), "{report}");
+    assert!(f["served"].as_u64().unwrap() > 0);
+    assert!(f["breaker_open_ms"].as_f64().is_some(), "{report}");
+    assert!(f["recovered_ms"].as_f64().is_some(), "{report}");
+    assert_eq!(f["failed_after_open"], 0, "{report}");
+    let s = &report["slow_clients"];
+    assert_eq!(s["streams_completed"], 10, "{report}");
+    assert!(s["bytes_delivered"].as_u64().unwrap() >= 10 * 1_048_576);
+    assert!(s["rss_peak_mb"].as_f64().unwrap() > 0.0);
+    let stalled = report["stalled"].as_array().unwrap();
+    assert_eq!(stalled.len(), 2);
+    assert!(stalled
+        .iter()
+        .all(|s| s["statuses"].as_array().unwrap().iter().all(|c| c == 504)));
+    assert_eq!(report["pass"], true, "{text}");
+    assert_eq!(out.status.code(), Some(0));
+}
