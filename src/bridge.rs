@@ -271,12 +271,10 @@ pub async fn get(
 /// child is gone or the stream stops (session end, replaced, not resumed in time).
 async fn pump_session(shard: Rc<Shard>, st: Rc<Stream>, child: Rc<Child>) {
     crate::stream::reader_started(&shard, &st);
-    let mut ev = Vec::with_capacity(256);
     while let Some(Next::Event(line) | Next::Final(line)) =
         crate::stream::guard(&shard, &st, child.stream.next()).await
     {
-        sse_event(&mut ev, &line);
-        if !crate::stream::feed(&shard, &st, &ev).await {
+        if !crate::stream::feed(&shard, &st, sse_event(&line)).await {
             break;
         }
     }
@@ -413,10 +411,8 @@ async fn pump_request(
     crate::stream::reader_started(&shard, &st);
     let timeout = shard.config().timeouts.upstream_request;
     let mut line = first;
-    let mut ev = Vec::with_capacity(256);
     loop {
-        sse_event(&mut ev, &line);
-        if !crate::stream::feed(&shard, &st, &ev).await {
+        if !crate::stream::feed(&shard, &st, sse_event(&line)).await {
             break;
         }
         let next = monoio::time::timeout(timeout, ticket.inbox.next());
@@ -439,8 +435,7 @@ async fn pump_request(
         };
         line = next;
         if end {
-            sse_event(&mut ev, &line);
-            crate::stream::feed(&shard, &st, &ev).await;
+            crate::stream::feed(&shard, &st, sse_event(&line)).await;
             break;
         }
     }
@@ -448,12 +443,13 @@ async fn pump_request(
     crate::stream::reader_done(&shard, &st, Some(true));
 }
 
-/// One raw SSE event carrying `data` (replacing what `out` held).
-fn sse_event(out: &mut Vec<u8>, data: &[u8]) {
-    out.clear();
+/// One raw SSE event carrying `data`.
+fn sse_event(data: &[u8]) -> bytes::Bytes {
+    let mut out = Vec::with_capacity(data.len() + 24);
     out.extend_from_slice(b"event: message\ndata: ");
     out.extend_from_slice(data);
     out.extend_from_slice(b"\n\n");
+    bytes::Bytes::from(out)
 }
 
 async fn write_json(conn: &mut ClientConn, session: Option<&str>, body: &[u8]) -> Result<Outcome> {

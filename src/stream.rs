@@ -87,7 +87,7 @@ struct State {
     attached: bool,
     detached_at: Instant,
     /// The upstream's own id of the last event it sent (for reconnecting).
-    upstream_last_id: Option<Box<str>>,
+    upstream_last_id: Option<Vec<u8>>,
     /// The upstream's `retry:` hint.
     retry: Option<Duration>,
     /// Responses a POST stream still waits for.
@@ -106,6 +106,9 @@ pub struct Stream {
     tap: Option<(Tap, u16)>,
     state: RefCell<State>,
     changed: LocalNotify,
+    /// Cancels the reader's upstream read in flight (stop, or a client leaving moves the
+    /// reader's deadline): one canceller per stream, not one per read.
+    read_cancel: RefCell<Canceller>,
     stop: LocalEvent,
     /// The shard's stats, whose `sse_pending_events` counts this stream's undelivered events.
     stats: Option<Arc<ShardStats>>,
@@ -195,6 +198,7 @@ impl Stream {
                 clean: false,
             }),
             changed: LocalNotify::default(),
+            read_cancel: RefCell::new(Canceller::new()),
             stop: LocalEvent::default(),
             stats: None,
         })
@@ -230,6 +234,14 @@ impl Stream {
     pub fn stop(&self) {
         self.stop.set();
         self.changed.notify_all();
+        self.interrupt();
+    }
+
+    /// Cancels the reader's upstream read in flight, if any (it then looks at its state).
+    fn interrupt(&self) {
+        let mut c = self.read_cancel.borrow_mut();
+        let old = std::mem::take(&mut *c);
+        *c = old.cancel();
     }
 
     fn ended(&self) -> bool {
@@ -282,38 +294,70 @@ impl Stream {
 
     /// Appends one upstream event (renamed for a session stream). Events without data or id
     /// (comments, `retry:` alone) are not forwarded: the gateway sends its own keepalives.
-    fn append(&self, shard: &Shard, raw: &[u8]) -> Option<Bytes> {
-        let fields = http::parse_sse_event(raw);
+    /// Appends an event (renamed for a session stream). Returns whether it was kept, and a copy
+    /// when `copy` (for recording; the common path takes no extra reference).
+    fn append(&self, shard: &Shard, raw: Bytes, copy: bool) -> (bool, Option<Bytes>) {
+        let scan = scan(&raw);
         let mut s = self.state.borrow_mut();
-        if let Some(ms) = fields.retry_ms {
+        if let Some(ms) = scan.retry_ms {
             s.retry = Some(Duration::from_millis(ms));
         }
-        if self.origin.is_none() {
-            if fields.data.is_empty() && fields.id.is_none() {
-                return None;
+        if !scan.has_data && scan.id.is_none() {
+            return (false, None);
+        }
+        let event = match &self.origin {
+            None => raw,
+            Some(_) => {
+                if let Some(id) = scan.id {
+                    let last = s.upstream_last_id.get_or_insert_with(Vec::new);
+                    last.clear();
+                    last.extend_from_slice(id);
+                }
+                if self.kind == StreamKind::Post && scan.has_data && s.responses_left > 0 {
+                    let answered = responses_in(&http::parse_sse_event(&raw).data);
+                    s.responses_left = s.responses_left.saturating_sub(answered);
+                }
+                Bytes::from(rename(&raw, self.no, s.next_seq))
             }
-            let event = Bytes::copy_from_slice(raw);
-            s.push(event.clone());
-            self.trim(&mut s, shard);
-            self.pending_add(1);
-            return Some(event);
-        }
-        if let Some(id) = &fields.id {
-            s.upstream_last_id = Some(id.as_str().into());
-        }
-        if fields.data.is_empty() && fields.id.is_none() {
-            return None;
-        }
-        if self.kind == StreamKind::Post && !fields.data.is_empty() {
-            let answered = responses_in(&fields.data);
-            s.responses_left = s.responses_left.saturating_sub(answered);
-        }
-        let event = Bytes::from(rename(raw, self.no, s.next_seq));
-        s.push(event.clone());
+        };
+        let kept = copy.then(|| event.clone());
+        s.push(event);
         self.trim(&mut s, shard);
         self.pending_add(1);
-        Some(event)
+        (true, kept)
     }
+}
+
+/// What `append` needs of an event, found without allocating.
+struct Scan<'a> {
+    has_data: bool,
+    id: Option<&'a [u8]>,
+    retry_ms: Option<u64>,
+}
+
+fn scan(event: &[u8]) -> Scan<'_> {
+    let mut out = Scan {
+        has_data: false,
+        id: None,
+        retry_ms: None,
+    };
+    for line in event.split(|&b| b == b'\n' || b == b'\r') {
+        let (name, value) = match line.iter().position(|&b| b == b':') {
+            Some(0) => continue,
+            Some(i) => {
+                let v = &line[i + 1..];
+                (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
+            }
+            None => (line, &b""[..]),
+        };
+        match name {
+            b"data" => out.has_data = true,
+            b"id" => out.id = Some(value),
+            b"retry" => out.retry_ms = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()),
+            _ => {}
+        }
+    }
+    out
 }
 
 impl State {
@@ -448,6 +492,10 @@ pub async fn deliver(shard: &Shard, conn: &mut ClientConn, stream: &Stream, from
         stream.stop();
     }
     stream.changed.notify_all();
+    if stream.resumable() {
+        // Detached: the reader's deadline is now the end of the resume window.
+        stream.interrupt();
+    }
     end
 }
 
@@ -476,9 +524,12 @@ async fn write_loop(
                 return WriteEnd::Superseded;
             }
             let mut n = 0u64;
-            let from = cursor;
+            // Sequence numbers are contiguous: start at the cursor's index, not at the front
+            // (which holds delivered events kept for replay).
+            let front = s.events.front().map_or(cursor, |f| f.seq);
+            let start = cursor.saturating_sub(front) as usize;
             let mut sent = 0;
-            for b in s.events.iter().filter(|b| b.seq >= from) {
+            for b in s.events.range(start.min(s.events.len())..) {
                 if out.len() >= WRITE_BATCH_BYTES {
                     break;
                 }
@@ -601,7 +652,7 @@ pub fn reader_done(shard: &Shard, stream: &Stream, clean: Option<bool>) {
 
 /// Appends one raw SSE event from a producer, waiting for room. False when the stream must
 /// stop instead (stopped, shutdown, or not resumed in time).
-pub async fn feed(shard: &Shard, stream: &Stream, raw: &[u8]) -> bool {
+pub async fn feed(shard: &Shard, stream: &Stream, raw: Bytes) -> bool {
     offer(shard, stream, raw).await.is_none()
 }
 
@@ -664,6 +715,8 @@ async fn read_body(
     let mut dec = BodyDecoder::new(kind);
     let mut split = SseSplitter::new(shard.config().limits.max_event_bytes);
     let mut last_event = Instant::now();
+    let wake = monoio::time::sleep_until(wake_at(shard, stream, last_event).into());
+    let mut wake = std::pin::pin!(wake);
     let end = loop {
         let done = match dec.decode(&mut urb, &mut |d: &[u8]| split.push(d)) {
             Ok(d) => d,
@@ -673,7 +726,7 @@ async fn read_body(
             match split.next_event() {
                 Ok(Some(ev)) => {
                     last_event = Instant::now();
-                    if let Some(end) = offer(shard, stream, &ev).await {
+                    if let Some(end) = offer(shard, stream, ev).await {
                         return finish(shard, up, urb, end, false);
                     }
                 }
@@ -684,13 +737,21 @@ async fn read_body(
         if done {
             let rest = split.take_rest();
             if !rest.is_empty() {
-                if let Some(end) = offer(shard, stream, &rest).await {
+                if let Some(end) = offer(shard, stream, rest).await {
                     return finish(shard, up, urb, end, false);
                 }
             }
             break BodyEnd::Complete;
         }
-        match read_more(shard, stream, &mut up, &mut urb, last_event).await {
+        match read_more(
+            shard,
+            stream,
+            (&mut up, &mut urb),
+            last_event,
+            wake.as_mut(),
+        )
+        .await
+        {
             Ok(0) => {
                 if dec.finish_on_eof().is_err() {
                     break BodyEnd::Broken;
@@ -716,7 +777,7 @@ fn finish(shard: &Shard, mut up: UpConn, urb: ReadBuf, end: BodyEnd, keep_alive:
 
 /// Appends an event, first waiting for room while `max_pending_events` are undelivered.
 /// `Some(end)` when the stream must stop instead.
-async fn offer(shard: &Shard, stream: &Stream, raw: &[u8]) -> Option<BodyEnd> {
+async fn offer(shard: &Shard, stream: &Stream, raw: Bytes) -> Option<BodyEnd> {
     let limits = &shard.config().limits;
     let cap = limits.max_pending_events as u64;
     let cap_bytes = limits.max_pending_bytes;
@@ -743,8 +804,11 @@ async fn offer(shard: &Shard, stream: &Stream, raw: &[u8]) -> Option<BodyEnd> {
             }
         }
     }
-    if let Some(event) = stream.append(shard, raw) {
+    let (kept, copy) = stream.append(shard, raw, stream.tap.is_some());
+    if kept {
         stream.changed.notify_all();
+    }
+    if let Some(event) = copy {
         record(shard, stream, &event).await;
     }
     None
@@ -777,31 +841,40 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// Reads more upstream bytes, watching the idle timeout, the detach window and `stop`.
+/// When a reader must look up from its upstream: the idle deadline, or the end of the detach
+/// window when no client is attached.
+fn wake_at(shard: &Shard, stream: &Stream, last_event: Instant) -> Instant {
+    let idle_at = last_event + shard.config().timeouts.sse_idle;
+    detach_deadline(shard, stream).map_or(idle_at, |d| d.min(idle_at))
+}
+
+/// Reads more upstream bytes, watching the idle timeout, the detach window and `stop`. The
+/// timer `wake` lives across reads and is only moved when it fires early (an event came since
+/// it was set): one timer per idle period instead of one per read.
 async fn read_more(
     shard: &Shard,
     stream: &Stream,
-    up: &mut UpConn,
-    urb: &mut ReadBuf,
+    conn: (&mut UpConn, &mut ReadBuf),
     last_event: Instant,
+    mut wake: std::pin::Pin<&mut monoio::time::Sleep>,
 ) -> Result<usize, BodyEnd> {
+    let (up, urb) = conn;
     loop {
-        let idle_at = last_event + shard.config().timeouts.sse_idle;
-        let wake = detach_deadline(shard, stream).map_or(idle_at, |d| d.min(idle_at));
-        let canceller = Canceller::new();
-        let read = urb.fill_cancelable(up.stream(), canceller.handle());
+        if stream.stop.is_set() || shard.shutdown.is_set() {
+            return Err(BodyEnd::Stopped);
+        }
+        let handle = stream.read_cancel.borrow().handle();
+        let read = urb.fill_cancelable(up.stream(), handle);
         let mut read = std::pin::pin!(read);
         let first = monoio::select! {
             biased;
             r = &mut read => Some(r),
-            _ = stream.stop.wait() => None,
-            _ = shard.shutdown.wait() => None,
-            _ = sleep_until(Some(wake)) => None,
+            _ = wake.as_mut() => None,
         };
         let r = match first {
             Some(r) => r,
             None => {
-                let _ = canceller.cancel();
+                stream.interrupt();
                 read.await
             }
         };
@@ -814,9 +887,11 @@ async fn read_more(
                 if abandoned(shard, stream) {
                     return Err(BodyEnd::Stopped);
                 }
-                if Instant::now() >= idle_at {
+                if Instant::now() >= last_event + shard.config().timeouts.sse_idle {
                     return Err(BodyEnd::Idle);
                 }
+                wake.as_mut()
+                    .reset(wake_at(shard, stream, last_event).into());
             }
             Err(_) => return Err(BodyEnd::Broken),
         }
@@ -865,7 +940,10 @@ async fn reconnect(shard: &Rc<Shard>, stream: &Stream) -> Option<UpBody> {
         }
         inc(&shard.stats.sse_upstream_reconnects);
         let last_id = stream.state.borrow().upstream_last_id.clone();
-        match crate::proxy::reopen_stream(shard, origin, last_id.as_deref()).await {
+        let last_id = last_id
+            .as_deref()
+            .and_then(|id| std::str::from_utf8(id).ok());
+        match crate::proxy::reopen_stream(shard, origin, last_id).await {
             Ok((up, urb, head)) => {
                 log::info!(
                     "shard {}: SSE stream {} reconnected upstream (attempt {attempt})",
