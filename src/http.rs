@@ -857,19 +857,26 @@ pub struct SseFields {
     pub retry_ms: Option<u64>,
 }
 
+/// The `(name, value)` fields of one event, comments skipped, without allocating.
+pub fn sse_fields(event: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    event
+        .split(|&b| b == b'\n' || b == b'\r')
+        .filter_map(|line| match line.iter().position(|&b| b == b':') {
+            Some(0) => None,
+            Some(i) => {
+                let v = &line[i + 1..];
+                Some((&line[..i], v.strip_prefix(b" ").unwrap_or(v)))
+            }
+            None if line.is_empty() => None,
+            None => Some((line, &b""[..])),
+        })
+}
+
 /// Parses one whole event (as `SseSplitter` yields it). Comments and unknown fields are skipped.
 pub fn parse_sse_event(event: &[u8]) -> SseFields {
     let mut f = SseFields::default();
     let mut has_data = false;
-    for line in event.split(|&b| b == b'\n' || b == b'\r') {
-        let (name, value) = match line.iter().position(|&b| b == b':') {
-            Some(0) => continue,
-            Some(i) => {
-                let v = &line[i + 1..];
-                (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
-            }
-            None => (line, &b""[..]),
-        };
+    for (name, value) in sse_fields(event) {
         match name {
             b"data" => {
                 if has_data {

@@ -984,8 +984,10 @@ pub struct UpRequest<'a> {
 /// resumes the upstream with the upstream's own ids (`stream`).
 const FORWARDED: [&str; 4] = ["accept", "mcp-protocol-version", "mcp-method", "mcp-name"];
 
-fn encode_request(out: &mut Vec<u8>, req: &UpRequest<'_>, up: &crate::config::UpstreamConfig) {
-    out.extend_from_slice(req.method.as_str().as_bytes());
+/// The request line and the gateway's own headers (Host, User-Agent, the upstream's
+/// credentials).
+fn encode_start(out: &mut Vec<u8>, method: Method, up: &crate::config::UpstreamConfig) {
+    out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(up.path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
@@ -994,6 +996,10 @@ fn encode_request(out: &mut Vec<u8>, req: &UpRequest<'_>, up: &crate::config::Up
     if let Some(auth) = &up.authorization {
         push_header(out, "authorization", auth.as_bytes());
     }
+}
+
+fn encode_request(out: &mut Vec<u8>, req: &UpRequest<'_>, up: &crate::config::UpstreamConfig) {
+    encode_start(out, req.method, up);
     if req.head.headers.get("accept").is_none() {
         push_header(out, "accept", b"application/json, text/event-stream");
     }
@@ -1292,14 +1298,8 @@ pub(crate) async fn reopen_stream(
     let pool = http_pool(shard, origin.upstream).map_err(|e| Reopen::Gone(e.to_string()))?;
     let cfg = pool.config();
     let mut wire = Vec::with_capacity(512);
-    wire.extend_from_slice(b"GET ");
-    wire.extend_from_slice(cfg.path.as_bytes());
-    wire.extend_from_slice(b" HTTP/1.1\r\nhost: ");
-    wire.extend_from_slice(cfg.authority.as_bytes());
-    wire.extend_from_slice(b"\r\nuser-agent: shardcat\r\naccept: text/event-stream\r\n");
-    if let Some(auth) = &cfg.authorization {
-        push_header(&mut wire, "authorization", auth.as_bytes());
-    }
+    encode_start(&mut wire, Method::Get, cfg);
+    push_header(&mut wire, "accept", b"text/event-stream");
     push_header(
         &mut wire,
         "mcp-protocol-version",

@@ -341,15 +341,7 @@ fn scan(event: &[u8]) -> Scan<'_> {
         id: None,
         retry_ms: None,
     };
-    for line in event.split(|&b| b == b'\n' || b == b'\r') {
-        let (name, value) = match line.iter().position(|&b| b == b':') {
-            Some(0) => continue,
-            Some(i) => {
-                let v = &line[i + 1..];
-                (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
-            }
-            None => (line, &b""[..]),
-        };
+    for (name, value) in http::sse_fields(event) {
         match name {
             b"data" => out.has_data = true,
             b"id" => out.id = Some(value),

@@ -12,6 +12,32 @@ use std::task::{Poll, Waker};
 
 use slab::Slab;
 
+/// Stores the waker of a pending waiter under its key (a new key on first poll).
+fn register(
+    waiters: &RefCell<Slab<Waker>>,
+    key: Option<usize>,
+    cx: &std::task::Context<'_>,
+) -> usize {
+    let mut waiters = waiters.borrow_mut();
+    match key {
+        Some(k) if waiters.contains(k) => {
+            waiters[k].clone_from(cx.waker());
+            k
+        }
+        _ => waiters.insert(cx.waker().clone()),
+    }
+}
+
+/// Forgets a dropped waiter's waker.
+fn unregister(waiters: &RefCell<Slab<Waker>>, key: Option<usize>) {
+    if let Some(k) = key {
+        let mut waiters = waiters.borrow_mut();
+        if waiters.contains(k) {
+            waiters.remove(k);
+        }
+    }
+}
+
 /// A one-shot, shard-local event (used for shutdown).
 #[derive(Default)]
 pub struct LocalEvent {
@@ -50,27 +76,15 @@ impl Future for EventWait<'_> {
         if self.event.set.get() {
             return Poll::Ready(());
         }
-        let mut waiters = self.event.waiters.borrow_mut();
-        match self.key {
-            Some(k) if waiters.contains(k) => waiters[k].clone_from(cx.waker()),
-            _ => {
-                let k = waiters.insert(cx.waker().clone());
-                drop(waiters);
-                self.key = Some(k);
-            }
-        }
+        let key = register(&self.event.waiters, self.key, cx);
+        self.key = Some(key);
         Poll::Pending
     }
 }
 
 impl Drop for EventWait<'_> {
     fn drop(&mut self) {
-        if let Some(k) = self.key {
-            let mut waiters = self.event.waiters.borrow_mut();
-            if waiters.contains(k) {
-                waiters.remove(k);
-            }
-        }
+        unregister(&self.event.waiters, self.key);
     }
 }
 
@@ -112,15 +126,8 @@ impl Future for NotifyWait<'_> {
         if self.notify.generation.get() != self.seen {
             return Poll::Ready(());
         }
-        let mut waiters = self.notify.waiters.borrow_mut();
-        match self.key {
-            Some(k) if waiters.contains(k) => waiters[k].clone_from(cx.waker()),
-            _ => {
-                let k = waiters.insert(cx.waker().clone());
-                drop(waiters);
-                self.key = Some(k);
-            }
-        }
+        let key = register(&self.notify.waiters, self.key, cx);
+        self.key = Some(key);
         Poll::Pending
     }
 }
@@ -131,12 +138,7 @@ impl Drop for NotifyWait<'_> {
         if self.notify.generation.get() != self.seen {
             return;
         }
-        if let Some(k) = self.key {
-            let mut waiters = self.notify.waiters.borrow_mut();
-            if waiters.contains(k) {
-                waiters.remove(k);
-            }
-        }
+        unregister(&self.notify.waiters, self.key);
     }
 }
 
