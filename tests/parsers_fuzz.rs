@@ -213,3 +213,24 @@ fn jsonrpc_classification_and_session_ids_never_panic() {
         ));
     }
 }
+
+#[test]
+fn last_event_ids_and_sse_fields_never_panic_and_round_trip() {
+    let mut rng = Rng(0x5eed_0006);
+    const IDS: &[u8] = b"0123456789- \t-x\xff\x00";
+    for _ in 0..50_000 {
+        let raw = rng.bytes(24, IDS);
+        if let Some((stream, seq)) = shardcat::stream::parse_event_id(&raw) {
+            // Whatever is accepted names a stream and a sequence number that print back.
+            let again = format!("{stream}-{seq}");
+            assert_eq!(
+                shardcat::stream::parse_event_id(again.as_bytes()),
+                Some((stream, seq))
+            );
+        }
+        let event = rng.bytes(64, b"data:id:retry: 12\n\r\nxyz{}\"");
+        let fields: Vec<_> = http::sse_fields(&event).collect();
+        assert!(fields.iter().all(|(name, _)| !name.is_empty()));
+        let _ = http::parse_sse_event(&event);
+    }
+}
