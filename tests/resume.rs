@@ -26,6 +26,10 @@ struct SseReader {
     buf: Vec<u8>,
     body: Vec<u8>,
     pub status: u16,
+    /// The response head, lowercased.
+    head: String,
+    /// `:` comments seen (keepalives).
+    comments: usize,
     ended: bool,
 }
 
@@ -40,6 +44,8 @@ impl SseReader {
             buf: Vec::new(),
             body: Vec::new(),
             status: 0,
+            head: String::new(),
+            comments: 0,
             ended: false,
         };
         loop {
@@ -47,6 +53,7 @@ impl SseReader {
             let mut resp = httparse::Response::new(&mut headers);
             if let Ok(httparse::Status::Complete(n)) = resp.parse(&r.buf) {
                 r.status = resp.code.unwrap_or(0);
+                r.head = String::from_utf8_lossy(&r.buf[..n]).to_ascii_lowercase();
                 r.buf.drain(..n);
                 return r;
             }
@@ -109,6 +116,9 @@ impl SseReader {
                 }
                 if ev.id.is_some() || !ev.data.is_empty() {
                     return Some(ev);
+                }
+                if text.starts_with(':') {
+                    self.comments += 1;
                 }
                 continue;
             }
@@ -311,13 +321,23 @@ fn idle_upstream_streams_time_out_and_unresumed_ones_are_abandoned() {
         "--push-interval-ms",
         "60000",
     ]);
-    let toml = "[timeouts]\nsse_idle_timeout_ms = 300\n[sse]\nresume_window_ms = 300\n";
+    let toml = "[timeouts]\nsse_idle_timeout_ms = 300\nsse_keepalive_ms = 50\n[sse]\nresume_window_ms = 300\n";
     let gw = gateway(&demo_url(&demo), 1, Some(toml));
     let (addr, admin) = (gw.addr("listen"), gw.addr("admin"));
     let sid = initialize(addr);
     // A GET stream that carries nothing: closed after the idle timeout, not held forever.
     let mut quiet = SseReader::open(addr, &get_request(addr, &sid, None));
+    assert!(
+        quiet.head.contains("x-accel-buffering: no"),
+        "{}",
+        quiet.head
+    );
     assert!(quiet.next().is_none());
+    assert!(
+        quiet.comments >= 2,
+        "keepalive comments while idle: {}",
+        quiet.comments
+    );
     assert!(quiet.ended_cleanly() || quiet.ended);
     assert!(all(admin, "shardcat_sse_idle_timeouts_total") >= 1.0);
     // A long POST stream whose client leaves and never comes back is closed after the window.
