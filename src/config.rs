@@ -123,7 +123,8 @@ pub struct FileConfig {
     pub timeouts: TimeoutsSection,
     pub sse: SseSection,
     pub degradation: DegradationSection,
-    /// `[upstream]` or `[[upstream]]`: one upstream (several are not supported yet).
+    /// `[upstream]` or `[[upstream]]`: one upstream, or several HTTP upstreams (balanced, health
+    /// checked).
     #[serde(deserialize_with = "one_or_many")]
     pub upstream: Vec<UpstreamSection>,
     pub tapes: TapesSection,
