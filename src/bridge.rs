@@ -122,7 +122,8 @@ pub async fn initialize(
             shard.shared.sessions.release();
             shard.shared.clients.close_session(cell);
         }
-        Some(sid) if !result.as_ref().is_ok_and(|o| o.reusable) => {
+        // As for HTTP upstreams: the session stands once its JSON answer was written.
+        Some(sid) if !result.as_ref().is_ok_and(|o| o.answered) => {
             log::info!(
                 "shard {}: client missed its initialize answer; ending the session",
                 shard.id
@@ -261,10 +262,7 @@ pub async fn get(
     monoio::spawn(pump_session(shard.clone(), st.clone(), child));
     let end = crate::stream::deliver(shard, conn, &st, 1).await;
     let done = relay::finish_stream(conn, &st, end).await;
-    Ok(Outcome {
-        status: 200,
-        reusable: done.client_ok,
-    })
+    Ok(Outcome::ended(200, done.client_ok))
 }
 
 /// The reader of a session's GET stream: the child's messages about no request, until the
@@ -392,10 +390,7 @@ async fn stream(
         reader.await;
     }
     let done = relay::finish_stream(conn, &st, end).await;
-    Ok(Outcome {
-        status: 200,
-        reusable: done.client_ok,
-    })
+    Ok(Outcome::ended(200, done.client_ok))
 }
 
 /// The reader of a request's stream: the child's messages about it, until the response (or a
@@ -464,10 +459,7 @@ async fn write_json(conn: &mut ClientConn, session: Option<&str>, body: &[u8]) -
     http::write_response_head(&mut out, 200, &extra, HeadBody::Length(body.len()));
     out.extend_from_slice(body);
     write(conn, out).await?;
-    Ok(Outcome {
-        status: 200,
-        reusable: true,
-    })
+    Ok(Outcome::written(200))
 }
 
 async fn accepted(shard: &Shard, conn: &mut ClientConn, tap: Option<Tap>) -> Result<Outcome> {
@@ -475,10 +467,7 @@ async fn accepted(shard: &Shard, conn: &mut ClientConn, tap: Option<Tap>) -> Res
     let mut out = Vec::with_capacity(64);
     http::write_response_head(&mut out, 202, b"", HeadBody::Length(0));
     write(conn, out).await?;
-    Ok(Outcome {
-        status: 202,
-        reusable: true,
-    })
+    Ok(Outcome::written(202))
 }
 
 async fn write(conn: &mut ClientConn, out: Vec<u8>) -> Result<()> {

@@ -37,6 +37,30 @@ pub struct Outcome {
     pub status: u16,
     /// The connection can carry another request.
     pub reusable: bool,
+    /// The answer reached the client: every byte of its head and of the JSON-RPC response it
+    /// carries was accepted by the client's socket (see `relay::RelayEnd::answered`). A client
+    /// may close right after that, before the end of the body: it still got its answer.
+    pub answered: bool,
+}
+
+impl Outcome {
+    /// An answer written in full on a connection that can carry another request.
+    pub fn written(status: u16) -> Outcome {
+        Outcome {
+            status,
+            reusable: true,
+            answered: true,
+        }
+    }
+
+    /// An answer whose last write ended the way `client_ok` says.
+    pub fn ended(status: u16, client_ok: bool) -> Outcome {
+        Outcome {
+            status,
+            reusable: client_ok,
+            answered: client_ok,
+        }
+    }
 }
 
 /// Serves one client connection until it closes, fails, idles out, or moves to another shard.
@@ -639,7 +663,10 @@ async fn initialize_upstream(
             shard.shared.sessions.release();
             shard.shared.clients.close_session(cell);
         }
-        Some(id) if !result.as_ref().is_ok_and(|o| o.reusable) => {
+        // The session stands once its answer was written (`Outcome::answered`), even if the
+        // client closed before the body's end: SDK clients close an SSE answer as soon as they
+        // hold the result. Only a client that never got the result costs the session.
+        Some(id) if !result.as_ref().is_ok_and(|o| o.answered) => {
             log::info!(
                 "shard {}: client missed its initialize answer; ending the session",
                 shard.id
@@ -859,10 +886,7 @@ async fn resume(
     res.map_err(|e| Error::new(Kind::ClientGone, e.to_string()))?;
     let end = crate::stream::deliver(shard, conn, &stream, after.saturating_add(1)).await;
     let done = relay::finish_stream(conn, &stream, end).await;
-    Ok(Outcome {
-        status: 200,
-        reusable: done.client_ok,
-    })
+    Ok(Outcome::ended(200, done.client_ok))
 }
 
 async fn delete(
@@ -883,10 +907,7 @@ async fn delete(
         shard.record_status(ex.tap, 200).await;
         end_session_local(shard, &id, "deleted");
         write_simple(&mut conn.stream, 200, b"", true).await?;
-        return Ok(Outcome {
-            status: 200,
-            reusable: true,
-        });
+        return Ok(Outcome::written(200));
     };
     let req = UpRequest {
         method: Method::Delete,
@@ -1100,11 +1121,14 @@ async fn forward(
         session_header: session_header.as_deref(),
         tap: req.tap,
         sse: req.stream,
+        // Only an initialize announces a session, and only its answer decides whether it stands.
+        track_answer: session_header.is_some(),
     };
     let end = relay::relay(shard, conn, up, urb, &resp, answer).await;
     Ok(Outcome {
         status: resp.status,
         reusable: end.client_ok,
+        answered: end.answered,
     })
 }
 

@@ -45,6 +45,21 @@ const RELAYED: [&str; 7] = [
 pub struct RelayEnd {
     /// The client connection is in a clean state for another request.
     pub client_ok: bool,
+    /// The answer counts as delivered: the client's socket accepted every byte of the head
+    /// and of the body (JSON, or no body), or, for an SSE answer, of the event carrying the
+    /// JSON-RPC response (when `Answer::track_answer` asked for it). What the client does
+    /// after that (the official Python SDK closes the stream at once) no longer matters.
+    pub answered: bool,
+}
+
+impl RelayEnd {
+    /// A body relayed whole (`ok`) or not: the answer is delivered exactly when it was.
+    fn whole(ok: bool) -> RelayEnd {
+        RelayEnd {
+            client_ok: ok,
+            answered: ok,
+        }
+    }
 }
 
 /// How the answer reaches the client, besides the upstream's response.
@@ -55,6 +70,9 @@ pub struct Answer<'a> {
     pub tap: Option<Tap>,
     /// Makes an SSE answer a session's resumable stream.
     pub sse: Option<SseCtx>,
+    /// Find the event carrying the response in an SSE answer, so that `RelayEnd::answered`
+    /// can tell whether it was written (initialize: its session stands or falls by it).
+    pub track_answer: bool,
 }
 
 /// Relays `resp` (whose head was already read into `urb`) to the client.
@@ -66,12 +84,13 @@ pub async fn relay(
     resp: &ResponseHead,
     answer: Answer<'_>,
 ) -> RelayEnd {
+    let sse = http::is_event_stream(resp.headers.get("content-type"));
     let Answer {
         session_header,
         tap,
         sse: ctx,
+        track_answer,
     } = answer;
-    let sse = http::is_event_stream(resp.headers.get("content-type"));
     match resp.body {
         BodyKind::None => {
             shard.record_status(tap, resp.status).await;
@@ -83,15 +102,14 @@ pub async fn relay(
             let head = client_head(resp, session_header, framing, false);
             finish_upstream(shard, up, urb, resp.keep_alive);
             let (res, _) = conn.stream.write_all(head).await;
-            RelayEnd {
-                client_ok: res.is_ok(),
-            }
+            RelayEnd::whole(res.is_ok())
         }
         _ if sse => {
             let answer = Answer {
                 session_header,
                 tap,
                 sse: ctx,
+                track_answer,
             };
             relay_sse(shard, conn, up, urb, resp, answer).await
         }
@@ -322,9 +340,7 @@ async fn relay_length(
     finish_upstream(shard, up, urb, resp.keep_alive);
     record_body(shard, body.tap, resp.status, captured).await;
     let (res, _) = conn.stream.write_all(out).await;
-    RelayEnd {
-        client_ok: res.is_ok(),
-    }
+    RelayEnd::whole(res.is_ok())
 }
 
 async fn relay_rechunk(
@@ -349,9 +365,7 @@ async fn relay_rechunk(
             finish_upstream(shard, up, urb, resp.keep_alive);
             record_body(shard, tap, resp.status, captured).await;
             let (res, _) = conn.stream.write_all(out).await;
-            return RelayEnd {
-                client_ok: res.is_ok(),
-            };
+            return RelayEnd::whole(res.is_ok());
         }
         if !out.is_empty() {
             out = match flush(conn, out).await {
@@ -380,7 +394,7 @@ async fn flush(conn: &mut ClientConn, out: Vec<u8>) -> Option<Vec<u8>> {
 /// The client went away mid-body: the upstream connection (dropped by the caller) is closed.
 fn client_gone(shard: &Shard, urb: ReadBuf) -> RelayEnd {
     shard.give_buffer(urb.into_vec());
-    RelayEnd { client_ok: false }
+    RelayEnd::whole(false)
 }
 
 /// The upstream failed mid-body: the client gets what arrived, then the connection ends.
@@ -407,14 +421,18 @@ async fn relay_sse(
         session_header,
         tap,
         sse: ctx,
+        track_answer,
     } = answer;
     let head = client_head(resp, session_header, HeadBody::Chunked, true);
     let (res, _) = conn.stream.write_all(head).await;
     if res.is_err() {
         shard.give_buffer(urb.into_vec());
-        return RelayEnd { client_ok: false };
+        return RelayEnd::whole(false);
     }
     let stream = crate::stream::open(shard, ctx, tap.map(|t| (t, resp.status)));
+    if track_answer {
+        stream.track_answer();
+    }
     let reader = monoio::spawn(crate::stream::pump(
         shard.clone(),
         stream.clone(),
@@ -430,7 +448,11 @@ async fn relay_sse(
         // connection, for the client to resume.
         reader.await;
     }
-    finish_stream(conn, &stream, end).await
+    let done = finish_stream(conn, &stream, end).await;
+    RelayEnd {
+        client_ok: done.client_ok,
+        answered: done.client_ok || stream.answered(),
+    }
 }
 
 /// Ends the client's response the way the stream ended: the last chunk after a clean end or at
@@ -440,14 +462,12 @@ pub async fn finish_stream(conn: &mut ClientConn, stream: &Stream, end: WriteEnd
     match end {
         WriteEnd::Done if stream.clean() || stream.resumable() => {
             let (res, _) = conn.stream.write_all(http::LAST_CHUNK).await;
-            RelayEnd {
-                client_ok: res.is_ok(),
-            }
+            RelayEnd::whole(res.is_ok())
         }
         WriteEnd::Shutdown => {
             let _ = conn.stream.write_all(http::LAST_CHUNK).await;
-            RelayEnd { client_ok: false }
+            RelayEnd::whole(false)
         }
-        _ => RelayEnd { client_ok: false },
+        _ => RelayEnd::whole(false),
     }
 }

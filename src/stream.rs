@@ -95,6 +95,13 @@ struct State {
     reader_running: bool,
     /// The last upstream body ended cleanly (a stream that broke ends without a last chunk).
     clean: bool,
+    /// Look for the first event carrying a JSON-RPC response (`track_answer`).
+    track_answer: bool,
+    /// Sequence number of that event, once seen.
+    answer_seq: Option<u64>,
+    /// Highest sequence number whose bytes a client's socket accepted (a write that
+    /// completed; `delivered` moves before the write).
+    written: u64,
 }
 
 /// One SSE stream (see the module doc).
@@ -196,6 +203,9 @@ impl Stream {
                 responses_left: responses,
                 reader_running: false,
                 clean: false,
+                track_answer: false,
+                answer_seq: None,
+                written: 0,
             }),
             changed: LocalNotify::default(),
             read_cancel: RefCell::new(Canceller::new()),
@@ -228,6 +238,19 @@ impl Stream {
 
     pub fn resumable(&self) -> bool {
         self.origin.is_some()
+    }
+
+    /// Watch for the event that carries the JSON-RPC response (see `answered`). Off by
+    /// default: it costs a classification per event until the response is seen.
+    pub fn track_answer(&self) {
+        self.state.borrow_mut().track_answer = true;
+    }
+
+    /// Whether the event carrying the response (`track_answer`) was written to a client:
+    /// its write completed, so the client's socket holds the whole event.
+    pub fn answered(&self) -> bool {
+        let s = self.state.borrow();
+        s.answer_seq.is_some_and(|seq| s.written >= seq)
     }
 
     /// Ends the stream: its reader stops and its writer finishes what is buffered.
@@ -304,6 +327,13 @@ impl Stream {
         }
         if !scan.has_data && scan.id.is_none() {
             return (false, None);
+        }
+        if s.track_answer
+            && s.answer_seq.is_none()
+            && scan.has_data
+            && responses_in(&http::parse_sse_event(&raw).data) > 0
+        {
+            s.answer_seq = Some(s.next_seq);
         }
         let event = match &self.origin {
             None => raw,
@@ -569,6 +599,10 @@ async fn write_loop(
         out = back;
         if res.is_err() {
             return WriteEnd::ClientGone;
+        }
+        if n > 0 {
+            let mut s = stream.state.borrow_mut();
+            s.written = s.written.max(cursor - 1);
         }
     }
 }

@@ -377,35 +377,6 @@ fn affinity_every_session_is_served_by_its_owner_shard() {
     );
 }
 
-/// Reads one request (head and Content-Length body) for the test's own upstreams, keeping any
-/// bytes that follow in `buf`. `None` when the peer closed.
-fn read_request(s: &mut std::net::TcpStream, buf: &mut Vec<u8>) -> Option<(String, String)> {
-    let mut tmp = [0u8; 8192];
-    loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..i]).to_string();
-            let lower = head.to_ascii_lowercase();
-            let len: usize = lower
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map_or(0, |v| v.trim().parse().unwrap_or(0));
-            while buf.len() < i + 4 + len {
-                match s.read(&mut tmp) {
-                    Ok(0) | Err(_) => return None,
-                    Ok(n) => buf.extend_from_slice(&tmp[..n]),
-                }
-            }
-            let body = String::from_utf8_lossy(&buf[i + 4..i + 4 + len]).to_string();
-            buf.drain(..i + 4 + len);
-            return Some((head, body));
-        }
-        match s.read(&mut tmp) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&tmp[..n]),
-        }
-    }
-}
-
 /// An upstream run by the test that misbehaves on a fixed schedule, by request number.
 fn faulty_upstream() -> (SocketAddr, std::thread::JoinHandle<()>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();

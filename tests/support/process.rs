@@ -453,3 +453,32 @@ pub fn initialize(addr: SocketAddr) -> String {
     assert_eq!(r.status, 200, "initialize failed: {}", r.text());
     r.header("mcp-session-id").expect("session id").to_string()
 }
+
+/// Reads one request (head and Content-Length body) for the test's own upstreams, keeping any
+/// bytes that follow in `buf`. `None` when the peer closed.
+pub fn read_request(s: &mut std::net::TcpStream, buf: &mut Vec<u8>) -> Option<(String, String)> {
+    let mut tmp = [0u8; 8192];
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..i]).to_string();
+            let lower = head.to_ascii_lowercase();
+            let len: usize = lower
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap_or(0));
+            while buf.len() < i + 4 + len {
+                match s.read(&mut tmp) {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                }
+            }
+            let body = String::from_utf8_lossy(&buf[i + 4..i + 4 + len]).to_string();
+            buf.drain(..i + 4 + len);
+            return Some((head, body));
+        }
+        match s.read(&mut tmp) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+        }
+    }
+}
