@@ -69,6 +69,8 @@ struct Broken {
     id: Value,
     count: u64,
     interval: Duration,
+    /// A 2026-07-28 request: its result gets that version's shape.
+    stateless: bool,
 }
 
 /// Broken-off streams kept per session.
@@ -289,7 +291,7 @@ async fn post(
         .headers
         .get_str("mcp-session-id")
         .filter(|_| !stateless);
-    call(demo, s, method, &msg, &id, sid).await
+    call(demo, s, method, &msg, &id, sid, stateless).await
 }
 
 fn check_stateless(head: &RequestHead, body: &[u8]) -> Result<(), String> {
@@ -349,17 +351,18 @@ async fn call(
     msg: &Value,
     id: &Value,
     sid: Option<&str>,
+    stateless: bool,
 ) -> bool {
     let result = match method {
-        "ping" => json!({}),
-        "server/discover" => json!({
-            "resultType": "complete",
+        // 2026-07-28 removed ping; its clients never send it.
+        "ping" if !stateless => json!({}),
+        "server/discover" if stateless => json!({
             "supportedVersions": [mcp::STATELESS_VERSION],
             "capabilities": {"tools": {}},
             "_meta": {"io.modelcontextprotocol/serverInfo": {"name": "shardcat-demo", "version": env!("CARGO_PKG_VERSION")}}
         }),
         "tools/list" => json!({"tools": tool_list()}),
-        "tools/call" => return tool_call(demo, s, msg, id, sid).await,
+        "tools/call" => return tool_call(demo, s, msg, id, sid, stateless).await,
         _ => {
             return reply_rpc_error(
                 s,
@@ -371,6 +374,7 @@ async fn call(
             .await
         }
     };
+    let result = shape(result, method, stateless);
     reply(
         s,
         200,
@@ -379,6 +383,33 @@ async fn call(
         true,
     )
     .await
+}
+
+/// How long a 2026-07-28 client may cache the demo's lists and discover result: they never
+/// change while it runs.
+const CACHE_TTL_MS: u64 = 60_000;
+
+/// Gives a result the 2026-07-28 shape (schema/2026-07-28/schema.ts): every result carries
+/// `resultType`, and cacheable ones (discover and the lists) `ttlMs` and `cacheScope`. Results
+/// of the session versions stay as their schemas have them.
+fn shape(mut result: Value, method: &str, stateless: bool) -> Value {
+    let Some(obj) = result.as_object_mut().filter(|_| stateless) else {
+        return result;
+    };
+    obj.insert("resultType".into(), json!("complete"));
+    if matches!(
+        method,
+        "server/discover"
+            | "tools/list"
+            | "resources/list"
+            | "resources/templates/list"
+            | "prompts/list"
+    ) {
+        obj.insert("ttlMs".into(), json!(CACHE_TTL_MS));
+        // Nothing in the demo's answers depends on who asks.
+        obj.insert("cacheScope".into(), json!("public"));
+    }
+    result
 }
 
 fn tool_list() -> Value {
@@ -404,6 +435,7 @@ async fn tool_call(
     msg: &Value,
     id: &Value,
     sid: Option<&str>,
+    stateless: bool,
 ) -> bool {
     let name = msg
         .pointer("/params/name")
@@ -434,7 +466,7 @@ async fn tool_call(
             monoio::time::sleep(Duration::from_millis(ms)).await;
             text_result(format!("slept {ms} ms"))
         }
-        "progress" => return progress(demo, s, msg, id, &args, sid).await,
+        "progress" => return progress(demo, s, msg, id, &args, sid, stateless).await,
         "drop_streams" => {
             let mut sessions = demo.sessions.borrow_mut();
             match sid.and_then(|sid| sessions.get_mut(sid)) {
@@ -450,6 +482,7 @@ async fn tool_call(
                 .await
         }
     };
+    let result = shape(result, "tools/call", stateless);
     reply(
         s,
         200,
@@ -470,6 +503,7 @@ async fn progress(
     id: &Value,
     args: &Value,
     sid: Option<&str>,
+    stateless: bool,
 ) -> bool {
     let count = args
         .get("count")
@@ -494,6 +528,7 @@ async fn progress(
         id: id.clone(),
         count,
         interval,
+        stateless,
     };
     let drop_after = args.get("drop_after").and_then(Value::as_u64);
     if let (Some(k), Some(sid)) = (drop_after, sid) {
@@ -541,10 +576,8 @@ async fn send_progress(s: &mut TcpStream, p: &Broken, from: u64, cut_after: Opti
             monoio::time::sleep(p.interval).await;
         }
     }
-    let result = rpc_result(
-        &p.id,
-        text_result(format!("sent {} progress notifications", p.count)),
-    );
+    let text = text_result(format!("sent {} progress notifications", p.count));
+    let result = rpc_result(&p.id, shape(text, "tools/call", p.stateless));
     let mut event = format!("id: p{}-{}\nevent: message\ndata: ", p.tag, p.count + 1).into_bytes();
     event.extend_from_slice(&result);
     event.extend_from_slice(b"\n\n");
