@@ -23,7 +23,7 @@ use crate::proxy::Outcome;
 use crate::record::Tap;
 use crate::relay;
 use crate::shard::{ClientConn, Shard};
-use crate::stdio::{Child, Host, Next, Role, Ticket};
+use crate::stdio::{Child, Era, Host, Next, Role, Ticket};
 use crate::stream::{SseCtx, Stream};
 use crate::tape::Dir;
 
@@ -111,6 +111,7 @@ pub async fn initialize(
                 id,
                 tap,
                 stream: None,
+                modern: None,
             };
             answer(shard, conn, ticket, how, Some(&mut on_final)).await
         }
@@ -182,28 +183,27 @@ pub async fn stateless(
         }
     })?;
     debug_assert_eq!(child.role(), Role::Stateless);
+    let handshake = child.era() == Era::Handshake;
     match (msg.kind, msg.method) {
-        (mcp::Kind::Request, Some("server/discover")) => {
+        // A handshake-era child was initialized by the gateway: its initialize result answers.
+        (mcp::Kind::Request, Some("server/discover")) if handshake => {
             let line = bytes::Bytes::from(discover(&child, msg.id.unwrap_or("null"))?);
             shard
                 .record_message(tap, Dir::ServerToClient, 200, None, line.clone())
                 .await;
             write_json(conn, None, &line).await
         }
-        (mcp::Kind::Request, _) => {
-            let ticket = child.request(body)?;
+        (mcp::Kind::Request, method) => {
+            let stripped = handshake.then(|| mcp::strip_envelope(body)).flatten();
+            let ticket = child.request(stripped.as_deref().unwrap_or(body))?;
             let sink = Sink { tap, sse: None };
-            answer(
-                shard,
-                conn,
-                ticket,
-                Answer::streaming(head, msg, sink),
-                None,
-            )
-            .await
+            let mut how = Answer::streaming(head, msg, sink);
+            how.modern = method.filter(|_| handshake);
+            answer(shard, conn, ticket, how, None).await
         }
         _ => {
-            child.notify(body)?;
+            let stripped = handshake.then(|| mcp::strip_envelope(body)).flatten();
+            child.notify(stripped.as_deref().unwrap_or(body))?;
             accepted(shard, conn, tap).await
         }
     }
@@ -221,7 +221,7 @@ fn discover(child: &Child, id: &str) -> Result<Vec<u8>> {
         "supportedVersions": [mcp::STATELESS_VERSION],
         "capabilities": init.get("capabilities").cloned().unwrap_or_else(|| serde_json::json!({})),
         "ttlMs": 0,
-        "cacheScope": "public",
+        "cacheScope": "private",
         "_meta": {"io.modelcontextprotocol/serverInfo": init.get("serverInfo").cloned().unwrap_or_default()},
     });
     if let Some(i) = init.get("instructions") {
@@ -293,6 +293,9 @@ struct Answer<'a> {
     tap: Option<Tap>,
     /// In a session: makes an SSE answer resumable.
     stream: Option<SseCtx>,
+    /// A handshake-era child answers a 2026-07-28 request for this method: the response gets
+    /// that version's shape (`mcp::modern_result`).
+    modern: Option<&'a str>,
 }
 
 impl<'a> Answer<'a> {
@@ -303,8 +306,16 @@ impl<'a> Answer<'a> {
             id: msg.id,
             tap: sink.tap,
             stream: sink.sse,
+            modern: None,
         }
     }
+}
+
+/// `line` in the 2026-07-28 shape when `modern` names the request's method.
+fn shaped(line: bytes::Bytes, modern: Option<&str>) -> bytes::Bytes {
+    modern
+        .and_then(|m| mcp::modern_result(&line, m))
+        .map_or(line, bytes::Bytes::from)
 }
 
 /// Where a request's answer goes besides the client: its tape and, in a session, its
@@ -326,6 +337,7 @@ async fn answer(
     loop {
         match wait(shard, conn, &ticket, how.watch_hangup).await? {
             Next::Final(line) => {
+                let line = shaped(line, how.modern);
                 let sid = on_final.as_mut().and_then(|f| f(&line));
                 shard
                     .record_message(how.tap, Dir::ServerToClient, 200, None, line.clone())
@@ -383,7 +395,14 @@ async fn stream(
     write(conn, out).await?;
     let st = crate::stream::open(shard, how.stream, how.tap.map(|t| (t, 200)));
     let id: Option<Box<str>> = how.id.map(Into::into);
-    let reader = monoio::spawn(pump_request(shard.clone(), st.clone(), ticket, first, id));
+    let modern: Option<Box<str>> = how.modern.map(Into::into);
+    let reader = monoio::spawn(pump_request(
+        shard.clone(),
+        st.clone(),
+        ticket,
+        first,
+        (id, modern),
+    ));
     let end = crate::stream::deliver(shard, conn, &st, 1).await;
     if !st.resumable() {
         // The reader owns the ticket: dropping it cancels the request in the child.
@@ -401,7 +420,7 @@ async fn pump_request(
     st: Rc<Stream>,
     ticket: Ticket,
     first: bytes::Bytes,
-    id: Option<Box<str>>,
+    (id, modern): (Option<Box<str>>, Option<Box<str>>),
 ) {
     crate::stream::reader_started(&shard, &st);
     let timeout = shard.config().timeouts.upstream_request;
@@ -414,7 +433,7 @@ async fn pump_request(
         let (next, end) = match crate::stream::guard(&shard, &st, next).await {
             None => break,
             Some(Ok(Next::Event(l))) => (l, false),
-            Some(Ok(Next::Final(l))) => (l, true),
+            Some(Ok(Next::Final(l))) => (shaped(l, modern.as_deref()), true),
             Some(Ok(Next::Failed(why))) => {
                 let e = Error::new(Kind::UpstreamConnect, &*why).with_id(id.as_deref());
                 (bytes::Bytes::from(e.body()), true)

@@ -354,6 +354,62 @@ pub fn error_body(id: Option<&str>, code: i64, message: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// `_meta` keys that make a request a 2026-07-28 one (its envelope): a handshake-era server,
+/// which learned all of this from initialize, refuses requests that carry them.
+const ENVELOPE_KEYS: [&str; 4] = [
+    "io.modelcontextprotocol/protocolVersion",
+    "io.modelcontextprotocol/clientCapabilities",
+    "io.modelcontextprotocol/clientInfo",
+    "io.modelcontextprotocol/logLevel",
+];
+
+/// Methods whose 2026-07-28 results are cacheable: they carry `ttlMs` and `cacheScope`.
+const CACHEABLE_METHODS: [&str; 5] = [
+    "server/discover",
+    "tools/list",
+    "resources/list",
+    "resources/templates/list",
+    "prompts/list",
+];
+
+/// A 2026-07-28 message without its envelope, for a server initialized in the handshake era:
+/// the envelope's `_meta` keys are removed (and `_meta` itself when nothing else is left, such
+/// as a progress token). `None` when there is nothing to remove or the body is not an object.
+pub fn strip_envelope(body: &[u8]) -> Option<Vec<u8>> {
+    let mut msg: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let params = msg.get_mut("params")?.as_object_mut()?;
+    let meta = params.get_mut("_meta")?.as_object_mut()?;
+    let before = meta.len();
+    meta.retain(|k, _| !ENVELOPE_KEYS.contains(&k.as_str()));
+    if meta.len() == before {
+        return None;
+    }
+    if meta.is_empty() {
+        params.remove("_meta");
+    }
+    serde_json::to_vec(&msg).ok()
+}
+
+/// A handshake-era response line in the 2026-07-28 shape (schema/2026-07-28): a result gets
+/// `resultType: "complete"`, and the result of a cacheable method `ttlMs: 0` (the gateway
+/// cannot know how long the server's answer holds) and `cacheScope: "private"` (nor whether it
+/// depends on who asks). Fields the server set are kept; errors and other lines pass unchanged.
+pub fn modern_result(line: &[u8], method: &str) -> Option<Vec<u8>> {
+    let mut msg: serde_json::Value = serde_json::from_slice(line).ok()?;
+    let result = msg.get_mut("result")?.as_object_mut()?;
+    let mut add = |k: &str, v: serde_json::Value| {
+        if !result.contains_key(k) {
+            result.insert(k.to_string(), v);
+        }
+    };
+    add("resultType", "complete".into());
+    if CACHEABLE_METHODS.contains(&method) {
+        add("ttlMs", 0.into());
+        add("cacheScope", "private".into());
+    }
+    serde_json::to_vec(&msg).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -466,5 +522,43 @@ mod tests {
         assert_eq!(v["id"], 7);
         assert_eq!(v["error"]["code"], -32700);
         assert_eq!(v["error"]["message"], "bad \"json\"");
+    }
+
+    #[test]
+    fn strips_the_2026_envelope_and_keeps_the_rest() {
+        let body = br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{},"progressToken":3}}}"#;
+        let out: serde_json::Value =
+            serde_json::from_slice(&strip_envelope(body).unwrap()).unwrap();
+        assert_eq!(
+            out["params"]["_meta"],
+            serde_json::json!({"progressToken": 3})
+        );
+        assert_eq!(out["params"]["name"], "echo");
+        let only = br#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#;
+        let out: serde_json::Value =
+            serde_json::from_slice(&strip_envelope(only).unwrap()).unwrap();
+        assert!(out["params"].get("_meta").is_none(), "{out}");
+        assert_eq!(
+            strip_envelope(br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#),
+            None
+        );
+        assert_eq!(strip_envelope(b"not json"), None);
+    }
+
+    #[test]
+    fn gives_handshake_results_the_2026_shape() {
+        let list = br#"{"jsonrpc":"2.0","id":1,"result":{"tools":[]}}"#;
+        let out: serde_json::Value =
+            serde_json::from_slice(&modern_result(list, "tools/list").unwrap()).unwrap();
+        assert_eq!(out["result"]["resultType"], "complete");
+        assert_eq!(out["result"]["ttlMs"], 0);
+        assert_eq!(out["result"]["cacheScope"], "private");
+        let call = br#"{"jsonrpc":"2.0","id":1,"result":{"content":[],"resultType":"incomplete"}}"#;
+        let out: serde_json::Value =
+            serde_json::from_slice(&modern_result(call, "tools/call").unwrap()).unwrap();
+        assert_eq!(out["result"]["resultType"], "incomplete", "kept");
+        assert!(out["result"].get("ttlMs").is_none());
+        let err = br#"{"jsonrpc":"2.0","id":1,"error":{"code":-1,"message":"x"}}"#;
+        assert_eq!(modern_result(err, "tools/list"), None);
     }
 }

@@ -44,6 +44,46 @@ use crate::sync::{LocalEvent, LocalQueue};
 /// service): the newest session-based version.
 pub const CHILD_PROTOCOL_VERSION: &str = "2025-11-25";
 
+/// What a stateless child speaks. A server is one or the other on a connection, never both: a
+/// Python SDK server refuses 2026-07-28 envelopes on a connection initialized in the handshake
+/// era.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Era {
+    /// Answers `server/discover` as 2026-07-28: requests go to it as they are, with no
+    /// handshake.
+    Modern,
+    /// Initialized by the gateway (`CHILD_PROTOCOL_VERSION`): requests lose their 2026-07-28
+    /// envelope on the way in and answers get that shape on the way out.
+    Handshake,
+}
+
+/// The gateway's `server/discover` probe of a new stateless child (id 0, before any request).
+fn discover_probe() -> String {
+    format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"server/discover\",\"params\":{{\"_meta\":{{\"io.modelcontextprotocol/protocolVersion\":\"{}\",\"io.modelcontextprotocol/clientCapabilities\":{{}},\"io.modelcontextprotocol/clientInfo\":{{\"name\":\"shardcat\",\"version\":\"{}\"}}}}}}}}",
+        crate::mcp::STATELESS_VERSION,
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// Whether a `server/discover` answer names 2026-07-28 among its supported versions.
+fn speaks_stateless(line: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Res<'a> {
+        #[serde(borrow, rename = "supportedVersions", default)]
+        versions: Vec<&'a str>,
+    }
+    #[derive(Deserialize)]
+    struct R<'a> {
+        #[serde(borrow)]
+        result: Option<Res<'a>>,
+    }
+    serde_json::from_slice::<R<'_>>(line).is_ok_and(|r| {
+        r.result
+            .is_some_and(|r| r.versions.contains(&crate::mcp::STATELESS_VERSION))
+    })
+}
+
 /// Pause between a prewarmed child being taken and its replacement being started.
 const REFILL_DELAY: Duration = Duration::from_millis(100);
 
@@ -169,6 +209,9 @@ pub struct Child {
     on_exit: RefCell<Option<Box<dyn FnOnce()>>>,
     /// The initialize result, for children the gateway initialized itself.
     pub init_result: RefCell<Option<Bytes>>,
+    /// What the child speaks (stateless children; session children are initialized by their
+    /// client, in the handshake era).
+    era: Cell<Era>,
     stats: Arc<ShardStats>,
     max_events: usize,
 }
@@ -214,6 +257,10 @@ impl Child {
 
     pub fn set_role(&self, r: Role) {
         self.role.set(r);
+    }
+
+    pub fn era(&self) -> Era {
+        self.era.get()
     }
 
     pub fn is_gone(&self) -> bool {
@@ -571,6 +618,7 @@ pub fn spawn(s: &Spawn, role: Role, on_reaped: Box<dyn FnOnce()>) -> io::Result<
         reaped: LocalEvent::default(),
         on_exit: RefCell::new(None),
         init_result: RefCell::new(None),
+        era: Cell::new(Era::Handshake),
         stats: s.stats.clone(),
         max_events: s.max_events,
     });
@@ -858,6 +906,8 @@ pub struct Host {
     stateless_next: Cell<usize>,
     /// Set when a stateless child being started is ready (or failed).
     stateless_starting: RefCell<Option<Rc<LocalEvent>>>,
+    /// What the server speaks, once a stateless child told (the command is the same for all).
+    stateless_era: Cell<Option<Era>>,
     /// Children of this shard not yet reaped.
     live: Cell<usize>,
     closing: Cell<bool>,
@@ -872,6 +922,7 @@ impl Host {
             stateless: RefCell::new(Vec::new()),
             stateless_next: Cell::new(0),
             stateless_starting: RefCell::new(None),
+            stateless_era: Cell::new(None),
             live: Cell::new(0),
             closing: Cell::new(false),
         }
@@ -998,29 +1049,52 @@ impl Host {
         }
     }
 
+    /// A new stateless child, ready for requests. The first one on a shard is asked
+    /// `server/discover`: a 2026-07-28 server takes requests as they are. Any other answer
+    /// (an error, the process leaving, silence for `timeout`) means a handshake-era server:
+    /// that child ends, and this one and every later one is initialized instead. JSON-RPC
+    /// owes an answer to every request, so a silent server gets no shorter deadline.
     async fn init_stateless(self: &Rc<Self>, timeout: Duration) -> Result<Rc<Child>> {
+        if self.stateless_era.get() != Some(Era::Handshake) {
+            let child = self.start(Role::Stateless)?;
+            let answer = first_answer(&child, discover_probe().as_bytes(), timeout).await;
+            match answer {
+                Ok(line) if speaks_stateless(&line) => {
+                    if self.stateless_era.replace(Some(Era::Modern)).is_none() {
+                        log::info!(
+                            "stdio server '{}' speaks 2026-07-28: stateless requests go to it as they are",
+                            self.spawn.cfg.command
+                        );
+                    }
+                    child.era.set(Era::Modern);
+                    return Ok(child);
+                }
+                // It spoke 2026-07-28 before: a failure now is this child's, not the era's.
+                Err(e) if self.stateless_era.get() == Some(Era::Modern) => {
+                    child.end();
+                    return Err(e);
+                }
+                other => {
+                    child.end();
+                    log::info!(
+                        "stdio server '{}' does not answer server/discover as 2026-07-28 ({}): its stateless children are initialized as {CHILD_PROTOCOL_VERSION} and requests translated",
+                        self.spawn.cfg.command,
+                        match &other {
+                            Ok(line) => String::from_utf8_lossy(&line[..line.len().min(200)]).into_owned(),
+                            Err(e) => e.to_string(),
+                        }
+                    );
+                    self.stateless_era.set(Some(Era::Handshake));
+                }
+            }
+        }
         let child = self.start(Role::Stateless)?;
         let init = format!(
             "{{\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"initialize\",\"params\":{{\"protocolVersion\":\"{CHILD_PROTOCOL_VERSION}\",\"capabilities\":{{}},\"clientInfo\":{{\"name\":\"shardcat\",\"version\":\"{}\"}}}}}}",
             env!("CARGO_PKG_VERSION")
         );
         let result = async {
-            let ticket = child.request(init.as_bytes())?;
-            let answer = monoio::time::timeout(timeout, async {
-                loop {
-                    match ticket.inbox.next().await {
-                        Next::Event(_) => continue,
-                        other => return other,
-                    }
-                }
-            })
-            .await
-            .map_err(|_| Error::new(Kind::UpstreamTimeout, "stdio server did not initialize"))?;
-            let line = match answer {
-                Next::Final(l) => l,
-                Next::Failed(why) => return Err(Error::new(Kind::UpstreamConnect, &*why)),
-                Next::Event(_) => unreachable!("events are skipped above"),
-            };
+            let line = first_answer(&child, init.as_bytes(), timeout).await?;
             let result = init_result(&line).ok_or_else(|| {
                 Error::new(Kind::UpstreamProtocol, "stdio server refused initialize")
             })?;
@@ -1060,6 +1134,27 @@ impl Host {
             monoio::time::sleep(Duration::from_millis(10)).await;
         }
         true
+    }
+}
+
+/// Sends `request` to a new child and waits at most `timeout` for its response line (messages
+/// before it are skipped).
+async fn first_answer(child: &Rc<Child>, request: &[u8], timeout: Duration) -> Result<Bytes> {
+    let ticket = child.request(request)?;
+    let answer = monoio::time::timeout(timeout, async {
+        loop {
+            match ticket.inbox.next().await {
+                Next::Event(_) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .map_err(|_| Error::new(Kind::UpstreamTimeout, "stdio server did not answer in time"))?;
+    match answer {
+        Next::Final(l) => Ok(l),
+        Next::Failed(why) => Err(Error::new(Kind::UpstreamConnect, &*why)),
+        Next::Event(_) => unreachable!("events are skipped above"),
     }
 }
 

@@ -43,6 +43,16 @@ fn call(id: u64, tool: &str, args: &str) -> String {
     )
 }
 
+/// The 2026-07-28 envelope every stateless request carries in `params._meta`.
+const ENVELOPE: &str = r#""_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}"#;
+
+/// A 2026-07-28 tools/call.
+fn stateless_call(id: u64, tool: &str, args: &str) -> String {
+    format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}","arguments":{args},{ENVELOPE}}}}}"#
+    )
+}
+
 /// initialize + notifications/initialized; returns the session id.
 fn open_session(addr: SocketAddr) -> String {
     let sid = initialize(addr);
@@ -252,7 +262,7 @@ fn server_request_answered_by_the_client() {
 }
 
 #[test]
-fn stateless_requests_are_multiplexed_on_initialized_children() {
+fn stateless_requests_are_multiplexed_on_shared_children() {
     let gw = stdio_gateway(1, "stateless_children = 2", "");
     let addr = gw.addr("listen");
     let headers = |method: &'static str, name: Option<&'static str>| {
@@ -268,11 +278,18 @@ fn stateless_requests_are_multiplexed_on_initialized_children() {
     let r = post(
         addr,
         &headers("server/discover", None),
-        r#"{"jsonrpc":"2.0","id":1,"method":"server/discover","params":{}}"#,
+        &format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"server/discover","params":{{{ENVELOPE}}}}}"#
+        ),
     );
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
-    assert_eq!(v["result"]["supportedVersions"][0], "2026-07-28");
+    // The rmcp fixture speaks 2026-07-28 itself: its own discover answer comes back.
+    let versions = v["result"]["supportedVersions"].as_array().cloned();
+    assert!(
+        versions.unwrap_or_default().contains(&"2026-07-28".into()),
+        "{v}"
+    );
     assert_eq!(
         v["result"]["_meta"]["io.modelcontextprotocol/serverInfo"]["name"],
         "mcp-stdio-server"
@@ -290,7 +307,7 @@ fn stateless_requests_are_multiplexed_on_initialized_children() {
                 let r = post(
                     addr,
                     &h,
-                    &call(1, "echo", &format!(r#"{{"text":"{text}"}}"#)),
+                    &stateless_call(1, "echo", &format!(r#"{{"text":"{text}"}}"#)),
                 );
                 (text, r)
             })
