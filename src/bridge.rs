@@ -212,26 +212,9 @@ pub async fn stateless(
 /// The `server/discover` answer built from the child's initialize result.
 fn discover(child: &Child, id: &str) -> Result<Vec<u8>> {
     let init = child.init_result.borrow();
-    let init: serde_json::Value = init
-        .as_deref()
-        .and_then(|b| serde_json::from_slice(b).ok())
-        .ok_or_else(|| Error::new(Kind::Internal, "stdio server has no initialize result"))?;
-    let mut result = serde_json::json!({
-        "resultType": "complete",
-        "supportedVersions": [mcp::STATELESS_VERSION],
-        "capabilities": init.get("capabilities").cloned().unwrap_or_else(|| serde_json::json!({})),
-        "ttlMs": 0,
-        "cacheScope": "private",
-        "_meta": {"io.modelcontextprotocol/serverInfo": init.get("serverInfo").cloned().unwrap_or_default()},
-    });
-    if let Some(i) = init.get("instructions") {
-        result["instructions"] = i.clone();
-    }
-    let mut out = format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"result\":").into_bytes();
-    serde_json::to_writer(&mut out, &result)
-        .map_err(|e| Error::new(Kind::Internal, e.to_string()))?;
-    out.push(b'}');
-    Ok(out)
+    init.as_deref()
+        .and_then(|b| mcp::discover_from_initialize(b, id))
+        .ok_or_else(|| Error::new(Kind::Internal, "stdio server has no initialize result"))
 }
 
 /// The session's GET stream: server messages about no request, resumable like any session

@@ -34,6 +34,10 @@ pub const DEFAULT_SSE_KEEPALIVE_MS: u64 = 15_000;
 /// closed: it catches a stalled or trickling upstream. Servers send keepalive comments far
 /// more often than this.
 pub const DEFAULT_SSE_IDLE_TIMEOUT_MS: u64 = 300_000;
+/// How long the first 2026-07-28 request to an HTTP upstream waits for the upstream's answer
+/// to the gateway's `server/discover` (its era, `era`). An upstream that does not answer in
+/// time is asked again only after `ERA_PROBE_RETRY`, and its requests go on as they are.
+pub const DEFAULT_ERA_PROBE_TIMEOUT_MS: u64 = 2_000;
 /// Events of a session's SSE stream kept after delivery, for a client resuming with
 /// `Last-Event-ID`.
 pub const DEFAULT_SSE_REPLAY_MAX_EVENTS: usize = 100;
@@ -324,6 +328,7 @@ pub struct TimeoutsSection {
     pub upstream_request_timeout_ms: u64,
     pub sse_keepalive_ms: u64,
     pub sse_idle_timeout_ms: u64,
+    pub era_probe_timeout_ms: u64,
     pub session_idle_timeout_ms: u64,
     pub session_max_age_ms: u64,
     pub session_evict_idle_ms: u64,
@@ -339,6 +344,7 @@ impl Default for TimeoutsSection {
             upstream_request_timeout_ms: DEFAULT_UPSTREAM_REQUEST_TIMEOUT_MS,
             sse_keepalive_ms: DEFAULT_SSE_KEEPALIVE_MS,
             sse_idle_timeout_ms: DEFAULT_SSE_IDLE_TIMEOUT_MS,
+            era_probe_timeout_ms: DEFAULT_ERA_PROBE_TIMEOUT_MS,
             session_idle_timeout_ms: DEFAULT_SESSION_IDLE_TIMEOUT_MS,
             session_max_age_ms: DEFAULT_SESSION_MAX_AGE_MS,
             session_evict_idle_ms: DEFAULT_SESSION_EVICT_IDLE_MS,
@@ -667,6 +673,7 @@ pub struct Timeouts {
     pub upstream_request: Duration,
     pub sse_keepalive: Duration,
     pub sse_idle: Duration,
+    pub era_probe: Duration,
     pub session_idle: Duration,
     pub session_max_age: Duration,
     /// `None`: eviction off.
@@ -953,6 +960,7 @@ fn validate_timeouts(t: &TimeoutsSection) -> Result<Timeouts, ConfigError> {
         )?,
         sse_keepalive: ms("timeouts.sse_keepalive_ms", t.sse_keepalive_ms)?,
         sse_idle: ms("timeouts.sse_idle_timeout_ms", t.sse_idle_timeout_ms)?,
+        era_probe: ms("timeouts.era_probe_timeout_ms", t.era_probe_timeout_ms)?,
         session_idle: ms(
             "timeouts.session_idle_timeout_ms",
             t.session_idle_timeout_ms,

@@ -362,13 +362,14 @@ pub fn http(opts: HttpOptions) -> i32 {
                     continue;
                 }
             };
-            let (kind, method, id) = match mcp::classify(&line) {
+            let (kind, method, id, name) = match mcp::classify(&line) {
                 Ok(mcp::Body::Single(m)) => (
                     m.kind,
                     m.method.map(str::to_string),
                     m.id.map(str::to_string),
+                    m.name,
                 ),
-                Ok(mcp::Body::Batch(_)) => (mcp::Kind::Request, None, None),
+                Ok(mcp::Body::Batch(_)) => (mcp::Kind::Request, None, None, None),
                 Err(e) => {
                     let msg = match e {
                         mcp::ClassifyError::Parse(why) => why,
@@ -389,14 +390,19 @@ pub fn http(opts: HttpOptions) -> i32 {
                 continue;
             }
             let opens_stream = method.as_deref() == Some("notifications/initialized");
+            // A 2026-07-28 message stands alone: no session, and the headers that version's
+            // intermediaries route by.
+            let stateless = (mcp::envelope_version(&line).as_deref()
+                == Some(mcp::STATELESS_VERSION))
+            .then_some(Stateless { method, name });
             let _ = tokens.send(());
             let (remote, token_rx) = (&remote, &token_rx);
             scope.spawn(move || {
-                remote.send(
-                    &line,
-                    id.as_deref().filter(|_| kind == mcp::Kind::Request),
-                    false,
-                );
+                let id = id.as_deref().filter(|_| kind == mcp::Kind::Request);
+                match stateless {
+                    Some(st) => remote.send_stateless(&line, id, &st),
+                    None => remote.send(&line, id, false),
+                }
                 let _ = token_rx.recv();
             });
             if opens_stream && listener.is_none() {
@@ -423,6 +429,12 @@ pub fn http(opts: HttpOptions) -> i32 {
     done.store(true, Ordering::Release);
     let _ = writer.join();
     0
+}
+
+/// What a 2026-07-28 message is sent with.
+struct Stateless {
+    method: Option<String>,
+    name: Option<String>,
 }
 
 /// One stdin line (without its newline); `None` at EOF. Over-long lines are skipped with an error.
@@ -508,6 +520,48 @@ impl Remote {
         (req, s.generation)
     }
 
+    /// POSTs a 2026-07-28 message with `MCP-Protocol-Version`, `Mcp-Method` and `Mcp-Name`
+    /// and no session id, and relays the answer.
+    fn send_stateless(&self, line: &[u8], id: Option<&str>, st: &Stateless) {
+        let mut req = self
+            .agent
+            .request("POST", &self.opts.url)
+            .set("accept", "application/json, text/event-stream")
+            .set("content-type", "application/json")
+            .set("mcp-protocol-version", mcp::STATELESS_VERSION);
+        if let Some(a) = &self.opts.authorization {
+            req = req.set("authorization", a);
+        }
+        if let Some(m) = &st.method {
+            req = req.set("mcp-method", m);
+        }
+        // Header values are visible ASCII: a name that is not goes in the body only.
+        if let Some(n) = st
+            .name
+            .as_deref()
+            .filter(|n| n.bytes().all(|b| (0x20..0x7f).contains(&b)))
+        {
+            req = req.set("mcp-name", n);
+        }
+        match req.send_bytes(line) {
+            Ok(r) => {
+                self.relay(r, id, false);
+            }
+            Err(ureq::Error::Status(code, r)) => self.status_error(code, r, id),
+            Err(e) => self.fail(id, &format!("server unreachable: {e}")),
+        }
+    }
+
+    /// An error status: its JSON-RPC body goes to the client when it has one, else an error.
+    fn status_error(&self, code: u16, r: ureq::Response, id: Option<&str>) {
+        let body = r.into_string().unwrap_or_default();
+        if mcp::classify(body.as_bytes()).is_ok() {
+            self.emit(body.into_bytes());
+        } else {
+            self.fail(id, &format!("server answered HTTP {code}"));
+        }
+    }
+
     /// POSTs one message and relays the answer. `id`: the request's id, when an answer is owed.
     fn send(&self, line: &[u8], id: Option<&str>, initialize: bool) {
         for attempt in 0..2 {
@@ -534,12 +588,7 @@ impl Remote {
                     }
                 }
                 Err(ureq::Error::Status(code, r)) => {
-                    let body = r.into_string().unwrap_or_default();
-                    if mcp::classify(body.as_bytes()).is_ok() {
-                        self.emit(body.into_bytes());
-                    } else {
-                        self.fail(id, &format!("server answered HTTP {code}"));
-                    }
+                    self.status_error(code, r, id);
                     return;
                 }
                 Err(e) => {

@@ -13,6 +13,8 @@
 //! - `health`    — per-shard circuit breakers and active probes of HTTP upstreams.
 //! - `stdio`     — stdio upstreams: one child process per session, correlation by id, reaping.
 //! - `bridge`    — answers HTTP requests from a stdio child (JSON or SSE, GET stream).
+//! - `era`       — 2026-07-28 requests to handshake-era HTTP upstreams: era probe, the
+//!   gateway's shared session, translation.
 //! - `forward`   — `shardcat forward`: stdio to stdio, and stdio to Streamable HTTP.
 //! - `relay`     — upstream body → client: coalesced, re-chunked, or SSE event by event.
 //! - `stream`    — SSE streams: gateway event ids, replay buffers, resumption, upstream reconnect.
@@ -35,6 +37,7 @@ pub mod bridge;
 pub mod config;
 pub mod degrade;
 pub mod demo;
+pub mod era;
 pub mod error;
 pub mod forward;
 pub mod health;

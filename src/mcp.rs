@@ -34,6 +34,85 @@ pub mod code {
     pub const HEADER_MISMATCH: i64 = -32020;
     /// 2026-07-28 `UnsupportedProtocolVersion`.
     pub const UNSUPPORTED_VERSION: i64 = -32022;
+    pub const METHOD_NOT_FOUND: i64 = -32601;
+}
+
+/// What an upstream speaks toward a 2026-07-28 client. A server is one or the other on a
+/// connection, never both: a Python SDK server refuses 2026-07-28 envelopes on a connection
+/// initialized in the handshake era.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Era {
+    /// Answers `server/discover` as 2026-07-28: requests go to it as they are.
+    Modern,
+    /// Needs initialize first: the gateway initializes it, requests lose their 2026-07-28
+    /// envelope on the way in and answers get that shape on the way out.
+    Handshake,
+}
+
+/// The gateway's own `server/discover` request, with the 2026-07-28 envelope.
+pub fn discover_request(id: u64) -> String {
+    format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"server/discover\",\"params\":{{\"_meta\":{{\"io.modelcontextprotocol/protocolVersion\":\"{STATELESS_VERSION}\",\"io.modelcontextprotocol/clientCapabilities\":{{}},\"io.modelcontextprotocol/clientInfo\":{{\"name\":\"shardcat\",\"version\":\"{}\"}}}}}}}}",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// The gateway's own `initialize` request for `version`, declaring no client capabilities.
+pub fn initialize_request(id: u64, version: &str) -> String {
+    format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"initialize\",\"params\":{{\"protocolVersion\":\"{version}\",\"capabilities\":{{}},\"clientInfo\":{{\"name\":\"shardcat\",\"version\":\"{}\"}}}}}}",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// Whether a `server/discover` answer names 2026-07-28 among its supported versions.
+pub fn speaks_stateless(line: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Res<'a> {
+        #[serde(borrow, rename = "supportedVersions", default)]
+        versions: Vec<&'a str>,
+    }
+    #[derive(serde::Deserialize)]
+    struct R<'a> {
+        #[serde(borrow)]
+        result: Option<Res<'a>>,
+    }
+    serde_json::from_slice::<R<'_>>(line).is_ok_and(|r| {
+        r.result
+            .is_some_and(|r| r.versions.contains(&STATELESS_VERSION))
+    })
+}
+
+/// The `result` of a response line, raw; `None` for an error or anything else.
+pub fn result_of(line: &[u8]) -> Option<bytes::Bytes> {
+    #[derive(serde::Deserialize)]
+    struct R<'a> {
+        #[serde(borrow)]
+        result: Option<&'a RawValue>,
+    }
+    let r: R<'_> = serde_json::from_slice(line).ok()?;
+    r.result
+        .map(|v| bytes::Bytes::copy_from_slice(v.get().as_bytes()))
+}
+
+/// The 2026-07-28 `server/discover` result built from a handshake-era initialize result.
+pub fn discover_from_initialize(init: &[u8], id: &str) -> Option<Vec<u8>> {
+    let init: serde_json::Value = serde_json::from_slice(init).ok()?;
+    let mut result = serde_json::json!({
+        "resultType": "complete",
+        "supportedVersions": [STATELESS_VERSION],
+        "capabilities": init.get("capabilities").cloned().unwrap_or_else(|| serde_json::json!({})),
+        "ttlMs": 0,
+        "cacheScope": "private",
+        "_meta": {"io.modelcontextprotocol/serverInfo": init.get("serverInfo").cloned().unwrap_or_default()},
+    });
+    if let Some(i) = init.get("instructions") {
+        result["instructions"] = i.clone();
+    }
+    let mut out = format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"result\":").into_bytes();
+    serde_json::to_writer(&mut out, &result).ok()?;
+    out.push(b'}');
+    Some(out)
 }
 
 /// A protocol version the gateway knows, ordered by age.
@@ -372,6 +451,30 @@ const CACHEABLE_METHODS: [&str; 5] = [
     "prompts/list",
 ];
 
+/// The protocol version a message names in its 2026-07-28 envelope
+/// (`params._meta["io.modelcontextprotocol/protocolVersion"]`), if any.
+pub fn envelope_version(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Meta {
+        #[serde(rename = "io.modelcontextprotocol/protocolVersion")]
+        version: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Params {
+        #[serde(rename = "_meta")]
+        meta: Option<Meta>,
+    }
+    #[derive(serde::Deserialize)]
+    struct M {
+        params: Option<Params>,
+    }
+    serde_json::from_slice::<M>(body)
+        .ok()?
+        .params?
+        .meta?
+        .version
+}
+
 /// A 2026-07-28 message without its envelope, for a server initialized in the handshake era:
 /// the envelope's `_meta` keys are removed (and `_meta` itself when nothing else is left, such
 /// as a progress token). `None` when there is nothing to remove or the body is not an object.
@@ -522,6 +625,17 @@ mod tests {
         assert_eq!(v["id"], 7);
         assert_eq!(v["error"]["code"], -32700);
         assert_eq!(v["error"]["message"], "bad \"json\"");
+    }
+
+    #[test]
+    fn reads_the_envelope_version() {
+        let body = br#"{"jsonrpc":"2.0","id":1,"method":"server/discover","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#;
+        assert_eq!(envelope_version(body).as_deref(), Some("2026-07-28"));
+        assert_eq!(
+            envelope_version(br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#),
+            None
+        );
+        assert_eq!(envelope_version(b"[1"), None);
     }
 
     #[test]

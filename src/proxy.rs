@@ -466,6 +466,8 @@ async fn post(
                 tap: ex.tap,
                 upstream: Some(sref.upstream),
                 stream: Some(sref.sse_ctx(StreamKind::Post, requests)),
+                version: None,
+                shape: None,
             };
             // An upstream that no longer knows the session ends it here too.
             let mut on_head = |resp: &ResponseHead, _: usize| -> Option<String> {
@@ -492,6 +494,8 @@ async fn post(
                 tap: ex.tap,
                 upstream: None,
                 stream: None,
+                version: None,
+                shape: None,
             };
             forward(shard, conn, req, None, true).await.map_err(fail)
         }
@@ -586,7 +590,7 @@ async fn stateless_post(
     if shard.stdio.is_some() {
         return crate::bridge::stateless(shard, conn, head, body, msg, tap).await;
     }
-    let req = UpRequest {
+    let mut req = UpRequest {
         method: Method::Post,
         head,
         body: Some(body),
@@ -594,8 +598,112 @@ async fn stateless_post(
         tap,
         upstream: None,
         stream: None,
+        version: None,
+        shape: None,
     };
-    forward(shard, conn, req, None, true).await
+    // Once every upstream is known to speak 2026-07-28, the balancer picks as for any request
+    // (and may move one that could not be sent). Until then the era of the upstream matters.
+    if shard.bridges.iter().all(crate::era::Bridge::is_modern) {
+        return forward(shard, conn, req, None, true).await;
+    }
+    let i = pick_upstream(shard, 0, &[], Instant::now())?;
+    match crate::era::route(shard, i).await {
+        Ok(crate::era::Route::Bridged(shared)) => {
+            req.upstream = Some(i);
+            bridged(shard, conn, req, msg, i, shared).await
+        }
+        // A modern upstream, or one whose era could not be learned (it did not answer): the
+        // request goes the usual way, moving to another upstream if it cannot be sent. With
+        // a handshake-era upstream among them, it stays on the one that speaks its version.
+        other => {
+            if let Err(e) = &other {
+                log::debug!("shard {}: upstream {i}: era unknown: {e}", shard.id);
+            }
+            if other.is_ok() && shard.bridges.iter().any(crate::era::Bridge::is_handshake) {
+                req.upstream = Some(i);
+            }
+            forward(shard, conn, req, None, true).await
+        }
+    }
+}
+
+/// A 2026-07-28 request carried into the gateway's session on a handshake-era upstream:
+/// `server/discover` is answered from the session's initialize result; anything else goes
+/// without its envelope, and its answer comes back in the 2026-07-28 shape (`era`).
+async fn bridged(
+    shard: &Rc<Shard>,
+    conn: &mut ClientConn,
+    mut req: UpRequest<'_>,
+    msg: &mcp::Message<'_>,
+    i: usize,
+    shared: crate::era::Shared,
+) -> Result<Outcome> {
+    let method = msg.method.unwrap_or("");
+    if msg.kind == mcp::Kind::Request && method == "server/discover" {
+        let line = mcp::discover_from_initialize(&shared.init_result, msg.id.unwrap_or("null"))
+            .ok_or_else(|| Error::new(Kind::UpstreamProtocol, "unreadable initialize result"))?;
+        shard
+            .record_message(
+                req.tap,
+                Dir::ServerToClient,
+                200,
+                None,
+                Bytes::from(line.clone()),
+            )
+            .await;
+        return write_json(&mut conn.stream, &line).await;
+    }
+    let stripped = req.body.and_then(mcp::strip_envelope);
+    let body = stripped.as_deref().or(req.body).unwrap_or_default();
+    // Requests get the shared session's own ids; the client's come back with the answer.
+    let rewritten = match msg.kind {
+        mcp::Kind::Request => {
+            let gw = shard.bridges[i].next_id();
+            Some((gw, crate::stdio::rewrite_request(body, gw)?))
+        }
+        _ => None,
+    };
+    req.body = Some(rewritten.as_ref().map_or(body, |(_, r)| r.line.as_slice()));
+    let ids = rewritten
+        .as_ref()
+        .map(|(gw, r)| (*gw, r.id.clone(), r.token.clone()));
+    let sid = shared.upstream_sid.clone();
+    req.upstream_sid = Some(&shared.upstream_sid);
+    req.version = Some(crate::era::BRIDGE_PROTOCOL_VERSION);
+    let refuse_shard = shard.clone();
+    req.shape = Some(crate::stream::Shaping {
+        method: method.into(),
+        ids,
+        refuse: Box::new(move |id| {
+            crate::era::refuse(&refuse_shard, i, sid.clone(), id);
+        }),
+    });
+    let mut on_head = |resp: &ResponseHead, _: usize| -> Option<String> {
+        if resp.status == 404 {
+            log::info!(
+                "shard {}: upstream {i} forgot the gateway's session",
+                shard.id
+            );
+            shard.bridges[i].forget(&shared.upstream_sid);
+        }
+        None
+    };
+    forward(shard, conn, req, Some(&mut on_head), true).await
+}
+
+/// A 200 JSON answer the gateway writes itself.
+async fn write_json(stream: &mut TcpStream, body: &[u8]) -> Result<Outcome> {
+    let mut out = Vec::with_capacity(body.len() + 96);
+    http::write_response_head(
+        &mut out,
+        200,
+        b"content-type: application/json\r\n",
+        http::HeadBody::Length(body.len()),
+    );
+    out.extend_from_slice(body);
+    let (res, _) = stream.write_all(out).await;
+    res.map_err(|e| Error::new(Kind::ClientGone, e.to_string()))?;
+    Ok(Outcome::written(200))
 }
 
 /// Forwards `initialize` under a session permit; mints the gateway's session on success.
@@ -653,6 +761,8 @@ async fn initialize_upstream(
         tap: tape.map(|session| Tap { session, stream: 1 }),
         upstream: None,
         stream: None,
+        version: None,
+        shape: None,
     };
     // No hang-up watch: aborting here could leave a session upstream that the gateway never
     // learns the id of. Let the answer arrive, then end the session if the client missed it.
@@ -823,6 +933,8 @@ async fn get(
             tap: None,
             upstream: None,
             stream: None,
+            version: None,
+            shape: None,
         };
         return forward(shard, conn, req, None, true).await;
     };
@@ -843,6 +955,8 @@ async fn get(
         tap: ex.tap,
         upstream: Some(sref.upstream),
         stream: Some(sref.sse_ctx(StreamKind::Get, 0)),
+        version: None,
+        shape: None,
     };
     forward(shard, conn, req, None, true).await
 }
@@ -917,6 +1031,8 @@ async fn delete(
         tap: ex.tap,
         upstream: Some(sref.upstream),
         stream: None,
+        version: None,
+        shape: None,
     };
     // Ended as soon as the upstream's answer head arrives, before the client can see it, so a
     // client that re-initializes at once finds the session slot free. A 405 means the upstream
@@ -997,6 +1113,11 @@ pub struct UpRequest<'a> {
     pub upstream: Option<usize>,
     /// Makes an SSE answer a session's resumable stream.
     pub stream: Option<crate::stream::SseCtx>,
+    /// The MCP-Protocol-Version sent instead of the client's (a request the gateway carries
+    /// into its own session on a handshake-era upstream, `era`).
+    pub version: Option<&'a str>,
+    /// Gives the answer the 2026-07-28 shape on the way back (`era`).
+    pub shape: Option<crate::stream::Shaping>,
 }
 
 /// Headers forwarded from the client as they are. Authorization, Cookie, Origin and Host never
@@ -1025,12 +1146,16 @@ fn encode_request(out: &mut Vec<u8>, req: &UpRequest<'_>, up: &crate::config::Up
         push_header(out, "accept", b"application/json, text/event-stream");
     }
     for (name, value) in req.head.headers.iter_raw() {
-        if is_forwarded(name) {
+        let replaced = req.version.is_some() && name.eq_ignore_ascii_case(b"mcp-protocol-version");
+        if is_forwarded(name) && !replaced {
             push_raw_header(out, name, value);
         }
     }
     if let Some(sid) = req.upstream_sid {
         push_header(out, "mcp-session-id", sid.as_bytes());
+    }
+    if let Some(v) = req.version {
+        push_header(out, "mcp-protocol-version", v.as_bytes());
     }
     match req.body {
         Some(b) => {
@@ -1108,6 +1233,12 @@ async fn forward(
             return Err(e);
         }
     };
+    let mut resp = resp;
+    if req.method == Method::Delete && (200..300).contains(&resp.status) {
+        // The spec's answer to a DELETE that ended the session is 200: SDK clients take any
+        // other (rmcp answers 202) for a failed termination.
+        resp.status = 200;
+    }
     let session_header = on_head.and_then(|f| f(&resp, upstream));
     if !watch_hangup && relay::has_hung_up(&conn.stream) {
         // Nobody to relay to; the caller cleans up what `on_head` created.
@@ -1123,6 +1254,7 @@ async fn forward(
         sse: req.stream,
         // Only an initialize announces a session, and only its answer decides whether it stands.
         track_answer: session_header.is_some(),
+        shape: req.shape,
     };
     let end = relay::relay(shard, conn, up, urb, &resp, answer).await;
     Ok(Outcome {
@@ -1247,7 +1379,7 @@ async fn send_request(
 }
 
 /// Reads the upstream's final response head within the request timeout (1xx are skipped).
-async fn read_response_head(
+pub(crate) async fn read_response_head(
     shard: &Shard,
     up: &mut UpConn,
     urb: &mut http::ReadBuf,

@@ -73,6 +73,8 @@ pub struct Answer<'a> {
     /// Find the event carrying the response in an SSE answer, so that `RelayEnd::answered`
     /// can tell whether it was written (initialize: its session stands or falls by it).
     pub track_answer: bool,
+    /// Translates the answer of a handshake-era upstream for a 2026-07-28 client (`era`).
+    pub shape: Option<crate::stream::Shaping>,
 }
 
 /// Relays `resp` (whose head was already read into `urb`) to the client.
@@ -90,6 +92,7 @@ pub async fn relay(
         tap,
         sse: ctx,
         track_answer,
+        shape,
     } = answer;
     match resp.body {
         BodyKind::None => {
@@ -110,8 +113,13 @@ pub async fn relay(
                 tap,
                 sse: ctx,
                 track_answer,
+                shape,
             };
             relay_sse(shard, conn, up, urb, resp, answer).await
+        }
+        _ if shape.is_some() => {
+            let shape = shape.as_ref();
+            relay_shaped(shard, conn, up, urb, resp, (tap, shape)).await
         }
         BodyKind::Length(n) => {
             let body = Body {
@@ -383,6 +391,66 @@ async fn relay_rechunk(
     upstream_broke(shard, conn, out, urb).await
 }
 
+/// A whole JSON body, translated (`Shaping::body`) and sent with its new length. The body is
+/// read to its end first, bounded by `max_body_bytes`: past that the client gets 502.
+async fn relay_shaped(
+    shard: &Rc<Shard>,
+    conn: &mut ClientConn,
+    mut up: UpConn,
+    mut urb: ReadBuf,
+    resp: &ResponseHead,
+    (tap, shape): (Option<Tap>, Option<&crate::stream::Shaping>),
+) -> RelayEnd {
+    let max = shard.config().limits.max_body_bytes;
+    let wait = shard.config().timeouts.upstream_request;
+    let mut dec = BodyDecoder::new(resp.body);
+    let mut body = Vec::new();
+    let mut over = false;
+    loop {
+        let done = dec.decode(&mut urb, &mut |d: &[u8]| {
+            over |= body.len() + d.len() > max;
+            if !over {
+                body.extend_from_slice(d);
+            }
+        });
+        match done {
+            Ok(true) if !over => break,
+            Ok(false) if !over => {}
+            _ => return upstream_broke(shard, conn, bad_gateway(), urb).await,
+        }
+        match read_upstream(&mut up, &mut urb, wait, Some(&conn.stream)).await {
+            Ok(0) if dec.finish_on_eof().is_ok() => break,
+            Ok(n) if n > 0 => {}
+            _ => return upstream_broke(shard, conn, bad_gateway(), urb).await,
+        }
+    }
+    let body = shape.and_then(|s| s.body(&body)).unwrap_or(body);
+    finish_upstream(shard, up, urb, resp.keep_alive && dec.is_done());
+    let mut out = client_head(resp, None, HeadBody::Length(body.len()), false);
+    out.extend_from_slice(&body);
+    record_body(shard, tap, resp.status, Some(body)).await;
+    let (res, _) = conn.stream.write_all(out).await;
+    RelayEnd::whole(res.is_ok())
+}
+
+/// A 502 for an answer that could not be read whole, before anything was written.
+fn bad_gateway() -> Vec<u8> {
+    let body = crate::mcp::error_body(
+        None,
+        crate::mcp::code::SERVER_ERROR,
+        "the upstream's answer broke off or was too large",
+    );
+    let mut out = Vec::with_capacity(body.len() + 96);
+    http::write_response_head(
+        &mut out,
+        502,
+        b"content-type: application/json\r\n",
+        HeadBody::Length(body.len()),
+    );
+    out.extend_from_slice(&body);
+    out
+}
+
 /// Writes `out`; gives the buffer back emptied, or `None` when the client is gone.
 async fn flush(conn: &mut ClientConn, out: Vec<u8>) -> Option<Vec<u8>> {
     let (res, mut back) = conn.stream.write_all(out).await;
@@ -422,6 +490,7 @@ async fn relay_sse(
         tap,
         sse: ctx,
         track_answer,
+        shape,
     } = answer;
     let head = client_head(resp, session_header, HeadBody::Chunked, true);
     let (res, _) = conn.stream.write_all(head).await;
@@ -432,6 +501,9 @@ async fn relay_sse(
     let stream = crate::stream::open(shard, ctx, tap.map(|t| (t, resp.status)));
     if track_answer {
         stream.track_answer();
+    }
+    if let Some(shape) = shape {
+        stream.set_shaping(shape);
     }
     let reader = monoio::spawn(crate::stream::pump(
         shard.clone(),

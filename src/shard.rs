@@ -75,6 +75,9 @@ pub struct Shard {
     pub pools: Vec<Rc<Pool>>,
     /// Chooses among `pools` for new sessions and stateless requests.
     pub balancer: crate::upstream::Balancer,
+    /// Per HTTP upstream: its era toward 2026-07-28 clients, and the gateway's session on it
+    /// when it speaks only the handshake era (`era`).
+    pub bridges: Vec<crate::era::Bridge>,
     /// This shard's view of the HTTP upstreams' health (breakers, probes).
     pub health: crate::health::Health,
     /// The stdio upstream's children (absent for an HTTP upstream).
@@ -317,6 +320,10 @@ async fn shard_main(
                 max_age: shared.config.timeouts.session_max_age,
             },
         )),
+        bridges: pools
+            .iter()
+            .map(|_| crate::era::Bridge::default())
+            .collect(),
         pools,
         balancer,
         health,

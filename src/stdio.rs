@@ -44,45 +44,7 @@ use crate::sync::{LocalEvent, LocalQueue};
 /// service): the newest session-based version.
 pub const CHILD_PROTOCOL_VERSION: &str = "2025-11-25";
 
-/// What a stateless child speaks. A server is one or the other on a connection, never both: a
-/// Python SDK server refuses 2026-07-28 envelopes on a connection initialized in the handshake
-/// era.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Era {
-    /// Answers `server/discover` as 2026-07-28: requests go to it as they are, with no
-    /// handshake.
-    Modern,
-    /// Initialized by the gateway (`CHILD_PROTOCOL_VERSION`): requests lose their 2026-07-28
-    /// envelope on the way in and answers get that shape on the way out.
-    Handshake,
-}
-
-/// The gateway's `server/discover` probe of a new stateless child (id 0, before any request).
-fn discover_probe() -> String {
-    format!(
-        "{{\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"server/discover\",\"params\":{{\"_meta\":{{\"io.modelcontextprotocol/protocolVersion\":\"{}\",\"io.modelcontextprotocol/clientCapabilities\":{{}},\"io.modelcontextprotocol/clientInfo\":{{\"name\":\"shardcat\",\"version\":\"{}\"}}}}}}}}",
-        crate::mcp::STATELESS_VERSION,
-        env!("CARGO_PKG_VERSION")
-    )
-}
-
-/// Whether a `server/discover` answer names 2026-07-28 among its supported versions.
-fn speaks_stateless(line: &[u8]) -> bool {
-    #[derive(Deserialize)]
-    struct Res<'a> {
-        #[serde(borrow, rename = "supportedVersions", default)]
-        versions: Vec<&'a str>,
-    }
-    #[derive(Deserialize)]
-    struct R<'a> {
-        #[serde(borrow)]
-        result: Option<Res<'a>>,
-    }
-    serde_json::from_slice::<R<'_>>(line).is_ok_and(|r| {
-        r.result
-            .is_some_and(|r| r.versions.contains(&crate::mcp::STATELESS_VERSION))
-    })
-}
+pub use crate::mcp::Era;
 
 /// Pause between a prewarmed child being taken and its replacement being started.
 const REFILL_DELAY: Duration = Duration::from_millis(100);
@@ -409,7 +371,7 @@ impl Child {
                 // No client can answer: refuse server requests so the child does not wait.
                 if let Some(id) = peek.id {
                     let refusal = format!(
-                        "{{\"jsonrpc\":\"2.0\",\"id\":{},\"error\":{{\"code\":-32601,\"message\":\"not available through a stateless gateway client\"}}}}\n",
+                        "{{\"jsonrpc\":\"2.0\",\"id\":{},\"error\":{{\"code\":-32601,\"message\":\"not available to a 2026-07-28 client through the gateway\"}}}}\n",
                         id.get()
                     );
                     let _ = self.out.try_push(Bytes::from(refusal));
@@ -493,14 +455,15 @@ fn to_line(mut v: Vec<u8>) -> Vec<u8> {
 }
 
 /// A request as its stdin line, with the client's id and progress token (raw JSON).
-struct Rewritten {
-    line: Vec<u8>,
-    id: Box<str>,
-    token: Option<Box<str>>,
+pub(crate) struct Rewritten {
+    pub line: Vec<u8>,
+    pub id: Box<str>,
+    pub token: Option<Box<str>>,
 }
 
-/// Rewrites a request's id (and progress token) to `gw_id`, keeping the originals.
-fn rewrite_request(body: &[u8], gw_id: u64) -> Result<Rewritten> {
+/// Rewrites a request's id (and progress token) to `gw_id`, keeping the originals. Also used
+/// for requests carried into the gateway's shared session on an HTTP upstream (`era`).
+pub(crate) fn rewrite_request(body: &[u8], gw_id: u64) -> Result<Rewritten> {
     let bad = || Error::new(Kind::InvalidRequest, "request without a usable id");
     let peek: LinePeek<'_> = serde_json::from_slice(body).map_err(|_| bad())?;
     let id = peek.id.ok_or_else(bad)?;
@@ -518,6 +481,21 @@ fn rewrite_request(body: &[u8], gw_id: u64) -> Result<Rewritten> {
         id: id.get().into(),
         token: token.map(|t| t.get().into()),
     })
+}
+
+/// The other way: a response to gateway id `gw` gets the client's `id` back, a progress
+/// notification for token `gw` the client's `token`. `None`: the line is about neither.
+pub(crate) fn restore(line: &[u8], gw: u64, id: &str, token: Option<&str>) -> Option<Vec<u8>> {
+    let peek: LinePeek<'_> = serde_json::from_slice(line).ok()?;
+    let ours = |raw: &RawValue| raw.get().parse::<u64>().ok() == Some(gw);
+    if peek.method.is_none() {
+        let rid = peek.id.filter(|r| ours(r))?;
+        return Some(splice(line, &mut [(span(line, rid), id.as_bytes())]));
+    }
+    let params: ParamsPeek<'_> = serde_json::from_str(peek.params?.get()).ok()?;
+    let tok = params.progress_token.filter(|t| ours(t))?;
+    let orig = token.unwrap_or("null");
+    Some(splice(line, &mut [(span(line, tok), orig.as_bytes())]))
 }
 
 /// A client notification or response as a stdin line; a `notifications/cancelled` naming a
@@ -1057,9 +1035,10 @@ impl Host {
     async fn init_stateless(self: &Rc<Self>, timeout: Duration) -> Result<Rc<Child>> {
         if self.stateless_era.get() != Some(Era::Handshake) {
             let child = self.start(Role::Stateless)?;
-            let answer = first_answer(&child, discover_probe().as_bytes(), timeout).await;
+            let answer =
+                first_answer(&child, crate::mcp::discover_request(0).as_bytes(), timeout).await;
             match answer {
-                Ok(line) if speaks_stateless(&line) => {
+                Ok(line) if crate::mcp::speaks_stateless(&line) => {
                     if self.stateless_era.replace(Some(Era::Modern)).is_none() {
                         log::info!(
                             "stdio server '{}' speaks 2026-07-28: stateless requests go to it as they are",
@@ -1089,13 +1068,10 @@ impl Host {
             }
         }
         let child = self.start(Role::Stateless)?;
-        let init = format!(
-            "{{\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"initialize\",\"params\":{{\"protocolVersion\":\"{CHILD_PROTOCOL_VERSION}\",\"capabilities\":{{}},\"clientInfo\":{{\"name\":\"shardcat\",\"version\":\"{}\"}}}}}}",
-            env!("CARGO_PKG_VERSION")
-        );
+        let init = crate::mcp::initialize_request(0, CHILD_PROTOCOL_VERSION);
         let result = async {
             let line = first_answer(&child, init.as_bytes(), timeout).await?;
-            let result = init_result(&line).ok_or_else(|| {
+            let result = crate::mcp::result_of(&line).ok_or_else(|| {
                 Error::new(Kind::UpstreamProtocol, "stdio server refused initialize")
             })?;
             *child.init_result.borrow_mut() = Some(result);
@@ -1156,17 +1132,6 @@ async fn first_answer(child: &Rc<Child>, request: &[u8], timeout: Duration) -> R
         Next::Failed(why) => Err(Error::new(Kind::UpstreamConnect, &*why)),
         Next::Event(_) => unreachable!("events are skipped above"),
     }
-}
-
-/// The `result` of an initialize response line, raw.
-fn init_result(line: &[u8]) -> Option<Bytes> {
-    #[derive(Deserialize)]
-    struct R<'a> {
-        #[serde(borrow)]
-        result: Option<&'a RawValue>,
-    }
-    let r: R<'_> = serde_json::from_slice(line).ok()?;
-    r.result.map(|v| Bytes::copy_from_slice(v.get().as_bytes()))
 }
 
 #[cfg(test)]

@@ -119,6 +119,8 @@ pub struct Stream {
     stop: LocalEvent,
     /// The shard's stats, whose `sse_pending_events` counts this stream's undelivered events.
     stats: Option<Arc<ShardStats>>,
+    /// Translates a handshake-era upstream's events for a 2026-07-28 client.
+    shaping: RefCell<Option<Shaping>>,
 }
 
 impl Drop for Stream {
@@ -126,6 +128,68 @@ impl Drop for Stream {
         let left = self.state.borrow().undelivered() as i64;
         self.pending_add(-left);
     }
+}
+
+/// Gives answers from a handshake-era upstream the 2026-07-28 shape, for a 2026-07-28 client
+/// (`era`): the response gets that version's fields, and the upstream's own requests, which
+/// the client cannot take, are dropped and handed to `refuse` (which answers them upstream).
+pub struct Shaping {
+    /// The request's method (decides the result's fields).
+    pub method: Box<str>,
+    /// The gateway's id for the request in the shared session, and the client's id and
+    /// progress token to restore (many clients share that session: their ids would clash).
+    pub ids: Option<(u64, Box<str>, Option<Box<str>>)>,
+    /// Called with the raw JSON id of a request the upstream sent.
+    pub refuse: Box<dyn Fn(Bytes)>,
+}
+
+impl Shaping {
+    /// One upstream event as the client gets it; `None` drops it.
+    pub fn event(&self, raw: Bytes) -> Option<Bytes> {
+        let ev = http::parse_sse_event(&raw);
+        let Ok(crate::mcp::Body::Single(m)) = crate::mcp::classify(&ev.data) else {
+            return Some(raw);
+        };
+        match m.kind {
+            crate::mcp::Kind::Request => {
+                (self.refuse)(Bytes::copy_from_slice(m.id.unwrap_or("null").as_bytes()));
+                None
+            }
+            crate::mcp::Kind::Response => {
+                let data = self.body(&ev.data)?;
+                Some(Bytes::from(sse_message(ev.id.as_deref(), &data)))
+            }
+            crate::mcp::Kind::Notification => match self.restore(&ev.data) {
+                None => Some(raw),
+                Some(data) => Some(Bytes::from(sse_message(ev.id.as_deref(), &data))),
+            },
+        }
+    }
+
+    /// A whole JSON answer as the client gets it: the client's id back, the 2026-07-28 shape.
+    pub fn body(&self, body: &[u8]) -> Option<Vec<u8>> {
+        let restored = self.restore(body);
+        let body = restored.as_deref().unwrap_or(body);
+        crate::mcp::modern_result(body, &self.method).or_else(|| restored.clone())
+    }
+
+    fn restore(&self, line: &[u8]) -> Option<Vec<u8>> {
+        let (gw, id, token) = self.ids.as_ref()?;
+        crate::stdio::restore(line, *gw, id, token.as_deref())
+    }
+}
+
+/// One `message` event carrying `data` (a JSON line), with its id when it had one.
+fn sse_message(id: Option<&str>, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 48);
+    out.extend_from_slice(b"event: message\n");
+    if let Some(id) = id {
+        out.extend_from_slice(format!("id: {id}\n").as_bytes());
+    }
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\n\n");
+    out
 }
 
 /// What makes an SSE answer a session's resumable stream.
@@ -211,6 +275,7 @@ impl Stream {
             read_cancel: RefCell::new(Canceller::new()),
             stop: LocalEvent::default(),
             stats: None,
+            shaping: RefCell::new(None),
         })
     }
 
@@ -238,6 +303,11 @@ impl Stream {
 
     pub fn resumable(&self) -> bool {
         self.origin.is_some()
+    }
+
+    /// Translate the upstream's events for a 2026-07-28 client (`Shaping`).
+    pub fn set_shaping(&self, shaping: Shaping) {
+        *self.shaping.borrow_mut() = Some(shaping);
     }
 
     /// Watch for the event that carries the JSON-RPC response (see `answered`). Off by
@@ -320,6 +390,13 @@ impl Stream {
     /// Appends an event (renamed for a session stream). Returns whether it was kept, and a copy
     /// when `copy` (for recording; the common path takes no extra reference).
     fn append(&self, shard: &Shard, raw: Bytes, copy: bool) -> (bool, Option<Bytes>) {
+        let raw = match self.shaping.borrow().as_ref() {
+            None => raw,
+            Some(sh) => match sh.event(raw) {
+                Some(r) => r,
+                None => return (false, None),
+            },
+        };
         let scan = scan(&raw);
         let mut s = self.state.borrow_mut();
         if let Some(ms) = scan.retry_ms {

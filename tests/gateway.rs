@@ -632,7 +632,13 @@ fn scripted_upstream(
                 let mut buf = Vec::new();
                 while let Some((head, body)) = read_request(&mut s, &mut buf) {
                     let extra = on_request(&head, &body);
-                    let ok = "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}";
+                    // It speaks 2026-07-28 when asked (the gateway asks before the first
+                    // stateless request).
+                    let ok = if body.contains("\"server/discover\"") {
+                        "{\"jsonrpc\":\"2.0\",\"id\":0,\"result\":{\"supportedVersions\":[\"2026-07-28\"]}}"
+                    } else {
+                        "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}"
+                    };
                     let resp = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n{extra}content-length: {}\r\n\r\n{ok}", ok.len());
                     if s.write_all(resp.as_bytes()).is_err() {
                         return;
@@ -644,11 +650,14 @@ fn scripted_upstream(
     addr
 }
 
-/// An upstream that records every request head it receives.
+/// An upstream that records every request head it receives (but the gateway's own
+/// `server/discover` probe).
 fn recording_upstream() -> (SocketAddr, std::sync::mpsc::Receiver<String>) {
     let (tx, rx) = std::sync::mpsc::channel();
-    let addr = scripted_upstream(move |head, _| {
-        let _ = tx.send(head.to_string());
+    let addr = scripted_upstream(move |head, body| {
+        if !body.contains("\"server/discover\"") {
+            let _ = tx.send(head.to_string());
+        }
         "set-cookie: up=1\r\nmcp-session-id: upstream-secret\r\n"
     });
     (addr, rx)
