@@ -1,0 +1,614 @@
+//! The SDK interop matrix and the conformance parity run: the official Python SDK (`mcp`), the
+//! official TypeScript SDK and rmcp, as clients and as servers, through the real gateway with
+//! 2 shards. The peers are installed on first use (`tests/interop/install.sh`); a peer that
+//! cannot be installed fails the test with the reason.
+//!
+//! Each cell is one client process running `SESSIONS` sessions at once. Each session:
+//! initialize (or server/discover), tools/list, a tool answered with JSON, a tool that sends
+//! progress before its result, a sampling request answered by the client (where the version
+//! has one), a notification on the GET stream (where the version has one), and close (DELETE).
+//! Clients: `tests/interop/py/peer_client.py` (modes `legacy`, `auto`, `2026-07-28`) and
+//! `tests/interop/ts/peer_client.mjs`. Servers: `tests/interop/py/peer_server.py` (stateful and
+//! `stateless_http`, over HTTP and stdio), `tests/interop/ts/peer_server.mjs` (HTTP and stdio),
+//! the rmcp fixture (`mcp-stdio-server`, HTTP and stdio) and the built-in demo.
+//!
+//! Afterwards every gateway must hold no session, no client connection, no busy upstream
+//! connection and no stdio child beyond its shared stateless ones (metrics and /proc agree).
+
+#[path = "support/process.rs"]
+mod support;
+
+#[path = "support/interop.rs"]
+mod peers;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use peers::{children_of, peers, run_all, run_client, Cell, Server};
+use support::*;
+
+/// Concurrent sessions per cell (the issue's floor).
+const SESSIONS: usize = 20;
+/// Cells run at once: each is a client process with `SESSIONS` sessions, and a stdio cell
+/// makes the gateway start `SESSIONS` server processes; more does not fit 2 cores.
+const CELLS_AT_ONCE: usize = 3;
+/// The longest a cell may take (client start-up and 20 stdio children included).
+const CELL_LIMIT: Duration = Duration::from_secs(150);
+/// A client's own limit, below `CELL_LIMIT` so it reports instead of being killed.
+const CLIENT_TIMEOUT_S: &str = "120";
+
+fn fixture() -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let path = dir.join("mcp-stdio-server");
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}
+
+/// The servers the matrix puts behind the gateway over HTTP.
+struct HttpUpstreams {
+    python: Server,
+    python_stateless: Server,
+    typescript: Server,
+    rmcp: Server,
+}
+
+fn http_upstreams() -> HttpUpstreams {
+    let p = peers();
+    let py = |stateless: bool| {
+        let mut cmd = vec![
+            p.python.display().to_string(),
+            p.py("peer_server.py"),
+            "--transport".into(),
+            "http".into(),
+            "--port".into(),
+            "0".into(),
+        ];
+        if stateless {
+            cmd.push("--stateless".into());
+        }
+        cmd
+    };
+    let ts = vec![
+        p.node.display().to_string(),
+        p.ts("peer_server.mjs"),
+        "--transport".into(),
+        "http".into(),
+        "--port".into(),
+        "0".into(),
+    ];
+    let rmcp = vec![
+        fixture().display().to_string(),
+        "--http".into(),
+        "127.0.0.1:0".into(),
+    ];
+    HttpUpstreams {
+        python: Server::start("python-http", &py(false)),
+        python_stateless: Server::start("python-http-stateless", &py(true)),
+        typescript: Server::start("typescript-http", &ts),
+        rmcp: Server::start("rmcp-http", &rmcp),
+    }
+}
+
+/// stdio server commands, as `--upstream-cmd` takes them (quotes group words).
+fn stdio_commands() -> Vec<(&'static str, String)> {
+    let p = peers();
+    vec![
+        (
+            "python-stdio",
+            format!(
+                "\"{}\" \"{}\" --transport stdio",
+                p.python.display(),
+                p.py("peer_server.py")
+            ),
+        ),
+        (
+            "typescript-stdio",
+            format!(
+                "\"{}\" \"{}\" --transport stdio",
+                p.node.display(),
+                p.ts("peer_server.mjs")
+            ),
+        ),
+        ("rmcp-stdio", format!("\"{}\"", fixture().display())),
+    ]
+}
+
+/// A gateway with 2 shards in front of `upstream` (`--upstream URL`, `--upstream-cmd CMD`, or
+/// nothing for the built-in demo).
+fn gateway_for(upstream: &[&str]) -> Proc {
+    let mut args = vec![
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--shards",
+        "2",
+    ];
+    args.extend_from_slice(upstream);
+    Proc::start(&args)
+}
+
+/// The client commands of one HTTP target. `handshake`: its server speaks only the handshake
+/// era, so a 2026-07-28 session expects the gateway to refuse the server's sampling request.
+fn clients(url: &str, target: &str, handshake: bool) -> Vec<(String, Vec<String>)> {
+    let p = peers();
+    let n = SESSIONS.to_string();
+    let mut out = Vec::new();
+    for mode in ["legacy", "auto", "2026-07-28"] {
+        let label = format!("python {mode} -> {target}");
+        let cmd = s(&[
+            &p.python.display().to_string(),
+            &p.py("peer_client.py"),
+            "--url",
+            url,
+            "--mode",
+            mode,
+            "--sessions",
+            &n,
+            "--label",
+            &label,
+            "--timeout-s",
+            CLIENT_TIMEOUT_S,
+        ]);
+        let mut cmd = cmd;
+        if handshake {
+            cmd.push("--handshake-server".into());
+        }
+        out.push((label, cmd));
+    }
+    let label = format!("typescript -> {target}");
+    let cmd = s(&[
+        &p.node.display().to_string(),
+        &p.ts("peer_client.mjs"),
+        "--url",
+        url,
+        "--sessions",
+        &n,
+        "--label",
+        &label,
+        "--timeout-s",
+        CLIENT_TIMEOUT_S,
+    ]);
+    out.push((label, cmd));
+    out
+}
+
+/// The Python SDK as a stdio client of `shardcat forward`, each session its own process.
+fn forward_clients(gateway_url: &str) -> Vec<(String, Vec<String>)> {
+    let p = peers();
+    let n = SESSIONS.to_string();
+    let server = [
+        p.python.display().to_string(),
+        p.py("peer_server.py"),
+        "--transport".into(),
+        "stdio".into(),
+    ];
+    let mut out = Vec::new();
+    for mode in ["legacy", "auto"] {
+        for (how, tail) in [
+            (
+                "forward http",
+                s(&["forward", "http", "--url", gateway_url]),
+            ),
+            ("forward stdio", {
+                let mut t = s(&["forward", "stdio", "--"]);
+                t.extend(server.iter().cloned());
+                t
+            }),
+        ] {
+            let label = format!("python {mode} via {how} -> python");
+            let mut cmd = s(&[
+                &p.python.display().to_string(),
+                &p.py("peer_client.py"),
+                "--mode",
+                mode,
+                "--sessions",
+                &n,
+                "--label",
+                &label,
+                "--timeout-s",
+                CLIENT_TIMEOUT_S,
+                "--stdio",
+                BIN,
+            ]);
+            cmd.extend(tail);
+            out.push((label, cmd));
+        }
+    }
+    out
+}
+
+/// What a gateway holds once every client is gone.
+#[derive(Debug, PartialEq)]
+struct Leftovers {
+    sessions: f64,
+    connections: f64,
+    busy_upstream_connections: f64,
+    stdio_processes: f64,
+    child_processes: usize,
+}
+
+fn leftovers(gw: &Proc) -> Leftovers {
+    let admin = gw.addr("admin");
+    let m = |name: &str| metric(admin, &format!("{name}{{shard=\"all\"}}"));
+    Leftovers {
+        sessions: m("shardcat_sessions"),
+        connections: m("shardcat_connections"),
+        busy_upstream_connections: m("shardcat_pool_open") - m("shardcat_pool_idle"),
+        stdio_processes: m("shardcat_stdio_processes"),
+        child_processes: children_of(gw.pid()).len(),
+    }
+}
+
+/// Nothing left but the shared stateless stdio children (at most one per shard by default),
+/// counted the same by the gateway and by /proc.
+fn settled(l: &Leftovers) -> bool {
+    l.sessions == 0.0
+        && l.connections == 0.0
+        && l.busy_upstream_connections == 0.0
+        && l.stdio_processes <= 2.0
+        && l.stdio_processes == l.child_processes as f64
+}
+
+fn table(cells: &[Cell]) -> String {
+    let mut out =
+        String::from("| cell | passed | versions | s | skipped |\n|---|---|---|---|---|\n");
+    for c in cells {
+        out.push_str(&format!(
+            "| {} | {}/{} | {} | {:.1} | {} |\n",
+            c.label,
+            c.passed,
+            c.sessions,
+            c.versions.join(" "),
+            c.secs,
+            c.skipped.join("; ")
+        ));
+    }
+    out
+}
+
+#[test]
+fn sdk_matrix_through_the_gateway() {
+    let started = Instant::now();
+    let p = peers();
+    let ups = http_upstreams();
+    let mut gateways: Vec<(String, Proc)> = vec![
+        (
+            "python".into(),
+            gateway_for(&["--upstream", &ups.python.url()]),
+        ),
+        (
+            "python stateless_http".into(),
+            gateway_for(&["--upstream", &ups.python_stateless.url()]),
+        ),
+        (
+            "typescript".into(),
+            gateway_for(&["--upstream", &ups.typescript.url()]),
+        ),
+        ("rmcp".into(), gateway_for(&["--upstream", &ups.rmcp.url()])),
+        ("demo".into(), gateway_for(&[])),
+    ];
+    for (label, cmd) in stdio_commands() {
+        gateways.push((label.into(), gateway_for(&["--upstream-cmd", &cmd])));
+    }
+    let mut jobs: Vec<Box<dyn FnOnce() -> Cell + Send>> = Vec::new();
+    for (target, gw) in &gateways {
+        let url = format!("http://{}/mcp", gw.addr("listen"));
+        let handshake = target.starts_with("typescript");
+        for (label, cmd) in clients(&url, target, handshake) {
+            jobs.push(Box::new(move || run_client(&label, &cmd, CELL_LIMIT)));
+        }
+    }
+    let forward_url = format!("http://{}/mcp", gateways[0].1.addr("listen"));
+    for (label, cmd) in forward_clients(&forward_url) {
+        jobs.push(Box::new(move || run_client(&label, &cmd, CELL_LIMIT)));
+    }
+    let cells = run_all(CELLS_AT_ONCE, jobs);
+    let report = table(&cells);
+    eprintln!(
+        "SDK matrix ({} cells, {SESSIONS} sessions each, {:.0} s, python {}):\n{report}",
+        cells.len(),
+        started.elapsed().as_secs_f64(),
+        p.python.display()
+    );
+    let failed: Vec<String> = cells
+        .iter()
+        .filter(|c| !c.ok())
+        .map(|c| {
+            format!(
+                "{}: {}/{}: {}",
+                c.label,
+                c.passed,
+                c.sessions,
+                c.failures.join(" | ")
+            )
+        })
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "failed cells:\n{}\n\n{report}",
+        failed.join("\n")
+    );
+    for (label, gw) in &gateways {
+        let mut last = leftovers(gw);
+        let ok = eventually(Duration::from_secs(15), || {
+            last = leftovers(gw);
+            settled(&last)
+        });
+        assert!(
+            ok,
+            "{label}: the gateway still holds {last:?}\n{}",
+            gw.stderr()
+        );
+    }
+}
+
+/// Scenarios that pass direct but fail through a gateway.
+fn lost(direct: &[(String, bool)], through: &[(String, bool)]) -> Vec<String> {
+    direct
+        .iter()
+        .filter(|(_, ok)| *ok)
+        .filter(|(name, _)| !through.iter().any(|(n, ok)| n == name && *ok))
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+fn passed(v: &[(String, bool)]) -> usize {
+    v.iter().filter(|(_, ok)| *ok).count()
+}
+
+#[test]
+fn conformance_scenarios_pass_through_the_gateway_as_they_do_direct() {
+    const LIMIT: Duration = Duration::from_secs(180);
+    let p = peers();
+    let server = Server::start(
+        "conformance-python",
+        &[
+            p.python.display().to_string(),
+            p.py("peer_server.py"),
+            "--transport".into(),
+            "http".into(),
+            "--port".into(),
+            "0".into(),
+        ],
+    );
+    let http = gateway_for(&["--upstream", &server.url()]);
+    let cmd = format!(
+        "\"{}\" \"{}\" --transport stdio",
+        p.python.display(),
+        p.py("peer_server.py")
+    );
+    let stdio = gateway_for(&["--upstream-cmd", &cmd]);
+    let url = |gw: &Proc| format!("http://{}/mcp", gw.addr("listen"));
+    let direct = peers::conformance(&server.url(), LIMIT);
+    let via_http = peers::conformance(&url(&http), LIMIT);
+    let via_stdio = peers::conformance(&url(&stdio), LIMIT);
+    // The demo, for the scenarios its tools cover (the others fail direct and are not counted).
+    let demo = demo();
+    let demo_gw = gateway_for(&["--upstream", &demo_url(&demo)]);
+    let demo_direct = peers::conformance(&demo_url(&demo), LIMIT);
+    let demo_via = peers::conformance(&url(&demo_gw), LIMIT);
+    let n = direct.len();
+    eprintln!(
+        "conformance (server scenarios): python direct {}/{n}, through the gateway {}/{}, through the stdio bridge {}/{}; demo direct {}/{}, through the gateway {}/{}",
+        passed(&direct),
+        passed(&via_http),
+        via_http.len(),
+        passed(&via_stdio),
+        via_stdio.len(),
+        passed(&demo_direct),
+        demo_direct.len(),
+        passed(&demo_via),
+        demo_via.len(),
+    );
+    for (name, ok) in &direct {
+        eprintln!("  {name}: direct {ok}");
+    }
+    let lost_http = lost(&direct, &via_http);
+    let lost_stdio = lost(&direct, &via_stdio);
+    let lost_demo = lost(&demo_direct, &demo_via);
+    assert!(
+        lost_http.is_empty() && lost_stdio.is_empty() && lost_demo.is_empty(),
+        "scenarios that pass direct and fail through shardcat: HTTP {lost_http:?}, stdio {lost_stdio:?}, demo {lost_demo:?}\n{}\n{}",
+        http.stderr(),
+        stdio.stderr()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Answers the gateway side makes, checked against each version's schema by the Python SDK.
+
+/// The JSON-RPC messages of a response: its JSON body, or the data of each SSE event.
+fn messages(r: &Response) -> Vec<serde_json::Value> {
+    let sse = r
+        .header("content-type")
+        .is_some_and(|c| c.starts_with("text/event-stream"));
+    if !sse {
+        return vec![r.json()];
+    }
+    r.text()
+        .split("\n\n")
+        .filter_map(|event| {
+            let data: Vec<&str> = event
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:").map(str::trim_start))
+                .collect();
+            serde_json::from_str(&data.join("\n")).ok()
+        })
+        .collect()
+}
+
+/// Schema-check items for the messages answering `method`: notifications, and the result.
+fn items(label: &str, version: &str, method: &str, r: &Response) -> Vec<serde_json::Value> {
+    assert_eq!(r.status, 200, "{label} {method}: {}", r.text());
+    let mut out = Vec::new();
+    for m in messages(r) {
+        if let Some(n) = m["method"].as_str() {
+            out.push(serde_json::json!({"label": format!("{label} {method}: {n}"), "version": version, "notification": n, "params": m["params"]}));
+        } else {
+            assert!(m.get("result").is_some(), "{label} {method}: {m}");
+            out.push(serde_json::json!({"label": format!("{label} {method}"), "version": version, "method": method, "result": m["result"]}));
+        }
+    }
+    out
+}
+
+const ENVELOPE: &str = r#""_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{},"progressToken":"t1"}"#;
+
+/// A 2026-07-28 exchange with `addr`: discover, tools/list, a JSON tool call and one with progress.
+fn stateless_items(
+    label: &str,
+    addr: std::net::SocketAddr,
+    progress: &str,
+) -> Vec<serde_json::Value> {
+    let v = "2026-07-28";
+    let mut out = Vec::new();
+    let calls = [
+        (
+            "server/discover",
+            None,
+            format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"server/discover","params":{{{ENVELOPE}}}}}"#
+            ),
+        ),
+        (
+            "tools/list",
+            None,
+            format!(r#"{{"jsonrpc":"2.0","id":2,"method":"tools/list","params":{{{ENVELOPE}}}}}"#),
+        ),
+        (
+            "tools/call",
+            Some("echo"),
+            format!(
+                r#"{{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"x"}},{ENVELOPE}}}}}"#
+            ),
+        ),
+        (
+            "tools/call",
+            Some("progress"),
+            format!(
+                r#"{{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{{"name":"progress","arguments":{progress},{ENVELOPE}}}}}"#
+            ),
+        ),
+    ];
+    for (method, name, body) in calls {
+        let mut h = vec![("mcp-protocol-version", v), ("mcp-method", method)];
+        if let Some(n) = name {
+            h.push(("mcp-name", n));
+        }
+        out.extend(items(label, v, method, &post(addr, &h, &body)));
+    }
+    out
+}
+
+/// A session of `version` with `addr`: initialize, ping, tools/list, and the two tool calls.
+fn session_items(label: &str, addr: std::net::SocketAddr, version: &str) -> Vec<serde_json::Value> {
+    let init = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"initialize","params":{{"protocolVersion":"{version}","capabilities":{{}},"clientInfo":{{"name":"schema-check","version":"1"}}}}}}"#
+    );
+    let r = post(addr, &[], &init);
+    let mut out = items(label, version, "initialize", &r);
+    let sid = r.header("mcp-session-id").expect("session id").to_string();
+    let h = [
+        ("mcp-session-id", sid.as_str()),
+        ("mcp-protocol-version", version),
+    ];
+    assert_eq!(post(addr, &h, INITIALIZED).status, 202);
+    let calls = [
+        ("ping", r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#.to_string()),
+        ("tools/list", r#"{"jsonrpc":"2.0","id":3,"method":"tools/list"}"#.to_string()),
+        ("tools/call", echo_call(4, "x")),
+        ("tools/call", r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"progress","arguments":{"count":2},"_meta":{"progressToken":"t"}}}"#.to_string()),
+    ];
+    for (method, body) in calls {
+        out.extend(items(label, version, method, &post(addr, &h, &body)));
+    }
+    assert_eq!(delete(addr, &sid).status, 200);
+    out
+}
+
+/// Feeds `items` to the SDK's validator; returns its report.
+fn sdk_check(items: &[serde_json::Value]) -> serde_json::Value {
+    use std::io::Write as _;
+    let p = peers();
+    let mut child = std::process::Command::new(&p.python)
+        .arg(p.py("check_results.py"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run check_results.py");
+    let mut stdin = child.stdin.take().expect("stdin");
+    for i in items {
+        writeln!(stdin, "{i}").expect("write item");
+    }
+    drop(stdin);
+    let out = child.wait_with_output().expect("check_results.py");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "check_results.py: {e}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+#[test]
+fn demo_and_bridged_answers_match_each_versions_schema() {
+    let p = peers();
+    let demo = demo();
+    let demo_addr = support::Proc::addr(&demo, "demo");
+    let via_demo = gateway_for(&["--upstream", &demo_url(&demo)]);
+    // A handshake-era stdio server (the TypeScript SDK answers server/discover with -32601):
+    // the bridge translates, and its answers must have the 2026-07-28 shape.
+    let ts = format!(
+        "\"{}\" \"{}\" --transport stdio",
+        p.node.display(),
+        p.ts("peer_server.mjs")
+    );
+    let via_ts = gateway_for(&["--upstream-cmd", &ts]);
+    // The same server over HTTP: 2026-07-28 requests go into the gateway's own session on it.
+    let ts_http = Server::start(
+        "schema-typescript-http",
+        &s(&[
+            &p.node.display().to_string(),
+            &p.ts("peer_server.mjs"),
+            "--transport",
+            "http",
+            "--port",
+            "0",
+        ]),
+    );
+    let via_ts_http = gateway_for(&["--upstream", &ts_http.url()]);
+    let mut all = Vec::new();
+    for (label, addr) in [
+        ("demo", demo_addr),
+        ("gateway+demo", via_demo.addr("listen")),
+    ] {
+        for v in ["2025-03-26", "2025-06-18", "2025-11-25"] {
+            all.extend(session_items(label, addr, v));
+        }
+        all.extend(stateless_items(label, addr, r#"{"count":2}"#));
+    }
+    all.extend(stateless_items(
+        "gateway+typescript stdio",
+        via_ts.addr("listen"),
+        r#"{"count":2,"interval_ms":1}"#,
+    ));
+    all.extend(stateless_items(
+        "gateway+typescript http",
+        via_ts_http.addr("listen"),
+        r#"{"count":2,"interval_ms":1}"#,
+    ));
+    let report = sdk_check(&all);
+    assert_eq!(report["checked"], all.len(), "{report}");
+    assert_eq!(report["failures"], serde_json::json!([]), "{report:#}");
+}
