@@ -116,10 +116,23 @@ pub async fn route(shard: &Rc<Shard>, i: usize) -> Result<Route> {
         }
         let ev = Rc::new(crate::sync::LocalEvent::default());
         *bridge.busy.borrow_mut() = Some(ev.clone());
-        let result = settle(shard, bridge, i).await;
-        bridge.busy.borrow_mut().take();
-        ev.set();
-        result?;
+        // Released however `settle` ends, even if this exchange is dropped half-way: the
+        // requests waiting on it then try again themselves.
+        let _busy = Busy { bridge, ev };
+        settle(shard, bridge, i).await?;
+    }
+}
+
+/// Holds `Bridge::busy` for one probe or initialize.
+struct Busy<'a> {
+    bridge: &'a Bridge,
+    ev: Rc<crate::sync::LocalEvent>,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.bridge.busy.borrow_mut().take();
+        self.ev.set();
     }
 }
 
@@ -209,7 +222,8 @@ async fn open(shard: &Rc<Shard>, i: usize) -> Result<Shared> {
 }
 
 /// Answers a request of the handshake-era upstream to a 2026-07-28 client with an error: the
-/// client cannot take it (that version has no server-to-client requests).
+/// client cannot take it (that version has no server-to-client requests). The task sending it
+/// ends within the request timeout (`call_upstream`).
 pub fn refuse(shard: &Rc<Shard>, i: usize, sid: Rc<str>, id: Bytes) {
     inc_refused(shard);
     let shard = shard.clone();
@@ -236,7 +250,7 @@ pub fn refuse(shard: &Rc<Shard>, i: usize, sid: Rc<str>, id: Bytes) {
 }
 
 fn inc_refused(shard: &Shard) {
-    crate::metrics::inc(&shard.stats.stdio_dropped_messages);
+    crate::metrics::inc(&shard.stats.era_refused_requests);
 }
 
 /// A request the gateway itself sends upstream.

@@ -134,6 +134,8 @@ pub struct ShardStats {
     pub stdio_dropped_messages: AtomicU64,
     pub stdio_bad_lines: AtomicU64,
     pub stdio_stderr_suppressed: AtomicU64,
+    /// Requests of handshake-era servers refused on a 2026-07-28 client's behalf (`era`).
+    pub era_refused_requests: AtomicU64,
 }
 
 impl ShardStats {
@@ -199,6 +201,7 @@ impl ShardStats {
             stdio_dropped_messages: AtomicU64::new(0),
             stdio_bad_lines: AtomicU64::new(0),
             stdio_stderr_suppressed: AtomicU64::new(0),
+            era_refused_requests: AtomicU64::new(0),
         }
     }
 
@@ -240,7 +243,7 @@ type Gauge = (&'static str, &'static str, fn(&ShardStats) -> i64);
 pub fn render(stats: &[&ShardStats], hists: &[Option<Histogram<u64>>], out: &mut String) {
     render_requests(stats, out);
     render_rejections(stats, out);
-    let gauges: [Gauge; 48] = [
+    let gauges: [Gauge; 49] = [
         ("shardcat_connections", "gauge", |s| {
             s.connections.load(Relaxed)
         }),
@@ -375,6 +378,9 @@ pub fn render(stats: &[&ShardStats], hists: &[Option<Histogram<u64>>], out: &mut
         }),
         ("shardcat_stdio_bad_lines_total", "counter", |s| {
             s.stdio_bad_lines.load(Relaxed) as i64
+        }),
+        ("shardcat_era_refused_requests_total", "counter", |s| {
+            s.era_refused_requests.load(Relaxed) as i64
         }),
         ("shardcat_stdio_stderr_suppressed_total", "counter", |s| {
             s.stdio_stderr_suppressed.load(Relaxed) as i64

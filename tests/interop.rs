@@ -612,3 +612,34 @@ fn demo_and_bridged_answers_match_each_versions_schema() {
     assert_eq!(report["checked"], all.len(), "{report}");
     assert_eq!(report["failures"], serde_json::json!([]), "{report:#}");
 }
+
+/// Bug 2 of the interop issue: a Python SDK stdio server refuses 2026-07-28 envelopes on a
+/// connection initialized in the handshake era, so the gateway must speak to it as the
+/// 2026-07-28 server it is, with no handshake.
+#[test]
+fn stateless_requests_reach_a_python_sdk_stdio_server() {
+    let p = peers();
+    let cmd = format!(
+        "\"{}\" \"{}\" --transport stdio",
+        p.python.display(),
+        p.py("peer_server.py")
+    );
+    let gw = gateway_for(&["--upstream-cmd", &cmd]);
+    let addr = gw.addr("listen");
+    let h = [
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "echo"),
+    ];
+    for i in 0..4 {
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":{i},"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"s{i}"}},{ENVELOPE}}}}}"#
+        );
+        let r = post(addr, &h, &body);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let m = messages(&r).pop().expect("a message");
+        assert_eq!(m["result"]["content"][0]["text"], format!("s{i}"), "{m}");
+        assert_eq!(m["result"]["resultType"], "complete", "{m}");
+    }
+    assert!(gw.stderr().contains("speaks 2026-07-28"), "{}", gw.stderr());
+}
