@@ -12,8 +12,9 @@
 //!   gateway answers them with an error, so the tool fails at once instead of hanging.
 //!
 //! The stdio bridge does the same for stdio children (`stdio::Era`). Invariants: a shared
-//! session serves only requests that carry no session of their own; one that the upstream
-//! forgot (404) is opened again by the next request.
+//! session serves only requests that carry no session of their own; requests in it carry the
+//! gateway's ids, never a client's; one that the upstream forgot (404) is opened again and the
+//! request that found it gone is sent once more (`proxy::bridged`).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;

@@ -629,66 +629,83 @@ async fn stateless_post(
 
 /// A 2026-07-28 request carried into the gateway's session on a handshake-era upstream:
 /// `server/discover` is answered from the session's initialize result; anything else goes
-/// without its envelope, and its answer comes back in the 2026-07-28 shape (`era`).
+/// without its envelope, and its answer comes back in the 2026-07-28 shape (`era`). A session
+/// the upstream forgot (404: it did not take the request) is opened again and the request
+/// sent once more.
 async fn bridged(
     shard: &Rc<Shard>,
     conn: &mut ClientConn,
-    mut req: UpRequest<'_>,
+    req: UpRequest<'_>,
     msg: &mcp::Message<'_>,
     i: usize,
-    shared: crate::era::Shared,
+    mut shared: crate::era::Shared,
 ) -> Result<Outcome> {
     let method = msg.method.unwrap_or("");
     if msg.kind == mcp::Kind::Request && method == "server/discover" {
         let line = mcp::discover_from_initialize(&shared.init_result, msg.id.unwrap_or("null"))
             .ok_or_else(|| Error::new(Kind::UpstreamProtocol, "unreadable initialize result"))?;
+        let copy = Bytes::from(line.clone());
         shard
-            .record_message(
-                req.tap,
-                Dir::ServerToClient,
-                200,
-                None,
-                Bytes::from(line.clone()),
-            )
+            .record_message(req.tap, Dir::ServerToClient, 200, None, copy)
             .await;
         return write_json(&mut conn.stream, &line).await;
     }
     let stripped = req.body.and_then(mcp::strip_envelope);
     let body = stripped.as_deref().or(req.body).unwrap_or_default();
-    // Requests get the shared session's own ids; the client's come back with the answer.
-    let rewritten = match msg.kind {
-        mcp::Kind::Request => {
-            let gw = shard.bridges[i].next_id();
-            Some((gw, crate::stdio::rewrite_request(body, gw)?))
+    let (head, tap) = (req.head, req.tap);
+    for attempt in 0..2 {
+        // Requests get the shared session's own ids; the client's come back with the answer.
+        let rewritten = match msg.kind {
+            mcp::Kind::Request => {
+                let gw = shard.bridges[i].next_id();
+                Some((gw, crate::stdio::rewrite_request(body, gw)?))
+            }
+            _ => None,
+        };
+        let ids = rewritten
+            .as_ref()
+            .map(|(gw, r)| (*gw, r.id.clone(), r.token.clone()));
+        let sid = shared.upstream_sid.clone();
+        let refuse_shard = shard.clone();
+        let req = UpRequest {
+            method: Method::Post,
+            head,
+            body: Some(rewritten.as_ref().map_or(body, |(_, r)| r.line.as_slice())),
+            upstream_sid: Some(&shared.upstream_sid),
+            tap,
+            upstream: Some(i),
+            stream: None,
+            version: Some(crate::era::BRIDGE_PROTOCOL_VERSION),
+            shape: Some(crate::stream::Shaping {
+                method: method.into(),
+                ids,
+                refuse: Box::new(move |id| crate::era::refuse(&refuse_shard, i, sid.clone(), id)),
+            }),
+        };
+        match forward(shard, conn, req, None, true).await {
+            Err(e) if matches!(e.kind, Kind::UnknownSession) && attempt == 0 => {
+                log::info!(
+                    "shard {}: upstream {i} forgot the gateway's session",
+                    shard.id
+                );
+                shard.bridges[i].forget(&shared.upstream_sid);
+                match crate::era::route(shard, i).await? {
+                    crate::era::Route::Bridged(s) => shared = s,
+                    crate::era::Route::AsIs => {
+                        return Err(Error::new(
+                            Kind::UpstreamProtocol,
+                            "the upstream changed era",
+                        ))
+                    }
+                }
+            }
+            other => return other,
         }
-        _ => None,
-    };
-    req.body = Some(rewritten.as_ref().map_or(body, |(_, r)| r.line.as_slice()));
-    let ids = rewritten
-        .as_ref()
-        .map(|(gw, r)| (*gw, r.id.clone(), r.token.clone()));
-    let sid = shared.upstream_sid.clone();
-    req.upstream_sid = Some(&shared.upstream_sid);
-    req.version = Some(crate::era::BRIDGE_PROTOCOL_VERSION);
-    let refuse_shard = shard.clone();
-    req.shape = Some(crate::stream::Shaping {
-        method: method.into(),
-        ids,
-        refuse: Box::new(move |id| {
-            crate::era::refuse(&refuse_shard, i, sid.clone(), id);
-        }),
-    });
-    let mut on_head = |resp: &ResponseHead, _: usize| -> Option<String> {
-        if resp.status == 404 {
-            log::info!(
-                "shard {}: upstream {i} forgot the gateway's session",
-                shard.id
-            );
-            shard.bridges[i].forget(&shared.upstream_sid);
-        }
-        None
-    };
-    forward(shard, conn, req, Some(&mut on_head), true).await
+    }
+    Err(Error::new(
+        Kind::UpstreamProtocol,
+        "the upstream forgot the gateway's session twice",
+    ))
 }
 
 /// A 200 JSON answer the gateway writes itself.
@@ -1233,6 +1250,19 @@ async fn forward(
             return Err(e);
         }
     };
+    if resp.status == 404 && req.shape.is_some() {
+        // The gateway's shared session is gone (`bridged` opens a new one and sends again):
+        // the upstream did not take the request, and the client sees nothing of this answer.
+        let wait = shard.config().timeouts.upstream_request;
+        if relay::drain_body(&mut up, &mut urb, resp.body, wait).await && resp.keep_alive {
+            up.checkin();
+        }
+        shard.give_buffer(urb.into_vec());
+        return Err(Error::new(
+            Kind::UnknownSession,
+            "the upstream forgot the session",
+        ));
+    }
     let mut resp = resp;
     if req.method == Method::Delete && (200..300).contains(&resp.status) {
         // The spec's answer to a DELETE that ended the session is 200: SDK clients take any

@@ -643,3 +643,60 @@ fn stateless_requests_reach_a_python_sdk_stdio_server() {
     }
     assert!(gw.stderr().contains("speaks 2026-07-28"), "{}", gw.stderr());
 }
+
+/// The gateway's session on a handshake-era upstream is opened again when the upstream forgot
+/// it (here: restarted), and the request that found it gone is sent once more: the client sees
+/// nothing of it.
+#[test]
+fn a_bridged_session_the_upstream_forgot_is_opened_again() {
+    let p = peers();
+    let ts = |port: u16| {
+        let port = port.to_string();
+        let cmd = s(&[
+            &p.node.display().to_string(),
+            &p.ts("peer_server.mjs"),
+            "--transport",
+            "http",
+            "--port",
+            &port,
+        ]);
+        Server::start("bridge-typescript-http", &cmd)
+    };
+    let first = ts(0);
+    let port = first.port;
+    // No kept-alive upstream connections: the restart must show up as a forgotten session,
+    // not as a pooled connection the old process closed.
+    let gw = gateway(&first.url(), 1, Some("[upstream]\npool_max_idle = 0\n"));
+    let addr = gw.addr("listen");
+    let call = |i: u64| {
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":{i},"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"r{i}"}},{ENVELOPE}}}}}"#
+        );
+        let h = [
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "echo"),
+        ];
+        post(addr, &h, &body)
+    };
+    for i in 1..=2 {
+        let r = call(i);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(
+            messages(&r).pop().expect("message")["result"]["content"][0]["text"],
+            format!("r{i}")
+        );
+    }
+    drop(first);
+    let _second = ts(port);
+    let r = call(3);
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), gw.stderr());
+    let m = messages(&r).pop().expect("message");
+    assert_eq!(m["result"]["content"][0]["text"], "r3", "{m}");
+    assert_eq!(m["id"], 3, "the client's id comes back: {m}");
+    assert!(
+        gw.stderr().contains("forgot the gateway's session"),
+        "{}",
+        gw.stderr()
+    );
+}
