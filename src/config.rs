@@ -13,6 +13,8 @@ use serde::{Deserialize, Deserializer};
 
 use crate::http::{DEFAULT_MAX_HEADERS, DEFAULT_MAX_HEAD_BYTES};
 
+pub mod tapes;
+
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9090";
 pub const DEFAULT_LISTEN_BACKLOG: u32 = 4096;
@@ -159,7 +161,7 @@ pub struct TapesSection {
 
 impl Default for TapesSection {
     fn default() -> Self {
-        use crate::tape as t;
+        use tapes as t;
         TapesSection {
             dir: String::new(),
             overflow: "drop".into(),
@@ -180,8 +182,8 @@ impl Default for TapesSection {
 
 impl TapesSection {
     /// The validated recording settings, or `None` when recording is off.
-    pub fn resolve(&self) -> Result<Option<crate::tape::TapeConfig>, ConfigError> {
-        use crate::tape::{Fsync, Overflow, TapeConfig};
+    pub fn resolve(&self) -> Result<Option<tapes::TapeConfig>, ConfigError> {
+        use tapes::{Fsync, Overflow, TapeConfig};
         if self.dir.is_empty() {
             return Ok(None);
         }
@@ -382,6 +384,30 @@ impl Default for SseSection {
     }
 }
 
+/// Per-client limits (the `[limits]` keys read by `limits`); 0 turns a limit off.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientLimitConfig {
+    pub max_sessions_per_client: u32,
+    pub client_requests_per_s: u32,
+    pub client_burst: u32,
+    pub session_requests_per_s: u32,
+    pub session_burst: u32,
+}
+
+/// Validated `[degradation]`: where each level of service begins (read by `degrade`).
+#[derive(Debug, Clone)]
+pub struct Thresholds {
+    /// Occupancy at which each level above `full` begins.
+    pub recording_shed_at: f64,
+    pub sessions_rejected_at: f64,
+    pub protective_at: f64,
+    pub hysteresis: f64,
+    pub check_interval: Duration,
+    /// 0: memory is not measured.
+    pub max_memory_bytes: u64,
+    pub max_pending_events: u64,
+}
+
 /// `[degradation]`: levels of service as the named bounds fill (see `degrade`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -410,7 +436,7 @@ impl Default for DegradationSection {
 }
 
 impl DegradationSection {
-    fn validate(&self) -> Result<crate::degrade::Thresholds, ConfigError> {
+    fn validate(&self) -> Result<Thresholds, ConfigError> {
         let levels = [
             ("degradation.recording_shed_at", self.recording_shed_at),
             (
@@ -441,7 +467,7 @@ impl DegradationSection {
                 "check_interval_ms and max_pending_events must be at least 1",
             );
         }
-        Ok(crate::degrade::Thresholds {
+        Ok(Thresholds {
             recording_shed_at: self.recording_shed_at,
             sessions_rejected_at: self.sessions_rejected_at,
             protective_at: self.protective_at,
@@ -589,10 +615,10 @@ pub struct Config {
     pub limits: Limits,
     pub timeouts: Timeouts,
     pub sse: SseConfig,
-    pub degradation: crate::degrade::Thresholds,
+    pub degradation: Thresholds,
     pub upstream: Upstream,
     /// Recording; `None` when off.
-    pub tapes: Option<crate::tape::TapeConfig>,
+    pub tapes: Option<tapes::TapeConfig>,
 }
 
 /// The upstream MCP server: over HTTP (one or several), or a program spoken to over stdio.
@@ -662,7 +688,7 @@ pub struct Limits {
     pub max_event_bytes: usize,
     pub handoff_queue_depth: usize,
     pub retry_after_s: u32,
-    pub clients: crate::limits::ClientLimitConfig,
+    pub clients: ClientLimitConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -926,7 +952,7 @@ fn validate_limits(l: &LimitsSection) -> Result<Limits, ConfigError> {
         max_event_bytes: l.max_event_bytes,
         handoff_queue_depth: l.handoff_queue_depth,
         retry_after_s: l.retry_after_s,
-        clients: crate::limits::ClientLimitConfig {
+        clients: ClientLimitConfig {
             max_sessions_per_client: l.max_sessions_per_client,
             client_requests_per_s: l.client_requests_per_s,
             client_burst: l.client_burst,

@@ -15,7 +15,6 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::shard::Shared;
 
@@ -52,28 +51,15 @@ impl Level {
     }
 }
 
-/// Validated `[degradation]`.
-#[derive(Debug, Clone)]
-pub struct Thresholds {
-    /// Occupancy at which each level above `Full` begins.
-    pub recording_shed_at: f64,
-    pub sessions_rejected_at: f64,
-    pub protective_at: f64,
-    pub hysteresis: f64,
-    pub check_interval: Duration,
-    /// 0: memory is not measured.
-    pub max_memory_bytes: u64,
-    pub max_pending_events: u64,
-}
+pub use crate::config::Thresholds;
 
-impl Thresholds {
-    fn start(&self, l: Level) -> f64 {
-        match l {
-            Level::Full => 0.0,
-            Level::RecordingShed => self.recording_shed_at,
-            Level::SessionsRejected => self.sessions_rejected_at,
-            Level::Protective => self.protective_at,
-        }
+/// Occupancy at which level `l` begins.
+fn start(t: &Thresholds, l: Level) -> f64 {
+    match l {
+        Level::Full => 0.0,
+        Level::RecordingShed => t.recording_shed_at,
+        Level::SessionsRejected => t.sessions_rejected_at,
+        Level::Protective => t.protective_at,
     }
 }
 
@@ -87,13 +73,13 @@ pub fn next(current: Level, occupancy: f64, t: &Thresholds) -> Level {
         Level::RecordingShed,
     ]
     .into_iter()
-    .find(|&l| occupancy >= t.start(l))
+    .find(|&l| occupancy >= start(t, l))
     .unwrap_or(Level::Full);
     if reached >= current {
         return reached;
     }
     let mut level = current;
-    while level > Level::Full && occupancy < t.start(level) - t.hysteresis {
+    while level > Level::Full && occupancy < start(t, level) - t.hysteresis {
         level = level.down();
     }
     level
@@ -212,6 +198,7 @@ pub fn monitor(shared: Arc<Shared>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn t() -> Thresholds {
         Thresholds {

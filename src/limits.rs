@@ -17,15 +17,7 @@ use std::time::{Duration, Instant};
 /// Cells of the client table (each 12 bytes: a session count and a packed token bucket).
 pub const CLIENT_CELLS: usize = 65_536;
 
-/// Settings (the `[limits]` keys); 0 turns a limit off.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ClientLimitConfig {
-    pub max_sessions_per_client: u32,
-    pub client_requests_per_s: u32,
-    pub client_burst: u32,
-    pub session_requests_per_s: u32,
-    pub session_burst: u32,
-}
+pub use crate::config::ClientLimitConfig;
 
 /// A token bucket: `rate` tokens a second, holding at most `burst`. Tokens are counted in
 /// thousandths so that low rates refill smoothly.
