@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
 use shardcat::admission::{mailbox, Handoff, ShardMsg};
-use shardcat::http::{
+use shardcat::codec::http::{
     encode_chunk, parse_request, BodyDecoder, BodyKind, ChunkStep, ChunkedDecoder, HeadLimits,
-    ReadBuf, SseSplitter, LAST_CHUNK,
+    ReadBuf, LAST_CHUNK,
 };
+use shardcat::codec::sse::SseSplitter;
 use shardcat::mcp::{classify, random_secret, SessionId, Version};
 use shardcat::session::Sessions;
 

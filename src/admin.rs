@@ -176,7 +176,7 @@ fn upstreams(shared: &Shared) -> Vec<serde_json::Value> {
 fn respond(s: &mut TcpStream, status: u16, ctype: &str, body: &str) -> std::io::Result<()> {
     let head = format!(
         "HTTP/1.1 {status} {}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        crate::http::reason(status),
+        crate::codec::http::reason(status),
         body.len()
     );
     s.write_all(head.as_bytes())?;

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use monoio::io::AsyncWriteRentExt;
 
+use crate::codec::http::{self, HeadBody, RequestHead};
 use crate::error::{Error, Kind, Result};
-use crate::http::{self, HeadBody, RequestHead};
 use crate::mcp::{self, SessionId};
 use crate::metrics::{gauge_add, inc};
 use crate::proxy::Outcome;

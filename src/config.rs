@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::http::{DEFAULT_MAX_HEADERS, DEFAULT_MAX_HEAD_BYTES};
+use crate::codec::http::{DEFAULT_MAX_HEADERS, DEFAULT_MAX_HEAD_BYTES};
 
 pub mod tapes;
 

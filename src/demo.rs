@@ -22,7 +22,7 @@ use monoio::io::AsyncWriteRentExt;
 use monoio::net::{TcpListener, TcpStream};
 use serde_json::{json, Value};
 
-use crate::http::{self, BodyDecoder, HeadBody, HeadLimits, Method, ReadBuf, RequestHead};
+use crate::codec::http::{self, BodyDecoder, HeadBody, HeadLimits, Method, ReadBuf, RequestHead};
 use crate::mcp::{self, Version};
 
 /// Most sessions the demo keeps; past it, initialize gets 503.

@@ -23,8 +23,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use monoio::io::AsyncWriteRentExt;
 
+use crate::codec::http::{self, BodyDecoder, Method};
+use crate::codec::sse;
 use crate::error::{Error, Kind, Result};
-use crate::http::{self, BodyDecoder, Method};
 use crate::mcp::{self, Era};
 use crate::shard::Shard;
 
@@ -347,13 +348,13 @@ fn last_message(body: &[u8]) -> Option<Vec<u8>> {
     if matches!(body[start], b'{' | b'[') {
         return Some(body.to_vec());
     }
-    let mut split = http::SseSplitter::new(body.len() + 1);
+    let mut split = sse::SseSplitter::new(body.len() + 1);
     let mut last = None;
     split.push(body);
     // The body is whole: a trailing event without its blank line still counts.
     split.push(b"\n\n");
     while let Ok(Some(ev)) = split.next_event() {
-        let data = http::parse_sse_event(&ev).data;
+        let data = sse::parse_sse_event(&ev).data;
         if !data.is_empty() {
             last = Some(data);
         }

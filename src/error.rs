@@ -2,7 +2,7 @@
 //! a retry can help. `Error::status` and `Error::body` are the single place where errors become
 //! an HTTP status and a JSON-RPC error body.
 
-use crate::http::HttpError;
+use crate::codec::http::HttpError;
 use crate::mcp::code;
 
 /// Whose fault an error is; drives logging level and metrics.

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
-use crate::http::{parse_sse_event, SseSplitter};
+use crate::codec::sse::{parse_sse_event, SseSplitter};
 use crate::mcp;
 use crate::tape::{self, Dir, Frame, FrameKind};
 

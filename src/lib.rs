@@ -3,7 +3,8 @@
 //! Crate map, in the order a request meets the modules:
 //! - `shard`     — one pinned thread and monoio runtime per core; accept loop, drain, mailbox.
 //! - `admission` — global bounds (connections, sessions) and the cross-core mailboxes.
-//! - `http`      — HTTP/1.1 heads, body framing, chunked coding, SSE event splitting.
+//! - `codec`     — the stateless wire codecs: `codec::http` (HTTP/1.1 heads, body framing,
+//!   chunked coding) and `codec::sse` (SSE event splitting and fields).
 //! - `proxy`     — the request pipeline, wired in `proxy::exchange`.
 //! - `mcp`       — JSON-RPC classification, protocol versions, session ids.
 //! - `degrade`   — degradation levels from measured occupancy (monitor thread, read by shards).
@@ -34,6 +35,7 @@
 pub mod admin;
 pub mod admission;
 pub mod bridge;
+pub mod codec;
 pub mod config;
 pub mod degrade;
 pub mod demo;
@@ -41,7 +43,6 @@ pub mod era;
 pub mod error;
 pub mod forward;
 pub mod health;
-pub mod http;
 pub mod limits;
 pub mod mcp;
 pub mod metrics;

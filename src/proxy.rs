@@ -16,9 +16,11 @@ use bytes::Bytes;
 use monoio::io::{AsyncWriteRentExt, Canceller};
 use monoio::net::TcpStream;
 
+use crate::codec::http::{
+    self, BodyDecoder, BodyKind, HeadBody, Method, RequestHead, ResponseHead,
+};
 use crate::degrade::Level;
 use crate::error::{Error, Kind, Result};
-use crate::http::{self, BodyDecoder, BodyKind, HeadBody, Method, RequestHead, ResponseHead};
 use crate::mcp::{self, SessionId, Version};
 use crate::metrics::{gauge_add, inc, method_index};
 use crate::record::Tap;

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use monoio::io::{AsyncWriteRentExt, Canceller};
 use monoio::net::TcpStream;
 
-use crate::http::{self, BodyDecoder, BodyKind, HeadBody, ReadBuf, ResponseHead};
+use crate::codec::http::{self, BodyDecoder, BodyKind, HeadBody, ReadBuf, ResponseHead};
 use crate::metrics::inc;
 use crate::record::Tap;
 use crate::shard::{ClientConn, Shard};

@@ -103,13 +103,13 @@ impl Shard {
         self.buffers
             .borrow_mut()
             .pop()
-            .unwrap_or_else(|| Vec::with_capacity(crate::http::READ_BUF_BYTES))
+            .unwrap_or_else(|| Vec::with_capacity(crate::codec::http::READ_BUF_BYTES))
     }
 
     /// Returns a buffer for reuse; oversized ones are freed so the cache stays bounded.
     pub fn give_buffer(&self, mut buf: Vec<u8>) {
         let mut cache = self.buffers.borrow_mut();
-        if cache.len() < BUFFER_CACHE_MAX && buf.capacity() == crate::http::READ_BUF_BYTES {
+        if cache.len() < BUFFER_CACHE_MAX && buf.capacity() == crate::codec::http::READ_BUF_BYTES {
             buf.clear();
             cache.push(buf);
         }
@@ -417,7 +417,7 @@ fn admit(shard: &Rc<Shard>, stream: TcpStream) {
 /// the permit, unless it was handed to another shard.
 pub struct ClientConn {
     pub stream: TcpStream,
-    pub rb: crate::http::ReadBuf,
+    pub rb: crate::codec::http::ReadBuf,
     shard: Rc<Shard>,
     handed_off: bool,
     /// The client's cell in the shared client table, once looked up.
@@ -431,7 +431,7 @@ impl ClientConn {
         gauge_add(&shard.stats.connections, 1);
         ClientConn {
             stream,
-            rb: crate::http::ReadBuf::from_vec(buf),
+            rb: crate::codec::http::ReadBuf::from_vec(buf),
             shard: shard.clone(),
             handed_off: false,
             client: Cell::new(None),
@@ -472,7 +472,7 @@ impl ClientConn {
             }
             Err(ShardMsg::Handoff(h)) => {
                 // Put the bytes back; the duplicate fd closes here.
-                self.rb = crate::http::ReadBuf::from_vec(h.buffered);
+                self.rb = crate::codec::http::ReadBuf::from_vec(h.buffered);
                 Err(Box::new(self))
             }
         }

@@ -34,9 +34,9 @@ use monoio::net::UnixStream;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::codec::http::ReadBuf;
 use crate::config::StdioConfig;
 use crate::error::{Error, Kind, Result};
-use crate::http::ReadBuf;
 use crate::metrics::{gauge_add, inc, ShardStats};
 use crate::sync::{LocalEvent, LocalQueue};
 

@@ -30,7 +30,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use monoio::io::{AsyncWriteRentExt, Canceller};
 
-use crate::http::{self, BodyDecoder, BodyKind, ReadBuf, SseSplitter};
+use crate::codec::http::{self, BodyDecoder, BodyKind, ReadBuf};
+use crate::codec::sse;
+use crate::codec::sse::SseSplitter;
 use crate::mcp::{SessionId, Version};
 use crate::metrics::{gauge_add, inc, ShardStats};
 use crate::record::{SseMeta, Tap};
@@ -146,7 +148,7 @@ pub struct Shaping {
 impl Shaping {
     /// One upstream event as the client gets it; `None` drops it.
     pub fn event(&self, raw: Bytes) -> Option<Bytes> {
-        let ev = http::parse_sse_event(&raw);
+        let ev = sse::parse_sse_event(&raw);
         let Ok(crate::mcp::Body::Single(m)) = crate::mcp::classify(&ev.data) else {
             return Some(raw);
         };
@@ -408,7 +410,7 @@ impl Stream {
         if s.track_answer
             && s.answer_seq.is_none()
             && scan.has_data
-            && responses_in(&http::parse_sse_event(&raw).data) > 0
+            && responses_in(&sse::parse_sse_event(&raw).data) > 0
         {
             s.answer_seq = Some(s.next_seq);
         }
@@ -421,7 +423,7 @@ impl Stream {
                     last.extend_from_slice(id);
                 }
                 if self.kind == StreamKind::Post && scan.has_data && s.responses_left > 0 {
-                    let answered = responses_in(&http::parse_sse_event(&raw).data);
+                    let answered = responses_in(&sse::parse_sse_event(&raw).data);
                     s.responses_left = s.responses_left.saturating_sub(answered);
                 }
                 Bytes::from(rename(&raw, self.no, s.next_seq))
@@ -448,7 +450,7 @@ fn scan(event: &[u8]) -> Scan<'_> {
         id: None,
         retry_ms: None,
     };
-    for (name, value) in http::sse_fields(event) {
+    for (name, value) in sse::sse_fields(event) {
         match name {
             b"data" => out.has_data = true,
             b"id" => out.id = Some(value),
@@ -1006,7 +1008,7 @@ async fn record(shard: &Shard, stream: &Stream, event: &[u8]) {
     let Some((tap, status)) = stream.tap else {
         return;
     };
-    let f = http::parse_sse_event(event);
+    let f = sse::parse_sse_event(event);
     if f.data.is_empty() {
         return;
     }
@@ -1109,7 +1111,7 @@ mod tests {
         let raw = b"id: 17\nevent: message\ndata: {\"a\":1}\n\n";
         let out = rename(raw, 3, 9);
         assert_eq!(out, b"id: 3-9\nevent: message\ndata: {\"a\":1}\n\n");
-        let f = http::parse_sse_event(&out);
+        let f = sse::parse_sse_event(&out);
         assert_eq!(f.id.as_deref(), Some("3-9"));
         assert_eq!(f.data, b"{\"a\":1}");
     }

@@ -223,7 +223,7 @@ impl Pool {
 /// Whether an idle socket is still open with nothing unread: a closed peer (EOF) or stray bytes
 /// both make it unfit for the next request.
 fn peer_still_open(stream: &TcpStream) -> bool {
-    crate::http::peek(stream) == crate::http::Peek::Empty
+    crate::codec::http::peek(stream) == crate::codec::http::Peek::Empty
 }
 
 /// Chooses an upstream for a new session or a stateless request (a shard's own state: no

@@ -2,9 +2,11 @@
 //! which need a nightly toolchain): random and mutated inputs must never panic, and whatever is
 //! accepted must satisfy the parser's invariants. Deterministic seeds, so failures reproduce.
 
-use shardcat::http::{
-    self, BodyDecoder, BodyKind, ChunkStep, ChunkedDecoder, HeadLimits, ReadBuf, SseSplitter,
+use shardcat::codec::http::{
+    self, BodyDecoder, BodyKind, ChunkStep, ChunkedDecoder, HeadLimits, ReadBuf,
 };
+use shardcat::codec::sse;
+use shardcat::codec::sse::SseSplitter;
 use shardcat::mcp::{self, SessionId};
 
 /// xorshift64*: small, deterministic, good enough to spread inputs.
@@ -229,8 +231,8 @@ fn last_event_ids_and_sse_fields_never_panic_and_round_trip() {
             );
         }
         let event = rng.bytes(64, b"data:id:retry: 12\n\r\nxyz{}\"");
-        let fields: Vec<_> = http::sse_fields(&event).collect();
+        let fields: Vec<_> = sse::sse_fields(&event).collect();
         assert!(fields.iter().all(|(name, _)| !name.is_empty()));
-        let _ = http::parse_sse_event(&event);
+        let _ = sse::parse_sse_event(&event);
     }
 }

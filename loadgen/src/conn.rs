@@ -7,9 +7,8 @@ use std::net::SocketAddr;
 
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
-use shardcat::http::{
-    self, BodyDecoder, HeadLimits, HttpError, ReadBuf, ResponseHead, SseSplitter,
-};
+use shardcat::codec::http::{self, BodyDecoder, HeadLimits, HttpError, ReadBuf, ResponseHead};
+use shardcat::codec::sse::SseSplitter;
 
 /// Largest response body read; anything bigger is an error, so memory per user stays bounded.
 const MAX_BODY_BYTES: usize = 4 << 20;

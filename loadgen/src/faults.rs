@@ -352,7 +352,7 @@ fn failover(p: &FaultPlan) -> Result<Failover, String> {
             ],
         )
     };
-    let mut demos = vec![
+    let mut demos = [
         demo("127.0.0.1:0")?,
         demo("127.0.0.1:0")?,
         demo("127.0.0.1:0")?,

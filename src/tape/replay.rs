@@ -21,7 +21,7 @@ use monoio::net::TcpStream;
 use serde_json::{json, Value};
 
 use super::{Dir, Frame, FrameKind};
-use crate::http::{self, HeadBody, Method, ReadBuf};
+use crate::codec::http::{self, HeadBody, Method, ReadBuf};
 use crate::mcp;
 
 /// Candidates named in an unmatched request's error.

@@ -1,0 +1,196 @@
+//! SSE framing: splitting a byte stream into whole events, and reading an event's fields.
+//! No state beyond the bytes of the event in progress.
+//!
+//! Invariants:
+//! - the splitter yields each event as soon as its terminating blank line arrives, so the
+//!   relay can flush event by event;
+//! - the bytes held for an event in progress are bounded by `max_event_bytes`.
+
+use bytes::{Bytes, BytesMut};
+
+use super::http::HttpError;
+
+/// Splits an SSE byte stream into whole events (each including its blank-line terminator).
+///
+/// Bytes of an event still in progress are held until its terminator arrives; the held bytes
+/// are bounded by `max_event_bytes`.
+#[derive(Debug)]
+pub struct SseSplitter {
+    pending: BytesMut,
+    /// How far `pending` was already scanned for a terminator.
+    scanned: usize,
+    max_event_bytes: usize,
+}
+
+impl SseSplitter {
+    pub fn new(max_event_bytes: usize) -> SseSplitter {
+        SseSplitter {
+            pending: BytesMut::new(),
+            scanned: 0,
+            max_event_bytes,
+        }
+    }
+
+    /// Adds bytes read from the upstream.
+    pub fn push(&mut self, data: &[u8]) {
+        self.pending.extend_from_slice(data);
+    }
+
+    /// The next complete event, if one is buffered.
+    pub fn next_event(&mut self) -> Result<Option<Bytes>, HttpError> {
+        match find_event_end(&self.pending, self.scanned) {
+            Some(end) => {
+                self.scanned = 0;
+                Ok(Some(self.pending.split_to(end).freeze()))
+            }
+            None => {
+                if self.pending.len() > self.max_event_bytes {
+                    return Err(HttpError::BodyTooLarge);
+                }
+                // Keep the last 3 bytes unscanned: a terminator may straddle the boundary.
+                self.scanned = self.pending.len().saturating_sub(3);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Bytes of an unterminated event left when the stream ended.
+    pub fn take_rest(&mut self) -> Bytes {
+        self.scanned = 0;
+        self.pending.split().freeze()
+    }
+
+    pub fn buffered(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+/// Index one past the blank line ending the first event in `buf`, searching from `from`.
+/// Lines may end in CRLF, LF or CR (WHATWG SSE).
+fn find_event_end(buf: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while i < buf.len() {
+        match buf[i] {
+            b'\n' => {
+                if buf.get(i + 1) == Some(&b'\n') {
+                    return Some(i + 2);
+                }
+                if buf.get(i + 1) == Some(&b'\r') {
+                    // "\n\r\n" or a lone "\n\r" (CR line end) both end the event.
+                    return Some(if buf.get(i + 2) == Some(&b'\n') {
+                        i + 3
+                    } else {
+                        i + 2
+                    });
+                }
+            }
+            b'\r' => {
+                let next = i + if buf.get(i + 1) == Some(&b'\n') { 2 } else { 1 };
+                match buf.get(next) {
+                    Some(b'\r') if buf.get(next + 1) == Some(&b'\n') => return Some(next + 2),
+                    Some(b'\r') if next + 1 < buf.len() => return Some(next + 1),
+                    Some(b'\n') if next == i + 1 => return Some(next + 1),
+                    _ => {}
+                }
+                if next > i + 1 {
+                    i += 1;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The fields of one SSE event that MCP uses.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SseFields {
+    /// `data:` lines joined with `\n`.
+    pub data: Vec<u8>,
+    pub id: Option<String>,
+    pub retry_ms: Option<u64>,
+}
+
+/// The `(name, value)` fields of one event, comments skipped, without allocating.
+pub fn sse_fields(event: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    event
+        .split(|&b| b == b'\n' || b == b'\r')
+        .filter_map(|line| match line.iter().position(|&b| b == b':') {
+            Some(0) => None,
+            Some(i) => {
+                let v = &line[i + 1..];
+                Some((&line[..i], v.strip_prefix(b" ").unwrap_or(v)))
+            }
+            None if line.is_empty() => None,
+            None => Some((line, &b""[..])),
+        })
+}
+
+/// Parses one whole event (as `SseSplitter` yields it). Comments and unknown fields are skipped.
+pub fn parse_sse_event(event: &[u8]) -> SseFields {
+    let mut f = SseFields::default();
+    let mut has_data = false;
+    for (name, value) in sse_fields(event) {
+        match name {
+            b"data" => {
+                if has_data {
+                    f.data.push(b'\n');
+                }
+                f.data.extend_from_slice(value);
+                has_data = true;
+            }
+            b"id" => f.id = Some(String::from_utf8_lossy(value).into_owned()),
+            b"retry" => f.retry_ms = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()),
+            _ => {}
+        }
+    }
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_splits_events_with_any_line_ending() {
+        let mut s = SseSplitter::new(1024);
+        let f = parse_sse_event(
+            b"event: message\nid: 7\nretry: 250\n: note\ndata: {\"a\":\ndata:1}\n\n",
+        );
+        assert_eq!(f.data, b"{\"a\":\n1}");
+        assert_eq!((f.id.as_deref(), f.retry_ms), (Some("7"), Some(250)));
+        assert_eq!(parse_sse_event(b"id: 1\ndata:\n\n").data, b"");
+        s.push(b"data: a\n\ndata: b\r\n\r\ndata: c\r\rdata: d");
+        assert_eq!(&s.next_event().unwrap().unwrap()[..], b"data: a\n\n");
+        assert_eq!(&s.next_event().unwrap().unwrap()[..], b"data: b\r\n\r\n");
+        assert_eq!(&s.next_event().unwrap().unwrap()[..], b"data: c\r\r");
+        assert!(s.next_event().unwrap().is_none());
+        s.push(b"\n");
+        assert!(s.next_event().unwrap().is_none());
+        s.push(b"\n");
+        assert_eq!(&s.next_event().unwrap().unwrap()[..], b"data: d\n\n");
+    }
+
+    #[test]
+    fn sse_byte_by_byte() {
+        let stream = b"id: 1\r\ndata: x\r\n\r\n: keepalive\n\nevent: m\ndata: y\n\n";
+        let mut s = SseSplitter::new(1024);
+        let mut events = Vec::new();
+        for b in stream {
+            s.push(&[*b]);
+            while let Some(e) = s.next_event().unwrap() {
+                events.push(e);
+            }
+        }
+        assert_eq!(events.len(), 3);
+        assert_eq!(events.concat(), stream.to_vec());
+    }
+
+    #[test]
+    fn sse_event_bound() {
+        let mut s = SseSplitter::new(8);
+        s.push(b"data: 0123456789");
+        assert_eq!(s.next_event().unwrap_err(), HttpError::BodyTooLarge);
+    }
+}
