@@ -1,7 +1,10 @@
 //! shardcat: a thread-per-core gateway for Model Context Protocol (MCP) traffic on io_uring.
 //!
 //! Crate map, in the order a request meets the modules:
-//! - `shard`     — one pinned thread and monoio runtime per core; accept loop, drain, mailbox.
+//! - `runtime`   — one pinned thread and monoio runtime per core; accept loop, drain, mailbox,
+//!   timers; builds each shard's context and starts the pipeline on every connection.
+//! - `shard`     — a shard's context (`Shard`: config slice, sessions, pools, stats, buffers)
+//!   and the state all shards share (`Shared`); it imports no pipeline code.
 //! - `admission` — global bounds (connections, sessions) and the cross-core mailboxes.
 //! - `codec`     — the stateless wire codecs: `codec::http` (HTTP/1.1 heads, body framing,
 //!   chunked coding) and `codec::sse` (SSE event splitting and fields).
@@ -28,7 +31,7 @@
 //! - `tape`      — recording on the persistence core (`Recorder` per shard, one writer thread),
 //!   the tape tools (list, show, export, verify) and replay.
 //!
-//! A request: `shard::accept_loop` → `proxy::serve` → `proxy::exchange` (head, affinity hop
+//! A request: `runtime::accept_loop` → `proxy::serve` → `proxy::exchange` (head, affinity hop
 //! through `admission`, validation, `mcp::classify`, `session`) → `upstream::Pool::checkout` →
 //! `relay::relay` (or, for a stdio upstream, `bridge` → `stdio::Child`) → back to `proxy::serve` for the next request on the connection.
 
@@ -49,6 +52,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod record;
 pub mod relay;
+pub mod runtime;
 pub mod session;
 pub mod shard;
 pub mod stdio;

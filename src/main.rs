@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use shardcat::config::{FileConfig, Overrides};
 use shardcat::demo::{self, DemoConfig};
-use shardcat::shard;
+use shardcat::{runtime, shard};
 
 #[derive(Parser)]
 #[command(
@@ -242,7 +242,7 @@ fn run_serve(a: ServeArgs) -> i32 {
 }
 
 fn serve(config: shardcat::config::Config, demo: bool) -> i32 {
-    let listeners = match shard::bind_listeners(&config) {
+    let listeners = match runtime::bind_listeners(&config) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("shardcat: cannot listen on {}: {e}", config.listen);
@@ -315,7 +315,7 @@ fn serve(config: shardcat::config::Config, demo: bool) -> i32 {
             .name("admin".into())
             .spawn(move || shardcat::admin::serve(l, shared));
     }
-    let handles = match shard::spawn_shards(shared.clone(), listeners, rxs, recorders) {
+    let handles = match runtime::spawn_shards(shared.clone(), listeners, rxs, recorders) {
         Ok(h) => h,
         Err(e) => {
             eprintln!("shardcat: cannot start shards: {e}");
