@@ -14,7 +14,8 @@
 //! The stdio bridge does the same for stdio children (`stdio::Era`). Invariants: a shared
 //! session serves only requests that carry no session of their own; requests in it carry the
 //! gateway's ids, never a client's; one that the upstream forgot (404) is opened again and the
-//! request that found it gone is sent once more (`proxy::bridged`).
+//! request that found it gone is sent once more (`proxy::bridged`); at shutdown it is ended
+//! upstream like the clients' sessions (`proxy::end_all_sessions`).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -78,6 +79,11 @@ impl Bridge {
         let id = self.next_id.get() + 1;
         self.next_id.set(id);
         id
+    }
+
+    /// The gateway's session on the upstream, taken out (shutdown ends it upstream).
+    pub fn take_session(&self) -> Option<Rc<str>> {
+        self.session.borrow_mut().take().map(|s| s.upstream_sid)
     }
 
     /// The upstream forgot the session: the next request opens a new one.

@@ -1645,6 +1645,12 @@ pub async fn end_all_sessions(shard: &Rc<Shard>, within: Duration) {
             }
         }
     }
+    // The gateway's own sessions on handshake-era upstreams (`era`) end too.
+    for (i, bridge) in shard.bridges.iter().enumerate() {
+        if let Some(up) = bridge.take_session() {
+            tasks.push(monoio::spawn(delete_upstream(shard.clone(), up, i, within)));
+        }
+    }
     let n = tasks.len();
     for t in tasks {
         t.await;

@@ -1004,3 +1004,100 @@ fn several_upstreams_share_sessions_and_a_dead_one_is_skipped() {
         "the live upstreams' 6 sessions plus the new ones"
     );
 }
+
+/// A server of the handshake era only, as the TypeScript SDK 1.32 is: a POST without a session
+/// (server/discover included) gets 400; initialize opens session `hs-1`; requests in it get an
+/// `ok` result carrying their own id. It reports each POST in the session (head and body) and
+/// each DELETE.
+fn handshake_upstream() -> (SocketAddr, std::sync::mpsc::Receiver<String>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                while let Some((head, body)) = read_request(&mut s, &mut buf) {
+                    let lower = head.to_ascii_lowercase();
+                    let in_session = lower.contains("mcp-session-id: hs-1");
+                    let msg: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                    let (status, extra, out) = if lower.starts_with("delete") {
+                        let _ = tx.send("DELETE hs-1".into());
+                        (200, "", String::new())
+                    } else if msg["method"] == "initialize" {
+                        let r = serde_json::json!({"jsonrpc":"2.0","id":msg["id"],"result":{"protocolVersion":"2025-11-25","capabilities":{"tools":{}},"serverInfo":{"name":"hs","version":"1"}}});
+                        (200, "mcp-session-id: hs-1\r\n", r.to_string())
+                    } else if !in_session {
+                        (400, "", r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32000,"message":"Bad Request: Mcp-Session-Id header is required"}}"#.to_string())
+                    } else if msg.get("id").is_none() {
+                        (202, "", String::new())
+                    } else {
+                        let _ = tx.send(format!("{head}\n\n{body}"));
+                        let r = serde_json::json!({"jsonrpc":"2.0","id":msg["id"],"result":{"content":[{"type":"text","text":"ok"}]}});
+                        (200, "", r.to_string())
+                    };
+                    let resp = format!("HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n{extra}content-length: {}\r\n\r\n{out}", out.len());
+                    if s.write_all(resp.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+#[test]
+fn stateless_requests_to_a_handshake_era_server_go_into_the_gateways_session() {
+    let (up, seen) = handshake_upstream();
+    let mut gw = gateway(&format!("http://{up}/mcp"), 1, None);
+    let addr = gw.addr("listen");
+    let h = [
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "echo"),
+    ];
+    let body = r#"{"jsonrpc":"2.0","id":"c-7","method":"tools/call","params":{"name":"echo","arguments":{"text":"x"},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{},"progressToken":"t-7"}}}"#;
+    let r = post(addr, &h, body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["id"], "c-7", "the client's id comes back: {v}");
+    assert_eq!(v["result"]["resultType"], "complete", "{v}");
+    assert_eq!(v["result"]["content"][0]["text"], "ok");
+    let got = seen
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the request upstream");
+    let (head, sent) = got.split_once("\n\n").unwrap();
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("mcp-protocol-version: 2025-11-25"), "{head}");
+    assert!(!head.contains("2026-07-28"), "{head}");
+    let sent: serde_json::Value = serde_json::from_str(sent).unwrap();
+    assert_ne!(
+        sent["id"], "c-7",
+        "requests in the shared session carry the gateway's ids"
+    );
+    assert_eq!(
+        sent["params"]["_meta"],
+        serde_json::json!({"progressToken": sent["id"]})
+    );
+    // discover is answered from the gateway's initialize.
+    let d = r#"{"jsonrpc":"2.0","id":8,"method":"server/discover","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}"#;
+    let r = post(
+        addr,
+        &[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "server/discover"),
+        ],
+        d,
+    );
+    assert_eq!(
+        r.json()["result"]["_meta"]["io.modelcontextprotocol/serverInfo"]["name"],
+        "hs"
+    );
+    // Shutdown ends the gateway's own session upstream too.
+    assert_eq!(gw.terminate(Duration::from_secs(10)), Some(0));
+    let end = seen.recv_timeout(Duration::from_secs(5));
+    assert_eq!(end.as_deref(), Ok("DELETE hs-1"));
+}
