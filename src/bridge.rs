@@ -357,7 +357,7 @@ async fn wait(
             inc(&shard.stats.stdio_timeouts);
             Err(Error::new(Kind::UpstreamTimeout, "the stdio server did not answer in time"))
         }
-        _ = relay::client_hung_up(&conn.stream), if watch_hangup => {
+        _ = crate::upstream::http::client_hung_up(&conn.stream), if watch_hangup => {
             Err(Error::new(Kind::ClientGone, "client hung up before the answer"))
         }
     }

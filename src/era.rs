@@ -315,7 +315,8 @@ async fn exchange(
     res.map_err(|e| Error::new(Kind::UpstreamConnect, e.to_string()))?;
     let mut urb = http::ReadBuf::default();
     let head =
-        crate::proxy::read_response_head(shard, &mut up, &mut urb, Method::Post, None).await?;
+        crate::upstream::http::read_response_head(shard, &mut up, &mut urb, Method::Post, None)
+            .await?;
     let sid = head.headers.get_str("mcp-session-id").map(String::from);
     let max = shard.config().limits.max_body_bytes;
     let mut body = Vec::new();
@@ -336,7 +337,7 @@ async fn exchange(
         if done {
             break;
         }
-        match crate::relay::read_upstream(&mut up, &mut urb, timeout, None).await {
+        match crate::upstream::http::read_upstream(&mut up, &mut urb, timeout, None).await {
             Ok(0) if dec.finish_on_eof().is_ok() => break,
             Ok(n) if n > 0 => {}
             _ => return Err(Error::new(Kind::UpstreamConnect, "the answer broke off")),

@@ -13,7 +13,8 @@
 //! - `degrade`   — degradation levels from measured occupancy (monitor thread, read by shards).
 //! - `limits`    — per-client limits: sessions per client, request rates per client and session.
 //! - `session`   — the shard's session table (gateway id → upstream session).
-//! - `upstream`  — the shard's bounded keep-alive pool of upstream connections, and balancing.
+//! - `upstream`  — the shard's bounded keep-alive pool of upstream connections, and balancing;
+//!   `upstream::http` is the HTTP upstream client (encode, pick, send, read the head).
 //! - `health`    — per-shard circuit breakers and active probes of HTTP upstreams.
 //! - `stdio`     — stdio upstreams: one child process per session, correlation by id, reaping.
 //! - `bridge`    — answers HTTP requests from a stdio child (JSON or SSE, GET stream).
@@ -32,8 +33,9 @@
 //!   the tape tools (list, show, export, verify) and replay.
 //!
 //! A request: `runtime::accept_loop` → `proxy::serve` → `proxy::exchange` (head, affinity hop
-//! through `admission`, validation, `mcp::classify`, `session`) → `upstream::Pool::checkout` →
-//! `relay::relay` (or, for a stdio upstream, `bridge` → `stdio::Child`) → back to `proxy::serve` for the next request on the connection.
+//! through `admission`, validation, `mcp::classify`, `session`) → `upstream::http` (pick, send,
+//! read the head) → `relay::relay` (or, for a stdio upstream, `bridge` → `stdio::Child`) →
+//! back to `proxy::serve` for the next request on the connection.
 
 pub mod admin;
 pub mod admission;

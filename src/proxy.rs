@@ -29,6 +29,10 @@ use crate::session::Expiry;
 use crate::shard::{ClientConn, Shard};
 use crate::stream::{Origin, StreamKind};
 use crate::tape::Dir;
+use crate::upstream::http::{
+    connect_upstream, encode_start, http_pool, pick_upstream, push_header, read_response_head,
+    send_request, UpRequest,
+};
 use crate::upstream::UpConn;
 
 /// The endpoint path MCP clients use.
@@ -465,10 +469,12 @@ async fn post(
                 head,
                 body: Some(&body),
                 upstream_sid: sref.upstream_sid.as_deref(),
-                tap: ex.tap,
                 upstream: Some(sref.upstream),
-                stream: Some(sref.sse_ctx(StreamKind::Post, requests)),
                 version: None,
+            };
+            let delivery = Delivery {
+                tap: ex.tap,
+                stream: Some(sref.sse_ctx(StreamKind::Post, requests)),
                 shape: None,
             };
             // An upstream that no longer knows the session ends it here too.
@@ -478,7 +484,7 @@ async fn post(
                 }
                 None
             };
-            forward(shard, conn, req, Some(&mut on_head), true)
+            forward(shard, conn, req, delivery, Some(&mut on_head), true)
                 .await
                 .map_err(fail)
         }
@@ -493,13 +499,17 @@ async fn post(
                 head,
                 body: Some(&body),
                 upstream_sid: None,
-                tap: ex.tap,
                 upstream: None,
-                stream: None,
                 version: None,
+            };
+            let delivery = Delivery {
+                tap: ex.tap,
+                stream: None,
                 shape: None,
             };
-            forward(shard, conn, req, None, true).await.map_err(fail)
+            forward(shard, conn, req, delivery, None, true)
+                .await
+                .map_err(fail)
         }
     }
 }
@@ -597,22 +607,24 @@ async fn stateless_post(
         head,
         body: Some(body),
         upstream_sid: None,
-        tap,
         upstream: None,
-        stream: None,
         version: None,
+    };
+    let delivery = Delivery {
+        tap,
+        stream: None,
         shape: None,
     };
     // Once every upstream is known to speak 2026-07-28, the balancer picks as for any request
     // (and may move one that could not be sent). Until then the era of the upstream matters.
     if shard.bridges.iter().all(crate::era::Bridge::is_modern) {
-        return forward(shard, conn, req, None, true).await;
+        return forward(shard, conn, req, delivery, None, true).await;
     }
     let i = pick_upstream(shard, 0, &[], Instant::now())?;
     match crate::era::route(shard, i).await {
         Ok(crate::era::Route::Bridged(shared)) => {
             req.upstream = Some(i);
-            bridged(shard, conn, req, msg, i, shared).await
+            bridged(shard, conn, (req, tap), msg, i, shared).await
         }
         // A modern upstream, or one whose era could not be learned (it did not answer): the
         // request goes the usual way, moving to another upstream if it cannot be sent. With
@@ -624,7 +636,7 @@ async fn stateless_post(
             if other.is_ok() && shard.bridges.iter().any(crate::era::Bridge::is_handshake) {
                 req.upstream = Some(i);
             }
-            forward(shard, conn, req, None, true).await
+            forward(shard, conn, req, delivery, None, true).await
         }
     }
 }
@@ -637,7 +649,7 @@ async fn stateless_post(
 async fn bridged(
     shard: &Rc<Shard>,
     conn: &mut ClientConn,
-    req: UpRequest<'_>,
+    (req, tap): (UpRequest<'_>, Option<Tap>),
     msg: &mcp::Message<'_>,
     i: usize,
     mut shared: crate::era::Shared,
@@ -648,13 +660,13 @@ async fn bridged(
             .ok_or_else(|| Error::new(Kind::UpstreamProtocol, "unreadable initialize result"))?;
         let copy = Bytes::from(line.clone());
         shard
-            .record_message(req.tap, Dir::ServerToClient, 200, None, copy)
+            .record_message(tap, Dir::ServerToClient, 200, None, copy)
             .await;
         return write_json(&mut conn.stream, &line).await;
     }
     let stripped = req.body.and_then(mcp::strip_envelope);
     let body = stripped.as_deref().or(req.body).unwrap_or_default();
-    let (head, tap) = (req.head, req.tap);
+    let head = req.head;
     for attempt in 0..2 {
         // Requests get the shared session's own ids; the client's come back with the answer.
         let rewritten = match msg.kind {
@@ -674,17 +686,19 @@ async fn bridged(
             head,
             body: Some(rewritten.as_ref().map_or(body, |(_, r)| r.line.as_slice())),
             upstream_sid: Some(&shared.upstream_sid),
-            tap,
             upstream: Some(i),
-            stream: None,
             version: Some(crate::era::BRIDGE_PROTOCOL_VERSION),
+        };
+        let delivery = Delivery {
+            tap,
+            stream: None,
             shape: Some(crate::stream::Shaping {
                 method: method.into(),
                 ids,
                 refuse: Box::new(move |id| crate::era::refuse(&refuse_shard, i, sid.clone(), id)),
             }),
         };
-        match forward(shard, conn, req, None, true).await {
+        match forward(shard, conn, req, delivery, None, true).await {
             Err(e) if matches!(e.kind, Kind::UnknownSession) && attempt == 0 => {
                 log::info!(
                     "shard {}: upstream {i} forgot the gateway's session",
@@ -777,15 +791,17 @@ async fn initialize_upstream(
         head,
         body: Some(body),
         upstream_sid: None,
-        tap: tape.map(|session| Tap { session, stream: 1 }),
         upstream: None,
-        stream: None,
         version: None,
+    };
+    let delivery = Delivery {
+        tap: tape.map(|session| Tap { session, stream: 1 }),
+        stream: None,
         shape: None,
     };
     // No hang-up watch: aborting here could leave a session upstream that the gateway never
     // learns the id of. Let the answer arrive, then end the session if the client missed it.
-    let result = forward(shard, conn, req, Some(&mut on_head), false).await;
+    let result = forward(shard, conn, req, delivery, Some(&mut on_head), false).await;
     match minted {
         // The upstream made no session (error, or a sessionless server): give the permits back.
         None => {
@@ -949,13 +965,15 @@ async fn get(
             head,
             body: None,
             upstream_sid: None,
-            tap: None,
             upstream: None,
-            stream: None,
             version: None,
+        };
+        let delivery = Delivery {
+            tap: None,
+            stream: None,
             shape: None,
         };
-        return forward(shard, conn, req, None, true).await;
+        return forward(shard, conn, req, delivery, None, true).await;
     };
     let sref = lookup_session(shard, raw, false)?;
     ex.tap = sref.tap;
@@ -971,13 +989,15 @@ async fn get(
         head,
         body: None,
         upstream_sid: sref.upstream_sid.as_deref(),
-        tap: ex.tap,
         upstream: Some(sref.upstream),
-        stream: Some(sref.sse_ctx(StreamKind::Get, 0)),
         version: None,
+    };
+    let delivery = Delivery {
+        tap: ex.tap,
+        stream: Some(sref.sse_ctx(StreamKind::Get, 0)),
         shape: None,
     };
-    forward(shard, conn, req, None, true).await
+    forward(shard, conn, req, delivery, None, true).await
 }
 
 /// The session stream a GET with `Last-Event-ID` names, if the gateway still holds it. An id
@@ -1047,10 +1067,12 @@ async fn delete(
         head,
         body: None,
         upstream_sid: Some(&upstream_sid),
-        tap: ex.tap,
         upstream: Some(sref.upstream),
-        stream: None,
         version: None,
+    };
+    let delivery = Delivery {
+        tap: ex.tap,
+        stream: None,
         shape: None,
     };
     // Ended as soon as the upstream's answer head arrives, before the client can see it, so a
@@ -1062,7 +1084,7 @@ async fn delete(
         }
         None
     };
-    forward(shard, conn, req, Some(&mut on_head), true).await
+    forward(shard, conn, req, delivery, Some(&mut on_head), true).await
 }
 
 /// Reads a whole request body, bounded by `max_body_bytes`.
@@ -1120,95 +1142,15 @@ async fn read_body(shard: &Shard, conn: &mut ClientConn, head: &RequestHead) -> 
     }
 }
 
-/// What goes upstream.
-pub struct UpRequest<'a> {
-    pub method: Method,
-    pub head: &'a RequestHead,
-    pub body: Option<&'a [u8]>,
-    pub upstream_sid: Option<&'a str>,
+/// How an upstream's answer reaches the client, besides the bytes (`upstream::http::UpRequest`
+/// is what goes upstream).
+pub struct Delivery {
     /// Where the response is recorded.
     pub tap: Option<Tap>,
-    /// The session's upstream; `None`: the balancer picks one.
-    pub upstream: Option<usize>,
     /// Makes an SSE answer a session's resumable stream.
     pub stream: Option<crate::stream::SseCtx>,
-    /// The MCP-Protocol-Version sent instead of the client's (a request the gateway carries
-    /// into its own session on a handshake-era upstream, `era`).
-    pub version: Option<&'a str>,
     /// Gives the answer the 2026-07-28 shape on the way back (`era`).
     pub shape: Option<crate::stream::Shaping>,
-}
-
-/// Headers forwarded from the client as they are. Authorization, Cookie, Origin and Host never
-/// are: the gateway authenticates upstream with its own credentials and names its own Host.
-/// `Last-Event-ID` is not among them: the gateway names the events its clients see, and
-/// resumes the upstream with the upstream's own ids (`stream`).
-const FORWARDED: [&str; 4] = ["accept", "mcp-protocol-version", "mcp-method", "mcp-name"];
-
-/// The request line and the gateway's own headers (Host, User-Agent, the upstream's
-/// credentials).
-fn encode_start(out: &mut Vec<u8>, method: Method, up: &crate::config::UpstreamConfig) {
-    out.extend_from_slice(method.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(up.path.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
-    out.extend_from_slice(up.authority.as_bytes());
-    out.extend_from_slice(b"\r\nuser-agent: shardcat\r\n");
-    if let Some(auth) = &up.authorization {
-        push_header(out, "authorization", auth.as_bytes());
-    }
-}
-
-fn encode_request(out: &mut Vec<u8>, req: &UpRequest<'_>, up: &crate::config::UpstreamConfig) {
-    encode_start(out, req.method, up);
-    if req.head.headers.get("accept").is_none() {
-        push_header(out, "accept", b"application/json, text/event-stream");
-    }
-    for (name, value) in req.head.headers.iter_raw() {
-        let replaced = req.version.is_some() && name.eq_ignore_ascii_case(b"mcp-protocol-version");
-        if is_forwarded(name) && !replaced {
-            push_raw_header(out, name, value);
-        }
-    }
-    if let Some(sid) = req.upstream_sid {
-        push_header(out, "mcp-session-id", sid.as_bytes());
-    }
-    if let Some(v) = req.version {
-        push_header(out, "mcp-protocol-version", v.as_bytes());
-    }
-    match req.body {
-        Some(b) => {
-            push_header(out, "content-type", b"application/json");
-            push_header(out, "content-length", b.len().to_string().as_bytes());
-            out.extend_from_slice(b"\r\n");
-            out.extend_from_slice(b);
-        }
-        None => out.extend_from_slice(b"\r\n"),
-    }
-}
-
-fn is_forwarded(name: &[u8]) -> bool {
-    const PARAM: &[u8] = b"mcp-param-";
-    FORWARDED
-        .iter()
-        .any(|f| name.eq_ignore_ascii_case(f.as_bytes()))
-        || name
-            .get(..PARAM.len())
-            .is_some_and(|p| p.eq_ignore_ascii_case(PARAM))
-}
-
-fn push_raw_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Called with the upstream's response head and the upstream's index; may return a gateway
@@ -1221,6 +1163,7 @@ async fn forward(
     shard: &Rc<Shard>,
     conn: &mut ClientConn,
     req: UpRequest<'_>,
+    delivery: Delivery,
     on_head: OnHead<'_>,
     watch_hangup: bool,
 ) -> Result<Outcome> {
@@ -1252,7 +1195,7 @@ async fn forward(
             return Err(e);
         }
     };
-    if resp.status == 404 && req.shape.is_some() {
+    if resp.status == 404 && delivery.shape.is_some() {
         // The gateway's shared session is gone (`bridged` opens a new one and sends again):
         // the upstream did not take the request, and the client sees nothing of this answer.
         let wait = shard.config().timeouts.upstream_request;
@@ -1272,7 +1215,7 @@ async fn forward(
         resp.status = 200;
     }
     let session_header = on_head.and_then(|f| f(&resp, upstream));
-    if !watch_hangup && relay::has_hung_up(&conn.stream) {
+    if !watch_hangup && crate::upstream::http::has_hung_up(&conn.stream) {
         // Nobody to relay to; the caller cleans up what `on_head` created.
         shard.give_buffer(urb.into_vec());
         return Err(Error::new(
@@ -1282,11 +1225,11 @@ async fn forward(
     }
     let answer = relay::Answer {
         session_header: session_header.as_deref(),
-        tap: req.tap,
-        sse: req.stream,
+        tap: delivery.tap,
+        sse: delivery.stream,
         // Only an initialize announces a session, and only its answer decides whether it stands.
         track_answer: session_header.is_some(),
-        shape: req.shape,
+        shape: delivery.shape,
     };
     let end = relay::relay(shard, conn, up, urb, &resp, answer).await;
     Ok(Outcome {
@@ -1294,174 +1237,6 @@ async fn forward(
         reusable: end.client_ok,
         answered: end.answered,
     })
-}
-
-/// Upstream `i`'s pool (there are none when the upstream is a stdio program).
-fn http_pool(shard: &Shard, i: usize) -> Result<&Rc<crate::upstream::Pool>> {
-    shard
-        .pools
-        .get(i)
-        .ok_or_else(|| Error::new(Kind::Internal, "no such HTTP upstream on this shard"))
-}
-
-/// Sends `req` to its session's upstream, or to one the balancer picks. A request not bound to
-/// a session moves on to another upstream when it could not even be sent (connect refused or
-/// timed out, pool full): the only retry that is always safe. Returns the connection and the
-/// upstream used.
-async fn connect_upstream(
-    shard: &Rc<Shard>,
-    req: &UpRequest<'_>,
-    client: u32,
-) -> Result<(UpConn, usize)> {
-    let mut tried: Vec<usize> = Vec::new();
-    loop {
-        let now = Instant::now();
-        let i = match req.upstream {
-            Some(i) => i,
-            None => pick_upstream(shard, client, &tried, now)?,
-        };
-        let pool = http_pool(shard, i)?;
-        let mut wire = Vec::with_capacity(512 + req.body.map_or(0, <[u8]>::len));
-        encode_request(&mut wire, req, pool.config());
-        match send_request(shard, i, wire).await {
-            Ok(up) => return Ok((up, i)),
-            Err((e, unsent)) => {
-                if !matches!(e.kind, Kind::Overloaded(_)) {
-                    shard.health.record(i, false, Instant::now(), &shard.stats);
-                }
-                let can_move =
-                    req.upstream.is_none() && unsent && tried.len() + 1 < shard.pools.len();
-                if !can_move {
-                    return Err(e);
-                }
-                log::warn!(
-                    "shard {}: upstream {i} unreachable ({e}); trying another",
-                    shard.id
-                );
-                inc(&shard.stats.upstream_failovers);
-                tried.push(i);
-            }
-        }
-    }
-}
-
-/// An upstream for a request not bound to a session: healthy, its breaker admitting, not
-/// tried yet. None at all is 503 (counted), not a wait.
-fn pick_upstream(shard: &Shard, client: u32, tried: &[usize], now: Instant) -> Result<usize> {
-    let usable = |i: usize| shard.health.selectable(i, now);
-    let mut skipped = tried.to_vec();
-    while let Some(i) = shard.balancer.pick(&shard.pools, client, &skipped, &usable) {
-        if shard.health.admit(i, now, &shard.stats) {
-            return Ok(i);
-        }
-        skipped.push(i);
-    }
-    if tried.is_empty() {
-        shard.stats.count_rejection("no_healthy_upstream");
-        return Err(Error::new(
-            Kind::Overloaded("no_healthy_upstream"),
-            "no healthy upstream",
-        ));
-    }
-    Err(Error::new(
-        Kind::UpstreamConnect,
-        "no upstream could be reached",
-    ))
-}
-
-/// Writes the request on a pooled connection of upstream `i`. A reused connection that fails
-/// on write was closed by the upstream while idle, before reading anything: retry once on a
-/// fresh one. On error, says whether nothing of the request was sent.
-async fn send_request(
-    shard: &Rc<Shard>,
-    i: usize,
-    wire: Vec<u8>,
-) -> std::result::Result<UpConn, (Error, bool)> {
-    let pool = http_pool(shard, i).map_err(|e| (e, true))?;
-    let mut wire = wire;
-    for _ in 0..2 {
-        let mut up = pool.checkout().await.map_err(|e| {
-            if let Kind::Overloaded(w) = e.kind {
-                shard.stats.count_rejection(w);
-            } else {
-                inc(&shard.stats.upstream_errors);
-            }
-            (e, true)
-        })?;
-        let (res, back) = up.stream().write_all(wire).await;
-        wire = back;
-        match res {
-            Ok(_) => return Ok(up),
-            Err(e) if up.reused => {
-                log::debug!(
-                    "shard {}: reused upstream connection failed on write: {e}",
-                    shard.id
-                );
-                inc(&shard.stats.pool_discarded);
-            }
-            Err(e) => {
-                inc(&shard.stats.upstream_errors);
-                return Err((Error::new(Kind::UpstreamConnect, e.to_string()), false));
-            }
-        }
-    }
-    inc(&shard.stats.upstream_errors);
-    let e = Error::new(Kind::UpstreamConnect, "upstream closed the connection");
-    Err((e, false))
-}
-
-/// Reads the upstream's final response head within the request timeout (1xx are skipped).
-pub(crate) async fn read_response_head(
-    shard: &Shard,
-    up: &mut UpConn,
-    urb: &mut http::ReadBuf,
-    method: Method,
-    client: Option<&TcpStream>,
-) -> Result<ResponseHead> {
-    let limits = http::HeadLimits::default();
-    let deadline = Instant::now() + shard.config().timeouts.upstream_request;
-    loop {
-        match http::parse_response(urb.data(), limits, method == Method::Head) {
-            Ok(Some(h)) if h.status < 200 => {
-                urb.consume(h.head_len);
-                continue;
-            }
-            Ok(Some(h)) => {
-                urb.consume(h.head_len);
-                return Ok(h);
-            }
-            Ok(None) => {}
-            Err(e) => return Err(Error::new(Kind::UpstreamProtocol, e.to_string())),
-        }
-        let wait = deadline.saturating_duration_since(Instant::now());
-        match relay::read_upstream(up, urb, wait, client).await {
-            Ok(0) => {
-                if up.reused {
-                    // A kept-alive connection the upstream closed: it may have restarted or died,
-                    // so its other idle connections are not trusted either.
-                    up.discard_idle_siblings();
-                }
-                return Err(Error::new(
-                    Kind::UpstreamConnect,
-                    "upstream closed before responding",
-                ));
-            }
-            Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
-                return Err(Error::new(
-                    Kind::ClientGone,
-                    "client hung up before the response",
-                ));
-            }
-            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {
-                return Err(Error::new(
-                    Kind::UpstreamTimeout,
-                    "no response head in time",
-                ));
-            }
-            Err(e) => return Err(Error::new(Kind::UpstreamConnect, e.to_string())),
-        }
-    }
 }
 
 /// Why a session stream could not be reopened upstream.

@@ -13,8 +13,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use monoio::io::{AsyncWriteRentExt, Canceller};
-use monoio::net::TcpStream;
+use monoio::io::AsyncWriteRentExt;
 
 use crate::codec::http::{self, BodyDecoder, BodyKind, HeadBody, ReadBuf, ResponseHead};
 use crate::metrics::inc;
@@ -22,10 +21,8 @@ use crate::record::Tap;
 use crate::shard::{ClientConn, Shard};
 use crate::stream::{SseCtx, Stream, WriteEnd};
 use crate::tape::Dir;
+use crate::upstream::http::read_upstream;
 use crate::upstream::UpConn;
-
-/// How long an upstream read waits before it also watches for the client hanging up.
-const HANGUP_ARM_DELAY: Duration = Duration::from_millis(20);
 
 /// Bytes gathered before a write is issued while relaying a body.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
@@ -175,79 +172,6 @@ fn client_head(
     let mut out = Vec::with_capacity(extra.len() + 64);
     http::write_response_head(&mut out, resp.status, &extra, body);
     out
-}
-
-/// Whether the client has already hung up (EOF or a socket error is pending), without waiting.
-/// Bytes waiting to be read mean it has not.
-pub fn has_hung_up(stream: &TcpStream) -> bool {
-    http::peek(stream) == http::Peek::Closed
-}
-
-/// Resolves once the client has hung up (EOF or error). A client that pipelined bytes has not
-/// hung up, and then this never resolves. Readiness waits consume nothing, so dropping this
-/// future is always safe.
-pub async fn client_hung_up(stream: &TcpStream) {
-    loop {
-        if stream.readable(false).await.is_err() {
-            return;
-        }
-        match http::peek(stream) {
-            http::Peek::Closed => return,
-            // Pipelined bytes: not a hang-up, and readiness would now fire at once forever.
-            http::Peek::Data => std::future::pending::<()>().await,
-            http::Peek::Empty => {}
-        }
-    }
-}
-
-/// Reads more upstream bytes, giving up after `wait` with an `ECANCELED` error, or with
-/// `ECONNABORTED` when `client` hangs up first (the response would have nowhere to go, and for
-/// 2026-07-28 a closed stream is the client's cancel).
-pub async fn read_upstream(
-    up: &mut UpConn,
-    urb: &mut ReadBuf,
-    wait: Duration,
-    client: Option<&TcpStream>,
-) -> std::io::Result<usize> {
-    let canceller = Canceller::new();
-    let read = urb.fill_cancelable(up.stream(), canceller.handle());
-    let mut read = std::pin::pin!(read);
-    // Most answers come fast: the hang-up watch (one more readiness op) is armed only once the
-    // upstream has taken a while, so a quick exchange pays nothing for it.
-    let arm = if client.is_some() {
-        wait.min(HANGUP_ARM_DELAY)
-    } else {
-        wait
-    };
-    let first = monoio::select! {
-        biased;
-        r = &mut read => Some(r),
-        _ = monoio::time::sleep(arm) => None,
-    };
-    let done = match (first, client) {
-        (Some(r), _) => Some(r),
-        (None, Some(c)) if arm < wait => monoio::select! {
-            biased;
-            r = &mut read => Some(r),
-            _ = monoio::time::sleep(wait - arm) => None,
-            _ = client_hung_up(c) => {
-                let _ = canceller.cancel();
-                let _ = read.await;
-                return Err(std::io::Error::from_raw_os_error(libc::ECONNABORTED));
-            }
-        },
-        (None, _) => None,
-    };
-    match done {
-        Some(r) => r,
-        None => {
-            let _ = canceller.cancel();
-            match read.await {
-                Ok(n) => Ok(n),
-                Err(_) => Err(std::io::Error::from_raw_os_error(libc::ECANCELED)),
-            }
-        }
-    }
 }
 
 /// Reads and discards a body. Returns true when it ended cleanly.

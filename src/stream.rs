@@ -666,7 +666,7 @@ async fn write_loop(
                 biased;
                 _ = stream.changed.notified() => true,
                 _ = shard.shutdown.wait() => return WriteEnd::Shutdown,
-                _ = crate::relay::client_hung_up(&conn.stream) => return WriteEnd::ClientGone,
+                _ = crate::upstream::http::client_hung_up(&conn.stream) => return WriteEnd::ClientGone,
                 _ = monoio::time::sleep(keepalive) => false,
             };
             if woke {

@@ -5,6 +5,8 @@
 //! its end, or dropped, which closes the socket. Both paths keep the open/idle gauges exact, so
 //! no path (error, timeout, client gone) can leak a connection.
 
+pub mod http;
+
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;

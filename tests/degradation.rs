@@ -73,6 +73,12 @@ fn levels_follow_occupancy_with_hysteresis() {
     let health = get(admin, "/health").json();
     assert_eq!(health["level"], "protective", "{health}");
     assert_eq!(stateless_status(addr), 503);
+    // That request's connection was the 20th: let the gateway see it close before the next,
+    // or the next is refused at max_connections rather than served.
+    assert!(eventually(within, || metric(
+        admin,
+        "shardcat_connections{shard=\"all\"}"
+    ) == 19.0));
     assert_eq!(post(addr, &[s, V], &echo_call(3, "y")).status, 200);
     // Releasing the connections: back to 7/10 = 0.7, which is not below 0.7 - 0.1, so the level
     // stays at sessions_rejected instead of falling to full.
