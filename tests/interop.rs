@@ -21,7 +21,6 @@ mod support;
 #[path = "support/interop.rs"]
 mod peers;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use peers::{children_of, peers, run_all, run_client, Cell, Server};
@@ -36,18 +35,6 @@ const CELLS_AT_ONCE: usize = 3;
 const CELL_LIMIT: Duration = Duration::from_secs(150);
 /// A client's own limit, below `CELL_LIMIT` so it reports instead of being killed.
 const CLIENT_TIMEOUT_S: &str = "120";
-
-fn fixture() -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let path = dir.join("mcp-stdio-server");
-    assert!(
-        path.exists(),
-        "{} is missing: run the tests with `cargo test --workspace`",
-        path.display()
-    );
-    path
-}
 
 fn s(v: &[&str]) -> Vec<String> {
     v.iter().map(|x| x.to_string()).collect()
@@ -86,7 +73,7 @@ fn http_upstreams() -> HttpUpstreams {
         "0".into(),
     ];
     let rmcp = vec![
-        fixture().display().to_string(),
+        fixture_bin("mcp-stdio-server").display().to_string(),
         "--http".into(),
         "127.0.0.1:0".into(),
     ];
@@ -118,7 +105,10 @@ fn stdio_commands() -> Vec<(&'static str, String)> {
                 p.ts("peer_server.mjs")
             ),
         ),
-        ("rmcp-stdio", format!("\"{}\"", fixture().display())),
+        (
+            "rmcp-stdio",
+            format!("\"{}\"", fixture_bin("mcp-stdio-server").display()),
+        ),
     ]
 }
 
@@ -138,47 +128,37 @@ fn gateway_for(upstream: &[&str]) -> Proc {
     Proc::start(&args)
 }
 
+/// A client process: `program script`, the matrix's common flags, then `args` (the Python
+/// client takes everything after `--stdio` as the command, so that comes last).
+fn client_cmd(
+    program: &std::path::Path,
+    script: String,
+    label: &str,
+    args: &[&str],
+) -> Vec<String> {
+    let mut cmd = vec![program.display().to_string(), script];
+    cmd.extend(s(&["--sessions", &SESSIONS.to_string(), "--label", label]));
+    cmd.extend(s(&["--timeout-s", CLIENT_TIMEOUT_S]));
+    cmd.extend(s(args));
+    cmd
+}
+
 /// The client commands of one HTTP target. `handshake`: its server speaks only the handshake
 /// era, so a 2026-07-28 session expects the gateway to refuse the server's sampling request.
 fn clients(url: &str, target: &str, handshake: bool) -> Vec<(String, Vec<String>)> {
     let p = peers();
-    let n = SESSIONS.to_string();
     let mut out = Vec::new();
     for mode in ["legacy", "auto", "2026-07-28"] {
         let label = format!("python {mode} -> {target}");
-        let cmd = s(&[
-            &p.python.display().to_string(),
-            &p.py("peer_client.py"),
-            "--url",
-            url,
-            "--mode",
-            mode,
-            "--sessions",
-            &n,
-            "--label",
-            &label,
-            "--timeout-s",
-            CLIENT_TIMEOUT_S,
-        ]);
-        let mut cmd = cmd;
+        let mut args = vec!["--url", url, "--mode", mode];
         if handshake {
-            cmd.push("--handshake-server".into());
+            args.push("--handshake-server");
         }
+        let cmd = client_cmd(&p.python, p.py("peer_client.py"), &label, &args);
         out.push((label, cmd));
     }
     let label = format!("typescript -> {target}");
-    let cmd = s(&[
-        &p.node.display().to_string(),
-        &p.ts("peer_client.mjs"),
-        "--url",
-        url,
-        "--sessions",
-        &n,
-        "--label",
-        &label,
-        "--timeout-s",
-        CLIENT_TIMEOUT_S,
-    ]);
+    let cmd = client_cmd(&p.node, p.ts("peer_client.mjs"), &label, &["--url", url]);
     out.push((label, cmd));
     out
 }
@@ -186,43 +166,34 @@ fn clients(url: &str, target: &str, handshake: bool) -> Vec<(String, Vec<String>
 /// The Python SDK as a stdio client of `shardcat forward`, each session its own process.
 fn forward_clients(gateway_url: &str) -> Vec<(String, Vec<String>)> {
     let p = peers();
-    let n = SESSIONS.to_string();
-    let server = [
-        p.python.display().to_string(),
-        p.py("peer_server.py"),
-        "--transport".into(),
-        "stdio".into(),
-    ];
+    let (python, server) = (p.python.display().to_string(), p.py("peer_server.py"));
     let mut out = Vec::new();
     for mode in ["legacy", "auto"] {
         for (how, tail) in [
             (
                 "forward http",
-                s(&["forward", "http", "--url", gateway_url]),
+                vec!["forward", "http", "--url", gateway_url],
             ),
-            ("forward stdio", {
-                let mut t = s(&["forward", "stdio", "--"]);
-                t.extend(server.iter().cloned());
-                t
-            }),
+            (
+                "forward stdio",
+                vec![
+                    "forward",
+                    "stdio",
+                    "--",
+                    &python,
+                    &server,
+                    "--transport",
+                    "stdio",
+                ],
+            ),
         ] {
             let label = format!("python {mode} via {how} -> python");
-            let mut cmd = s(&[
-                &p.python.display().to_string(),
-                &p.py("peer_client.py"),
-                "--mode",
-                mode,
-                "--sessions",
-                &n,
-                "--label",
-                &label,
-                "--timeout-s",
-                CLIENT_TIMEOUT_S,
-                "--stdio",
-                BIN,
-            ]);
-            cmd.extend(tail);
-            out.push((label, cmd));
+            let mut args = vec!["--mode", mode, "--stdio", BIN];
+            args.extend(tail);
+            out.push((
+                label.clone(),
+                client_cmd(&p.python, p.py("peer_client.py"), &label, &args),
+            ));
         }
     }
     out

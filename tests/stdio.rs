@@ -16,15 +16,7 @@ use std::time::Duration;
 use support::*;
 
 fn fixture() -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let path = dir.join("mcp-stdio-server");
-    assert!(
-        path.exists(),
-        "{} is missing: run the tests with `cargo test --workspace`",
-        path.display()
-    );
-    path
+    fixture_bin("mcp-stdio-server")
 }
 
 /// A gateway whose upstream is the fixture, with extra TOML lines for the upstream table and

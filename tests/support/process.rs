@@ -482,3 +482,16 @@ pub fn read_request(s: &mut std::net::TcpStream, buf: &mut Vec<u8>) -> Option<(S
         }
     }
 }
+
+/// A binary of the `fixtures` crate, built by `cargo test --workspace` beside the test's own.
+pub fn fixture_bin(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
