@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use monoio::io::AsyncWriteRentExt;
 
-use crate::codec::http::{self, BodyDecoder, Method};
+use crate::codec::http::{self, Method};
 use crate::codec::sse;
 use crate::error::{Error, Kind, Result};
 use crate::mcp::{self, Era};
@@ -233,7 +233,7 @@ async fn open(shard: &Rc<Shard>, i: usize) -> Result<Shared> {
 /// client cannot take it (that version has no server-to-client requests). The task sending it
 /// ends within the request timeout (`call_upstream`).
 pub fn refuse(shard: &Rc<Shard>, i: usize, sid: Rc<str>, id: Bytes) {
-    inc_refused(shard);
+    crate::metrics::inc(&shard.stats.era_refused_requests);
     let shard = shard.clone();
     monoio::spawn(async move {
         let id = String::from_utf8_lossy(&id).into_owned();
@@ -255,10 +255,6 @@ pub fn refuse(shard: &Rc<Shard>, i: usize, sid: Rc<str>, id: Bytes) {
             );
         }
     });
-}
-
-fn inc_refused(shard: &Shard) {
-    crate::metrics::inc(&shard.stats.era_refused_requests);
 }
 
 /// A request the gateway itself sends upstream.
@@ -319,31 +315,16 @@ async fn exchange(
             .await?;
     let sid = head.headers.get_str("mcp-session-id").map(String::from);
     let max = shard.config().limits.max_body_bytes;
-    let mut body = Vec::new();
-    let mut dec = BodyDecoder::new(head.body);
-    loop {
-        let mut over = false;
-        let done = dec
-            .decode(&mut urb, &mut |d: &[u8]| {
-                over |= body.len() + d.len() > max;
-                if !over {
-                    body.extend_from_slice(d);
-                }
-            })
-            .map_err(|e| Error::new(Kind::UpstreamProtocol, e.to_string()))?;
-        if over {
-            return Err(Error::new(Kind::UpstreamProtocol, "answer too large"));
-        }
-        if done {
-            break;
-        }
-        match crate::upstream::http::read_upstream(&mut up, &mut urb, timeout, None).await {
-            Ok(0) if dec.finish_on_eof().is_ok() => break,
-            Ok(n) if n > 0 => {}
-            _ => return Err(Error::new(Kind::UpstreamConnect, "the answer broke off")),
-        }
-    }
-    if head.keep_alive && urb.data().is_empty() && dec.is_done() {
+    let body = crate::upstream::http::read_body(&mut up, &mut urb, head.body, max, timeout, None)
+        .await
+        .ok_or_else(|| {
+            Error::new(
+                Kind::UpstreamProtocol,
+                "the answer broke off or was too large",
+            )
+        })?;
+    // A close-delimited body never leaves the connection reusable (`keep_alive` is false).
+    if head.keep_alive && urb.data().is_empty() {
         pool.checkin(up);
     }
     Ok((head.status, sid, body))

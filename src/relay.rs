@@ -21,7 +21,7 @@ use crate::record::Tap;
 use crate::shard::{ClientConn, Shard};
 use crate::stream::{SseCtx, Stream, WriteEnd};
 use crate::tape::Dir;
-use crate::upstream::http::read_upstream;
+use crate::upstream::http::{read_body, read_upstream};
 use crate::upstream::UpConn;
 
 /// Bytes gathered before a write is issued while relaying a body.
@@ -327,29 +327,12 @@ async fn relay_shaped(
 ) -> RelayEnd {
     let max = shard.config().limits.max_body_bytes;
     let wait = shard.config().timeouts.upstream_request;
-    let mut dec = BodyDecoder::new(resp.body);
-    let mut body = Vec::new();
-    let mut over = false;
-    loop {
-        let done = dec.decode(&mut urb, &mut |d: &[u8]| {
-            over |= body.len() + d.len() > max;
-            if !over {
-                body.extend_from_slice(d);
-            }
-        });
-        match done {
-            Ok(true) if !over => break,
-            Ok(false) if !over => {}
-            _ => return upstream_broke(shard, conn, bad_gateway(), urb).await,
-        }
-        match read_upstream(&mut up, &mut urb, wait, Some(&conn.stream)).await {
-            Ok(0) if dec.finish_on_eof().is_ok() => break,
-            Ok(n) if n > 0 => {}
-            _ => return upstream_broke(shard, conn, bad_gateway(), urb).await,
-        }
-    }
+    let client = Some(&conn.stream);
+    let Some(body) = read_body(&mut up, &mut urb, resp.body, max, wait, client).await else {
+        return upstream_broke(shard, conn, bad_gateway(), urb).await;
+    };
     let body = shape.and_then(|s| s.body(&body)).unwrap_or(body);
-    finish_upstream(shard, up, urb, resp.keep_alive && dec.is_done());
+    finish_upstream(shard, up, urb, resp.keep_alive);
     let mut out = client_head(resp, None, HeadBody::Length(body.len()), false);
     out.extend_from_slice(&body);
     record_body(shard, tap, resp.status, Some(body)).await;

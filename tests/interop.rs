@@ -48,22 +48,20 @@ struct HttpUpstreams {
     rmcp: Server,
 }
 
+/// The Python SDK server over HTTP on a free port (`stateless`: `stateless_http`).
+fn python_http(stateless: bool) -> Vec<String> {
+    let p = peers();
+    let mut cmd = vec![p.python.display().to_string(), p.py("peer_server.py")];
+    cmd.extend(s(&["--transport", "http", "--port", "0"]));
+    if stateless {
+        cmd.push("--stateless".into());
+    }
+    cmd
+}
+
 fn http_upstreams() -> HttpUpstreams {
     let p = peers();
-    let py = |stateless: bool| {
-        let mut cmd = vec![
-            p.python.display().to_string(),
-            p.py("peer_server.py"),
-            "--transport".into(),
-            "http".into(),
-            "--port".into(),
-            "0".into(),
-        ];
-        if stateless {
-            cmd.push("--stateless".into());
-        }
-        cmd
-    };
+    let py = python_http;
     let ts = vec![
         p.node.display().to_string(),
         p.ts("peer_server.mjs"),
@@ -342,17 +340,7 @@ fn passed(v: &[(String, bool)]) -> usize {
 fn conformance_scenarios_pass_through_the_gateway_as_they_do_direct() {
     const LIMIT: Duration = Duration::from_secs(180);
     let p = peers();
-    let server = Server::start(
-        "conformance-python",
-        &[
-            p.python.display().to_string(),
-            p.py("peer_server.py"),
-            "--transport".into(),
-            "http".into(),
-            "--port".into(),
-            "0".into(),
-        ],
-    );
+    let server = Server::start("conformance-python", &python_http(false));
     let http = gateway_for(&["--upstream", &server.url()]);
     let cmd = format!(
         "\"{}\" \"{}\" --transport stdio",

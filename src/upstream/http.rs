@@ -354,3 +354,37 @@ pub async fn read_upstream(
         }
     }
 }
+
+/// Reads a whole response body of `kind` (JSON, or an SSE stream up to its end), at most
+/// `max` bytes, each read within `wait` (and given up when `client` hangs up). `None` when it
+/// broke off, was badly framed or was too large; the connection is then not reusable.
+pub async fn read_body(
+    up: &mut UpConn,
+    urb: &mut http::ReadBuf,
+    kind: http::BodyKind,
+    max: usize,
+    wait: Duration,
+    client: Option<&TcpStream>,
+) -> Option<Vec<u8>> {
+    let mut dec = http::BodyDecoder::new(kind);
+    let mut body = Vec::new();
+    let mut over = false;
+    loop {
+        let done = dec.decode(urb, &mut |d: &[u8]| {
+            over |= body.len() + d.len() > max;
+            if !over {
+                body.extend_from_slice(d);
+            }
+        });
+        match done {
+            Ok(true) if !over => return Some(body),
+            Ok(false) if !over => {}
+            _ => return None,
+        }
+        match read_upstream(up, urb, wait, client).await {
+            Ok(0) if dec.finish_on_eof().is_ok() => return Some(body),
+            Ok(n) if n > 0 => {}
+            _ => return None,
+        }
+    }
+}
