@@ -18,7 +18,8 @@ use shardcat::codec::http::{
 };
 use shardcat::codec::sse::SseSplitter;
 use shardcat::mcp::{classify, random_secret, SessionId, Version};
-use shardcat::session::Sessions;
+use shardcat::shard::session::Sessions;
+use shardcat::upstream::UpSession;
 
 // ---------------------------------------------------------------------------------------------
 // Inputs
@@ -277,17 +278,25 @@ fn session_id(c: &mut Criterion) {
 
 const PREFILL: usize = 10_000;
 
+/// A session on HTTP upstream 0 named `sid`.
+fn http(sid: &Rc<str>) -> UpSession {
+    UpSession::Http {
+        upstream: 0,
+        sid: Some(sid.clone()),
+    }
+}
+
 fn session_table(c: &mut Criterion) {
     let now = Instant::now();
     let version = Version::parse("2025-06-18").unwrap();
     let upstream: Rc<str> = Rc::from("upstream-session-0123456789abcdef");
-    let lifetimes = shardcat::session::Lifetimes {
+    let lifetimes = shardcat::shard::session::Lifetimes {
         idle: std::time::Duration::from_secs(300),
         max_age: std::time::Duration::from_secs(86_400),
     };
     let mut table = Sessions::new(0, lifetimes);
     let ids: Vec<SessionId> = (0..PREFILL)
-        .map(|_| table.insert(Some(upstream.clone()), version, now))
+        .map(|_| table.insert(http(&upstream), version, now))
         .collect();
     assert_eq!(table.len(), PREFILL);
 
@@ -295,7 +304,7 @@ fn session_table(c: &mut Criterion) {
     // Includes the 128-bit secret from getrandom, as every real insert does.
     g.bench_function("insert_remove_10k", |b| {
         b.iter(|| {
-            let id = table.insert(Some(upstream.clone()), version, now);
+            let id = table.insert(http(&upstream), version, now);
             table.remove(black_box(&id)).unwrap()
         })
     });

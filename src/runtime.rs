@@ -1,7 +1,7 @@
 //! The runtime: one thread per core, pinned with core_affinity, each running its own monoio
 //! runtime (io_uring, or epoll when io_uring is missing or its ring cannot be built), its
 //! accept loop, mailbox and timers. It builds each shard's context (`shard::Shard`) and starts
-//! the pipeline (`proxy::serve`) on every connection; nothing below imports it.
+//! the pipeline (`gateway::serve`) on every connection; nothing below imports it.
 //!
 //! Lifecycle of a shard: Running → Draining (listener closed, idle connections closed, in-flight
 //! requests finish within the drain timeout) → sessions ended upstream → thread exits.
@@ -146,13 +146,13 @@ async fn shard_main(
             std::process::exit(1);
         }
     };
-    if let Some(host) = &shard.stdio {
+    if let Some(host) = &shard.up.stdio {
         host.refill();
     }
     monoio::spawn(mailbox_loop(shard.clone(), rx));
     monoio::spawn(tick_loop(shard.clone()));
-    for i in 0..shard.pools.len() {
-        monoio::spawn(crate::health::probe_loop(shard.clone(), i));
+    for i in 0..shard.up.pools.len() {
+        monoio::spawn(crate::upstream::health::probe_loop(shard.up.clone(), i));
     }
     accept_loop(&shard, &listener).await;
     drop(listener);
@@ -196,7 +196,7 @@ fn admit(shard: &Rc<Shard>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     if shard.shutdown.is_set() {
         shard.stats.count_rejection("shutting_down");
-        monoio::spawn(crate::proxy::reject(
+        monoio::spawn(crate::gateway::respond::reject(
             shard.clone(),
             stream,
             crate::error::Kind::ShuttingDown,
@@ -205,7 +205,7 @@ fn admit(shard: &Rc<Shard>, stream: TcpStream) {
     }
     if !shard.shared.connections.try_acquire() {
         shard.stats.count_rejection("connections");
-        monoio::spawn(crate::proxy::reject(
+        monoio::spawn(crate::gateway::respond::reject(
             shard.clone(),
             stream,
             crate::error::Kind::Overloaded("connections"),
@@ -213,7 +213,7 @@ fn admit(shard: &Rc<Shard>, stream: TcpStream) {
         return;
     }
     let conn = ClientConn::new(shard, stream, shard.take_buffer());
-    monoio::spawn(crate::proxy::serve(shard.clone(), conn));
+    monoio::spawn(crate::gateway::serve(shard.clone(), conn));
 }
 
 async fn mailbox_loop(shard: Rc<Shard>, rx: MailboxRx) {
@@ -244,7 +244,7 @@ fn adopt(shard: &Rc<Shard>, h: Handoff) {
     match TcpStream::from_std(std_stream) {
         Ok(stream) => {
             let conn = ClientConn::new(shard, stream, h.buffered);
-            monoio::spawn(crate::proxy::serve(shard.clone(), conn));
+            monoio::spawn(crate::gateway::serve(shard.clone(), conn));
         }
         Err(e) => {
             log::warn!(
@@ -267,10 +267,10 @@ async fn tick_loop(shard: Rc<Shard>) {
             return;
         }
         let now = Instant::now();
-        for pool in &shard.pools {
+        for pool in &shard.up.pools {
             pool.sweep(now);
         }
-        crate::proxy::expire_sessions(&shard, now);
+        crate::gateway::session::expire(&shard, now);
         shard.flush_backlog();
     }
 }
@@ -297,8 +297,8 @@ async fn drain(shard: &Rc<Shard>) {
     let left = deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(500));
-    crate::proxy::end_all_sessions(shard, left).await;
-    for pool in &shard.pools {
+    crate::gateway::session::end_all(shard, left).await;
+    for pool in &shard.up.pools {
         pool.clear();
     }
     publish_latency(shard);

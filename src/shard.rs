@@ -1,8 +1,12 @@
-//! A shard's context: what one core's thread owns (its connections' state, session table,
-//! buffers, upstream pools and era bridges, health view, recorder) and what all shards share
-//! (`Shared`: config, bounds, mailboxes, stats). It imports no pipeline code: the pipeline and
-//! the upstream kinds take it as their context, and the runtime (`runtime`) builds it.
+//! A shard's context: what one core's thread owns (its connections' state, the session table
+//! (`session`) and its streams' buffers (`sse`), read buffers, its upstreams, recorder) and
+//! what all shards share (`Shared`: config, bounds, mailboxes, stats). It imports no pipeline
+//! code: the pipeline (`gateway`) takes it as its context, and the runtime (`runtime`) builds
+//! it. The upstreams sit below it and get only their slice (`upstream::Upstreams`).
 //! Nothing here takes a lock: a shard's state is touched by its own thread only.
+
+pub mod session;
+pub mod sse;
 
 use std::cell::{Cell, RefCell};
 use std::os::fd::AsRawFd;
@@ -18,12 +22,9 @@ use monoio::net::TcpStream;
 use crate::admission::{Gate, Handoff, Mailbox, MailboxRx, ShardMsg};
 use crate::config::Config;
 use crate::metrics::{gauge_add, inc, new_histogram, ShardStats};
-use crate::session::Sessions;
-use crate::sync::LocalEvent;
-use crate::upstream::Pool;
-
-/// Most read buffers a shard keeps for reuse (256 × 16 KiB = 4 MiB per shard at most).
-const BUFFER_CACHE_MAX: usize = 256;
+use crate::sync::{Buffers, LocalEvent};
+use crate::upstream::{ShardParts, Upstreams};
+use session::Sessions;
 
 /// A capacity-1 channel holding a shard's latest latency snapshot (both ends, so the shard can
 /// replace a snapshot nobody collected).
@@ -37,7 +38,7 @@ pub struct Shared {
     /// Per-client limits, shared by all shards without a lock.
     pub clients: crate::limits::ClientTable,
     /// Child processes of a stdio upstream, across shards.
-    pub processes: Gate,
+    pub processes: Arc<Gate>,
     pub draining: AtomicBool,
     /// The degradation level (`degrade::Level`), set by the monitor thread.
     pub level: std::sync::atomic::AtomicU8,
@@ -65,26 +66,17 @@ pub struct Shard {
     pub shared: Arc<Shared>,
     pub stats: Arc<ShardStats>,
     pub sessions: RefCell<Sessions>,
-    /// One connection pool per HTTP upstream (none for a stdio upstream).
-    pub pools: Vec<Rc<Pool>>,
-    /// Chooses among `pools` for new sessions and stateless requests.
-    pub balancer: crate::upstream::Balancer,
-    /// Per HTTP upstream: its era toward 2026-07-28 clients, and the gateway's session on it
-    /// when it speaks only the handshake era (`era`).
-    pub bridges: Vec<crate::era::Bridge>,
-    /// This shard's view of the HTTP upstreams' health (breakers, probes).
-    pub health: crate::health::Health,
-    /// The stdio upstream's children (absent for an HTTP upstream).
-    pub stdio: Option<Rc<crate::stdio::Host>>,
+    /// The shard's upstreams (HTTP pools, balancer, health, era bridges; or stdio children).
+    pub up: Rc<Upstreams>,
     /// This shard's channel to the persistence core (absent when not recording).
     pub tape: Option<crate::tape::Recorder>,
     /// Frames waiting for room under the `block` policy (see `record`).
     pub backlog: RefCell<std::collections::VecDeque<crate::tape::Frame>>,
-    pub shutdown: LocalEvent,
+    pub shutdown: Rc<LocalEvent>,
     pub latency: RefCell<Histogram<u64>>,
     /// Client connections this shard currently serves.
     pub live: Cell<usize>,
-    buffers: RefCell<Vec<Vec<u8>>>,
+    buffers: Rc<Buffers>,
 }
 
 impl Shard {
@@ -94,19 +86,12 @@ impl Shard {
 
     /// A read buffer from the shard's cache, or a fresh one.
     pub fn take_buffer(&self) -> Vec<u8> {
-        self.buffers
-            .borrow_mut()
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(crate::codec::http::READ_BUF_BYTES))
+        self.buffers.take()
     }
 
-    /// Returns a buffer for reuse; oversized ones are freed so the cache stays bounded.
-    pub fn give_buffer(&self, mut buf: Vec<u8>) {
-        let mut cache = self.buffers.borrow_mut();
-        if cache.len() < BUFFER_CACHE_MAX && buf.capacity() == crate::codec::http::READ_BUF_BYTES {
-            buf.clear();
-            cache.push(buf);
-        }
+    /// Returns a buffer for reuse (the cache is bounded).
+    pub fn give_buffer(&self, buf: Vec<u8>) {
+        self.buffers.give(buf)
     }
 
     pub fn record_latency(&self, since: Instant) {
@@ -136,10 +121,10 @@ pub fn shared(config: Config, tape: Option<TapeStats>) -> (Arc<Shared>, Vec<Mail
             config.limits.clients,
             crate::mcp::random_secret() as u64,
         ),
-        processes: Gate::new(match &config.upstream {
+        processes: Arc::new(Gate::new(match &config.upstream {
             crate::config::Upstream::Stdio(s) => s.max_processes,
             crate::config::Upstream::Http(_) => 0,
-        }),
+        })),
         draining: AtomicBool::new(false),
         level: std::sync::atomic::AtomicU8::new(0),
         level_changes: std::sync::atomic::AtomicU64::new(0),
@@ -157,66 +142,35 @@ pub fn shared(config: Config, tape: Option<TapeStats>) -> (Arc<Shared>, Vec<Mail
 }
 
 impl Shard {
-    /// Shard `id`'s context: its slice of the shared state, its session table, one pool and
-    /// era bridge per HTTP upstream (or the stdio host), its health view and its recorder.
+    /// Shard `id`'s context: its slice of the shared state, its session table, its upstreams
+    /// and its recorder.
     pub fn new(id: usize, shared: Arc<Shared>, tape: Option<crate::tape::Recorder>) -> Rc<Shard> {
         let stats = shared.stats[id].clone();
-        let health = match &shared.config.upstream {
-            crate::config::Upstream::Http(h) => crate::health::Health::new(id, &h.targets),
-            crate::config::Upstream::Stdio(_) => crate::health::Health::new(id, &[]),
+        let buffers = Rc::new(Buffers::default());
+        let shutdown = Rc::new(LocalEvent::default());
+        let parts = ShardParts {
+            shard: id,
+            stats: stats.clone(),
+            buffers: buffers.clone(),
+            shutdown: shutdown.clone(),
+            processes: shared.processes.clone(),
         };
-        let (pools, balancer, stdio) = match &shared.config.upstream {
-            crate::config::Upstream::Http(h) => {
-                let pools = h
-                    .targets
-                    .iter()
-                    .map(|u| {
-                        let connect = shared.config.timeouts.upstream_connect;
-                        Rc::new(Pool::new(u.clone(), connect, stats.clone()))
-                    })
-                    .collect();
-                let weights = h.targets.iter().map(|u| u.weight).collect();
-                let balancer = crate::upstream::Balancer::new(h.strategy, weights);
-                (pools, balancer, None)
-            }
-            crate::config::Upstream::Stdio(cfg) => {
-                let spawn = crate::stdio::Spawn {
-                    cfg: Rc::new(cfg.clone()),
-                    stats: stats.clone(),
-                    max_events: shared.config.limits.max_pending_events,
-                    max_line_bytes: shared.config.limits.max_body_bytes,
-                    write_timeout: shared.config.timeouts.upstream_request,
-                };
-                let host = crate::stdio::Host::new(spawn, shared.clone());
-                let balancer =
-                    crate::upstream::Balancer::new(crate::config::Strategy::RoundRobin, Vec::new());
-                (Vec::new(), balancer, Some(Rc::new(host)))
-            }
+        let up = Rc::new(Upstreams::new(&shared.config, parts));
+        let lifetimes = session::Lifetimes {
+            idle: shared.config.timeouts.session_idle,
+            max_age: shared.config.timeouts.session_max_age,
         };
         Rc::new(Shard {
             id,
             stats,
-            sessions: RefCell::new(Sessions::new(
-                id as u8,
-                crate::session::Lifetimes {
-                    idle: shared.config.timeouts.session_idle,
-                    max_age: shared.config.timeouts.session_max_age,
-                },
-            )),
-            bridges: pools
-                .iter()
-                .map(|_| crate::era::Bridge::default())
-                .collect(),
-            pools,
-            balancer,
-            health,
-            stdio,
+            sessions: RefCell::new(Sessions::new(id as u8, lifetimes)),
+            up,
             tape,
             backlog: RefCell::new(std::collections::VecDeque::new()),
-            shutdown: LocalEvent::default(),
+            shutdown,
             latency: RefCell::new(new_histogram()),
             live: Cell::new(0),
-            buffers: RefCell::new(Vec::new()),
+            buffers,
             shared,
         })
     }

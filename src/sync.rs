@@ -1,5 +1,5 @@
-//! Shard-local async primitives (single thread, no atomics, no locks): a bounded queue that
-//! applies backpressure, and a one-shot event many tasks can wait on.
+//! Shard-local primitives (single thread, no atomics, no locks): a bounded queue that applies
+//! backpressure, a one-shot event many tasks can wait on, and the shard's read-buffer cache.
 //!
 //! Invariant: waiter storage is bounded by the number of live futures; a future that is
 //! dropped removes its waker.
@@ -11,6 +11,35 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 
 use slab::Slab;
+
+/// Most read buffers a shard keeps for reuse (256 × 16 KiB = 4 MiB per shard at most).
+const BUFFER_CACHE_MAX: usize = 256;
+
+/// A shard's read buffers for reuse: client connections and upstream responses take one and
+/// give it back, so a busy shard allocates none per request.
+#[derive(Default)]
+pub struct Buffers {
+    cache: RefCell<Vec<Vec<u8>>>,
+}
+
+impl Buffers {
+    /// A read buffer from the cache, or a fresh one.
+    pub fn take(&self) -> Vec<u8> {
+        self.cache
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(crate::codec::http::READ_BUF_BYTES))
+    }
+
+    /// Returns a buffer for reuse; oversized ones are freed so the cache stays bounded.
+    pub fn give(&self, mut buf: Vec<u8>) {
+        let mut cache = self.cache.borrow_mut();
+        if cache.len() < BUFFER_CACHE_MAX && buf.capacity() == crate::codec::http::READ_BUF_BYTES {
+            buf.clear();
+            cache.push(buf);
+        }
+    }
+}
 
 /// Stores the waker of a pending waiter under its key (a new key on first poll).
 fn register(

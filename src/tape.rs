@@ -58,6 +58,13 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 // The recording settings and their bounds live with the configuration.
 pub use crate::config::tapes::*;
 
+/// Where a frame belongs: the tape session and the HTTP exchange within it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tap {
+    pub session: u64,
+    pub stream: u32,
+}
+
 /// Which way a frame crossed the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dir {

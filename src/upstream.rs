@@ -1,378 +1,287 @@
-//! The shard's upstream HTTP connection pool: bounded (open and idle counts), LIFO keep-alive
-//! reuse, idle timeout, and a liveness check before reuse.
+//! The upstreams of one shard, behind one interface. The pipeline asks for the same few
+//! operations whatever the kind: open a session (initialize), send a message in a session,
+//! open the session's server stream (GET), end a session (DELETE), and a request of no session
+//! (2026-07-28, or a sessionless server). Each answers with a `Source` of what the client gets:
+//! a status with no body, one JSON message, an HTTP upstream's response to relay, or a stream
+//! of events.
 //!
-//! Invariant: an `UpConn` is either given back with `Pool::checkin` after a response was read to
-//! its end, or dropped, which closes the socket. Both paths keep the open/idle gauges exact, so
-//! no path (error, timeout, client gone) can leak a connection.
+//! The kinds: `http` (one or several Streamable HTTP servers, with `pool`, `balance` and
+//! `health`; `era` carries 2026-07-28 requests to handshake-era ones) and `stdio` (child
+//! processes). A client session's upstream half is an `UpSession`.
+//!
+//! Invariants: no kind writes to the client, records a frame or touches the session table:
+//! that is the pipeline's (`gateway`); a kind imports nothing above this layer. A `Source`
+//! owns what it still needs (an upstream connection, a stdio ticket): dropping it releases
+//! that (the connection closes, the request is cancelled in the child).
 
+pub mod balance;
+pub mod era;
+pub mod health;
 pub mod http;
+pub mod pool;
+pub mod stdio;
 
-use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
 
+use bytes::Bytes;
 use monoio::net::TcpStream;
 
-use crate::config::UpstreamConfig;
+use crate::admission::Gate;
+use crate::codec::http::{ReadBuf, RequestHead, ResponseHead};
+use crate::config::{Config, Limits, Timeouts};
 use crate::error::{Error, Kind, Result};
-use crate::metrics::{gauge_add, inc, ShardStats};
+use crate::mcp;
+use crate::metrics::ShardStats;
+use crate::sync::{Buffers, LocalEvent};
 
-struct Idle {
-    stream: TcpStream,
-    since: Instant,
-    /// Check liveness before reuse, however briefly idle (see `UpConn::streamed`).
-    verify: bool,
+pub use balance::Balancer;
+pub use pool::{Pool, UpConn};
+
+/// One shard's upstreams: the HTTP pools, balancer, era bridges and health view, or the stdio
+/// children; and the slice of the configuration they read.
+pub struct Upstreams {
+    pub shard: usize,
+    pub stats: Arc<ShardStats>,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    /// One connection pool per HTTP upstream (none for a stdio upstream).
+    pub pools: Vec<Rc<Pool>>,
+    /// Chooses among `pools` for new sessions and stateless requests.
+    pub balancer: Balancer,
+    /// Per HTTP upstream: its era toward 2026-07-28 clients, and the gateway's session on it
+    /// when it speaks only the handshake era (`era`).
+    pub bridges: Vec<era::Bridge>,
+    /// This shard's view of the HTTP upstreams' health (breakers, probes).
+    pub health: health::Health,
+    /// The stdio upstream's children (absent for an HTTP upstream).
+    pub stdio: Option<Rc<stdio::Host>>,
+    /// The shard's read buffers (shared with its client connections).
+    pub buffers: Rc<Buffers>,
+    /// Set when the shard drains: probes and readers stop.
+    pub shutdown: Rc<LocalEvent>,
 }
 
-/// Idle time after which a pooled connection is checked for a peer close before reuse.
-const PEEK_AFTER_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
-
-pub struct Pool {
-    cfg: UpstreamConfig,
-    connect_timeout: std::time::Duration,
-    idle: RefCell<Vec<Idle>>,
-    open: Cell<usize>,
-    stats: Arc<ShardStats>,
+/// What the shard lends its upstreams.
+pub struct ShardParts {
+    pub shard: usize,
+    pub stats: Arc<ShardStats>,
+    pub buffers: Rc<Buffers>,
+    pub shutdown: Rc<LocalEvent>,
+    /// Child processes of a stdio upstream, across shards.
+    pub processes: Arc<Gate>,
 }
 
-/// A checked-out upstream connection.
-pub struct UpConn {
-    stream: Option<TcpStream>,
-    pub reused: bool,
-    /// Its last response was an SSE stream the server ended.
-    streamed: bool,
-    pool: Rc<Pool>,
-}
-
-impl UpConn {
-    pub fn stream(&mut self) -> &mut TcpStream {
-        self.stream.as_mut().expect("UpConn used after checkin")
-    }
-
-    /// Gives the connection back to its pool (its response was read to the end under
-    /// keep-alive).
-    pub fn checkin(self) {
-        let pool = self.pool.clone();
-        pool.checkin(self);
-    }
-
-    /// Closes every idle connection of this connection's pool (see `Pool::clear`).
-    pub fn discard_idle_siblings(&self) {
-        self.pool.clear();
-    }
-
-    /// Marks a connection whose SSE stream the server just ended. Servers often close such a
-    /// connection right after the stream's last chunk, so it is checked before its next reuse
-    /// even when it was idle only briefly (a request sent on it would meet EOF: 502).
-    pub fn streamed(&mut self) {
-        self.streamed = true;
-    }
-}
-
-impl Drop for UpConn {
-    fn drop(&mut self) {
-        if self.stream.take().is_some() {
-            self.pool.open.set(self.pool.open.get() - 1);
-            gauge_add(&self.pool.stats.pool_open, -1);
-        }
-    }
-}
-
-impl Pool {
-    pub fn new(
-        cfg: UpstreamConfig,
-        connect_timeout: std::time::Duration,
-        stats: Arc<ShardStats>,
-    ) -> Pool {
-        Pool {
-            cfg,
-            connect_timeout,
-            idle: RefCell::new(Vec::new()),
-            open: Cell::new(0),
+impl Upstreams {
+    /// Shard `parts.shard`'s upstreams as `config` names them.
+    pub fn new(config: &Config, parts: ShardParts) -> Upstreams {
+        let ShardParts {
+            shard,
             stats,
-        }
-    }
-
-    pub fn config(&self) -> &UpstreamConfig {
-        &self.cfg
-    }
-
-    /// A live connection: the most recently used idle one, or a new one.
-    pub async fn checkout(self: &Rc<Self>) -> Result<UpConn> {
-        let now = Instant::now();
-        while let Some(idle) = self.pop_idle() {
-            let idle_for = now.duration_since(idle.since);
-            // Upstreams close idle keep-alive connections after seconds, not milliseconds:
-            // only a connection idle that long is worth a liveness syscall.
-            let trusted = idle_for < PEEK_AFTER_IDLE && !idle.verify;
-            if idle_for < self.cfg.pool_idle_timeout && (trusted || peer_still_open(&idle.stream)) {
-                inc(&self.stats.pool_reuses);
-                return Ok(UpConn {
-                    stream: Some(idle.stream),
-                    reused: true,
-                    streamed: false,
-                    pool: self.clone(),
-                });
-            }
-            inc(&self.stats.pool_discarded);
-            self.forget_open();
-        }
-        if self.open.get() >= self.cfg.pool_max_connections {
-            return Err(Error::new(Kind::Overloaded("upstream_pool"), ""));
-        }
-        // Count the connection as open before awaiting, so concurrent checkouts respect the bound.
-        self.open.set(self.open.get() + 1);
-        gauge_add(&self.stats.pool_open, 1);
-        let guard = UpConn {
-            stream: None,
-            reused: false,
-            streamed: false,
-            pool: self.clone(),
+            buffers,
+            shutdown,
+            processes,
+        } = parts;
+        let targets = match &config.upstream {
+            crate::config::Upstream::Http(h) => &h.targets[..],
+            crate::config::Upstream::Stdio(_) => &[],
         };
-        let stream =
-            match monoio::time::timeout(self.connect_timeout, TcpStream::connect(self.cfg.addr))
-                .await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    self.forget_open();
-                    drop(guard);
-                    return Err(Error::new(Kind::UpstreamConnect, e.to_string()));
-                }
-                Err(_) => {
-                    self.forget_open();
-                    drop(guard);
-                    return Err(Error::new(Kind::UpstreamTimeout, "connect timed out"));
-                }
-            };
-        let _ = stream.set_nodelay(true);
-        inc(&self.stats.pool_connects);
-        let mut conn = guard;
-        conn.stream = Some(stream);
-        Ok(conn)
-    }
-
-    fn pop_idle(&self) -> Option<Idle> {
-        let idle = self.idle.borrow_mut().pop();
-        if idle.is_some() {
-            gauge_add(&self.stats.pool_idle, -1);
-        }
-        idle
-    }
-
-    fn forget_open(&self) {
-        self.open.set(self.open.get() - 1);
-        gauge_add(&self.stats.pool_open, -1);
-    }
-
-    /// Returns a connection whose last response was fully read and allowed keep-alive.
-    pub fn checkin(&self, mut conn: UpConn) {
-        let Some(stream) = conn.stream.take() else {
-            return;
-        };
-        let mut idle = self.idle.borrow_mut();
-        if idle.len() >= self.cfg.pool_max_idle {
-            drop(idle);
-            self.forget_open();
-            return;
-        }
-        idle.push(Idle {
-            stream,
-            since: Instant::now(),
-            verify: conn.streamed,
-        });
-        gauge_add(&self.stats.pool_idle, 1);
-    }
-
-    /// Closes idle connections past the idle timeout.
-    pub fn sweep(&self, now: Instant) {
-        let timeout = self.cfg.pool_idle_timeout;
-        let mut idle = self.idle.borrow_mut();
-        let before = idle.len();
-        idle.retain(|c| now.duration_since(c.since) < timeout);
-        let closed = before - idle.len();
-        drop(idle);
-        for _ in 0..closed {
-            gauge_add(&self.stats.pool_idle, -1);
-            self.forget_open();
-        }
-    }
-
-    /// Closes every idle connection (shutdown).
-    pub fn clear(&self) {
-        let n = std::mem::take(&mut *self.idle.borrow_mut()).len();
-        for _ in 0..n {
-            gauge_add(&self.stats.pool_idle, -1);
-            self.forget_open();
-        }
-    }
-
-    pub fn open(&self) -> usize {
-        self.open.get()
-    }
-
-    pub fn idle(&self) -> usize {
-        self.idle.borrow().len()
-    }
-
-    /// Connections carrying a request right now.
-    pub fn in_use(&self) -> usize {
-        self.open.get() - self.idle.borrow().len()
-    }
-}
-
-/// Whether an idle socket is still open with nothing unread: a closed peer (EOF) or stray bytes
-/// both make it unfit for the next request.
-fn peer_still_open(stream: &TcpStream) -> bool {
-    crate::codec::http::peek(stream) == crate::codec::http::Peek::Empty
-}
-
-/// Chooses an upstream for a new session or a stateless request (a shard's own state: no
-/// atomics). Sessions never come here again: they stay where they started.
-pub struct Balancer {
-    strategy: crate::config::Strategy,
-    weights: Vec<i64>,
-    /// Smooth weighted round robin: each upstream's running credit.
-    credit: RefCell<Vec<i64>>,
-}
-
-impl Balancer {
-    pub fn new(strategy: crate::config::Strategy, weights: Vec<u32>) -> Balancer {
-        let weights: Vec<i64> = weights.into_iter().map(i64::from).collect();
-        Balancer {
-            strategy,
-            credit: RefCell::new(vec![0; weights.len()]),
-            weights,
-        }
-    }
-
-    /// Whether `pick` uses the client (the `sticky` strategy).
-    pub fn by_client(&self) -> bool {
-        self.strategy == crate::config::Strategy::Sticky
-    }
-
-    /// An upstream not in `tried` and `usable` (healthy, breaker admitting), or `None` when
-    /// there is none. `client` is the client's cell (for `sticky`).
-    pub fn pick(
-        &self,
-        pools: &[Rc<Pool>],
-        client: u32,
-        tried: &[usize],
-        usable: &dyn Fn(usize) -> bool,
-    ) -> Option<usize> {
-        let open = |i: &usize| !tried.contains(i) && usable(*i);
-        let n = self.weights.len();
-        match self.strategy {
-            crate::config::Strategy::RoundRobin => {
-                let mut credit = self.credit.borrow_mut();
-                let mut total = 0;
-                let mut best: Option<usize> = None;
-                for i in (0..n).filter(open) {
-                    credit[i] += self.weights[i];
-                    total += self.weights[i];
-                    if best.is_none_or(|b| credit[i] > credit[b]) {
-                        best = Some(i);
-                    }
-                }
-                let b = best?;
-                credit[b] -= total;
-                Some(b)
-            }
-            crate::config::Strategy::LeastConnections => (0..n)
-                .filter(open)
-                .min_by_key(|&i| (pools[i].in_use() as i64 * 1000) / self.weights[i]),
-            crate::config::Strategy::Sticky => {
-                let total: i64 = self.weights.iter().sum();
-                let mut at = i64::from(client) % total.max(1);
-                let home = (0..n)
-                    .find(|&i| {
-                        at -= self.weights[i];
-                        at < 0
-                    })
-                    .unwrap_or(0);
-                (0..n).map(|k| (home + k) % n).find(open)
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod balancer_tests {
-    use super::*;
-    use crate::config::Strategy;
-
-    fn pools(n: usize) -> Vec<Rc<Pool>> {
-        (0..n)
-            .map(|i| {
-                let cfg = crate::config::UpstreamConfig {
-                    addr: format!("127.0.0.1:{}", 1000 + i).parse().unwrap(),
-                    authority: String::new(),
-                    path: "/mcp".into(),
-                    authorization: None,
-                    pool_max_idle: 1,
-                    pool_max_connections: 1,
-                    pool_idle_timeout: std::time::Duration::from_secs(1),
-                    weight: 1,
-                    health: crate::config::HealthConfig {
-                        kind: crate::config::ProbeKind::Off,
-                        path: "/mcp".into(),
-                        interval: std::time::Duration::from_secs(1),
-                        timeout: std::time::Duration::from_secs(1),
-                        healthy_threshold: 1,
-                        unhealthy_threshold: 1,
-                        breaker_failures: 1,
-                        breaker_open: std::time::Duration::from_secs(1),
-                        breaker_half_open_requests: 1,
-                    },
-                };
-                let stats = Arc::new(ShardStats::new(0));
-                Rc::new(Pool::new(cfg, std::time::Duration::from_secs(1), stats))
-            })
-            .collect()
-    }
-
-    fn all(_: usize) -> bool {
-        true
-    }
-
-    #[test]
-    fn unusable_upstreams_are_never_picked() {
-        let p = pools(3);
-        for strategy in [
-            Strategy::RoundRobin,
-            Strategy::LeastConnections,
-            Strategy::Sticky,
-        ] {
-            let b = Balancer::new(strategy, vec![1, 1, 1]);
-            let not_one = |i: usize| i != 1;
-            assert!((0..300u32).all(|c| b.pick(&p, c, &[], &not_one) != Some(1)));
-            assert_eq!(b.pick(&p, 7, &[0, 2], &not_one), None);
-        }
-    }
-
-    #[test]
-    fn weighted_round_robin_is_smooth_and_skips_tried() {
-        let p = pools(3);
-        let b = Balancer::new(Strategy::RoundRobin, vec![2, 1, 1]);
-        let seq: Vec<usize> = (0..8).map(|_| b.pick(&p, 0, &[], &all).unwrap()).collect();
-        // Interleaved, not 0,0,1,2: each cycle of 4 gives upstream 0 its two turns apart.
-        assert_eq!(seq, [0, 1, 2, 0, 0, 1, 2, 0]);
-        assert_ne!(b.pick(&p, 0, &[0], &all), Some(0));
-        assert_eq!(b.pick(&p, 0, &[0, 1, 2], &all), None);
-    }
-
-    #[test]
-    fn sticky_keeps_a_client_on_its_upstream_until_it_is_tried() {
-        let p = pools(3);
-        let b = Balancer::new(Strategy::Sticky, vec![1, 1, 1]);
-        let home = b.pick(&p, 12345, &[], &all).unwrap();
-        assert!((0..10).all(|_| b.pick(&p, 12345, &[], &all) == Some(home)));
-        let next = b.pick(&p, 12345, &[home], &all).unwrap();
-        assert_ne!(next, home);
-        let spread: std::collections::HashSet<usize> = (0..300u32)
-            .filter_map(|c| b.pick(&p, c, &[], &all))
+        let connect = config.timeouts.upstream_connect;
+        let pools: Vec<Rc<Pool>> = targets
+            .iter()
+            .map(|u| Rc::new(Pool::new(u.clone(), connect, stats.clone())))
             .collect();
-        assert_eq!(spread.len(), 3);
+        let (balancer, stdio) = match &config.upstream {
+            crate::config::Upstream::Http(h) => {
+                let weights = h.targets.iter().map(|u| u.weight).collect();
+                (Balancer::new(h.strategy, weights), None)
+            }
+            crate::config::Upstream::Stdio(cfg) => {
+                let spawn = stdio::Spawn {
+                    cfg: Rc::new(cfg.clone()),
+                    stats: stats.clone(),
+                    max_events: config.limits.max_pending_events,
+                    max_line_bytes: config.limits.max_body_bytes,
+                    write_timeout: config.timeouts.upstream_request,
+                };
+                let host = Rc::new(stdio::Host::new(spawn, processes));
+                let rr = crate::config::Strategy::RoundRobin;
+                (Balancer::new(rr, Vec::new()), Some(host))
+            }
+        };
+        Upstreams {
+            shard,
+            health: health::Health::new(shard, targets),
+            bridges: pools.iter().map(|_| era::Bridge::default()).collect(),
+            pools,
+            balancer,
+            stdio,
+            timeouts: config.timeouts.clone(),
+            limits: config.limits.clone(),
+            stats,
+            buffers,
+            shutdown,
+        }
+    }
+
+    pub fn is_stdio(&self) -> bool {
+        self.stdio.is_some()
+    }
+}
+
+/// What the client gets, as an upstream kind answers it. The pipeline writes it.
+pub enum Source {
+    /// A status and no body (202 for notifications and responses; 200 for a stdio session's
+    /// DELETE).
+    Status(u16),
+    /// One JSON-RPC message, answered `200 application/json`.
+    Message(Bytes),
+    /// An HTTP upstream's response: its head was read, its body is still to be relayed.
+    Http(HttpAnswer),
+    /// Events for an SSE answer, pulled by the pipeline's stream reader.
+    Events(Events),
+}
+
+/// An HTTP upstream's response in flight.
+pub struct HttpAnswer {
+    pub head: ResponseHead,
+    pub conn: UpConn,
+    /// Holds the bytes read past the head.
+    pub rb: ReadBuf,
+    /// Which upstream answered.
+    pub upstream: usize,
+    /// Translates a handshake-era upstream's answer for a 2026-07-28 client (`era`).
+    pub shape: Option<era::Shaping>,
+}
+
+/// A stream of SSE events from an upstream kind other than HTTP (whose SSE bodies the
+/// pipeline reads itself).
+pub enum Events {
+    /// A stdio child's messages about one request, ending with its response.
+    Request(stdio::RequestEvents),
+    /// A stdio child's messages about no request: the session's GET stream.
+    Session(stdio::SessionEvents),
+}
+
+impl Events {
+    /// The next raw SSE event; `None` once the stream is over.
+    pub async fn next(&mut self) -> Option<Bytes> {
+        match self {
+            Events::Request(r) => r.next().await,
+            Events::Session(s) => s.next().await,
+        }
+    }
+}
+
+/// A client session's upstream half. A federated session (several servers) will hold one per
+/// server.
+#[derive(Debug, Clone)]
+pub enum UpSession {
+    /// A session on HTTP upstream `upstream`, named by the upstream's id (`None`: a
+    /// sessionless server answered the initialize).
+    Http {
+        upstream: usize,
+        sid: Option<Rc<str>>,
+    },
+    /// The stdio child serving the session.
+    Stdio(Rc<stdio::Child>),
+}
+
+impl UpSession {
+    pub fn sid(&self) -> Option<&Rc<str>> {
+        match self {
+            UpSession::Http { sid, .. } => sid.as_ref(),
+            UpSession::Stdio(_) => None,
+        }
+    }
+
+    /// The HTTP upstream's index (0 for stdio).
+    pub fn index(&self) -> usize {
+        match self {
+            UpSession::Http { upstream, .. } => *upstream,
+            UpSession::Stdio(_) => 0,
+        }
+    }
+
+    pub fn child(&self) -> Option<&Rc<stdio::Child>> {
+        match self {
+            UpSession::Stdio(c) => Some(c),
+            UpSession::Http { .. } => None,
+        }
+    }
+}
+
+/// One client request, as the upstream kinds need it.
+pub struct Call<'a> {
+    pub head: &'a RequestHead,
+    pub body: &'a [u8],
+    /// The request's one message (POST); `None` for GET and DELETE.
+    pub msg: Option<&'a mcp::Message<'a>>,
+    /// The client's socket, watched for a hang-up while the upstream thinks (`None`: not
+    /// watched, e.g. initialize, whose session the pipeline ends if the client left).
+    pub client: Option<&'a TcpStream>,
+    /// The client's cell in the client table (the `sticky` balancer uses it).
+    pub client_cell: u32,
+}
+
+impl Upstreams {
+    /// initialize: opens the upstream half of a new session. The session exists when the
+    /// answer names one (`Some`); the caller holds the session permits.
+    pub async fn open_session(
+        self: &Rc<Self>,
+        call: &Call<'_>,
+    ) -> Result<(Source, Option<UpSession>)> {
+        match &self.stdio {
+            Some(host) => stdio::open_session(self, host, call).await,
+            None => http::open_session(self, call).await,
+        }
+    }
+
+    /// A POST in a session.
+    pub async fn send(self: &Rc<Self>, to: &UpSession, call: &Call<'_>) -> Result<Source> {
+        match to {
+            UpSession::Stdio(child) => stdio::send(self, child, call).await,
+            UpSession::Http { upstream, sid } => {
+                http::send(self, call, Some(*upstream), sid.as_deref()).await
+            }
+        }
+    }
+
+    /// GET: the session's server stream.
+    pub async fn open_stream(self: &Rc<Self>, to: &UpSession, call: &Call<'_>) -> Result<Source> {
+        match to {
+            UpSession::Stdio(child) => Ok(stdio::open_stream(child)),
+            UpSession::Http { upstream, sid } => {
+                http::send(self, call, Some(*upstream), sid.as_deref()).await
+            }
+        }
+    }
+
+    /// DELETE from the client. A session with no upstream id (a stdio child, which ends with
+    /// the session, or a sessionless server) has nothing to end upstream: 200.
+    pub async fn end_session(self: &Rc<Self>, to: &UpSession, call: &Call<'_>) -> Result<Source> {
+        match to {
+            UpSession::Http {
+                upstream,
+                sid: Some(sid),
+            } => http::send(self, call, Some(*upstream), Some(sid)).await,
+            _ => Ok(Source::Status(200)),
+        }
+    }
+
+    /// A request of no session: 2026-07-28 (`stateless`), or a client of a sessionless server.
+    pub async fn stateless(self: &Rc<Self>, call: &Call<'_>) -> Result<Source> {
+        match &self.stdio {
+            Some(host) => stdio::stateless(self, host, call).await,
+            None => era::stateless(self, call).await,
+        }
+    }
+
+    /// A POST or GET without a session, for a sessionless HTTP server (stdio needs a session).
+    pub async fn sessionless(self: &Rc<Self>, call: &Call<'_>) -> Result<Source> {
+        if self.is_stdio() {
+            return Err(Error::new(Kind::SessionRequired, ""));
+        }
+        http::send(self, call, None, None).await
     }
 }

@@ -222,11 +222,11 @@ fn last_event_ids_and_sse_fields_never_panic_and_round_trip() {
     const IDS: &[u8] = b"0123456789- \t-x\xff\x00";
     for _ in 0..50_000 {
         let raw = rng.bytes(24, IDS);
-        if let Some((stream, seq)) = shardcat::stream::parse_event_id(&raw) {
+        if let Some((stream, seq)) = shardcat::shard::sse::parse_event_id(&raw) {
             // Whatever is accepted names a stream and a sequence number that print back.
             let again = format!("{stream}-{seq}");
             assert_eq!(
-                shardcat::stream::parse_event_id(again.as_bytes()),
+                shardcat::shard::sse::parse_event_id(again.as_bytes()),
                 Some((stream, seq))
             );
         }

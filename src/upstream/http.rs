@@ -1,8 +1,10 @@
-//! The HTTP upstream client: encoding the request the upstream gets (only the headers MCP
-//! needs, the upstream's own authority and credentials), picking an upstream (balancer, health,
+//! The HTTP upstream kind: encoding the request the upstream gets (only the headers MCP needs,
+//! the upstream's own authority and credentials), picking an upstream (balancer, health,
 //! breakers), sending on a pooled connection (a reused one that the upstream closed is retried
-//! on a fresh one), and reading the response head within the request timeout. It writes
-//! nothing to the client: the pipeline relays what it returns.
+//! on a fresh one), and reading the response head within the request timeout. It answers with
+//! `Source::Http` (head read, body still to come) and writes nothing to the client: the
+//! pipeline relays the body. Also: reopening a session's SSE stream, and the gateway's own
+//! DELETE for a session it ends.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -13,11 +15,10 @@ use monoio::net::TcpStream;
 use crate::codec::http::{self, Method, RequestHead, ResponseHead};
 use crate::error::{Error, Kind, Result};
 use crate::metrics::inc;
-use crate::shard::Shard;
-use crate::upstream::UpConn;
+use crate::upstream::{Call, HttpAnswer, Source, UpConn, UpSession, Upstreams};
 
 /// What goes upstream: the wire request. How its answer reaches the client is the
-/// pipeline's business (`proxy::Delivery`).
+/// pipeline's business.
 pub struct UpRequest<'a> {
     pub method: Method,
     pub head: &'a RequestHead,
@@ -107,9 +108,8 @@ pub(crate) fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 }
 
 /// Upstream `i`'s pool (there are none when the upstream is a stdio program).
-pub(crate) fn http_pool(shard: &Shard, i: usize) -> Result<&Rc<crate::upstream::Pool>> {
-    shard
-        .pools
+pub(crate) fn http_pool(up: &Upstreams, i: usize) -> Result<&Rc<crate::upstream::Pool>> {
+    up.pools
         .get(i)
         .ok_or_else(|| Error::new(Kind::Internal, "no such HTTP upstream on this shard"))
 }
@@ -119,7 +119,7 @@ pub(crate) fn http_pool(shard: &Shard, i: usize) -> Result<&Rc<crate::upstream::
 /// timed out, pool full): the only retry that is always safe. Returns the connection and the
 /// upstream used.
 pub(crate) async fn connect_upstream(
-    shard: &Rc<Shard>,
+    shard: &Rc<Upstreams>,
     req: &UpRequest<'_>,
     client: u32,
 ) -> Result<(UpConn, usize)> {
@@ -146,7 +146,7 @@ pub(crate) async fn connect_upstream(
                 }
                 log::warn!(
                     "shard {}: upstream {i} unreachable ({e}); trying another",
-                    shard.id
+                    shard.shard
                 );
                 inc(&shard.stats.upstream_failovers);
                 tried.push(i);
@@ -158,7 +158,7 @@ pub(crate) async fn connect_upstream(
 /// An upstream for a request not bound to a session: healthy, its breaker admitting, not
 /// tried yet. None at all is 503 (counted), not a wait.
 pub(crate) fn pick_upstream(
-    shard: &Shard,
+    shard: &Upstreams,
     client: u32,
     tried: &[usize],
     now: Instant,
@@ -184,11 +184,174 @@ pub(crate) fn pick_upstream(
     ))
 }
 
+/// Sends the client's request to `upstream` (its session's) or to one the balancer picks,
+/// and reads the answer's head. Only a POST carries the client's body.
+pub async fn send(
+    up: &Rc<Upstreams>,
+    call: &Call<'_>,
+    upstream: Option<usize>,
+    sid: Option<&str>,
+) -> Result<Source> {
+    let method = call.head.method;
+    let req = UpRequest {
+        method,
+        head: call.head,
+        body: (method == Method::Post).then_some(call.body),
+        upstream_sid: sid,
+        upstream,
+        version: None,
+    };
+    exchange(up, &req, call.client_cell, call.client)
+        .await
+        .map(Source::Http)
+}
+
+/// initialize: the upstream's session exists when a 2xx answer names it.
+pub async fn open_session(
+    up: &Rc<Upstreams>,
+    call: &Call<'_>,
+) -> Result<(Source, Option<UpSession>)> {
+    let Source::Http(ans) = send(up, call, None, None).await? else {
+        unreachable!("send answers with Source::Http");
+    };
+    let session = ans
+        .head
+        .headers
+        .get_str("mcp-session-id")
+        .filter(|_| (200..300).contains(&ans.head.status))
+        .map(|sid| UpSession::Http {
+            upstream: ans.upstream,
+            sid: Some(Rc::from(sid)),
+        });
+    Ok((Source::Http(ans), session))
+}
+
+/// Sends `req` and reads the response head (recording the upstream's health). With `watch`,
+/// a client that hangs up while the upstream is still thinking aborts the request.
+pub(crate) async fn exchange(
+    up: &Rc<Upstreams>,
+    req: &UpRequest<'_>,
+    client_cell: u32,
+    watch: Option<&TcpStream>,
+) -> Result<HttpAnswer> {
+    let (mut conn, upstream) = connect_upstream(up, req, client_cell).await?;
+    let mut rb = http::ReadBuf::from_vec(up.buffers.take());
+    let mut head = match read_response_head(up, &mut conn, &mut rb, req.method, watch).await {
+        Ok(r) => {
+            let failed = matches!(r.status, 502..=504);
+            up.health
+                .record(upstream, !failed, Instant::now(), &up.stats);
+            r
+        }
+        Err(e) => {
+            if e.side() == crate::error::Side::Upstream {
+                inc(&up.stats.upstream_errors);
+                up.health.record(upstream, false, Instant::now(), &up.stats);
+            }
+            up.buffers.give(rb.into_vec());
+            return Err(e);
+        }
+    };
+    if req.method == Method::Delete && (200..300).contains(&head.status) {
+        // The spec's answer to a DELETE that ended the session is 200: SDK clients take any
+        // other (rmcp answers 202) for a failed termination.
+        head.status = 200;
+    }
+    Ok(HttpAnswer {
+        head,
+        conn,
+        rb,
+        upstream,
+        shape: None,
+    })
+}
+
+/// Why a session stream could not be reopened upstream.
+pub enum Reopen {
+    /// Worth another attempt (connect failure, timeout, 5xx).
+    Retry(String),
+    /// Final: the upstream refuses the stream.
+    Gone(String),
+    /// Final: the upstream forgot the session (404); the gateway's session ends too.
+    Forgotten,
+}
+
+/// Opens a session's stream on HTTP upstream `i` again: GET with the upstream's last event id,
+/// so an upstream that supports resumption continues where it stopped.
+pub async fn reopen(
+    up: &Upstreams,
+    (i, sid, version): (usize, &str, &str),
+    last_event_id: Option<&str>,
+) -> std::result::Result<(UpConn, http::ReadBuf, ResponseHead), Reopen> {
+    let pool = http_pool(up, i).map_err(|e| Reopen::Gone(e.to_string()))?;
+    let mut wire = Vec::with_capacity(512);
+    encode_start(&mut wire, Method::Get, pool.config());
+    push_header(&mut wire, "accept", b"text/event-stream");
+    push_header(&mut wire, "mcp-protocol-version", version.as_bytes());
+    push_header(&mut wire, "mcp-session-id", sid.as_bytes());
+    if let Some(id) = last_event_id {
+        push_header(&mut wire, "last-event-id", id.as_bytes());
+    }
+    wire.extend_from_slice(b"\r\n");
+    let mut conn = send_request(up, i, wire)
+        .await
+        .map_err(|(e, _)| Reopen::Retry(e.to_string()))?;
+    let mut rb = http::ReadBuf::from_vec(up.buffers.take());
+    let resp = match read_response_head(up, &mut conn, &mut rb, Method::Get, None).await {
+        Ok(r) => r,
+        Err(e) => {
+            up.buffers.give(rb.into_vec());
+            return Err(Reopen::Retry(e.to_string()));
+        }
+    };
+    if resp.status == 200 && http::is_event_stream(resp.headers.get("content-type")) {
+        return Ok((conn, rb, resp));
+    }
+    up.buffers.give(rb.into_vec());
+    let why = format!("upstream answered {}", resp.status);
+    match resp.status {
+        404 => Err(Reopen::Forgotten),
+        s if s >= 500 || s == 429 => Err(Reopen::Retry(why)),
+        _ => Err(Reopen::Gone(why)),
+    }
+}
+
+/// Ends an upstream session the gateway ends itself (expiry, eviction, shutdown, a client that
+/// missed its initialize answer): DELETE within `timeout`, the answer read and dropped.
+pub async fn end_quietly(up: Rc<Upstreams>, sid: Rc<str>, i: usize, timeout: std::time::Duration) {
+    let fut = async {
+        let pool = up.pools.get(i)?;
+        let mut conn = pool.checkout().await.ok()?;
+        let mut wire = Vec::with_capacity(256);
+        encode_start(&mut wire, Method::Delete, pool.config());
+        push_header(&mut wire, "mcp-session-id", sid.as_bytes());
+        wire.extend_from_slice(b"content-length: 0\r\n\r\n");
+        let (res, _) = conn.stream().write_all(wire).await;
+        res.ok()?;
+        let mut rb = http::ReadBuf::default();
+        let head = read_response_head(&up, &mut conn, &mut rb, Method::Delete, None)
+            .await
+            .ok()?;
+        let reusable = drain_body(&mut conn, &mut rb, head.body, timeout).await && head.keep_alive;
+        if reusable {
+            pool.checkin(conn);
+        }
+        Some(head.status)
+    };
+    match monoio::time::timeout(timeout, fut).await {
+        Ok(Some(status)) => log::debug!("shard {}: upstream DELETE answered {status}", up.shard),
+        _ => log::info!(
+            "shard {}: upstream DELETE for an ended session failed or timed out",
+            up.shard
+        ),
+    }
+}
+
 /// Writes the request on a pooled connection of upstream `i`. A reused connection that fails
 /// on write was closed by the upstream while idle, before reading anything: retry once on a
 /// fresh one. On error, says whether nothing of the request was sent.
 pub(crate) async fn send_request(
-    shard: &Rc<Shard>,
+    shard: &Upstreams,
     i: usize,
     wire: Vec<u8>,
 ) -> std::result::Result<UpConn, (Error, bool)> {
@@ -210,7 +373,7 @@ pub(crate) async fn send_request(
             Err(e) if up.reused => {
                 log::debug!(
                     "shard {}: reused upstream connection failed on write: {e}",
-                    shard.id
+                    shard.shard
                 );
                 inc(&shard.stats.pool_discarded);
             }
@@ -227,14 +390,14 @@ pub(crate) async fn send_request(
 
 /// Reads the upstream's final response head within the request timeout (1xx are skipped).
 pub async fn read_response_head(
-    shard: &Shard,
+    shard: &Upstreams,
     up: &mut UpConn,
     urb: &mut http::ReadBuf,
     method: Method,
     client: Option<&TcpStream>,
 ) -> Result<ResponseHead> {
     let limits = http::HeadLimits::default();
-    let deadline = Instant::now() + shard.config().timeouts.upstream_request;
+    let deadline = Instant::now() + shard.timeouts.upstream_request;
     loop {
         match http::parse_response(urb.data(), limits, method == Method::Head) {
             Ok(Some(h)) if h.status < 200 => {
@@ -387,4 +550,35 @@ pub async fn read_body(
             _ => return None,
         }
     }
+}
+
+/// Reads and discards a body. Returns true when it ended cleanly.
+pub async fn drain_body(
+    up: &mut UpConn,
+    urb: &mut http::ReadBuf,
+    kind: http::BodyKind,
+    wait: Duration,
+) -> bool {
+    let mut dec = http::BodyDecoder::new(kind);
+    loop {
+        match dec.decode(urb, &mut |_| {}) {
+            // A close-delimited body never gets here: it ends at EOF, below, as not reusable.
+            Ok(true) => return urb.data().is_empty(),
+            Ok(false) => {}
+            Err(_) => return false,
+        }
+        match read_upstream(up, urb, wait, None).await {
+            Ok(0) | Err(_) => return false,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Returns the connection to its pool if its response ended cleanly, and the buffer to the
+/// shard.
+pub fn finish(up: &Upstreams, conn: UpConn, rb: http::ReadBuf, keep_alive: bool) {
+    if keep_alive && rb.data().is_empty() {
+        conn.checkin();
+    }
+    up.buffers.give(rb.into_vec());
 }

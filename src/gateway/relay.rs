@@ -10,19 +10,20 @@
 //! to its end and the upstream allowed keep-alive; on every other path it is closed.
 
 use std::rc::Rc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use monoio::io::AsyncWriteRentExt;
 
 use crate::codec::http::{self, BodyDecoder, BodyKind, HeadBody, ReadBuf, ResponseHead};
 use crate::metrics::inc;
-use crate::record::Tap;
+use crate::shard::sse::{SseCtx, Stream, WriteEnd};
 use crate::shard::{ClientConn, Shard};
-use crate::stream::{SseCtx, Stream, WriteEnd};
-use crate::tape::Dir;
+use crate::tape::{Dir, Tap};
+use crate::upstream::era::Shaping;
 use crate::upstream::http::{read_body, read_upstream};
-use crate::upstream::UpConn;
+use crate::upstream::{HttpAnswer, UpConn};
+
+use super::Delivery;
 
 /// Bytes gathered before a write is issued while relaying a body.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
@@ -71,11 +72,35 @@ pub struct Answer<'a> {
     /// can tell whether it was written (initialize: its session stands or falls by it).
     pub track_answer: bool,
     /// Translates the answer of a handshake-era upstream for a 2026-07-28 client (`era`).
-    pub shape: Option<crate::stream::Shaping>,
+    pub shape: Option<Shaping>,
 }
 
-/// Relays `resp` (whose head was already read into `urb`) to the client.
+/// Relays an HTTP upstream's answer (whose head was already read) to the client.
 pub async fn relay(
+    shard: &Rc<Shard>,
+    conn: &mut ClientConn,
+    ans: HttpAnswer,
+    d: Delivery,
+) -> RelayEnd {
+    let HttpAnswer {
+        head: resp,
+        conn: up,
+        rb: urb,
+        shape,
+        ..
+    } = ans;
+    let answer = Answer {
+        session_header: d.session.as_deref(),
+        tap: d.tap,
+        sse: d.sse,
+        // Only an initialize announces a session, and only its answer decides whether it stands.
+        track_answer: d.session.is_some(),
+        shape,
+    };
+    relay_head(shard, conn, up, urb, &resp, answer).await
+}
+
+async fn relay_head(
     shard: &Rc<Shard>,
     conn: &mut ClientConn,
     up: UpConn,
@@ -131,11 +156,8 @@ pub async fn relay(
 }
 
 /// Returns the connection to the pool if its response ended cleanly, and the buffer to the shard.
-pub(crate) fn finish_upstream(shard: &Shard, up: UpConn, urb: ReadBuf, keep_alive: bool) {
-    if keep_alive && urb.data().is_empty() {
-        up.checkin();
-    }
-    shard.give_buffer(urb.into_vec());
+fn finish_upstream(shard: &Shard, up: UpConn, urb: ReadBuf, keep_alive: bool) {
+    crate::upstream::http::finish(&shard.up, up, urb, keep_alive);
 }
 
 fn client_head(
@@ -172,28 +194,6 @@ fn client_head(
     let mut out = Vec::with_capacity(extra.len() + 64);
     http::write_response_head(&mut out, resp.status, &extra, body);
     out
-}
-
-/// Reads and discards a body. Returns true when it ended cleanly.
-pub async fn drain_body(
-    up: &mut UpConn,
-    urb: &mut ReadBuf,
-    kind: BodyKind,
-    wait: Duration,
-) -> bool {
-    let mut dec = BodyDecoder::new(kind);
-    loop {
-        match dec.decode(urb, &mut |_| {}) {
-            // A close-delimited body never gets here: it ends at EOF, below, as not reusable.
-            Ok(true) => return urb.data().is_empty(),
-            Ok(false) => {}
-            Err(_) => return false,
-        }
-        match read_upstream(up, urb, wait, None).await {
-            Ok(0) | Err(_) => return false,
-            Ok(_) => {}
-        }
-    }
 }
 
 /// A Content-Length body to relay.
@@ -323,7 +323,7 @@ async fn relay_shaped(
     mut up: UpConn,
     mut urb: ReadBuf,
     resp: &ResponseHead,
-    (tap, shape): (Option<Tap>, Option<&crate::stream::Shaping>),
+    (tap, shape): (Option<Tap>, Option<&Shaping>),
 ) -> RelayEnd {
     let max = shard.config().limits.max_body_bytes;
     let wait = shard.config().timeouts.upstream_request;
@@ -405,14 +405,14 @@ async fn relay_sse(
         shard.give_buffer(urb.into_vec());
         return RelayEnd::whole(false);
     }
-    let stream = crate::stream::open(shard, ctx, tap.map(|t| (t, resp.status)));
+    let stream = super::stream::open(shard, ctx, tap.map(|t| (t, resp.status)));
     if track_answer {
         stream.track_answer();
     }
     if let Some(shape) = shape {
         stream.set_shaping(shape);
     }
-    let reader = monoio::spawn(crate::stream::pump(
+    let reader = monoio::spawn(super::stream::pump(
         shard.clone(),
         stream.clone(),
         up,
@@ -420,7 +420,7 @@ async fn relay_sse(
         resp.body,
         resp.keep_alive,
     ));
-    let end = crate::stream::deliver(shard, conn, &stream, 1).await;
+    let end = super::stream::deliver(shard, conn, &stream, 1).await;
     if !stream.resumable() {
         // A stateless stream's reader belongs to this exchange (`deliver` stopped it unless the
         // stream ended). A session stream's reader belongs to the session: it may outlive this

@@ -27,7 +27,7 @@ use monoio::net::TcpStream;
 
 use crate::config::{HealthConfig, ProbeKind, UpstreamConfig};
 use crate::metrics::{inc, ShardStats};
-use crate::shard::Shard;
+use crate::upstream::Upstreams;
 
 /// A breaker's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,7 +273,7 @@ impl Health {
 }
 
 /// Probes upstream `i` every `health_interval_ms` until shutdown.
-pub async fn probe_loop(shard: Rc<Shard>, i: usize) {
+pub async fn probe_loop(shard: Rc<Upstreams>, i: usize) {
     let Some(cfg) = shard.pools.get(i).map(|p| p.config().clone()) else {
         return;
     };
@@ -289,7 +289,7 @@ pub async fn probe_loop(shard: Rc<Shard>, i: usize) {
         let ok = match monoio::time::timeout(h.timeout, probe(&cfg)).await {
             Ok(Ok(())) => true,
             Ok(Err(why)) => {
-                log::debug!("shard {}: upstream {i} probe failed: {why}", shard.id);
+                log::debug!("shard {}: upstream {i} probe failed: {why}", shard.shard);
                 false
             }
             Err(_) => false,

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
+use super::sse::SessionStreams;
 use crate::mcp::{random_secret, SessionId, Version};
+use crate::upstream::UpSession;
 
 /// Lifecycle of a session as the gateway sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,11 +32,8 @@ pub enum SessionState {
 #[derive(Debug)]
 pub struct Session {
     secret: u128,
-    pub upstream_sid: Option<std::rc::Rc<str>>,
-    /// The child process serving the session (stdio upstreams).
-    pub child: Option<std::rc::Rc<crate::stdio::Child>>,
-    /// The HTTP upstream holding the session (index into the shard's pools).
-    pub upstream: usize,
+    /// The session's upstream half: an HTTP upstream's session, or a stdio child.
+    pub upstream: UpSession,
     /// The session's tape, when recording.
     pub tape: Option<u64>,
     /// The client's cell in the client table, when counted against it.
@@ -48,7 +47,7 @@ pub struct Session {
     pub last_seen: Instant,
     pub state: SessionState,
     /// Its resumable SSE streams.
-    pub sse: crate::stream::SessionStreams,
+    pub sse: SessionStreams,
     /// Its key on the schedule.
     due: Instant,
 }
@@ -157,19 +156,12 @@ impl Sessions {
     }
 
     /// Creates a session and returns its new gateway id.
-    pub fn insert(
-        &mut self,
-        upstream_sid: Option<std::rc::Rc<str>>,
-        version: Version,
-        now: Instant,
-    ) -> SessionId {
+    pub fn insert(&mut self, upstream: UpSession, version: Version, now: Instant) -> SessionId {
         let secret = random_secret();
         let due = now + self.lifetimes.idle.min(self.lifetimes.max_age);
         let slot = self.slab.insert(Session {
             secret,
-            upstream_sid,
-            child: None,
-            upstream: 0,
+            upstream,
             tape: None,
             client: None,
             bucket: None,
@@ -256,6 +248,13 @@ mod tests {
 
     const S: Duration = Duration::from_secs(1);
 
+    fn http(sid: Option<&str>) -> UpSession {
+        UpSession::Http {
+            upstream: 0,
+            sid: sid.map(std::rc::Rc::from),
+        }
+    }
+
     fn table() -> Sessions {
         Sessions::new(
             2,
@@ -270,10 +269,10 @@ mod tests {
     fn insert_get_remove() {
         let mut t = table();
         let now = Instant::now();
-        let id = t.insert(Some("up-1".into()), Version::assumed(), now);
+        let id = t.insert(http(Some("up-1")), Version::assumed(), now);
         assert_eq!(id.shard, 2);
         assert_eq!(
-            t.get_mut(&id).unwrap().upstream_sid.as_deref(),
+            t.get_mut(&id).unwrap().upstream.sid().map(|s| &**s),
             Some("up-1")
         );
         let forged = SessionId {
@@ -290,7 +289,7 @@ mod tests {
             "removal takes the session off the schedule"
         );
         // The slot is reused, but the old id stays dead.
-        let id2 = t.insert(None, Version::assumed(), now);
+        let id2 = t.insert(http(None), Version::assumed(), now);
         assert_eq!(id2.slot, id.slot);
         assert!(t.get_mut(&id).is_none());
         assert!(t.get_mut(&id2).is_some());
@@ -300,8 +299,8 @@ mod tests {
     fn idle_sessions_expire_and_used_ones_are_rescheduled() {
         let mut t = table();
         let t0 = Instant::now();
-        let a = t.insert(None, Version::assumed(), t0);
-        let b = t.insert(None, Version::assumed(), t0);
+        let a = t.insert(http(None), Version::assumed(), t0);
+        let b = t.insert(http(None), Version::assumed(), t0);
         assert!(t.due(t0 + 9 * S).is_empty());
         // b is used at 5 s: due at 15 s, not 10 s.
         t.get_mut(&b).unwrap().last_seen = t0 + 5 * S;
@@ -318,7 +317,7 @@ mod tests {
     fn busy_sessions_end_at_their_maximum_age() {
         let mut t = table();
         let t0 = Instant::now();
-        let a = t.insert(None, Version::assumed(), t0);
+        let a = t.insert(http(None), Version::assumed(), t0);
         let mut now = t0;
         let mut ended = None;
         while ended.is_none() && now < t0 + 200 * S {
@@ -334,9 +333,9 @@ mod tests {
     fn eviction_takes_the_least_recently_used_idle_session() {
         let mut t = table();
         let t0 = Instant::now();
-        let a = t.insert(None, Version::assumed(), t0);
-        let b = t.insert(None, Version::assumed(), t0);
-        let c = t.insert(None, Version::assumed(), t0);
+        let a = t.insert(http(None), Version::assumed(), t0);
+        let b = t.insert(http(None), Version::assumed(), t0);
+        let c = t.insert(http(None), Version::assumed(), t0);
         t.get_mut(&a).unwrap().last_seen = t0 + 3 * S;
         t.get_mut(&b).unwrap().last_seen = t0 + S;
         t.get_mut(&c).unwrap().last_seen = t0 + 4 * S;

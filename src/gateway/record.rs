@@ -23,12 +23,7 @@ use crate::tape::{self, Dir, Frame, FrameKind};
 /// Frames held by a shard for the `block` policy when the offering code cannot wait.
 pub const BACKLOG_MAX_FRAMES: usize = 4096;
 
-/// Where a frame belongs: the tape session and the HTTP exchange within it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Tap {
-    pub session: u64,
-    pub stream: u32,
-}
+pub use crate::tape::Tap;
 
 /// The SSE event fields a frame keeps.
 pub struct SseMeta {

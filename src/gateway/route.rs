@@ -1,0 +1,299 @@
+//! Routing: a validated request to its upstream operation (`upstream::Upstreams`) under the
+//! MCP rules of its version. POST: stateless (2026-07-28: one message, routing headers that
+//! agree with the body), initialize (a new session), in a session, or for a sessionless
+//! server. GET: the session's server stream, or the resume of one. DELETE: the session's end.
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+
+use crate::codec::http::RequestHead;
+use crate::degrade::Level;
+use crate::error::{Error, Kind, Result};
+use crate::mcp::{self, Version};
+use crate::metrics::inc;
+use crate::shard::sse::{Stream, StreamKind};
+use crate::shard::{ClientConn, Shard};
+use crate::tape::Tap;
+use crate::upstream::{Call, Source, UpSession};
+
+use super::respond;
+use super::session::{self, balancer_cell, SessionRef};
+use super::{peer, relay, stream, Delivery, Exchange, Outcome};
+
+/// A POST: `(head, body, parsed body)`, with the version the header names.
+pub async fn post(
+    shard: &Rc<Shard>,
+    conn: &mut ClientConn,
+    (head, body, parsed): (&RequestHead, &Bytes, &mcp::Body<'_>),
+    ex: &mut Exchange,
+    version: Option<Version>,
+) -> Result<Outcome> {
+    let sid = head.headers.get("mcp-session-id");
+    if parsed.is_initialize()
+        && crate::degrade::level(&shard.shared) >= Level::SessionsRejected
+        && sid.is_none()
+    {
+        let why = "new sessions are refused for now";
+        return Err(super::validate::degraded(shard, why));
+    }
+    if version.is_some_and(Version::is_stateless) {
+        ex.open_one_off(shard, conn, mcp::STATELESS_VERSION).await;
+        ex.record_request(shard, body).await;
+        return stateless(shard, conn, (head, body, parsed), ex.tap).await;
+    }
+    let v = version.unwrap_or_else(Version::assumed);
+    if matches!(parsed, mcp::Body::Batch(_)) && !v.allows_batch() {
+        return Err(Error::new(
+            Kind::InvalidRequest,
+            format!("batches are not allowed in protocol version {}", v.as_str()),
+        ));
+    }
+    let msg = match parsed {
+        mcp::Body::Single(m) => Some(m),
+        mcp::Body::Batch(_) if shard.up.is_stdio() => {
+            return Err(Error::new(
+                Kind::InvalidRequest,
+                "batches are not supported by stdio upstreams",
+            ))
+        }
+        mcp::Body::Batch(_) => None,
+    };
+    match sid {
+        Some(raw) => in_session(shard, conn, (head, body, parsed), msg, ex, raw).await,
+        None if parsed.is_initialize() => initialize(shard, conn, (head, body, msg), ex).await,
+        None if shard.up.is_stdio() => Err(Error::new(Kind::SessionRequired, "")),
+        None => {
+            ex.open_one_off(shard, conn, v.as_str()).await;
+            ex.record_request(shard, body).await;
+            let call = call(shard, conn, head, body, msg);
+            let src = shard.up.sessionless(&call).await?;
+            respond::source(shard, conn, src, Delivery::to(ex.tap)).await
+        }
+    }
+}
+
+/// What the upstream kinds need of a client request; the client's socket is watched for a
+/// hang-up.
+fn call<'a>(
+    shard: &Shard,
+    conn: &'a ClientConn,
+    head: &'a RequestHead,
+    body: &'a [u8],
+    msg: Option<&'a mcp::Message<'a>>,
+) -> Call<'a> {
+    Call {
+        head,
+        body,
+        msg,
+        client: Some(&conn.stream),
+        client_cell: balancer_cell(shard, conn),
+    }
+}
+
+/// 2026-07-28: no session; the routing headers must agree with the body; one message per POST.
+async fn stateless(
+    shard: &Rc<Shard>,
+    conn: &mut ClientConn,
+    (head, body, parsed): (&RequestHead, &Bytes, &mcp::Body<'_>),
+    tap: Option<Tap>,
+) -> Result<Outcome> {
+    let mcp::Body::Single(msg) = parsed else {
+        return Err(Error::new(
+            Kind::InvalidRequest,
+            "protocol version 2026-07-28 allows one message per POST",
+        ));
+    };
+    mcp::check_stateless_headers(
+        msg,
+        head.headers.get_str("mcp-method"),
+        head.headers.get_str("mcp-name"),
+    )
+    .map_err(|why| Error::new(Kind::HeaderMismatch, why))?;
+    let call = call(shard, conn, head, body, Some(msg));
+    let src = shard.up.stateless(&call).await?;
+    respond::source(shard, conn, src, Delivery::to(tap)).await
+}
+
+/// initialize: the session's tape starts with it; an initialize that made no session ends
+/// its tape session with the exchange.
+async fn initialize(
+    shard: &Rc<Shard>,
+    conn: &mut ClientConn,
+    (head, body, msg): (&RequestHead, &Bytes, Option<&mcp::Message<'_>>),
+    ex: &mut Exchange,
+) -> Result<Outcome> {
+    let tape = match shard.new_tape_session() {
+        Some(session) => {
+            let version = session::requested_version(body);
+            shard
+                .record_start(session, version.as_str(), &peer(conn))
+                .await;
+            ex.tap = Some(Tap { session, stream: 1 });
+            ex.record_request(shard, body).await;
+            Some(session)
+        }
+        None => None,
+    };
+    let out = async {
+        let opened = session::open(shard, conn, (head, body, msg), tape).await?;
+        let mut d = Delivery::to(ex.tap);
+        d.check_hangup = true;
+        d.session = opened.id.map(|id| id.encode());
+        let out = respond::source(shard, conn, opened.source, d).await;
+        if let Some(id) = &opened.id {
+            session::settle(shard, id, &out);
+        }
+        out
+    }
+    .await;
+    if tape.is_some() && !out.as_ref().is_ok_and(|o| o.status == 200 && o.reusable) {
+        ex.one_off = tape;
+    }
+    out
+}
+
+/// A POST in a session. An upstream that no longer knows the session ends it here too.
+async fn in_session(
+    shard: &Rc<Shard>,
+    conn: &mut ClientConn,
+    (head, body, parsed): (&RequestHead, &Bytes, &mcp::Body<'_>),
+    msg: Option<&mcp::Message<'_>>,
+    ex: &mut Exchange,
+    raw: &[u8],
+) -> Result<Outcome> {
+    let sref = session::lookup(shard, raw, true)?;
+    ex.tap = sref.tap;
+    ex.record_request(shard, body).await;
+    let requests = parsed
+        .messages()
+        .iter()
+        .filter(|m| m.kind == mcp::Kind::Request)
+        .count();
+    let call = call(shard, conn, head, body, msg);
+    let src = shard.up.send(&sref.upstream, &call).await?;
+    if let Source::Http(ans) = &src {
+        if ans.head.status == 404 {
+            session::end_local(shard, &sref.id, "upstream forgot the session");
+        }
+    }
+    let mut d = Delivery::to(ex.tap);
+    d.sse = Some(sref.sse_ctx(StreamKind::Post, requests));
+    respond::source(shard, conn, src, d).await
+}
+
+/// GET: the session's server stream, resumed when `Last-Event-ID` names one the gateway
+/// holds; without a session, a sessionless server's stream.
+pub async fn get(
+    shard: &Rc<Shard>,
+    conn: &mut ClientConn,
+    head: &RequestHead,
+    ex: &mut Exchange,
+) -> Result<Outcome> {
+    let Some(raw) = head.headers.get("mcp-session-id") else {
+        let call = call(shard, conn, head, b"", None);
+        let src = shard.up.sessionless(&call).await?;
+        return respond::source(shard, conn, src, Delivery::to(None)).await;
+    };
+    let sref = session::lookup(shard, raw, false)?;
+    ex.tap = sref.tap;
+    if let Some(stream) = resumed_stream(shard, head, &sref) {
+        return resume(shard, conn, stream, head).await;
+    }
+    if let UpSession::Stdio(_) = sref.upstream {
+        replace_get_stream(shard, &sref)?;
+    }
+    let call = call(shard, conn, head, b"", None);
+    let src = shard.up.open_stream(&sref.upstream, &call).await?;
+    let mut d = Delivery::to(ex.tap);
+    d.sse = Some(sref.sse_ctx(StreamKind::Get, 0));
+    respond::source(shard, conn, src, d).await
+}
+
+/// A stdio session has one GET stream, which the gateway feeds itself: a second GET while a
+/// client reads the first gets 409; one whose client left is stopped and replaced.
+fn replace_get_stream(shard: &Shard, sref: &SessionRef) -> Result<()> {
+    let old = {
+        let sessions = shard.sessions.borrow();
+        let s = sessions
+            .get(&sref.id)
+            .ok_or_else(|| Error::new(Kind::UnknownSession, ""))?;
+        s.sse.last_get()
+    };
+    if let Some(old) = old {
+        if old.in_use() {
+            return Err(Error::new(
+                Kind::Conflict,
+                "a GET stream is already open for this session",
+            ));
+        }
+        old.stop();
+    }
+    Ok(())
+}
+
+/// The session stream a GET with `Last-Event-ID` names, if the gateway still holds it. An id
+/// the gateway did not issue, or a forgotten stream, opens a new stream instead.
+fn resumed_stream(shard: &Shard, head: &RequestHead, sref: &SessionRef) -> Option<Rc<Stream>> {
+    let (no, _) = crate::shard::sse::parse_event_id(head.headers.get("last-event-id")?)?;
+    let sessions = shard.sessions.borrow();
+    sessions.get(&sref.id)?.sse.find(no)
+}
+
+/// Continues a session stream on this connection, from the event after `Last-Event-ID`.
+async fn resume(
+    shard: &Rc<Shard>,
+    conn: &mut ClientConn,
+    st: Rc<Stream>,
+    head: &RequestHead,
+) -> Result<Outcome> {
+    let after = head
+        .headers
+        .get("last-event-id")
+        .and_then(crate::shard::sse::parse_event_id)
+        .map_or(0, |(_, seq)| seq);
+    inc(&shard.stats.sse_resumed);
+    if st.needs_reader() {
+        stream::restart(shard, &st);
+    }
+    respond::write_sse_head(conn).await?;
+    let end = stream::deliver(shard, conn, &st, after.saturating_add(1)).await;
+    let done = relay::finish_stream(conn, &st, end).await;
+    Ok(Outcome::ended(200, done.client_ok))
+}
+
+/// DELETE: the session ends as soon as the upstream's answer head arrives, before the client
+/// can see it, so a client that re-initializes at once finds the session slot free. A 405
+/// means the upstream keeps sessions until they expire: so does the gateway.
+pub async fn delete(
+    shard: &Rc<Shard>,
+    conn: &mut ClientConn,
+    head: &RequestHead,
+    ex: &mut Exchange,
+) -> Result<Outcome> {
+    let raw = head
+        .headers
+        .get("mcp-session-id")
+        .ok_or_else(|| Error::new(Kind::SessionRequired, ""))?;
+    let sref = session::lookup(shard, raw, false)?;
+    ex.tap = sref.tap;
+    let call = call(shard, conn, head, b"", None);
+    let src = shard.up.end_session(&sref.upstream, &call).await?;
+    match src {
+        // Nothing upstream (a stdio child ends with the session; a sessionless server).
+        Source::Status(status) => {
+            shard.record_status(ex.tap, status).await;
+            session::end_local(shard, &sref.id, "deleted");
+            respond::write_status(conn, status).await
+        }
+        src => {
+            if let Source::Http(ans) = &src {
+                let s = ans.head.status;
+                if (200..300).contains(&s) || s == 404 {
+                    session::end_local(shard, &sref.id, "deleted");
+                }
+            }
+            respond::source(shard, conn, src, Delivery::to(ex.tap)).await
+        }
+    }
+}

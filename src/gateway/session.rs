@@ -1,0 +1,352 @@
+//! The session lifecycle: permits (`max_sessions`, with eviction of the least recently used
+//! idle session; `max_sessions_per_client`), opening a session with its upstream half
+//! (`open`), looking one up for a request (`lookup`: its rate bucket, its upstream's health),
+//! and every way one ends: DELETE, the upstream forgetting it, expiry, eviction, a client that
+//! missed its initialize answer, a stdio child exiting, shutdown.
+//!
+//! Invariants: every end goes through `end_local`, which releases the session's permits,
+//! stops its streams, ends its stdio child and closes its tape; a session the gateway ends
+//! itself is also ended upstream (`end_everywhere`), in the background, bounded by the
+//! request timeout.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::codec::http::RequestHead;
+use crate::degrade::Level;
+use crate::error::{Error, Kind, Result};
+use crate::mcp::{self, SessionId, Version};
+use crate::metrics::{gauge_add, inc};
+use crate::shard::session::{Expiry, Session};
+use crate::shard::sse::{Origin, SseCtx, StreamKind};
+use crate::shard::{ClientConn, Shard};
+use crate::tape::Tap;
+use crate::upstream::{Call, Source, UpSession};
+
+use super::Outcome;
+
+/// Takes a session permit. At `max_sessions`, the least recently used session of this shard
+/// idle for `session_evict_idle_ms` is ended (here and upstream) to make room, and counted.
+fn acquire(shard: &Rc<Shard>) -> bool {
+    if shard.shared.sessions.try_acquire() {
+        return true;
+    }
+    // Evicting makes room for a new session: not while the level refuses new sessions.
+    if crate::degrade::level(&shard.shared) >= Level::SessionsRejected {
+        return false;
+    }
+    let Some(min_idle) = shard.config().timeouts.session_evict_idle else {
+        return false;
+    };
+    let victim = shard.sessions.borrow().lru_idle(Instant::now(), min_idle);
+    let Some(victim) = victim else {
+        return false;
+    };
+    inc(&shard.stats.sessions_evicted);
+    log::info!(
+        "shard {}: max_sessions reached: evicting the least recently used idle session",
+        shard.id
+    );
+    end_everywhere(shard, &victim, "evicted");
+    shard.shared.sessions.try_acquire()
+}
+
+/// Counts a new session against its client, after its session permit was taken. At
+/// `max_sessions_per_client`: 429, and the permit given back.
+fn open_client_session(shard: &Shard, conn: &ClientConn) -> Result<u32> {
+    let cell = conn.client_cell();
+    if shard.shared.clients.open_session(cell) {
+        return Ok(cell);
+    }
+    shard.shared.sessions.release();
+    Err(super::validate::rate_limited(
+        shard,
+        "client_sessions",
+        Duration::from_secs(1),
+    ))
+}
+
+/// The client's cell for the `sticky` balancer (looked up only when it balances by client).
+pub fn balancer_cell(shard: &Shard, conn: &ClientConn) -> u32 {
+    if shard.up.balancer.by_client() {
+        conn.client_cell()
+    } else {
+        0
+    }
+}
+
+/// What an initialize opened: the upstream's answer, and the gateway's new session when the
+/// upstream made one (its permits taken; without one they were given back).
+pub struct Opened {
+    pub source: Source,
+    pub id: Option<SessionId>,
+}
+
+/// initialize: opens the session's upstream half under the session permits, and mints the
+/// gateway's session when the upstream made one. The caller writes the answer, then
+/// `settle`s the session by whether it was written.
+pub async fn open(
+    shard: &Rc<Shard>,
+    conn: &ClientConn,
+    (head, body, msg): (&RequestHead, &[u8], Option<&mcp::Message<'_>>),
+    tape: Option<u64>,
+) -> Result<Opened> {
+    if !acquire(shard) {
+        shard.stats.count_rejection("sessions");
+        return Err(Error::new(Kind::Overloaded("sessions"), ""));
+    }
+    let cell = open_client_session(shard, conn)?;
+    // No hang-up watch: aborting here could leave a session upstream that the gateway never
+    // learns the id of. Let the answer arrive, then end the session if the client missed it.
+    let call = Call {
+        head,
+        body,
+        msg,
+        client: None,
+        client_cell: balancer_cell(shard, conn),
+    };
+    let release = || {
+        shard.shared.sessions.release();
+        shard.shared.clients.close_session(cell);
+    };
+    let (source, up) = shard
+        .up
+        .open_session(&call)
+        .await
+        .inspect_err(|_| release())?;
+    let Some(up) = up else {
+        // No session (an error, or a sessionless server): the permits go back.
+        release();
+        return Ok(Opened { source, id: None });
+    };
+    let id = mint(shard, up, requested_version(body), (tape, cell));
+    Ok(Opened {
+        source,
+        id: Some(id),
+    })
+}
+
+/// A new session stands once its answer was written (`Outcome::answered`), even if the client
+/// closed before the body's end: SDK clients close an SSE answer as soon as they hold the
+/// result. Only a client that never got the result costs the session.
+pub fn settle(shard: &Rc<Shard>, id: &SessionId, answer: &Result<Outcome>) {
+    if !answer.as_ref().is_ok_and(|o| o.answered) {
+        log::info!(
+            "shard {}: client missed its initialize answer; ending the session",
+            shard.id
+        );
+        end_everywhere(shard, id, "client missed the initialize answer");
+    }
+}
+
+/// Enters a new session in the table. A stdio child that exits ends its session.
+fn mint(
+    shard: &Rc<Shard>,
+    up: UpSession,
+    version: Version,
+    (tape, cell): (Option<u64>, u32),
+) -> SessionId {
+    let child = up.child().cloned();
+    let id = shard
+        .sessions
+        .borrow_mut()
+        .insert(up, version, Instant::now());
+    if let Some(s) = shard.sessions.borrow_mut().get_mut(&id) {
+        s.tape = tape;
+        s.client = Some(cell);
+    }
+    inc(&shard.stats.sessions_created);
+    gauge_add(&shard.stats.sessions, 1);
+    if let Some(child) = child {
+        let sh = shard.clone();
+        child.on_exit(Box::new(move || {
+            log::warn!("shard {}: stdio server gone: its session ends", sh.id);
+            end_local(&sh, &id, "stdio server exited");
+        }));
+    }
+    id
+}
+
+/// The protocol version an initialize asks for (the assumed one when it names none).
+pub fn requested_version(body: &[u8]) -> Version {
+    #[derive(serde::Deserialize)]
+    struct P<'a> {
+        #[serde(borrow, rename = "protocolVersion")]
+        v: Option<&'a str>,
+    }
+    #[derive(serde::Deserialize)]
+    struct R<'a> {
+        #[serde(borrow)]
+        params: Option<P<'a>>,
+    }
+    serde_json::from_slice::<R<'_>>(body)
+        .ok()
+        .and_then(|r| r.params?.v.and_then(Version::parse))
+        .unwrap_or_else(Version::assumed)
+}
+
+/// What a session id resolves to.
+pub struct SessionRef {
+    pub id: SessionId,
+    /// The session's upstream half.
+    pub upstream: UpSession,
+    /// Where this exchange of the session is recorded.
+    pub tap: Option<Tap>,
+    pub version: Version,
+}
+
+impl SessionRef {
+    /// Makes an SSE answer in this session resumable.
+    pub fn sse_ctx(&self, kind: StreamKind, responses: usize) -> SseCtx {
+        SseCtx {
+            origin: Origin {
+                session: self.id,
+                upstream: self.upstream.index(),
+                upstream_sid: self.upstream.sid().cloned(),
+                version: self.version,
+            },
+            kind,
+            responses,
+        }
+    }
+}
+
+/// Resolves a client's session id. Unknown, malformed or foreign: 404. With `limit`, the
+/// request takes a token from the session's bucket (POSTs do; GET streams and DELETE do not).
+pub fn lookup(shard: &Shard, raw: &[u8], limit: bool) -> Result<SessionRef> {
+    let id = SessionId::decode(raw).ok_or_else(|| Error::new(Kind::UnknownSession, ""))?;
+    let mut sessions = shard.sessions.borrow_mut();
+    let s = sessions
+        .get_mut(&id)
+        .ok_or_else(|| Error::new(Kind::UnknownSession, ""))?;
+    let now = Instant::now();
+    if let UpSession::Http { upstream, .. } = s.upstream {
+        if !shard.up.health.session_servable(upstream, now) {
+            // Its upstream is down (breaker open, probes failing) and holds the session's
+            // state: the client must start again on a healthy upstream.
+            drop(sessions);
+            log::info!(
+                "shard {}: session's upstream is down; session ended",
+                shard.id
+            );
+            end_local(shard, &id, "upstream down");
+            return Err(Error::new(Kind::UnknownSession, "its upstream is down"));
+        }
+    }
+    s.last_seen = now;
+    if let Some(rate) = shard.shared.clients.session_rate.filter(|_| limit) {
+        let bucket = s
+            .bucket
+            .get_or_insert_with(|| crate::limits::SessionBucket::full(rate, now));
+        if let Err(wait) = bucket.take(rate, now) {
+            return Err(super::validate::rate_limited(shard, "session_rate", wait));
+        }
+    }
+    let tap = s.tape.map(|session| {
+        s.streams += 1;
+        Tap {
+            session,
+            stream: s.streams,
+        }
+    });
+    Ok(SessionRef {
+        id,
+        upstream: s.upstream.clone(),
+        tap,
+        version: s.version,
+    })
+}
+
+/// Removes a session from the table: its streams stop, its stdio child (if any) is asked to
+/// end, its tape closes, its permits go back.
+pub fn end_local(shard: &Shard, id: &SessionId, reason: &'static str) -> Option<Session> {
+    let mut s = shard.sessions.borrow_mut().remove(id)?;
+    s.sse.stop_all();
+    if let Some(session) = s.tape {
+        shard.record_end(session, reason);
+    }
+    if let Some(cell) = s.client {
+        shard.shared.clients.close_session(cell);
+    }
+    if let Some(child) = s.upstream.child() {
+        child.end();
+    }
+    shard.shared.sessions.release();
+    gauge_add(&shard.stats.sessions, -1);
+    inc(&shard.stats.sessions_ended);
+    Some(s)
+}
+
+/// Ends a session here and, in the background (bounded by the request timeout), upstream.
+pub fn end_everywhere(shard: &Rc<Shard>, id: &SessionId, reason: &'static str) {
+    if let Some(s) = end_local(shard, id, reason) {
+        if let UpSession::Http {
+            upstream,
+            sid: Some(sid),
+        } = s.upstream
+        {
+            let timeout = shard.config().timeouts.upstream_request;
+            let up = shard.up.clone();
+            monoio::spawn(crate::upstream::http::end_quietly(
+                up, sid, upstream, timeout,
+            ));
+        }
+    }
+}
+
+/// Ends sessions past their idle timeout or maximum age, locally and upstream. Only sessions
+/// due now are looked at (see `shard::session`).
+pub fn expire(shard: &Rc<Shard>, now: Instant) {
+    let due = shard.sessions.borrow_mut().due(now);
+    for (id, why) in due {
+        let reason = match why {
+            Expiry::Idle => {
+                inc(&shard.stats.sessions_expired);
+                "expired"
+            }
+            Expiry::MaxAge => {
+                inc(&shard.stats.sessions_max_age);
+                "maximum age"
+            }
+        };
+        log::info!("shard {}: session ended: {reason}", shard.id);
+        end_everywhere(shard, &id, reason);
+    }
+}
+
+/// Ends every session of the shard upstream (shutdown), all at once, within `within`; then
+/// the stdio children.
+pub async fn end_all(shard: &Rc<Shard>, within: Duration) {
+    let ids = shard.sessions.borrow().all();
+    let mut tasks = Vec::with_capacity(ids.len());
+    let end = |sid, i| crate::upstream::http::end_quietly(shard.up.clone(), sid, i, within);
+    for id in ids {
+        if let Some(s) = end_local(shard, &id, "gateway shutdown") {
+            if let UpSession::Http {
+                upstream,
+                sid: Some(sid),
+            } = s.upstream
+            {
+                tasks.push(monoio::spawn(end(sid, upstream)));
+            }
+        }
+    }
+    // The gateway's own sessions on handshake-era upstreams (`upstream::era`) end too.
+    for (i, bridge) in shard.up.bridges.iter().enumerate() {
+        if let Some(sid) = bridge.take_session() {
+            tasks.push(monoio::spawn(end(sid, i)));
+        }
+    }
+    let n = tasks.len();
+    for t in tasks {
+        t.await;
+    }
+    if n > 0 {
+        log::info!("shard {}: ended {n} sessions upstream", shard.id);
+    }
+    if let Some(host) = &shard.up.stdio {
+        host.close();
+        host.wait_all_reaped(host.config().kill_grace + Duration::from_secs(1))
+            .await;
+    }
+}

@@ -1,0 +1,84 @@
+//! Validation, before anything reaches an upstream: the endpoint path, Host (DNS-rebinding
+//! protection) and Origin, the MCP-Protocol-Version header, what the degradation level still
+//! serves, the per-client request rate; and the JSON-RPC classification of a POST's body.
+//! Each refusal is one `Error` (with its status, JSON-RPC code and counter).
+
+use std::time::{Duration, Instant};
+
+use crate::codec::http::RequestHead;
+use crate::degrade::Level;
+use crate::error::{Error, Kind, Result};
+use crate::mcp::{self, Version};
+use crate::shard::{ClientConn, Shard};
+
+/// Checks a request head; returns the protocol version it names (`None`: none named).
+pub fn request(shard: &Shard, conn: &ClientConn, head: &RequestHead) -> Result<Option<Version>> {
+    let path = head.path.split('?').next().unwrap_or("");
+    if path != super::MCP_PATH {
+        return Err(Error::new(Kind::NotFound, format!("no endpoint at {path}")));
+    }
+    let policy = &shard.config().origins;
+    if head.minor == 1 && !policy.host_ok(head.headers.get_str("host")) {
+        return Err(Error::new(Kind::MisdirectedHost, ""));
+    }
+    if !policy.origin_ok(head.headers.get_str("origin")) {
+        return Err(Error::new(Kind::ForbiddenOrigin, ""));
+    }
+    let version = header_version(head)?;
+    let level = crate::degrade::level(&shard.shared);
+    if level == Level::Protective && head.headers.get("mcp-session-id").is_none() {
+        // Only requests of existing sessions are served.
+        return Err(degraded(shard, "only existing sessions are served"));
+    }
+    let clients = &shard.shared.clients;
+    if clients.rates_clients() {
+        if let Err(wait) = clients.take(conn.client_cell(), Instant::now()) {
+            return Err(rate_limited(shard, "client_rate", wait));
+        }
+    }
+    Ok(version)
+}
+
+/// The MCP-Protocol-Version header: absent is fine (assume 2025-03-26), unknown is a 400.
+fn header_version(head: &RequestHead) -> Result<Option<Version>> {
+    match head.headers.get_str("mcp-protocol-version") {
+        None => Ok(None),
+        Some(v) => Version::parse(v).map(Some).ok_or_else(|| {
+            Error::new(
+                Kind::UnsupportedVersion,
+                format!(
+                    "'{v}' is not supported; supported: {}",
+                    mcp::KNOWN_VERSIONS.join(", ")
+                ),
+            )
+        }),
+    }
+}
+
+/// A POST's body as JSON-RPC: one message or a batch, each classified.
+pub fn classify(body: &[u8]) -> Result<mcp::Body<'_>> {
+    mcp::classify(body).map_err(|e| match e {
+        mcp::ClassifyError::Parse(why) => Error::new(Kind::ParseError, why),
+        mcp::ClassifyError::Invalid(why) => Error::new(Kind::InvalidRequest, why),
+    })
+}
+
+/// A 503 for work the degradation level sheds, counted.
+pub fn degraded(shard: &Shard, why: &str) -> Error {
+    shard.stats.count_rejection("degraded");
+    Error::new(Kind::Overloaded("degraded"), why)
+}
+
+/// A 429 for a per-client or per-session limit, counted.
+pub fn rate_limited(shard: &Shard, what: &'static str, wait: Duration) -> Error {
+    shard.stats.count_rejection(what);
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u32;
+    Error::new(Kind::RateLimited(what, secs), "")
+}
+
+pub fn stateless_405() -> Error {
+    Error::new(
+        Kind::MethodNotAllowed,
+        "protocol version 2026-07-28 is POST only",
+    )
+}
