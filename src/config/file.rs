@@ -1,0 +1,450 @@
+//! The configuration file's schema, as an operator writes it: `FileConfig`, one `*Section` per
+//! TOML table (each with the `Default` a missing key takes), and the `DEFAULT_*` constants those
+//! defaults come from. Unknown keys are errors. Nothing here validates: `runtime` turns a
+//! `FileConfig` into the checked `Config`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer};
+
+use super::tapes;
+use crate::codec::http::{DEFAULT_MAX_HEADERS, DEFAULT_MAX_HEAD_BYTES};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9090";
+pub const DEFAULT_LISTEN_BACKLOG: u32 = 4096;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub const DEFAULT_MAX_SESSIONS: usize = 10_000;
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+pub const DEFAULT_MAX_PENDING_EVENTS: usize = 100;
+/// Bytes of undelivered SSE events held per stream for a slow client (at least one event is
+/// always let through): with large events, the event count alone would allow megabytes.
+pub const DEFAULT_MAX_PENDING_BYTES: usize = 256 * 1024;
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 1024 * 1024;
+pub const DEFAULT_HANDOFF_QUEUE_DEPTH: usize = 1024;
+pub const DEFAULT_CLIENT_HEAD_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_KEEPALIVE_IDLE_TIMEOUT_MS: u64 = 60_000;
+pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS: u64 = 3_000;
+pub const DEFAULT_UPSTREAM_REQUEST_TIMEOUT_MS: u64 = 30_000;
+pub const DEFAULT_SSE_KEEPALIVE_MS: u64 = 15_000;
+/// An upstream SSE stream that delivers no complete event (comments included) for this long is
+/// closed: it catches a stalled or trickling upstream. Servers send keepalive comments far
+/// more often than this.
+pub const DEFAULT_SSE_IDLE_TIMEOUT_MS: u64 = 300_000;
+/// How long the first 2026-07-28 request to an HTTP upstream waits for the upstream's answer
+/// to the gateway's `server/discover` (its era, `era`). An upstream that does not answer in
+/// time is asked again only after `ERA_PROBE_RETRY`, and its requests go on as they are.
+pub const DEFAULT_ERA_PROBE_TIMEOUT_MS: u64 = 2_000;
+/// Events of a session's SSE stream kept after delivery, for a client resuming with
+/// `Last-Event-ID`.
+pub const DEFAULT_SSE_REPLAY_MAX_EVENTS: usize = 100;
+/// Delivered events older than this are no longer kept for replay.
+pub const DEFAULT_SSE_REPLAY_MAX_AGE_MS: u64 = 60_000;
+/// Bytes of delivered events kept per stream for replay.
+pub const DEFAULT_SSE_REPLAY_MAX_BYTES: usize = 256 * 1024;
+/// How long a session stream whose client went away keeps reading its upstream, waiting for
+/// the client to resume it.
+pub const DEFAULT_SSE_RESUME_WINDOW_MS: u64 = 30_000;
+/// Resumable streams remembered per session (the oldest ended ones are forgotten first).
+pub const DEFAULT_SSE_MAX_STREAMS_PER_SESSION: usize = 16;
+/// First delay before reconnecting a dropped upstream stream; doubles per attempt, with jitter.
+pub const DEFAULT_SSE_RECONNECT_BASE_MS: u64 = 100;
+pub const DEFAULT_SSE_RECONNECT_MAX_MS: u64 = 5_000;
+/// Reconnect attempts for one drop before the stream ends.
+pub const DEFAULT_SSE_RECONNECT_MAX_ATTEMPTS: u32 = 5;
+pub const DEFAULT_SESSION_IDLE_TIMEOUT_MS: u64 = 300_000;
+/// A session ends this long after it began, however busy (the client re-initializes on 404).
+pub const DEFAULT_SESSION_MAX_AGE_MS: u64 = 86_400_000;
+/// When `max_sessions` is reached, a new session may evict one idle at least this long (the
+/// least recently used); 0 never evicts.
+pub const DEFAULT_SESSION_EVICT_IDLE_MS: u64 = 10_000;
+pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_RETRY_AFTER_S: u32 = 1;
+/// Sessions one client (IP address) may hold at once; past it, initialize gets 429. Off (0) by
+/// default: `max_sessions` already bounds memory, and a load generator or a NAT puts thousands
+/// of legitimate sessions behind one address. Set it where clients are known.
+pub const DEFAULT_MAX_SESSIONS_PER_CLIENT: u32 = 0;
+/// Idle upstream connections kept per shard. Below the in-flight count, connections churn
+/// (measured with loadgen at 1000 busy connections: p99 1066 ms with 256, 55 ms with 4096).
+/// The idle timeout still closes them after a quiet spell.
+pub const DEFAULT_POOL_MAX_IDLE: usize = 4096;
+pub const DEFAULT_POOL_MAX_CONNECTIONS: usize = 4096;
+/// Below the 5 s keep-alive of common upstream servers, so the pool drops a connection before
+/// the upstream does.
+pub const DEFAULT_POOL_IDLE_TIMEOUT_MS: u64 = 4_000;
+/// Session ids carry the shard index in one byte.
+pub const MAX_SHARDS: usize = 255;
+/// Consecutive failed requests that open an upstream's circuit breaker (per shard).
+pub const DEFAULT_BREAKER_FAILURES: u32 = 5;
+/// How long an open breaker sends nothing before letting trial requests through.
+pub const DEFAULT_BREAKER_OPEN_MS: u64 = 5_000;
+/// Trial requests a half-open breaker lets through at once.
+pub const DEFAULT_BREAKER_HALF_OPEN_REQUESTS: u32 = 1;
+/// Time between active probes of an upstream (per shard).
+pub const DEFAULT_HEALTH_INTERVAL_MS: u64 = 2_000;
+/// A probe not answered within this fails.
+pub const DEFAULT_HEALTH_TIMEOUT_MS: u64 = 1_000;
+/// Good probes in a row that bring an unhealthy upstream back.
+pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 2;
+/// Failed probes in a row that take an upstream out of rotation.
+pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
+/// Occupancy (the fullest named bound) at which recorded messages are shed.
+pub const DEFAULT_RECORDING_SHED_AT: f64 = 0.80;
+/// Occupancy at which new sessions are refused (503).
+pub const DEFAULT_SESSIONS_REJECTED_AT: f64 = 0.90;
+/// Occupancy at which only requests of existing sessions are served.
+pub const DEFAULT_PROTECTIVE_AT: f64 = 0.97;
+/// A level is left only when occupancy is this far below its threshold.
+pub const DEFAULT_DEGRADATION_HYSTERESIS: f64 = 0.05;
+pub const DEFAULT_DEGRADATION_CHECK_INTERVAL_MS: u64 = 100;
+/// Resident memory counted as full occupancy (0: memory is not a bound).
+pub const DEFAULT_MAX_MEMORY_BYTES: u64 = 0;
+/// Undelivered SSE events, across all streams, counted as full occupancy.
+pub const DEFAULT_MAX_PENDING_EVENTS_TOTAL: u64 = 100_000;
+/// Child processes of stdio upstreams across all shards: one per session, plus prewarmed and
+/// stateless-serving children. Past it, a new session gets 503.
+pub const DEFAULT_MAX_PROCESSES: usize = 1_000;
+/// Started, not yet initialized children kept ready per shard, so initialize skips the spawn.
+pub const DEFAULT_PREWARM: usize = 0;
+/// Initialized children per shard that serve 2026-07-28 stateless requests, multiplexed.
+pub const DEFAULT_STATELESS_CHILDREN: usize = 1;
+/// Time between SIGTERM and SIGKILL when a child is ended.
+pub const DEFAULT_KILL_GRACE_MS: u64 = 2_000;
+/// stderr lines logged per child per second; the rest are counted and dropped.
+pub const DEFAULT_STDERR_LINES_PER_S: u32 = 20;
+/// Messages queued toward one child's stdin before new requests get 503.
+pub const DEFAULT_STDIN_QUEUE_DEPTH: usize = 256;
+
+/// The TOML file, as written by an operator. Unknown keys are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    pub server: ServerSection,
+    pub limits: LimitsSection,
+    pub timeouts: TimeoutsSection,
+    pub sse: SseSection,
+    pub degradation: DegradationSection,
+    /// `[upstream]` or `[[upstream]]`: one upstream, or several HTTP upstreams (balanced, health
+    /// checked).
+    #[serde(deserialize_with = "one_or_many")]
+    pub upstream: Vec<UpstreamSection>,
+    pub tapes: TapesSection,
+}
+
+/// `[tapes]`: recording. Off unless `dir` is set (or `--tapes DIR`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TapesSection {
+    pub dir: String,
+    /// "drop" (the default: a full channel drops the frame and counts it) or "block".
+    pub overflow: String,
+    pub channel_depth: usize,
+    pub batch_max_frames: usize,
+    pub batch_max_delay_ms: u64,
+    pub segment_max_bytes: u64,
+    /// "never", "interval" (the default) or "always".
+    pub fsync: String,
+    pub fsync_interval_ms: u64,
+    /// JSON pointers whose values are written as "***".
+    pub mask: Vec<String>,
+    pub io_retry_max: u32,
+    pub io_retry_backoff_ms: u64,
+    pub index_interval_ms: u64,
+    /// Core to pin the persistence thread to; absent: not pinned.
+    pub core: Option<usize>,
+}
+
+impl Default for TapesSection {
+    fn default() -> Self {
+        use tapes as t;
+        TapesSection {
+            dir: String::new(),
+            overflow: "drop".into(),
+            channel_depth: t::DEFAULT_CHANNEL_DEPTH,
+            batch_max_frames: t::DEFAULT_BATCH_MAX_FRAMES,
+            batch_max_delay_ms: t::DEFAULT_BATCH_MAX_DELAY_MS,
+            segment_max_bytes: t::DEFAULT_SEGMENT_MAX_BYTES,
+            fsync: "interval".into(),
+            fsync_interval_ms: t::DEFAULT_FSYNC_INTERVAL_MS,
+            mask: Vec::new(),
+            io_retry_max: t::DEFAULT_IO_RETRY_MAX,
+            io_retry_backoff_ms: t::DEFAULT_IO_RETRY_BACKOFF_MS,
+            index_interval_ms: t::DEFAULT_INDEX_INTERVAL_MS,
+            core: None,
+        }
+    }
+}
+
+/// Accepts a single table or an array of tables.
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<UpstreamSection>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        Many(Vec<UpstreamSection>),
+        One(Box<UpstreamSection>),
+    }
+    // Untagged errors say only "did not match": decode again as a table for a precise message.
+    let value = toml::Value::deserialize(d)?;
+    match value {
+        toml::Value::Array(_) => {
+            Vec::<UpstreamSection>::deserialize(value).map_err(serde::de::Error::custom)
+        }
+        other => match OneOrMany::deserialize(other.clone()) {
+            Ok(OneOrMany::One(u)) => Ok(vec![*u]),
+            Ok(OneOrMany::Many(v)) => Ok(v),
+            Err(_) => UpstreamSection::deserialize(other)
+                .map(|u| vec![u])
+                .map_err(serde::de::Error::custom),
+        },
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    pub listen: String,
+    pub admin: String,
+    /// 0: one shard per available core.
+    pub shards: usize,
+    pub driver: String,
+    pub listen_backlog: u32,
+    /// Empty: loopback origins when listening on loopback, none otherwise.
+    pub allowed_origins: Vec<String>,
+    /// Empty: any Host naming the listen address or a loopback name when on loopback.
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            listen: DEFAULT_LISTEN.into(),
+            admin: DEFAULT_ADMIN.into(),
+            shards: 0,
+            driver: "auto".into(),
+            listen_backlog: DEFAULT_LISTEN_BACKLOG,
+            allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    pub max_connections: usize,
+    pub max_sessions: usize,
+    pub max_head_bytes: usize,
+    pub max_headers: usize,
+    pub max_body_bytes: usize,
+    pub max_pending_events: usize,
+    pub max_pending_bytes: usize,
+    pub max_event_bytes: usize,
+    pub handoff_queue_depth: usize,
+    pub retry_after_s: u32,
+    pub max_sessions_per_client: u32,
+    /// Token bucket per client (IP): requests a second, and burst; 0 is off.
+    pub client_requests_per_s: u32,
+    pub client_burst: u32,
+    /// Token bucket per session; 0 is off.
+    pub session_requests_per_s: u32,
+    pub session_burst: u32,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_sessions: DEFAULT_MAX_SESSIONS,
+            max_head_bytes: DEFAULT_MAX_HEAD_BYTES,
+            max_headers: DEFAULT_MAX_HEADERS,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_pending_events: DEFAULT_MAX_PENDING_EVENTS,
+            max_pending_bytes: DEFAULT_MAX_PENDING_BYTES,
+            max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+            handoff_queue_depth: DEFAULT_HANDOFF_QUEUE_DEPTH,
+            retry_after_s: DEFAULT_RETRY_AFTER_S,
+            max_sessions_per_client: DEFAULT_MAX_SESSIONS_PER_CLIENT,
+            client_requests_per_s: 0,
+            client_burst: 0,
+            session_requests_per_s: 0,
+            session_burst: 0,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutsSection {
+    pub client_head_timeout_ms: u64,
+    pub keepalive_idle_timeout_ms: u64,
+    pub upstream_connect_timeout_ms: u64,
+    pub upstream_request_timeout_ms: u64,
+    pub sse_keepalive_ms: u64,
+    pub sse_idle_timeout_ms: u64,
+    pub era_probe_timeout_ms: u64,
+    pub session_idle_timeout_ms: u64,
+    pub session_max_age_ms: u64,
+    pub session_evict_idle_ms: u64,
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for TimeoutsSection {
+    fn default() -> Self {
+        TimeoutsSection {
+            client_head_timeout_ms: DEFAULT_CLIENT_HEAD_TIMEOUT_MS,
+            keepalive_idle_timeout_ms: DEFAULT_KEEPALIVE_IDLE_TIMEOUT_MS,
+            upstream_connect_timeout_ms: DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS,
+            upstream_request_timeout_ms: DEFAULT_UPSTREAM_REQUEST_TIMEOUT_MS,
+            sse_keepalive_ms: DEFAULT_SSE_KEEPALIVE_MS,
+            sse_idle_timeout_ms: DEFAULT_SSE_IDLE_TIMEOUT_MS,
+            era_probe_timeout_ms: DEFAULT_ERA_PROBE_TIMEOUT_MS,
+            session_idle_timeout_ms: DEFAULT_SESSION_IDLE_TIMEOUT_MS,
+            session_max_age_ms: DEFAULT_SESSION_MAX_AGE_MS,
+            session_evict_idle_ms: DEFAULT_SESSION_EVICT_IDLE_MS,
+            drain_timeout_ms: DEFAULT_DRAIN_TIMEOUT_MS,
+        }
+    }
+}
+
+/// `[sse]`: resumable SSE streams of sessions (replay buffers, upstream reconnection).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SseSection {
+    pub replay_max_events: usize,
+    pub replay_max_age_ms: u64,
+    pub replay_max_bytes: usize,
+    pub resume_window_ms: u64,
+    pub max_streams_per_session: usize,
+    pub reconnect_base_ms: u64,
+    pub reconnect_max_ms: u64,
+    pub reconnect_max_attempts: u32,
+}
+
+impl Default for SseSection {
+    fn default() -> Self {
+        SseSection {
+            replay_max_events: DEFAULT_SSE_REPLAY_MAX_EVENTS,
+            replay_max_age_ms: DEFAULT_SSE_REPLAY_MAX_AGE_MS,
+            replay_max_bytes: DEFAULT_SSE_REPLAY_MAX_BYTES,
+            resume_window_ms: DEFAULT_SSE_RESUME_WINDOW_MS,
+            max_streams_per_session: DEFAULT_SSE_MAX_STREAMS_PER_SESSION,
+            reconnect_base_ms: DEFAULT_SSE_RECONNECT_BASE_MS,
+            reconnect_max_ms: DEFAULT_SSE_RECONNECT_MAX_MS,
+            reconnect_max_attempts: DEFAULT_SSE_RECONNECT_MAX_ATTEMPTS,
+        }
+    }
+}
+
+/// `[degradation]`: levels of service as the named bounds fill (see `degrade`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DegradationSection {
+    pub recording_shed_at: f64,
+    pub sessions_rejected_at: f64,
+    pub protective_at: f64,
+    pub hysteresis: f64,
+    pub check_interval_ms: u64,
+    pub max_memory_bytes: u64,
+    pub max_pending_events: u64,
+}
+
+impl Default for DegradationSection {
+    fn default() -> Self {
+        DegradationSection {
+            recording_shed_at: DEFAULT_RECORDING_SHED_AT,
+            sessions_rejected_at: DEFAULT_SESSIONS_REJECTED_AT,
+            protective_at: DEFAULT_PROTECTIVE_AT,
+            hysteresis: DEFAULT_DEGRADATION_HYSTERESIS,
+            check_interval_ms: DEFAULT_DEGRADATION_CHECK_INTERVAL_MS,
+            max_memory_bytes: DEFAULT_MAX_MEMORY_BYTES,
+            max_pending_events: DEFAULT_MAX_PENDING_EVENTS_TOTAL,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamSection {
+    /// "http" (the default) or "stdio".
+    pub kind: String,
+    /// Share of new sessions and stateless requests (several http upstreams).
+    pub weight: u32,
+    /// How requests are spread over several http upstreams: "round_robin" (the default),
+    /// "least_connections" or "sticky" (by client address). Set on the first upstream.
+    pub strategy: String,
+    /// http: `http://host:port/path`. Empty: the built-in demo server.
+    pub url: String,
+    /// http: sent upstream as `Authorization`; the client's own credentials never are.
+    pub authorization: Option<String>,
+    pub pool_max_idle: usize,
+    pub pool_max_connections: usize,
+    pub pool_idle_timeout_ms: u64,
+    /// stdio: the program to start, its arguments, extra environment and working directory.
+    pub command: String,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<String>,
+    pub prewarm: usize,
+    pub max_processes: usize,
+    pub stateless_children: usize,
+    pub kill_grace_ms: u64,
+    pub stderr_lines_per_s: u32,
+    pub stdin_queue_depth: usize,
+    /// http: active probe: "mcp" (initialize, ping, DELETE), "http" (GET `health_path`),
+    /// "off", or "auto" (the default: mcp with several upstreams, off with one).
+    pub health_check: String,
+    /// http: the path a "http" probe GETs (default: the upstream's path).
+    pub health_path: Option<String>,
+    pub health_interval_ms: u64,
+    pub health_timeout_ms: u64,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+    pub breaker_failures: u32,
+    pub breaker_open_ms: u64,
+    pub breaker_half_open_requests: u32,
+}
+
+impl Default for UpstreamSection {
+    fn default() -> Self {
+        UpstreamSection {
+            kind: "http".into(),
+            weight: 1,
+            strategy: "round_robin".into(),
+            url: String::new(),
+            authorization: None,
+            pool_max_idle: DEFAULT_POOL_MAX_IDLE,
+            pool_max_connections: DEFAULT_POOL_MAX_CONNECTIONS,
+            pool_idle_timeout_ms: DEFAULT_POOL_IDLE_TIMEOUT_MS,
+            command: String::new(),
+            args: Vec::new(),
+            env: BTreeMap::new(),
+            cwd: None,
+            prewarm: DEFAULT_PREWARM,
+            max_processes: DEFAULT_MAX_PROCESSES,
+            stateless_children: DEFAULT_STATELESS_CHILDREN,
+            health_check: "auto".into(),
+            health_path: None,
+            health_interval_ms: DEFAULT_HEALTH_INTERVAL_MS,
+            health_timeout_ms: DEFAULT_HEALTH_TIMEOUT_MS,
+            healthy_threshold: DEFAULT_HEALTHY_THRESHOLD,
+            unhealthy_threshold: DEFAULT_UNHEALTHY_THRESHOLD,
+            breaker_failures: DEFAULT_BREAKER_FAILURES,
+            breaker_open_ms: DEFAULT_BREAKER_OPEN_MS,
+            breaker_half_open_requests: DEFAULT_BREAKER_HALF_OPEN_REQUESTS,
+            kill_grace_ms: DEFAULT_KILL_GRACE_MS,
+            stderr_lines_per_s: DEFAULT_STDERR_LINES_PER_S,
+            stdin_queue_depth: DEFAULT_STDIN_QUEUE_DEPTH,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = FileConfig::from_toml("[limits]\nmax_conections = 5\n").unwrap_err();
+        assert!(e.0.contains("max_conections"), "{e}");
+    }
+}

@@ -1,0 +1,1001 @@
+//! The validated runtime configuration: `Config` and the slices each stage reads (`Limits`,
+//! `Timeouts`, `Upstream`, ...), and the validation that builds it from a `FileConfig` and the
+//! command line's `Overrides` (`FileConfig::resolve`). Relations between limits are checked
+//! here, at load time; an error names the key at fault.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use super::file::{
+    DegradationSection, FileConfig, LimitsSection, ServerSection, SseSection, TapesSection,
+    TimeoutsSection, UpstreamSection, MAX_SHARDS,
+};
+use super::tapes;
+
+/// Which io driver the shards run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    Auto,
+    Uring,
+    Legacy,
+}
+
+/// Validated settings for the whole gateway. Each stage reads only its slice.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    pub shards: usize,
+    pub driver: Driver,
+    pub listen_backlog: u32,
+    pub origins: OriginPolicy,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+    pub sse: SseConfig,
+    pub degradation: Thresholds,
+    pub upstream: Upstream,
+    /// Recording; `None` when off.
+    pub tapes: Option<tapes::TapeConfig>,
+}
+
+/// The upstream MCP server: over HTTP (one or several), or a program spoken to over stdio.
+#[derive(Debug, Clone)]
+pub enum Upstream {
+    Http(HttpUpstreams),
+    Stdio(StdioConfig),
+}
+
+/// One or several HTTP upstreams serving the same MCP endpoint.
+#[derive(Debug, Clone)]
+pub struct HttpUpstreams {
+    pub targets: Vec<UpstreamConfig>,
+    pub strategy: Strategy,
+}
+
+/// How new sessions and stateless requests are spread over several upstreams. A session always
+/// stays on the upstream it started on (its upstream session lives there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// Smooth weighted round robin.
+    RoundRobin,
+    /// Fewest requests in flight on this shard, relative to weight.
+    LeastConnections,
+    /// By client address: a client keeps its upstream, for stateless requests too.
+    Sticky,
+}
+
+impl Upstream {
+    /// How the upstream is named in logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Upstream::Http(h) => h
+                .targets
+                .iter()
+                .map(|u| format!("http://{}{}", u.authority, u.path))
+                .collect::<Vec<_>>()
+                .join(", "),
+            Upstream::Stdio(s) => format!("stdio: {} {}", s.command, s.args.join(" ")),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StdioConfig {
+    pub command: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<String>,
+    pub prewarm: usize,
+    pub max_processes: usize,
+    pub stateless_children: usize,
+    pub kill_grace: Duration,
+    pub stderr_lines_per_s: u32,
+    pub stdin_queue_depth: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_sessions: usize,
+    pub max_head_bytes: usize,
+    pub max_headers: usize,
+    pub max_body_bytes: usize,
+    pub max_pending_events: usize,
+    pub max_pending_bytes: usize,
+    pub max_event_bytes: usize,
+    pub handoff_queue_depth: usize,
+    pub retry_after_s: u32,
+    pub clients: ClientLimitConfig,
+}
+
+/// Per-client limits (the `[limits]` keys read by `limits`); 0 turns a limit off.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientLimitConfig {
+    pub max_sessions_per_client: u32,
+    pub client_requests_per_s: u32,
+    pub client_burst: u32,
+    pub session_requests_per_s: u32,
+    pub session_burst: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    pub client_head: Duration,
+    pub keepalive_idle: Duration,
+    pub upstream_connect: Duration,
+    pub upstream_request: Duration,
+    pub sse_keepalive: Duration,
+    pub sse_idle: Duration,
+    pub era_probe: Duration,
+    pub session_idle: Duration,
+    pub session_max_age: Duration,
+    /// `None`: eviction off.
+    pub session_evict_idle: Option<Duration>,
+    pub drain: Duration,
+}
+
+/// Validated `[sse]`.
+#[derive(Debug, Clone)]
+pub struct SseConfig {
+    pub replay_max_events: usize,
+    pub replay_max_age: Duration,
+    pub replay_max_bytes: usize,
+    pub resume_window: Duration,
+    pub max_streams_per_session: usize,
+    pub reconnect_base: Duration,
+    pub reconnect_max: Duration,
+    pub reconnect_max_attempts: u32,
+}
+
+/// Validated `[degradation]`: where each level of service begins (read by `degrade`).
+#[derive(Debug, Clone)]
+pub struct Thresholds {
+    /// Occupancy at which each level above `full` begins.
+    pub recording_shed_at: f64,
+    pub sessions_rejected_at: f64,
+    pub protective_at: f64,
+    pub hysteresis: f64,
+    pub check_interval: Duration,
+    /// 0: memory is not measured.
+    pub max_memory_bytes: u64,
+    pub max_pending_events: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub addr: SocketAddr,
+    /// `host:port` as written in the URL, sent as `Host`.
+    pub authority: String,
+    pub path: String,
+    pub authorization: Option<String>,
+    pub pool_max_idle: usize,
+    pub pool_max_connections: usize,
+    pub pool_idle_timeout: Duration,
+    pub weight: u32,
+    pub health: HealthConfig,
+}
+
+/// How an upstream is probed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeKind {
+    Mcp,
+    Http,
+    Off,
+}
+
+/// Validated health settings of one HTTP upstream (see `health`).
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    pub kind: ProbeKind,
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+    pub breaker_failures: u32,
+    pub breaker_open: Duration,
+    pub breaker_half_open_requests: u32,
+}
+
+/// Which `Origin` and `Host` values are accepted.
+#[derive(Debug, Clone)]
+pub struct OriginPolicy {
+    /// Exact origins (`scheme://host[:port]`), lowercased.
+    pub origins: Vec<String>,
+    /// Accept any `http(s)://localhost|127.0.0.1|[::1][:port]` origin.
+    pub loopback_origins: bool,
+    /// Exact Host values, lowercased; empty with `loopback_hosts` false means any.
+    pub hosts: Vec<String>,
+    pub loopback_hosts: bool,
+}
+
+/// Overrides from the command line; `None` leaves the file (or default) value.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub upstream: Option<String>,
+    /// A stdio upstream's command line, split on whitespace (quotes group words).
+    pub upstream_cmd: Option<String>,
+    /// Record tapes into this directory.
+    pub tapes: Option<String>,
+    pub shards: Option<usize>,
+    pub admin: Option<String>,
+    pub driver: Option<String>,
+}
+
+/// A configuration error naming the key at fault.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err<T>(key: &str, why: impl std::fmt::Display) -> Result<T, ConfigError> {
+    Err(ConfigError(format!("invalid config: {key}: {why}")))
+}
+
+impl FileConfig {
+    /// True when neither the file nor the flags name an upstream: serve the built-in demo.
+    pub fn needs_demo(&self, o: &Overrides) -> bool {
+        o.upstream.is_none()
+            && o.upstream_cmd.is_none()
+            && self
+                .upstream
+                .iter()
+                .all(|u| u.kind == "http" && u.url.is_empty())
+    }
+
+    pub fn from_toml(text: &str) -> Result<FileConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError(format!("invalid config: {e}")))
+    }
+
+    pub fn load(path: &str) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read {path}: {e}")))?;
+        FileConfig::from_toml(&text)
+    }
+
+    /// Applies overrides and validates. `demo_addr` is the built-in upstream when no URL is set.
+    pub fn resolve(
+        mut self,
+        o: &Overrides,
+        demo_addr: Option<SocketAddr>,
+    ) -> Result<Config, ConfigError> {
+        self.apply(o)?;
+        let listen = resolve_addr("server.listen", &self.server.listen)?;
+        let admin = match self.server.admin.as_str() {
+            "" | "off" => None,
+            a => Some(resolve_addr("server.admin", a)?),
+        };
+        let shards = resolve_shards(self.server.shards)?;
+        let driver = driver(&self.server.driver)?;
+        let origins = origin_policy(&self.server, listen);
+        let limits = validate_limits(&self.limits)?;
+        let timeouts = validate_timeouts(&self.timeouts)?;
+        let sse = self.sse.validate()?;
+        let degradation = self.degradation.validate()?;
+        let upstream = match self.upstream.as_slice() {
+            [] => validate_upstream(&UpstreamSection::default(), demo_addr)?,
+            [u] => validate_upstream(u, demo_addr)?,
+            many => validate_many(many)?,
+        };
+        let tapes = self.tapes.resolve()?;
+        let listen_backlog = self.server.listen_backlog;
+        if listen_backlog == 0 {
+            return err("server.listen_backlog", "must be at least 1");
+        }
+        Ok(Config {
+            listen,
+            admin,
+            shards,
+            driver,
+            listen_backlog,
+            origins,
+            limits,
+            timeouts,
+            sse,
+            degradation,
+            upstream,
+            tapes,
+        })
+    }
+
+    /// Writes the command line's overrides over the file's values.
+    fn apply(&mut self, o: &Overrides) -> Result<(), ConfigError> {
+        if let Some(v) = &o.listen {
+            self.server.listen = v.clone();
+        }
+        // A flag names the upstream; the file's other upstream settings (credentials, pool and
+        // process bounds) still apply to it.
+        if (o.upstream.is_some() || o.upstream_cmd.is_some()) && self.upstream.is_empty() {
+            self.upstream = vec![UpstreamSection::default()];
+        }
+        if let Some(v) = &o.upstream {
+            self.upstream[0].kind = "http".into();
+            self.upstream[0].url = v.clone();
+        }
+        if let Some(v) = &o.upstream_cmd {
+            let mut words = split_command(v)
+                .map_err(|why| ConfigError(format!("invalid --upstream-cmd: {why}")))?
+                .into_iter();
+            let u = &mut self.upstream[0];
+            u.kind = "stdio".into();
+            u.command = words.next().unwrap_or_default();
+            u.args = words.collect();
+        }
+        if let Some(v) = o.shards {
+            self.server.shards = v;
+        }
+        if let Some(v) = &o.admin {
+            self.server.admin = v.clone();
+        }
+        if let Some(v) = &o.driver {
+            self.server.driver = v.clone();
+        }
+        if let Some(v) = &o.tapes {
+            self.tapes.dir = v.clone();
+        }
+        Ok(())
+    }
+}
+
+fn driver(s: &str) -> Result<Driver, ConfigError> {
+    match s {
+        "auto" => Ok(Driver::Auto),
+        "uring" => Ok(Driver::Uring),
+        "legacy" => Ok(Driver::Legacy),
+        other => err(
+            "server.driver",
+            format!("'{other}' is not one of auto, uring, legacy"),
+        ),
+    }
+}
+
+fn resolve_addr(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+    match text.to_socket_addrs() {
+        Ok(mut it) => it
+            .next()
+            .map_or_else(|| err(key, format!("'{text}' resolves to nothing")), Ok),
+        Err(e) => err(key, format!("'{text}': {e}")),
+    }
+}
+
+fn resolve_shards(n: usize) -> Result<usize, ConfigError> {
+    let n = if n == 0 {
+        std::thread::available_parallelism().map_or(1, |p| p.get())
+    } else {
+        n
+    };
+    if n > MAX_SHARDS {
+        return err(
+            "server.shards",
+            format!("{n} exceeds the maximum of {MAX_SHARDS}"),
+        );
+    }
+    Ok(n)
+}
+
+fn validate_limits(l: &LimitsSection) -> Result<Limits, ConfigError> {
+    let at_least = |key: &str, v: usize, min: usize| {
+        if v < min {
+            err(key, format!("{v} is below the minimum of {min}"))
+        } else {
+            Ok(())
+        }
+    };
+    at_least("limits.max_connections", l.max_connections, 1)?;
+    at_least("limits.max_sessions", l.max_sessions, 1)?;
+    at_least("limits.max_head_bytes", l.max_head_bytes, 512)?;
+    at_least("limits.max_headers", l.max_headers, 8)?;
+    at_least("limits.max_body_bytes", l.max_body_bytes, 1024)?;
+    at_least("limits.max_pending_events", l.max_pending_events, 1)?;
+    at_least("limits.max_pending_bytes", l.max_pending_bytes, 1024)?;
+    at_least("limits.max_event_bytes", l.max_event_bytes, 1024)?;
+    at_least("limits.handoff_queue_depth", l.handoff_queue_depth, 1)?;
+    if l.max_head_bytes > 65_535 {
+        return err("limits.max_head_bytes", "must be at most 65535");
+    }
+    if l.max_headers > 128 {
+        return err("limits.max_headers", "must be at most 128");
+    }
+    Ok(Limits {
+        max_connections: l.max_connections,
+        max_sessions: l.max_sessions,
+        max_head_bytes: l.max_head_bytes,
+        max_headers: l.max_headers,
+        max_body_bytes: l.max_body_bytes,
+        max_pending_events: l.max_pending_events,
+        max_pending_bytes: l.max_pending_bytes,
+        max_event_bytes: l.max_event_bytes,
+        handoff_queue_depth: l.handoff_queue_depth,
+        retry_after_s: l.retry_after_s,
+        clients: ClientLimitConfig {
+            max_sessions_per_client: l.max_sessions_per_client,
+            client_requests_per_s: l.client_requests_per_s,
+            client_burst: l.client_burst,
+            session_requests_per_s: l.session_requests_per_s,
+            session_burst: l.session_burst,
+        },
+    })
+}
+
+fn validate_timeouts(t: &TimeoutsSection) -> Result<Timeouts, ConfigError> {
+    let ms = |key: &str, v: u64| {
+        if v == 0 {
+            err(key, "must be at least 1 ms")
+        } else {
+            Ok(Duration::from_millis(v))
+        }
+    };
+    let out = Timeouts {
+        client_head: ms("timeouts.client_head_timeout_ms", t.client_head_timeout_ms)?,
+        keepalive_idle: ms(
+            "timeouts.keepalive_idle_timeout_ms",
+            t.keepalive_idle_timeout_ms,
+        )?,
+        upstream_connect: ms(
+            "timeouts.upstream_connect_timeout_ms",
+            t.upstream_connect_timeout_ms,
+        )?,
+        upstream_request: ms(
+            "timeouts.upstream_request_timeout_ms",
+            t.upstream_request_timeout_ms,
+        )?,
+        sse_keepalive: ms("timeouts.sse_keepalive_ms", t.sse_keepalive_ms)?,
+        sse_idle: ms("timeouts.sse_idle_timeout_ms", t.sse_idle_timeout_ms)?,
+        era_probe: ms("timeouts.era_probe_timeout_ms", t.era_probe_timeout_ms)?,
+        session_idle: ms(
+            "timeouts.session_idle_timeout_ms",
+            t.session_idle_timeout_ms,
+        )?,
+        session_max_age: ms("timeouts.session_max_age_ms", t.session_max_age_ms)?,
+        session_evict_idle: (t.session_evict_idle_ms > 0)
+            .then(|| Duration::from_millis(t.session_evict_idle_ms)),
+        drain: ms("timeouts.drain_timeout_ms", t.drain_timeout_ms)?,
+    };
+    Ok(out)
+}
+
+impl SseSection {
+    fn validate(&self) -> Result<SseConfig, ConfigError> {
+        if self.max_streams_per_session == 0 {
+            return err("sse.max_streams_per_session", "must be at least 1");
+        }
+        if self.reconnect_base_ms == 0 || self.reconnect_max_ms < self.reconnect_base_ms {
+            return err(
+                "sse.reconnect_base_ms",
+                "must be at least 1 ms and at most sse.reconnect_max_ms",
+            );
+        }
+        if self.resume_window_ms == 0 {
+            return err("sse.resume_window_ms", "must be at least 1 ms");
+        }
+        Ok(SseConfig {
+            replay_max_events: self.replay_max_events,
+            replay_max_age: Duration::from_millis(self.replay_max_age_ms),
+            replay_max_bytes: self.replay_max_bytes,
+            resume_window: Duration::from_millis(self.resume_window_ms),
+            max_streams_per_session: self.max_streams_per_session,
+            reconnect_base: Duration::from_millis(self.reconnect_base_ms),
+            reconnect_max: Duration::from_millis(self.reconnect_max_ms),
+            reconnect_max_attempts: self.reconnect_max_attempts,
+        })
+    }
+}
+
+impl DegradationSection {
+    fn validate(&self) -> Result<Thresholds, ConfigError> {
+        let levels = [
+            ("degradation.recording_shed_at", self.recording_shed_at),
+            (
+                "degradation.sessions_rejected_at",
+                self.sessions_rejected_at,
+            ),
+            ("degradation.protective_at", self.protective_at),
+        ];
+        for (key, v) in levels {
+            if !(v > 0.0 && v <= 1.0) {
+                return err(key, "must be in (0, 1]");
+            }
+        }
+        if !(self.recording_shed_at <= self.sessions_rejected_at
+            && self.sessions_rejected_at <= self.protective_at)
+        {
+            return err(
+                "degradation.recording_shed_at",
+                "thresholds must rise: recording_shed_at <= sessions_rejected_at <= protective_at",
+            );
+        }
+        if !(0.0..0.5).contains(&self.hysteresis) {
+            return err("degradation.hysteresis", "must be in [0, 0.5)");
+        }
+        if self.check_interval_ms == 0 || self.max_pending_events == 0 {
+            return err(
+                "degradation.check_interval_ms",
+                "check_interval_ms and max_pending_events must be at least 1",
+            );
+        }
+        Ok(Thresholds {
+            recording_shed_at: self.recording_shed_at,
+            sessions_rejected_at: self.sessions_rejected_at,
+            protective_at: self.protective_at,
+            hysteresis: self.hysteresis,
+            check_interval: Duration::from_millis(self.check_interval_ms),
+            max_memory_bytes: self.max_memory_bytes,
+            max_pending_events: self.max_pending_events,
+        })
+    }
+}
+
+impl TapesSection {
+    /// The validated recording settings, or `None` when recording is off.
+    pub fn resolve(&self) -> Result<Option<tapes::TapeConfig>, ConfigError> {
+        use tapes::{Fsync, Overflow, TapeConfig};
+        if self.dir.is_empty() {
+            return Ok(None);
+        }
+        let mut c = TapeConfig::new(&self.dir);
+        c.overflow = match self.overflow.as_str() {
+            "drop" => Overflow::Drop,
+            "block" => Overflow::Block,
+            other => {
+                return err(
+                    "tapes.overflow",
+                    format!("'{other}' is not one of drop, block"),
+                )
+            }
+        };
+        c.fsync = match self.fsync.as_str() {
+            "never" => Fsync::Never,
+            "interval" => Fsync::Interval(self.fsync_interval_ms),
+            "always" => Fsync::Always,
+            other => {
+                return err(
+                    "tapes.fsync",
+                    format!("'{other}' is not one of never, interval, always"),
+                )
+            }
+        };
+        c.channel_depth = self.channel_depth;
+        c.batch_max_frames = self.batch_max_frames;
+        c.batch_max_delay_ms = self.batch_max_delay_ms;
+        c.segment_max_bytes = self.segment_max_bytes;
+        c.mask = self.mask.clone();
+        c.io_retry_max = self.io_retry_max;
+        c.io_retry_backoff_ms = self.io_retry_backoff_ms;
+        c.index_interval_ms = self.index_interval_ms;
+        c.core = self.core;
+        c.validate()
+            .map_err(|why| ConfigError(format!("invalid config: {why}")))?;
+        Ok(Some(c))
+    }
+}
+
+fn validate_upstream(
+    u: &UpstreamSection,
+    demo: Option<SocketAddr>,
+) -> Result<Upstream, ConfigError> {
+    match u.kind.as_str() {
+        "http" => Ok(Upstream::Http(HttpUpstreams {
+            targets: vec![validate_http(u, demo, false)?],
+            strategy: strategy(&u.strategy)?,
+        })),
+        "stdio" => validate_stdio(u).map(Upstream::Stdio),
+        other => err(
+            "upstream.kind",
+            format!("'{other}' is not one of http, stdio"),
+        ),
+    }
+}
+
+/// Several `[[upstream]]` entries: all http, each with its own URL.
+fn validate_many(many: &[UpstreamSection]) -> Result<Upstream, ConfigError> {
+    if many.iter().any(|u| u.kind != "http") {
+        return err(
+            "upstream.kind",
+            "several upstreams must all be http (one stdio upstream serves alone)",
+        );
+    }
+    if many.iter().any(|u| u.url.is_empty()) {
+        return err("upstream.url", "is required for each of several upstreams");
+    }
+    let targets = many
+        .iter()
+        .map(|u| validate_http(u, None, true))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Upstream::Http(HttpUpstreams {
+        targets,
+        strategy: strategy(&many[0].strategy)?,
+    }))
+}
+
+fn strategy(s: &str) -> Result<Strategy, ConfigError> {
+    match s {
+        "round_robin" => Ok(Strategy::RoundRobin),
+        "least_connections" => Ok(Strategy::LeastConnections),
+        "sticky" => Ok(Strategy::Sticky),
+        other => err(
+            "upstream.strategy",
+            format!("'{other}' is not one of round_robin, least_connections, sticky"),
+        ),
+    }
+}
+
+fn validate_stdio(u: &UpstreamSection) -> Result<StdioConfig, ConfigError> {
+    if u.command.trim().is_empty() {
+        return err("upstream.command", "is required for kind = \"stdio\"");
+    }
+    if u.max_processes == 0 {
+        return err("upstream.max_processes", "must be at least 1");
+    }
+    if u.stdin_queue_depth == 0 {
+        return err("upstream.stdin_queue_depth", "must be at least 1");
+    }
+    if u.kill_grace_ms == 0 {
+        return err("upstream.kill_grace_ms", "must be at least 1 ms");
+    }
+    if u.prewarm + u.stateless_children > u.max_processes {
+        return err(
+            "upstream.prewarm",
+            "prewarm + stateless_children must not exceed upstream.max_processes",
+        );
+    }
+    Ok(StdioConfig {
+        command: u.command.clone(),
+        args: u.args.clone(),
+        env: u.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        cwd: u.cwd.clone().filter(|d| !d.is_empty()),
+        prewarm: u.prewarm,
+        max_processes: u.max_processes,
+        stateless_children: u.stateless_children,
+        kill_grace: Duration::from_millis(u.kill_grace_ms),
+        stderr_lines_per_s: u.stderr_lines_per_s,
+        stdin_queue_depth: u.stdin_queue_depth,
+    })
+}
+
+/// Splits a command line into words: whitespace separates, single or double quotes group.
+pub fn split_command(line: &str) -> Result<Vec<String>, &'static str> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut quote: Option<char> = None;
+    for c in line.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => cur.push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                in_word = true;
+            }
+            (None, c) if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            (None, c) => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if quote.is_some() {
+        return Err("unterminated quote");
+    }
+    if in_word {
+        words.push(cur);
+    }
+    if words.is_empty() {
+        return Err("empty command");
+    }
+    Ok(words)
+}
+
+fn validate_http(
+    u: &UpstreamSection,
+    demo: Option<SocketAddr>,
+    several: bool,
+) -> Result<UpstreamConfig, ConfigError> {
+    let (addr, authority, path) = if u.url.is_empty() {
+        match demo {
+            Some(a) => (a, a.to_string(), "/mcp".to_string()),
+            None => return err("upstream.url", "is required"),
+        }
+    } else {
+        parse_http_url(&u.url)?
+    };
+    if u.pool_max_connections == 0 {
+        return err("upstream.pool_max_connections", "must be at least 1");
+    }
+    if u.pool_max_idle > u.pool_max_connections {
+        return err(
+            "upstream.pool_max_idle",
+            "must not exceed upstream.pool_max_connections",
+        );
+    }
+    if u.pool_idle_timeout_ms == 0 {
+        return err("upstream.pool_idle_timeout_ms", "must be at least 1 ms");
+    }
+    if u.weight == 0 || u.weight > 1000 {
+        return err("upstream.weight", "must be between 1 and 1000");
+    }
+    if let Some(a) = &u.authorization {
+        if a.bytes().any(|b| b == b'\r' || b == b'\n') {
+            return err("upstream.authorization", "must be one line");
+        }
+    }
+    let health = validate_health(u, &path, several)?;
+    Ok(UpstreamConfig {
+        addr,
+        authority,
+        path,
+        authorization: u.authorization.clone(),
+        pool_max_idle: u.pool_max_idle,
+        pool_max_connections: u.pool_max_connections,
+        pool_idle_timeout: Duration::from_millis(u.pool_idle_timeout_ms),
+        weight: u.weight,
+        health,
+    })
+}
+
+fn validate_health(
+    u: &UpstreamSection,
+    path: &str,
+    several: bool,
+) -> Result<HealthConfig, ConfigError> {
+    let kind = match (u.health_check.as_str(), several) {
+        ("auto", true) | ("mcp", _) => ProbeKind::Mcp,
+        ("auto", false) | ("off", _) => ProbeKind::Off,
+        ("http", _) => ProbeKind::Http,
+        (other, _) => {
+            return err(
+                "upstream.health_check",
+                format!("'{other}' is not one of auto, mcp, http, off"),
+            )
+        }
+    };
+    let at_least_1 = |key: &str, v: u64| {
+        if v == 0 {
+            err(key, "must be at least 1")
+        } else {
+            Ok(())
+        }
+    };
+    at_least_1("upstream.health_interval_ms", u.health_interval_ms)?;
+    at_least_1("upstream.health_timeout_ms", u.health_timeout_ms)?;
+    at_least_1("upstream.healthy_threshold", u.healthy_threshold.into())?;
+    at_least_1("upstream.unhealthy_threshold", u.unhealthy_threshold.into())?;
+    at_least_1("upstream.breaker_failures", u.breaker_failures.into())?;
+    at_least_1("upstream.breaker_open_ms", u.breaker_open_ms)?;
+    at_least_1(
+        "upstream.breaker_half_open_requests",
+        u.breaker_half_open_requests.into(),
+    )?;
+    let probe_path = u.health_path.clone().unwrap_or_else(|| path.to_string());
+    if !probe_path.starts_with('/') || probe_path.bytes().any(|b| b <= b' ') {
+        return err("upstream.health_path", "must be a path starting with /");
+    }
+    Ok(HealthConfig {
+        kind,
+        path: probe_path,
+        interval: Duration::from_millis(u.health_interval_ms),
+        timeout: Duration::from_millis(u.health_timeout_ms),
+        healthy_threshold: u.healthy_threshold,
+        unhealthy_threshold: u.unhealthy_threshold,
+        breaker_failures: u.breaker_failures,
+        breaker_open: Duration::from_millis(u.breaker_open_ms),
+        breaker_half_open_requests: u.breaker_half_open_requests,
+    })
+}
+
+/// Splits `http://host[:port][/path]`. Only plain HTTP: TLS upstreams terminate elsewhere.
+pub fn parse_http_url(url: &str) -> Result<(SocketAddr, String, String), ConfigError> {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return err("upstream.url", format!("'{url}' must start with http://"));
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return err("upstream.url", format!("'{url}' is not a valid http URL"));
+    }
+    let with_port = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    let addr = resolve_addr("upstream.url", &with_port)?;
+    Ok((addr, authority.to_string(), path.to_string()))
+}
+
+fn origin_policy(s: &ServerSection, listen: SocketAddr) -> OriginPolicy {
+    let loopback = listen.ip().is_loopback();
+    OriginPolicy {
+        origins: s
+            .allowed_origins
+            .iter()
+            .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
+            .collect(),
+        loopback_origins: s.allowed_origins.is_empty() && loopback,
+        hosts: s
+            .allowed_hosts
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
+        loopback_hosts: s.allowed_hosts.is_empty() && loopback,
+    }
+}
+
+impl OriginPolicy {
+    /// An absent Origin (non-browser clients) is allowed; a present one must be listed.
+    pub fn origin_ok(&self, origin: Option<&str>) -> bool {
+        let Some(origin) = origin else { return true };
+        let o = origin.trim_end_matches('/').to_ascii_lowercase();
+        if self.origins.contains(&o) {
+            return true;
+        }
+        if !self.loopback_origins {
+            return false;
+        }
+        let host = o
+            .strip_prefix("http://")
+            .or_else(|| o.strip_prefix("https://"));
+        host.is_some_and(is_loopback_authority)
+    }
+
+    /// Host is required in HTTP/1.1; a present one must be listed (or loopback by default).
+    pub fn host_ok(&self, host: Option<&str>) -> bool {
+        let Some(host) = host else { return false };
+        let h = host.to_ascii_lowercase();
+        if self.hosts.contains(&h) {
+            return true;
+        }
+        if self.loopback_hosts {
+            return is_loopback_authority(&h);
+        }
+        self.hosts.is_empty()
+    }
+}
+
+fn is_loopback_authority(a: &str) -> bool {
+    let host = if let Some(rest) = a.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        a.split(':').next().unwrap_or("")
+    };
+    matches!(host, "localhost" | "::1")
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{DEFAULT_LISTEN, DEFAULT_MAX_PENDING_EVENTS};
+
+    fn demo() -> Option<SocketAddr> {
+        Some("127.0.0.1:1".parse().unwrap())
+    }
+
+    #[test]
+    fn defaults_resolve() {
+        let c = FileConfig::default()
+            .resolve(&Overrides::default(), demo())
+            .unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.limits.max_pending_events, DEFAULT_MAX_PENDING_EVENTS);
+        assert!(matches!(&c.upstream, Upstream::Http(h) if h.targets[0].path == "/mcp"));
+        assert!(c.origins.loopback_origins);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let f = FileConfig::from_toml("[limits]\nmax_pending_events = 0\n").unwrap();
+        let e = f.resolve(&Overrides::default(), demo()).unwrap_err();
+        assert!(e.0.contains("limits.max_pending_events"), "{e}");
+        let f = FileConfig::from_toml("[upstream]\npool_max_idle = 10\npool_max_connections = 5\n")
+            .unwrap();
+        let e = f.resolve(&Overrides::default(), demo()).unwrap_err();
+        assert!(e.0.contains("upstream.pool_max_idle"), "{e}");
+        let f = FileConfig::from_toml("[server]\ndriver = \"fast\"\n").unwrap();
+        assert!(f
+            .resolve(&Overrides::default(), demo())
+            .unwrap_err()
+            .0
+            .contains("server.driver"));
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let f =
+            FileConfig::from_toml("[server]\nlisten = \"127.0.0.1:1000\"\nshards = 3\n").unwrap();
+        let o = Overrides {
+            shards: Some(2),
+            ..Overrides::default()
+        };
+        let c = f.resolve(&o, demo()).unwrap();
+        assert_eq!(c.shards, 2);
+        assert_eq!(c.listen.port(), 1000);
+    }
+
+    #[test]
+    fn stdio_upstream_from_file_and_flag() {
+        let f = FileConfig::from_toml(
+            "[[upstream]]\nkind = \"stdio\"\ncommand = \"srv\"\nargs = [\"-v\"]\nprewarm = 2\n[upstream.env]\nK = \"v\"\n",
+        )
+        .unwrap();
+        assert!(!f.needs_demo(&Overrides::default()));
+        let c = f.resolve(&Overrides::default(), None).unwrap();
+        let Upstream::Stdio(s) = &c.upstream else {
+            panic!("expected stdio")
+        };
+        assert_eq!((s.command.as_str(), s.prewarm), ("srv", 2));
+        assert_eq!(s.env, vec![("K".to_string(), "v".to_string())]);
+        let o = Overrides {
+            upstream_cmd: Some("python3 -m 'my server' --x".into()),
+            ..Overrides::default()
+        };
+        let c = FileConfig::default().resolve(&o, None).unwrap();
+        let Upstream::Stdio(s) = &c.upstream else {
+            panic!("expected stdio")
+        };
+        assert_eq!(s.args, vec!["-m", "my server", "--x"]);
+        let f = FileConfig::from_toml("[upstream]\nkind = \"stdio\"\n").unwrap();
+        let e = f.resolve(&Overrides::default(), None).unwrap_err();
+        assert!(e.0.contains("upstream.command"), "{e}");
+        let e = FileConfig::from_toml("[upstream]\ncomand = \"x\"\n").unwrap_err();
+        assert!(e.0.contains("comand"), "{e}");
+        assert!(split_command("a 'b").is_err());
+        let f =
+            FileConfig::from_toml("[tapes]\ndir = \"/tmp/t\"\noverflow = \"sometimes\"\n").unwrap();
+        let e = f.resolve(&Overrides::default(), demo()).unwrap_err();
+        assert!(e.0.contains("tapes.overflow"), "{e}");
+        let f = FileConfig::from_toml("[tapes]\nmask = [\"/params/secret\"]\n").unwrap();
+        let o = Overrides {
+            tapes: Some("/tmp/t".into()),
+            ..Overrides::default()
+        };
+        let c = f.resolve(&o, demo()).unwrap();
+        assert_eq!(
+            c.tapes.map(|t| t.mask),
+            Some(vec!["/params/secret".to_string()])
+        );
+    }
+
+    #[test]
+    fn url_parsing() {
+        let (a, auth, path) = parse_http_url("http://127.0.0.1:3000/mcp").unwrap();
+        assert_eq!(a.port(), 3000);
+        assert_eq!(auth, "127.0.0.1:3000");
+        assert_eq!(path, "/mcp");
+        assert!(parse_http_url("https://x/mcp").is_err());
+    }
+
+    #[test]
+    fn origin_rules() {
+        let c = FileConfig::default()
+            .resolve(&Overrides::default(), demo())
+            .unwrap();
+        let p = &c.origins;
+        assert!(p.origin_ok(None));
+        assert!(p.origin_ok(Some("http://localhost:3000")));
+        assert!(p.origin_ok(Some("http://127.0.0.1")));
+        assert!(p.origin_ok(Some("http://[::1]:8080")));
+        assert!(!p.origin_ok(Some("http://evil.example")));
+        assert!(!p.origin_ok(Some("http://localhost.evil.example")));
+        assert!(p.host_ok(Some("127.0.0.1:8080")));
+        assert!(!p.host_ok(Some("evil.example")));
+        assert!(!p.host_ok(None));
+    }
+}
