@@ -350,34 +350,8 @@ pub fn http(opts: HttpOptions) -> i32 {
     std::thread::scope(|scope| {
         let mut input = std::io::stdin().lock();
         while let Some(line) = read_line(&mut input) {
-            let line = match line {
-                Ok(l) => {
-                    if let Some(t) = &remote.tape {
-                        t.message(Dir::ClientToServer, &l);
-                    }
-                    l
-                }
-                Err(why) => {
-                    remote.emit(mcp::error_body(None, mcp::code::INVALID_REQUEST, why));
-                    continue;
-                }
-            };
-            let (kind, method, id, name) = match mcp::classify(&line) {
-                Ok(mcp::Body::Single(m)) => (
-                    m.kind,
-                    m.method.map(str::to_string),
-                    m.id.map(str::to_string),
-                    m.name,
-                ),
-                Ok(mcp::Body::Batch(_)) => (mcp::Kind::Request, None, None, None),
-                Err(e) => {
-                    let msg = match e {
-                        mcp::ClassifyError::Parse(why) => why,
-                        mcp::ClassifyError::Invalid(why) => why.to_string(),
-                    };
-                    remote.emit(mcp::error_body(None, mcp::code::PARSE_ERROR, &msg));
-                    continue;
-                }
+            let Some((line, (kind, method, id, name))) = take_message(&remote, line) else {
+                continue;
             };
             if method.as_deref() == Some("initialize") {
                 // In order: nothing else may be sent before the session exists.
@@ -411,6 +385,59 @@ pub fn http(opts: HttpOptions) -> i32 {
             }
         }
     });
+    finish_http(remote, listener, (writer, done));
+    0
+}
+
+/// A message read from stdin, recorded and classified: `(kind, method, id, tool name)`. A
+/// line that is not one gets its JSON-RPC error on stdout and `None`.
+#[allow(clippy::type_complexity)]
+fn take_message(
+    remote: &Remote,
+    line: Result<Vec<u8>, &'static str>,
+) -> Option<(
+    Vec<u8>,
+    (mcp::Kind, Option<String>, Option<String>, Option<String>),
+)> {
+    let line = match line {
+        Ok(l) => {
+            if let Some(t) = &remote.tape {
+                t.message(Dir::ClientToServer, &l);
+            }
+            l
+        }
+        Err(why) => {
+            remote.emit(mcp::error_body(None, mcp::code::INVALID_REQUEST, why));
+            return None;
+        }
+    };
+    let parts = match mcp::classify(&line) {
+        Ok(mcp::Body::Single(m)) => (
+            m.kind,
+            m.method.map(str::to_string),
+            m.id.map(str::to_string),
+            m.name,
+        ),
+        Ok(mcp::Body::Batch(_)) => (mcp::Kind::Request, None, None, None),
+        Err(e) => {
+            let msg = match e {
+                mcp::ClassifyError::Parse(why) => why,
+                mcp::ClassifyError::Invalid(why) => why.to_string(),
+            };
+            remote.emit(mcp::error_body(None, mcp::code::PARSE_ERROR, &msg));
+            return None;
+        }
+    };
+    Some((line, parts))
+}
+
+/// At stdin's end: the session ends upstream (which ends its stream), the tape closes, and
+/// the writer finishes what is queued.
+fn finish_http(
+    remote: Arc<Remote>,
+    listener: Option<std::thread::JoinHandle<()>>,
+    (writer, done): (std::thread::JoinHandle<()>, Arc<AtomicBool>),
+) {
     remote.stop.store(true, Ordering::Release);
     remote.end_session();
     if let Some(l) = listener {
@@ -428,7 +455,6 @@ pub fn http(opts: HttpOptions) -> i32 {
     // what is queued is written, not when every sender is gone.
     done.store(true, Ordering::Release);
     let _ = writer.join();
-    0
 }
 
 /// What a 2026-07-28 message is sent with.

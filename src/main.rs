@@ -241,62 +241,115 @@ fn run_serve(a: ServeArgs) -> i32 {
     serve(config, demo_addr.is_some())
 }
 
-fn serve(config: shardcat::config::Config, demo: bool) -> i32 {
-    let listeners = match runtime::bind_listeners(&config) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("shardcat: cannot listen on {}: {e}", config.listen);
-            return 1;
+/// The shards' listeners, the admin listener and the signal handlers; `None` (said on
+/// stderr) when one cannot be had.
+#[allow(clippy::type_complexity)]
+fn open_sockets(
+    config: &shardcat::config::Config,
+) -> Option<(
+    Vec<std::net::TcpListener>,
+    Option<std::net::TcpListener>,
+    signal_hook::iterator::Signals,
+)> {
+    let listeners = runtime::bind_listeners(config)
+        .inspect_err(|e| eprintln!("shardcat: cannot listen on {}: {e}", config.listen))
+        .ok()?;
+    let admin = config
+        .admin
+        .map(std::net::TcpListener::bind)
+        .transpose()
+        .inspect_err(|e| eprintln!("shardcat: cannot listen on admin address: {e}"))
+        .ok()?;
+    let signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .inspect_err(|e| eprintln!("shardcat: cannot install signal handlers: {e}"))
+    .ok()?;
+    Some((listeners, admin, signals))
+}
+
+/// Starts the persistence core when recording (on the first core without a shard, when
+/// there is one). `Err` (said on stderr) when the tape directory cannot be used.
+fn start_recording(
+    config: &shardcat::config::Config,
+) -> Result<
+    (
+        Option<shardcat::tape::Persistence>,
+        Vec<shardcat::tape::Recorder>,
+    ),
+    (),
+> {
+    let Some(mut t) = config.tapes.clone() else {
+        return Ok((None, Vec::new()));
+    };
+    let cores = core_affinity::get_core_ids().map_or(0, |c| c.len());
+    if t.core.is_none() && config.shards < cores {
+        t.core = Some(config.shards);
+    }
+    let dir = t.dir.display().to_string();
+    match shardcat::tape::start(t, config.shards) {
+        Ok((p, r)) => {
+            log::info!("recording tapes into {dir}");
+            Ok((Some(p), r))
         }
+        Err(e) => {
+            eprintln!("shardcat: cannot record into {dir}: {e}");
+            Err(())
+        }
+    }
+}
+
+/// Drains after the first signal (a second one exits at once): the shards finish, then the
+/// monitor, then the persistence core flushes what the shards offered.
+fn drain(
+    shared: std::sync::Arc<shard::Shared>,
+    mut signals: signal_hook::iterator::Signals,
+    (handles, monitor): (
+        Vec<std::thread::JoinHandle<()>>,
+        std::io::Result<std::thread::JoinHandle<()>>,
+    ),
+    persistence: Option<shardcat::tape::Persistence>,
+) {
+    shard::begin_shutdown(&shared);
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            log::warn!("second signal: exiting without finishing the drain");
+            std::process::exit(1);
+        }
+    });
+    for h in handles {
+        let _ = h.join();
+    }
+    // The monitor stops once the gateway drains (within one check interval).
+    if let Ok(m) = monitor {
+        let _ = m.join();
+    }
+    if let Some(p) = persistence {
+        // The shards are done: everything they offered is flushed before exit.
+        let stats = p.shutdown();
+        if let Some(t) = &shared.tape {
+            log_tape_totals(t, &stats);
+        }
+    }
+}
+
+fn serve(config: shardcat::config::Config, demo: bool) -> i32 {
+    let Some((listeners, admin, mut signals)) = open_sockets(&config) else {
+        return 1;
     };
     let listen = listeners[0]
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    let admin = match config.admin.map(std::net::TcpListener::bind).transpose() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("shardcat: cannot listen on admin address: {e}");
-            return 1;
-        }
-    };
     let admin_addr = admin
         .as_ref()
         .and_then(|l| l.local_addr().ok())
         .map_or("off".to_string(), |a| a.to_string());
-    let signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ]);
-    let mut signals = match signals {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("shardcat: cannot install signal handlers: {e}");
-            return 1;
-        }
-    };
     let upstream = config.upstream.describe();
     let shards = config.shards;
-    let (persistence, recorders) = match config.tapes.clone() {
-        Some(mut t) => {
-            // The persistence core: the first core without a shard, when there is one.
-            let cores = core_affinity::get_core_ids().map_or(0, |c| c.len());
-            if t.core.is_none() && shards < cores {
-                t.core = Some(shards);
-            }
-            let dir = t.dir.display().to_string();
-            match shardcat::tape::start(t, shards) {
-                Ok((p, r)) => {
-                    log::info!("recording tapes into {dir}");
-                    (Some(p), r)
-                }
-                Err(e) => {
-                    eprintln!("shardcat: cannot record into {dir}: {e}");
-                    return 1;
-                }
-            }
-        }
-        None => (None, Vec::new()),
+    let Ok((persistence, recorders)) = start_recording(&config) else {
+        return 1;
     };
     let tape_stats = persistence.as_ref().map(|p| shard::TapeStats {
         recorders: recorders.iter().map(|r| r.stats()).collect(),
@@ -336,27 +389,7 @@ fn serve(config: shardcat::config::Config, demo: bool) -> i32 {
     if let Some(sig) = signals.forever().next() {
         log::info!("signal {sig}: draining");
     }
-    shard::begin_shutdown(&shared);
-    std::thread::spawn(move || {
-        if signals.forever().next().is_some() {
-            log::warn!("second signal: exiting without finishing the drain");
-            std::process::exit(1);
-        }
-    });
-    for h in handles {
-        let _ = h.join();
-    }
-    // The monitor stops once the gateway drains (within one check interval).
-    if let Ok(m) = monitor {
-        let _ = m.join();
-    }
-    if let Some(p) = persistence {
-        // The shards are done: everything they offered is flushed before exit.
-        let stats = p.shutdown();
-        if let Some(t) = &shared.tape {
-            log_tape_totals(t, &stats);
-        }
-    }
+    drain(shared, signals, (handles, monitor), persistence);
     log::info!("shardcat stopped");
     0
 }

@@ -530,12 +530,13 @@ fn all_cpus() -> libc::cpu_set_t {
     set
 }
 
-/// Starts a child and its supervisor. The caller holds a process permit; `on_reaped` runs once
-/// the process is gone (release the permit there).
-pub fn spawn(s: &Spawn, role: Role, on_reaped: Box<dyn FnOnce()>) -> io::Result<Rc<Child>> {
-    let started = Instant::now();
-    let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
-    let (err_ours, err_theirs) = std::os::unix::net::UnixStream::pair()?;
+/// The child's command: its stdin and stdout on one end of a socketpair, its stderr on
+/// another, in its own session and process group, killed with the gateway, on any core.
+fn command(
+    s: &Spawn,
+    theirs: std::os::unix::net::UnixStream,
+    err_theirs: std::os::unix::net::UnixStream,
+) -> io::Result<Command> {
     let stdin: OwnedFd = theirs.try_clone()?.into();
     let stdout: OwnedFd = theirs.into();
     let stderr: OwnedFd = err_theirs.into();
@@ -565,6 +566,16 @@ pub fn spawn(s: &Spawn, role: Role, on_reaped: Box<dyn FnOnce()>) -> io::Result<
             Ok(())
         });
     }
+    Ok(cmd)
+}
+
+/// Starts a child and its supervisor. The caller holds a process permit; `on_reaped` runs once
+/// the process is gone (release the permit there).
+pub fn spawn(s: &Spawn, role: Role, on_reaped: Box<dyn FnOnce()>) -> io::Result<Rc<Child>> {
+    let started = Instant::now();
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+    let (err_ours, err_theirs) = std::os::unix::net::UnixStream::pair()?;
+    let mut cmd = command(s, theirs, err_theirs)?;
     let proc = cmd.spawn()?;
     drop(cmd);
     ours.set_nonblocking(true)?;
