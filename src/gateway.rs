@@ -103,6 +103,7 @@ pub async fn serve(shard: Rc<Shard>, mut conn: ClientConn) {
             Err(e) => {
                 let _ = respond::write_error(&shard, &mut conn.stream, &e, false).await;
                 shard.stats.count_request("invalid", e.status());
+                client::linger(&shard, &mut conn, false).await;
                 return;
             }
         };
@@ -201,6 +202,9 @@ async fn answer_error(
         && respond::write_error(shard, &mut conn.stream, &e, !close)
             .await
             .is_ok();
+    if ok && close {
+        client::linger(shard, conn, ex.body_pending).await;
+    }
     (e.status(), ok && !close)
 }
 

@@ -22,6 +22,13 @@ pub const DEFAULT_MAX_PENDING_EVENTS: usize = 100;
 pub const DEFAULT_MAX_PENDING_BYTES: usize = 256 * 1024;
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_HANDOFF_QUEUE_DEPTH: usize = 1024;
+/// After an error answer on a connection whose request was not read to its end, the gateway
+/// reads and drops what the client still sends for at most this long before it closes
+/// (a lingering close, as nginx and HAProxy do): closing with unread bytes makes the kernel
+/// send a reset, which can destroy the answer before the client reads it.
+pub const DEFAULT_LINGER_MS: u64 = 2_000;
+/// ... and at most this many bytes (4 × the default `max_body_bytes`).
+pub const DEFAULT_MAX_LINGER_BYTES: usize = 16 * 1024 * 1024;
 pub const DEFAULT_CLIENT_HEAD_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_KEEPALIVE_IDLE_TIMEOUT_MS: u64 = 60_000;
 pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS: u64 = 3_000;
@@ -240,6 +247,7 @@ pub struct LimitsSection {
     pub max_pending_bytes: usize,
     pub max_event_bytes: usize,
     pub handoff_queue_depth: usize,
+    pub max_linger_bytes: usize,
     pub retry_after_s: u32,
     pub max_sessions_per_client: u32,
     /// Token bucket per client (IP): requests a second, and burst; 0 is off.
@@ -262,6 +270,7 @@ impl Default for LimitsSection {
             max_pending_bytes: DEFAULT_MAX_PENDING_BYTES,
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
             handoff_queue_depth: DEFAULT_HANDOFF_QUEUE_DEPTH,
+            max_linger_bytes: DEFAULT_MAX_LINGER_BYTES,
             retry_after_s: DEFAULT_RETRY_AFTER_S,
             max_sessions_per_client: DEFAULT_MAX_SESSIONS_PER_CLIENT,
             client_requests_per_s: 0,
@@ -282,6 +291,7 @@ pub struct TimeoutsSection {
     pub sse_keepalive_ms: u64,
     pub sse_idle_timeout_ms: u64,
     pub era_probe_timeout_ms: u64,
+    pub linger_ms: u64,
     pub session_idle_timeout_ms: u64,
     pub session_max_age_ms: u64,
     pub session_evict_idle_ms: u64,
@@ -298,6 +308,7 @@ impl Default for TimeoutsSection {
             sse_keepalive_ms: DEFAULT_SSE_KEEPALIVE_MS,
             sse_idle_timeout_ms: DEFAULT_SSE_IDLE_TIMEOUT_MS,
             era_probe_timeout_ms: DEFAULT_ERA_PROBE_TIMEOUT_MS,
+            linger_ms: DEFAULT_LINGER_MS,
             session_idle_timeout_ms: DEFAULT_SESSION_IDLE_TIMEOUT_MS,
             session_max_age_ms: DEFAULT_SESSION_MAX_AGE_MS,
             session_evict_idle_ms: DEFAULT_SESSION_EVICT_IDLE_MS,

@@ -104,6 +104,7 @@ pub struct Limits {
     pub max_pending_bytes: usize,
     pub max_event_bytes: usize,
     pub handoff_queue_depth: usize,
+    pub max_linger_bytes: usize,
     pub retry_after_s: u32,
     pub clients: ClientLimitConfig,
 }
@@ -127,6 +128,8 @@ pub struct Timeouts {
     pub sse_keepalive: Duration,
     pub sse_idle: Duration,
     pub era_probe: Duration,
+    /// How long a lingering close reads and drops (`DEFAULT_LINGER_MS`); zero: no linger.
+    pub linger: Duration,
     pub session_idle: Duration,
     pub session_max_age: Duration,
     /// `None`: eviction off.
@@ -413,6 +416,7 @@ fn validate_limits(l: &LimitsSection) -> Result<Limits, ConfigError> {
         max_pending_bytes: l.max_pending_bytes,
         max_event_bytes: l.max_event_bytes,
         handoff_queue_depth: l.handoff_queue_depth,
+        max_linger_bytes: l.max_linger_bytes,
         retry_after_s: l.retry_after_s,
         clients: ClientLimitConfig {
             max_sessions_per_client: l.max_sessions_per_client,
@@ -449,6 +453,7 @@ fn validate_timeouts(t: &TimeoutsSection) -> Result<Timeouts, ConfigError> {
         sse_keepalive: ms("timeouts.sse_keepalive_ms", t.sse_keepalive_ms)?,
         sse_idle: ms("timeouts.sse_idle_timeout_ms", t.sse_idle_timeout_ms)?,
         era_probe: ms("timeouts.era_probe_timeout_ms", t.era_probe_timeout_ms)?,
+        linger: Duration::from_millis(t.linger_ms),
         session_idle: ms(
             "timeouts.session_idle_timeout_ms",
             t.session_idle_timeout_ms,

@@ -2,12 +2,15 @@
 //! their buffer back after a while), and the body, bounded by `max_body_bytes`; head and body
 //! share the `client_head_timeout_ms` budget.
 //!
+//! After an error answer that closes the connection, `linger` drains what the client still
+//! sends before the close, so the answer is not destroyed by a reset.
+//!
 //! Invariant: every read is cancelled, never dropped, so bytes that raced a timeout are kept.
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use monoio::io::{AsyncWriteRentExt, Canceller};
+use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, Canceller};
 
 use crate::codec::http::{self, BodyDecoder, BodyKind, RequestHead};
 use crate::error::{Error, Kind, Result};
@@ -193,4 +196,39 @@ pub async fn read_body(shard: &Shard, conn: &mut ClientConn, head: &RequestHead)
             }
         }
     }
+}
+
+/// A lingering close, as nginx and HAProxy do it: after an error answer on a connection that
+/// still has request bytes coming (`unread`: a body not read; or bytes buffered or waiting on
+/// the socket), the write side is shut, so the client reads the answer and then EOF, and what
+/// the client still sends is read and dropped, for at most `linger_ms` and
+/// `max_linger_bytes`. Closing with unread bytes instead makes the kernel answer with a reset,
+/// which can destroy the answer before the client has read it.
+pub async fn linger(shard: &Shard, conn: &mut ClientConn, unread: bool) {
+    let within = shard.config().timeouts.linger;
+    let max = shard.config().limits.max_linger_bytes;
+    let pending =
+        unread || !conn.rb.data().is_empty() || http::peek(&conn.stream) == http::Peek::Data;
+    if within.is_zero() || !pending || conn.stream.shutdown().await.is_err() {
+        return;
+    }
+    let deadline = Instant::now() + within;
+    let mut dropped = 0;
+    loop {
+        let n = conn.rb.data().len();
+        conn.rb.consume(n);
+        dropped += n;
+        let wait = deadline.saturating_duration_since(Instant::now());
+        if dropped >= max || wait.is_zero() {
+            break;
+        }
+        match read_with_deadline(shard, conn, wait, false).await {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+    }
+    log::debug!(
+        "shard {}: lingering close dropped {dropped} bytes",
+        shard.id
+    );
 }

@@ -2,7 +2,7 @@
 //! the reader (`pump` for an HTTP upstream's body, `pump_events` for a stdio child's events), a
 //! task that appends events, and the writer (`deliver`, on the client's connection) that
 //! flushes them in order, with `:` keepalives while idle. A client whose connection broke
-//! sends GET with `Last-Event-ID` and `gateway::resume` continues that same stream from the
+//! sends GET with `Last-Event-ID` and `route::resume` continues that same stream from the
 //! next event. When an HTTP upstream's stream drops, the reader reconnects (GET with the
 //! upstream's own last event id), with exponential backoff and jitter, so the client sees one
 //! continuous stream. A stateless (2026-07-28) stream is not resumable: its events pass

@@ -13,12 +13,15 @@ use crate::shard::{ClientConn, Shard};
 
 /// Checks a request head; returns the protocol version it names (`None`: none named).
 pub fn request(shard: &Shard, conn: &ClientConn, head: &RequestHead) -> Result<Option<Version>> {
-    let path = head.path.split('?').next().unwrap_or("");
+    let (authority, path) = target(&head.path);
+    let path = path.split('?').next().unwrap_or("");
     if path != super::MCP_PATH {
         return Err(Error::new(Kind::NotFound, format!("no endpoint at {path}")));
     }
     let policy = &shard.config().origins;
-    if head.minor == 1 && !policy.host_ok(head.headers.get_str("host")) {
+    // An absolute-form target names the host itself, in place of Host (RFC 9112, 3.2.2).
+    let host = authority.or(head.headers.get_str("host"));
+    if (head.minor == 1 || authority.is_some()) && !policy.host_ok(host) {
         return Err(Error::new(Kind::MisdirectedHost, ""));
     }
     if !policy.origin_ok(head.headers.get_str("origin")) {
@@ -37,6 +40,23 @@ pub fn request(shard: &Shard, conn: &ClientConn, head: &RequestHead) -> Result<O
         }
     }
     Ok(version)
+}
+
+/// A request target's authority (absolute-form: `http://host:port/path`, which a server must
+/// accept) and path. Origin-form (`/path`) has no authority.
+fn target(t: &str) -> (Option<&str>, &str) {
+    let scheme = ["http://", "https://"]
+        .iter()
+        .find(|s| t.len() >= s.len() && t[..s.len()].eq_ignore_ascii_case(s));
+    let Some(scheme) = scheme else {
+        return (None, t);
+    };
+    let rest = &t[scheme.len()..];
+    match rest.find(['/', '?']) {
+        Some(i) if rest.as_bytes()[i] == b'/' => (Some(&rest[..i]), &rest[i..]),
+        Some(i) => (Some(&rest[..i]), "/"),
+        None => (Some(rest), "/"),
+    }
 }
 
 /// The MCP-Protocol-Version header: absent is fine (assume 2025-03-26), unknown is a 400.
@@ -81,4 +101,19 @@ pub fn stateless_405() -> Error {
         Kind::MethodNotAllowed,
         "protocol version 2026-07-28 is POST only",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::target;
+
+    #[test]
+    fn absolute_form_targets_give_their_authority_and_path() {
+        assert_eq!(target("/mcp?x=1"), (None, "/mcp?x=1"));
+        assert_eq!(target("http://a:1/mcp"), (Some("a:1"), "/mcp"));
+        assert_eq!(target("HTTPS://a/mcp?q"), (Some("a"), "/mcp?q"));
+        assert_eq!(target("http://a"), (Some("a"), "/"));
+        assert_eq!(target("http://a?q"), (Some("a"), "/"));
+        assert_eq!(target("ftp://a/mcp"), (None, "ftp://a/mcp"));
+    }
 }

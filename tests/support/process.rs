@@ -375,11 +375,19 @@ impl Client {
         self.read_response()
     }
 
-    /// Whether the server closed the connection (reads EOF within the timeout).
+    /// Whether the server closed the connection: EOF (or a reset) within the timeout. A
+    /// connection still open when the timeout passes is not closed.
     pub fn is_closed(&mut self) -> bool {
         let _ = self.stream.set_read_timeout(Some(Duration::from_secs(3)));
         let mut b = [0u8; 1];
-        matches!(self.stream.read(&mut b), Ok(0) | Err(_))
+        match self.stream.read(&mut b) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        }
     }
 }
 
