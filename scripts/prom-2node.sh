@@ -12,7 +12,10 @@
 # at the time loadgen's measured window ended, W = the window's length: the p50 and p99 of both
 # nodes together, next to loadgen's own (timed from each scheduled send, so it also holds
 # loopback transit and loadgen's own delays; the gateway times from the request head to the end
-# of the response). Per node figures and the request counts of both sides are printed too.
+# of the response). Per node figures, the share of requests under a few bucket bounds (the p99
+# without interpolation inside a bucket) and the request counts of both sides are printed too.
+# Last, every query of the Grafana dashboard (scripts/grafana/shardcat.json) is run against the
+# same Prometheus: the script fails if one does not parse.
 #
 # Needs a release build (`cargo build --release -p loadgen -p shardcat`; done here) and the
 # Debian package `prometheus` (installed with apt-get when missing). Loopback addresses only.
@@ -139,6 +142,11 @@ for q in 0.5 0.99; do
     query "histogram_quantile($q, sum by (instance, le) (rate(${H}[$W])))" "$END" >"$TMP/q$q-node.json"
 done
 query "sum(increase(shardcat_request_duration_seconds_count[$W]))" "$END" >"$TMP/count.json"
+# Share of requests at or under a few bounds: where the p99 falls without interpolation.
+for le in 0.001 0.0025 0.005 0.01; do
+    query "sum(rate(${H}{le=\"$le\"}[$W])) / sum(rate(shardcat_request_duration_seconds_count[$W]))" \
+        "$END" >"$TMP/le$le.json"
+done
 query "sum by (instance) (increase(shardcat_requests_total{method=\"tools/call\"}[$W]))" "$END" >"$TMP/calls.json"
 
 python3 - "$TMP" "$RATE" "$CONNS" "$W" <<'EOF'
@@ -160,6 +168,29 @@ for r50, r99 in zip(result("q0.5-node"), result("q0.99-node")):
 print(f"{'loadgen':28}{lat['p50_ms']:>10.3f}{lat['p99_ms']:>10.3f}")
 print(f"requests: loadgen {lg['requests']} measured ({lg['rps']:.0f}/s, errors {lg['errors']}, "
       f"rejected {lg['rejected']}); gateways observed {one('count'):.0f} in the window")
+print("gateways, share of requests at or under: " + ", ".join(
+    f"{float(le)*1e3:g} ms {one('le' + le)*100:.2f}%" for le in ["0.001", "0.0025", "0.005", "0.01"]))
 for r in result("calls"):
     print(f"  tools/call on {r['metric'].get('instance', '?')}: {float(r['value'][1]):.0f}")
+EOF
+
+# The dashboard's queries against the same Prometheus: each must parse; most return data here
+# (rejections, upstream trouble and tape drops have none in a clean run without recording).
+python3 - "$PROM" "$END" "$REPO/scripts/grafana/shardcat.json" <<'EOF'
+import json, sys, urllib.parse, urllib.request
+prom, end, path = sys.argv[1:]
+exprs = [t["expr"] for p in json.load(open(path))["panels"] for t in p.get("targets", [])]
+ok = with_data = 0
+for e in exprs:
+    q = e.replace("$instance", ".*").replace("$__rate_interval", "5s")
+    url = f"{prom}/api/v1/query?" + urllib.parse.urlencode({"query": q, "time": end})
+    try:
+        r = json.load(urllib.request.urlopen(url, timeout=5))
+    except Exception as err:  # Prometheus answers 400 to a query it cannot parse
+        print(f"dashboard query failed: {q}: {err}", file=sys.stderr)
+        continue
+    ok += r["status"] == "success"
+    with_data += bool(r["data"]["result"])
+print(f"dashboard: {ok} of {len(exprs)} queries valid, {with_data} with data")
+sys.exit(0 if ok == len(exprs) else 1)
 EOF

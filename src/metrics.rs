@@ -261,6 +261,12 @@ const SHARD_SERIES: [Series; 49] = [
         |s| s.connections_accepted.load(Relaxed) as i64,
     ),
     (
+        "shardcat_client_errors_total",
+        Kind::Counter,
+        "Requests that failed on the client's side (malformed, too large, timeouts).",
+        |s| s.client_errors.load(Relaxed) as i64,
+    ),
+    (
         "shardcat_sessions",
         Kind::Gauge,
         "MCP sessions the shard owns now.",
@@ -351,16 +357,52 @@ const SHARD_SERIES: [Series; 49] = [
         |s| s.upstream_failovers.load(Relaxed) as i64,
     ),
     (
-        "shardcat_sse_events_total",
+        "shardcat_breaker_opened_total",
         Kind::Counter,
-        "SSE events delivered to clients.",
-        |s| s.sse_events.load(Relaxed) as i64,
+        "Circuit breakers opened.",
+        |s| s.breaker_opened.load(Relaxed) as i64,
+    ),
+    (
+        "shardcat_breaker_closed_total",
+        Kind::Counter,
+        "Circuit breakers closed again.",
+        |s| s.breaker_closed.load(Relaxed) as i64,
+    ),
+    (
+        "shardcat_health_probes_total",
+        Kind::Counter,
+        "Active health probes sent.",
+        |s| s.health_probes.load(Relaxed) as i64,
+    ),
+    (
+        "shardcat_health_probe_failures_total",
+        Kind::Counter,
+        "Active health probes that failed.",
+        |s| s.health_probe_failures.load(Relaxed) as i64,
+    ),
+    (
+        "shardcat_era_refused_requests_total",
+        Kind::Counter,
+        "Server requests of handshake-era servers refused for 2026-07-28 clients.",
+        |s| s.era_refused_requests.load(Relaxed) as i64,
     ),
     (
         "shardcat_sse_streams",
         Kind::Gauge,
         "SSE streams open to clients.",
         |s| s.sse_streams.load(Relaxed),
+    ),
+    (
+        "shardcat_sse_events_total",
+        Kind::Counter,
+        "SSE events delivered to clients.",
+        |s| s.sse_events.load(Relaxed) as i64,
+    ),
+    (
+        "shardcat_sse_pending_events",
+        Kind::Gauge,
+        "SSE events buffered and not yet delivered.",
+        |s| s.sse_pending_events.load(Relaxed),
     ),
     (
         "shardcat_sse_backpressure_waits_total",
@@ -409,48 +451,6 @@ const SHARD_SERIES: [Series; 49] = [
         Kind::Counter,
         "Detached SSE streams not resumed within the resume window.",
         |s| s.sse_abandoned.load(Relaxed) as i64,
-    ),
-    (
-        "shardcat_breaker_opened_total",
-        Kind::Counter,
-        "Circuit breakers opened.",
-        |s| s.breaker_opened.load(Relaxed) as i64,
-    ),
-    (
-        "shardcat_breaker_closed_total",
-        Kind::Counter,
-        "Circuit breakers closed again.",
-        |s| s.breaker_closed.load(Relaxed) as i64,
-    ),
-    (
-        "shardcat_health_probes_total",
-        Kind::Counter,
-        "Active health probes sent.",
-        |s| s.health_probes.load(Relaxed) as i64,
-    ),
-    (
-        "shardcat_health_probe_failures_total",
-        Kind::Counter,
-        "Active health probes that failed.",
-        |s| s.health_probe_failures.load(Relaxed) as i64,
-    ),
-    (
-        "shardcat_sse_pending_events",
-        Kind::Gauge,
-        "SSE events buffered and not yet delivered.",
-        |s| s.sse_pending_events.load(Relaxed),
-    ),
-    (
-        "shardcat_tape_frames_shed_total",
-        Kind::Counter,
-        "Recorded frames dropped by degradation (recording_shed).",
-        |s| s.tape_frames_shed.load(Relaxed) as i64,
-    ),
-    (
-        "shardcat_client_errors_total",
-        Kind::Counter,
-        "Requests that failed on the client's side (malformed, too large, timeouts).",
-        |s| s.client_errors.load(Relaxed) as i64,
     ),
     (
         "shardcat_stdio_processes",
@@ -531,16 +531,16 @@ const SHARD_SERIES: [Series; 49] = [
         |s| s.stdio_bad_lines.load(Relaxed) as i64,
     ),
     (
-        "shardcat_era_refused_requests_total",
-        Kind::Counter,
-        "Server requests of handshake-era servers refused for 2026-07-28 clients.",
-        |s| s.era_refused_requests.load(Relaxed) as i64,
-    ),
-    (
         "shardcat_stdio_stderr_suppressed_total",
         Kind::Counter,
         "stdio stderr lines not logged (over the per-second limit).",
         |s| s.stdio_stderr_suppressed.load(Relaxed) as i64,
+    ),
+    (
+        "shardcat_tape_frames_shed_total",
+        Kind::Counter,
+        "Recorded frames dropped by degradation (recording_shed).",
+        |s| s.tape_frames_shed.load(Relaxed) as i64,
     ),
 ];
 
