@@ -190,12 +190,14 @@ def gauge(admin, name):
         return None
     try:
         with urllib.request.urlopen(f"http://{admin}/metrics", timeout=3) as r:
+            # One series per shard: the gateway's figure is their sum.
+            total = None
             for line in r.read().decode().splitlines():
-                if line.startswith(name + '{shard="all"}'):
-                    return line.split()[-1]
+                if line.startswith(name + '{') or line.startswith(name + ' '):
+                    total = (total or 0) + float(line.split()[-1])
+            return None if total is None else f"{total:g}"
     except OSError as e:
         return f"? ({e})"
-    return None
 
 
 def main():

@@ -1,6 +1,6 @@
-//! The admin endpoint: `/health` (JSON) and `/metrics` (Prometheus text). It runs on its own
-//! plain thread with blocking sockets, away from the shards: it only reads their atomic stats
-//! and the latency snapshots they publish.
+//! The admin endpoint: `/health` (JSON) and `/metrics` (Prometheus text, or OpenMetrics when the
+//! scraper asks for it). It runs on its own plain thread with blocking sockets, away from the
+//! shards: it only reads their atomic stats and the latency snapshots they publish.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
+use crate::metrics::{header, label_value, Format, Kind};
 use crate::shard::Shared;
 
 /// Largest admin request head read.
@@ -44,7 +45,7 @@ fn handle(
     s.set_write_timeout(Some(ADMIN_IO_TIMEOUT))?;
     let mut buf = vec![0u8; MAX_ADMIN_REQUEST_BYTES];
     let mut len = 0;
-    let path = loop {
+    let (path, format) = loop {
         let n = s.read(&mut buf[len..])?;
         if n == 0 {
             return Ok(());
@@ -53,7 +54,15 @@ fn handle(
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&buf[..len]) {
-            Ok(httparse::Status::Complete(_)) => break req.path.unwrap_or("/").to_string(),
+            Ok(httparse::Status::Complete(_)) => {
+                let accept = req
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("accept"))
+                    .and_then(|h| std::str::from_utf8(h.value).ok());
+                let path = req.path.unwrap_or("/").to_string();
+                break (path, Format::negotiate(accept));
+            }
             Ok(httparse::Status::Partial) if len < buf.len() => continue,
             _ => return respond(&mut s, 400, "text/plain", "bad request\n"),
         }
@@ -66,19 +75,26 @@ fn handle(
                     latest[i] = Some(h);
                 }
             }
-            let mut out = String::with_capacity(16 * 1024);
-            let stats: Vec<_> = shared.stats.iter().map(|s| s.as_ref()).collect();
-            crate::metrics::render(&stats, latest, &mut out);
-            render_degradation(shared, &mut out);
-            if let Some(t) = &shared.tape {
-                let recorders: Vec<&crate::tape::RecorderStats> =
-                    t.recorders.iter().map(|r| r.as_ref()).collect();
-                crate::tape::render(&recorders, &t.persist, &mut out);
-            }
-            respond(&mut s, 200, "text/plain; version=0.0.4", &out)
+            let out = metrics(shared, latest, format);
+            respond(&mut s, 200, format.content_type(), &out)
         }
         _ => respond(&mut s, 404, "text/plain", "not found\n"),
     }
+}
+
+/// The whole exposition: the shards' families, the process-wide ones, recording's.
+fn metrics(shared: &Shared, latest: &[Option<Histogram<u64>>], format: Format) -> String {
+    let mut out = String::with_capacity(32 * 1024);
+    let stats: Vec<_> = shared.stats.iter().map(|s| s.as_ref()).collect();
+    crate::metrics::render(&stats, latest, format, &mut out);
+    render_process(shared, format, &mut out);
+    if let Some(t) = &shared.tape {
+        let recorders: Vec<&crate::tape::RecorderStats> =
+            t.recorders.iter().map(|r| r.as_ref()).collect();
+        crate::tape::render(&recorders, &t.persist, format, &mut out);
+    }
+    crate::metrics::finish(&mut out, format);
+    out
 }
 
 fn health(shared: &Shared) -> String {
@@ -122,23 +138,63 @@ fn health(shared: &Shared) -> String {
     .to_string()
 }
 
-fn render_degradation(shared: &Shared, out: &mut String) {
+/// Families with no `shard` label: one figure for the whole process.
+fn render_process(shared: &Shared, format: Format, out: &mut String) {
     use std::fmt::Write as _;
-    let _ = writeln!(
+    let gauges: [(&str, Kind, &str, f64); 5] = [
+        (
+            "shardcat_degradation_level",
+            Kind::Gauge,
+            "Degradation level: 0 full, 1 recording_shed, 2 sessions_rejected, 3 protective.",
+            f64::from(shared.level.load(Ordering::Relaxed)),
+        ),
+        (
+            "shardcat_degradation_changes_total",
+            Kind::Counter,
+            "Changes of the degradation level.",
+            shared.level_changes.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "shardcat_occupancy_ratio",
+            Kind::Gauge,
+            "Occupancy of the fullest bound (0 to 1), as the degradation monitor last measured.",
+            shared.occupancy_permille.load(Ordering::Relaxed) as f64 / 1000.0,
+        ),
+        (
+            "shardcat_max_connections",
+            Kind::Gauge,
+            "Client connections admitted at most, across shards (max_connections).",
+            shared.connections.max() as f64,
+        ),
+        (
+            "shardcat_max_sessions",
+            Kind::Gauge,
+            "Sessions held at most, across shards (max_sessions).",
+            shared.sessions.max() as f64,
+        ),
+    ];
+    for (name, kind, help, v) in gauges {
+        header(out, format, name, kind, help);
+        let _ = writeln!(out, "{name} {v}");
+    }
+    let crate::config::Upstream::Http(h) = &shared.config.upstream else {
+        return;
+    };
+    header(
         out,
-        "# TYPE shardcat_degradation_level gauge\nshardcat_degradation_level {}",
-        shared.level.load(Ordering::Relaxed)
+        format,
+        "shardcat_upstream_info",
+        Kind::Info,
+        "A configured HTTP upstream: the upstream label of shardcat_upstream_state and its URL.",
     );
-    let _ = writeln!(
-        out,
-        "# TYPE shardcat_degradation_changes_total counter\nshardcat_degradation_changes_total {}",
-        shared.level_changes.load(Ordering::Relaxed)
-    );
-    let _ = writeln!(
-        out,
-        "# TYPE shardcat_occupancy gauge\nshardcat_occupancy {}",
-        shared.occupancy_permille.load(Ordering::Relaxed) as f64 / 1000.0
-    );
+    for (i, u) in h.targets.iter().enumerate() {
+        let url = format!("http://{}{}", u.authority, u.path);
+        let _ = writeln!(
+            out,
+            "shardcat_upstream_info{{upstream=\"{i}\",url=\"{}\"}} 1",
+            label_value(&url)
+        );
+    }
 }
 
 /// Each HTTP upstream with every shard's view of it. Healthy: in rotation on some shard.

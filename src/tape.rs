@@ -55,6 +55,8 @@ use std::thread::JoinHandle;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use crate::metrics::{header, Format, Kind};
+
 // The recording settings and their bounds live with the configuration.
 pub use crate::config::tapes::*;
 
@@ -313,72 +315,99 @@ pub(crate) fn start_with(
     ))
 }
 
-/// A series of the persistence thread: (name, Prometheus type, getter).
-type Series = (&'static str, &'static str, fn(&PersistStats) -> u64);
-/// A per-shard recorder series: (name, getter).
-type ShardSeries = (&'static str, fn(&RecorderStats) -> u64);
+/// A counter family: (name, help, getter).
+type Series<T> = (&'static str, &'static str, fn(&T) -> u64);
 
-/// Renders the `shardcat_tape_*` Prometheus lines: per-shard recorder counters with totals,
-/// then the persistence thread's counters.
-pub fn render(recorders: &[&RecorderStats], persist: &PersistStats, out: &mut String) {
-    let per_shard: [ShardSeries; 4] = [
-        ("shardcat_tape_frames_offered_total", |s| {
-            s.offered.load(Relaxed)
-        }),
-        ("shardcat_tape_frames_queued_total", |s| {
-            s.queued.load(Relaxed)
-        }),
-        ("shardcat_tape_frames_dropped_total", |s| {
-            s.dropped.load(Relaxed)
-        }),
-        ("shardcat_tape_blocked_waits_total", |s| {
-            s.blocked_waits.load(Relaxed)
-        }),
+/// Renders the `shardcat_tape_*` families: the shards' recorder counters (one series per
+/// shard, no aggregate: sum over `shard`), then the persistence thread's (no `shard` label).
+pub fn render(
+    recorders: &[&RecorderStats],
+    persist: &PersistStats,
+    format: Format,
+    out: &mut String,
+) {
+    let per_shard: [Series<RecorderStats>; 4] = [
+        (
+            "shardcat_tape_frames_offered_total",
+            "Frames offered to the persistence thread.",
+            |s| s.offered.load(Relaxed),
+        ),
+        (
+            "shardcat_tape_frames_queued_total",
+            "Frames accepted into the shard's recording channel.",
+            |s| s.queued.load(Relaxed),
+        ),
+        (
+            "shardcat_tape_frames_dropped_total",
+            "Frames dropped: channel full under overflow = drop, or recording stopped.",
+            |s| s.dropped.load(Relaxed),
+        ),
+        (
+            "shardcat_tape_blocked_waits_total",
+            "Times a frame waited for room under overflow = block.",
+            |s| s.blocked_waits.load(Relaxed),
+        ),
     ];
-    for (name, get) in per_shard {
-        let _ = writeln!(out, "# TYPE {name} counter");
-        let mut total = 0;
+    for (name, help, get) in per_shard {
+        header(out, format, name, Kind::Counter, help);
         for s in recorders {
-            let v = get(s);
-            total += v;
-            let _ = writeln!(out, "{name}{{shard=\"{}\"}} {v}", s.shard);
+            let _ = writeln!(out, "{name}{{shard=\"{}\"}} {}", s.shard, get(s));
         }
-        let _ = writeln!(out, "{name}{{shard=\"all\"}} {total}");
     }
-    let series: [Series; 10] = [
-        ("shardcat_tape_frames_written_total", "counter", |s| {
-            s.frames_written.load(Relaxed)
-        }),
-        ("shardcat_tape_bytes_written_total", "counter", |s| {
-            s.bytes_written.load(Relaxed)
-        }),
-        ("shardcat_tape_batches_total", "counter", |s| {
-            s.batches.load(Relaxed)
-        }),
-        ("shardcat_tape_segments_total", "counter", |s| {
-            s.segments.load(Relaxed)
-        }),
-        ("shardcat_tape_fsyncs_total", "counter", |s| {
-            s.fsyncs.load(Relaxed)
-        }),
-        ("shardcat_tape_io_errors_total", "counter", |s| {
-            s.io_errors.load(Relaxed)
-        }),
-        ("shardcat_tape_io_retries_total", "counter", |s| {
-            s.io_retries.load(Relaxed)
-        }),
-        ("shardcat_tape_frames_lost_io_total", "counter", |s| {
-            s.frames_lost_io.load(Relaxed)
-        }),
-        ("shardcat_tape_frames_oversize_total", "counter", |s| {
-            s.frames_oversize.load(Relaxed)
-        }),
-        ("shardcat_tape_index_writes_total", "counter", |s| {
-            s.index_writes.load(Relaxed)
-        }),
+    let series: [Series<PersistStats>; 10] = [
+        (
+            "shardcat_tape_frames_written_total",
+            "Frames written to tape segments.",
+            |s| s.frames_written.load(Relaxed),
+        ),
+        (
+            "shardcat_tape_bytes_written_total",
+            "Bytes written to tape segments.",
+            |s| s.bytes_written.load(Relaxed),
+        ),
+        (
+            "shardcat_tape_batches_total",
+            "Batches written (one write each).",
+            |s| s.batches.load(Relaxed),
+        ),
+        (
+            "shardcat_tape_segments_total",
+            "Tape segments opened.",
+            |s| s.segments.load(Relaxed),
+        ),
+        (
+            "shardcat_tape_fsyncs_total",
+            "fsync calls on tape segments.",
+            |s| s.fsyncs.load(Relaxed),
+        ),
+        (
+            "shardcat_tape_io_errors_total",
+            "Failed tape writes.",
+            |s| s.io_errors.load(Relaxed),
+        ),
+        (
+            "shardcat_tape_io_retries_total",
+            "Tape writes retried after a failure.",
+            |s| s.io_retries.load(Relaxed),
+        ),
+        (
+            "shardcat_tape_frames_lost_io_total",
+            "Frames lost because every write attempt of their batch failed.",
+            |s| s.frames_lost_io.load(Relaxed),
+        ),
+        (
+            "shardcat_tape_frames_oversize_total",
+            "Frames too large for a tape record, not written.",
+            |s| s.frames_oversize.load(Relaxed),
+        ),
+        (
+            "shardcat_tape_index_writes_total",
+            "Segment index (.idx) files written.",
+            |s| s.index_writes.load(Relaxed),
+        ),
     ];
-    for (name, kind, get) in series {
-        let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (name, help, get) in series {
+        header(out, format, name, Kind::Counter, help);
         let _ = writeln!(out, "{name} {}", get(persist));
     }
 }

@@ -68,16 +68,12 @@ fn stateless_request(addr: SocketAddr, id: u64) -> String {
     )
 }
 
-fn all(admin: SocketAddr, name: &str) -> f64 {
-    metric(admin, &format!("{name}{{shard=\"all\"}}"))
-}
-
 /// No upstream connection in use, no stream left.
 fn settled(admin: SocketAddr) -> bool {
-    all(admin, "shardcat_pool_open") == all(admin, "shardcat_pool_idle")
-        && all(admin, "shardcat_sse_streams") == 0.0
-        && all(admin, "shardcat_sse_upstream_streams") == 0.0
-        && all(admin, "shardcat_sse_pending_events") == 0.0
+    metric(admin, "shardcat_pool_open") == metric(admin, "shardcat_pool_idle")
+        && metric(admin, "shardcat_sse_streams") == 0.0
+        && metric(admin, "shardcat_sse_upstream_streams") == 0.0
+        && metric(admin, "shardcat_sse_pending_events") == 0.0
 }
 
 fn gateway_for(f: &Fault, toml: &str) -> Proc {
@@ -101,7 +97,7 @@ fn an_upstream_that_never_answers_gets_504_and_nothing_leaks() {
         assert!(r.rpc_code() != 0);
     }
     assert!(eventually(Duration::from_secs(5), || settled(admin)));
-    assert!(all(admin, "shardcat_upstream_errors_total") >= 4.0);
+    assert!(metric(admin, "shardcat_upstream_errors_total") >= 4.0);
 }
 
 #[test]
@@ -136,7 +132,7 @@ fn a_trickling_upstream_gets_504_for_its_head_and_an_idle_cut_for_its_body() {
         "the gateway must close the stalled stream: {end:?}"
     );
     assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
-    assert!(all(admin, "shardcat_sse_idle_timeouts_total") >= 1.0);
+    assert!(metric(admin, "shardcat_sse_idle_timeouts_total") >= 1.0);
     assert!(eventually(Duration::from_secs(5), || settled(admin)));
 }
 
@@ -149,7 +145,7 @@ fn an_upstream_that_resets_gets_502_with_a_json_rpc_body() {
     assert_eq!(r.status, 502, "{}", r.text());
     assert_eq!(r.json()["id"], 5);
     assert!(r.rpc_code() != 0);
-    assert!(all(admin, "shardcat_upstream_errors_total") >= 1.0);
+    assert!(metric(admin, "shardcat_upstream_errors_total") >= 1.0);
     assert!(eventually(Duration::from_secs(5), || settled(admin)));
 }
 
@@ -190,11 +186,11 @@ fn a_hundred_slow_clients_of_a_flooding_upstream_keep_rss_bounded() {
     let mut waits = 0.0;
     while Instant::now() < until && waits < 100.0 {
         peak = peak.max(rss_bytes(gw.pid()));
-        waits = all(admin, "shardcat_sse_backpressure_waits_total");
+        waits = metric(admin, "shardcat_sse_backpressure_waits_total");
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(
-        all(admin, "shardcat_sse_streams"),
+        metric(admin, "shardcat_sse_streams"),
         100.0,
         "every client has its stream"
     );
@@ -254,7 +250,7 @@ fn clients_leaving_mid_request_release_everything() {
     let _ = s.read(&mut buf);
     drop(s);
     assert!(eventually(Duration::from_secs(5), || settled(admin)
-        && all(admin, "shardcat_connections") == 0.0));
+        && metric(admin, "shardcat_connections") == 0.0));
     let fds = gw.fd_count();
     for i in 0..20 {
         let mut s = TcpStream::connect(addr).unwrap();
@@ -263,7 +259,7 @@ fn clients_leaving_mid_request_release_everything() {
         // Mid-stream: a 100 MB answer is far from done.
     }
     assert!(eventually(Duration::from_secs(10), || settled(admin)
-        && all(admin, "shardcat_connections") == 0.0));
+        && metric(admin, "shardcat_connections") == 0.0));
     assert!(
         eventually(Duration::from_secs(5), || gw.fd_count() <= fds),
         "fds {fds} before, {} after:\n{}",

@@ -56,11 +56,11 @@ fn session_lifecycle_json_and_sse() {
     let admin = gw.addr("admin");
     assert!(eventually(Duration::from_secs(5), || metric(
         admin,
-        "shardcat_sessions{shard=\"all\"}"
+        "shardcat_sessions"
     ) == 0.0));
     assert!(eventually(Duration::from_secs(5), || metric(
         admin,
-        "shardcat_connections{shard=\"all\"}"
+        "shardcat_connections"
     ) == 0.0));
 }
 
@@ -277,7 +277,7 @@ fn upstream_refused_is_502_and_timeout_is_504() {
     let admin = gw.addr("admin");
     assert!(eventually(Duration::from_secs(3), || metric(
         admin,
-        "shardcat_pool_open{shard=\"all\"}"
+        "shardcat_pool_open"
     ) == 0.0));
     holder.join().unwrap();
 }
@@ -298,10 +298,7 @@ fn connection_and_session_limits_reject_with_503() {
         .unwrap()
         .contains("sessions"));
     assert_eq!(
-        metric(
-            admin,
-            "shardcat_rejections_total{shard=\"all\",reason=\"sessions\"}"
-        ),
+        metric(admin, "shardcat_rejections_total{reason=\"sessions\"}"),
         1.0
     );
     // Ending one session frees a slot.
@@ -310,12 +307,12 @@ fn connection_and_session_limits_reject_with_503() {
     // Connections: three held open, the fourth is turned away.
     assert!(eventually(Duration::from_secs(3), || metric(
         admin,
-        "shardcat_connections{shard=\"all\"}"
+        "shardcat_connections"
     ) == 0.0));
     let held: Vec<Client> = (0..3).map(|_| Client::connect(addr)).collect();
     assert!(eventually(Duration::from_secs(3), || metric(
         admin,
-        "shardcat_connections{shard=\"all\"}"
+        "shardcat_connections"
     ) == 3.0));
     let mut extra = Client::connect(addr);
     let r = extra.read_response().expect("rejection response");
@@ -325,16 +322,13 @@ fn connection_and_session_limits_reject_with_503() {
         .unwrap()
         .contains("connections"));
     assert_eq!(
-        metric(
-            admin,
-            "shardcat_rejections_total{shard=\"all\",reason=\"connections\"}"
-        ),
+        metric(admin, "shardcat_rejections_total{reason=\"connections\"}"),
         1.0
     );
     drop(held);
     assert!(eventually(Duration::from_secs(3), || metric(
         admin,
-        "shardcat_connections{shard=\"all\"}"
+        "shardcat_connections"
     ) == 0.0));
     assert_eq!(
         post(addr, &[], &echo_call(1, "x")).status,
@@ -364,16 +358,16 @@ fn affinity_every_session_is_served_by_its_owner_shard() {
         assert_eq!(
             metric(
                 admin,
-                &format!("shardcat_shard_requests_total{{shard=\"{shard}\"}}")
+                &format!("shardcat_requests_total{{shard=\"{shard}\"}}")
             ),
             (3 * n) as f64,
             "shard {shard}"
         );
     }
-    assert!(metric(admin, "shardcat_handoffs_received_total{shard=\"all\"}") > 0.0);
+    assert!(metric(admin, "shardcat_handoffs_received_total") > 0.0);
     assert_eq!(
-        metric(admin, "shardcat_handoffs_sent_total{shard=\"all\"}"),
-        metric(admin, "shardcat_handoffs_received_total{shard=\"all\"}")
+        metric(admin, "shardcat_handoffs_sent_total"),
+        metric(admin, "shardcat_handoffs_received_total")
     );
 }
 
@@ -454,7 +448,7 @@ fn pool_survives_10k_requests_with_faults_without_leaking() {
     let body = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
     // Warm up so the shard's ring exists, then take the baseline with the pool emptied.
     assert_eq!(post(addr, &[], body).status, 200);
-    let fds_before = gw.fd_count() - metric(admin, "shardcat_pool_open{shard=\"all\"}") as usize;
+    let fds_before = gw.fd_count() - metric(admin, "shardcat_pool_open") as usize;
     let list_before = gw.fd_list();
     let threads: Vec<_> = (0..4)
         .map(|t| {
@@ -498,10 +492,10 @@ fn pool_survives_10k_requests_with_faults_without_leaking() {
     // Nothing in use, idle within its bound, connections and fds back where they were.
     assert!(eventually(Duration::from_secs(5), || metric(
         admin,
-        "shardcat_connections{shard=\"all\"}"
+        "shardcat_connections"
     ) == 0.0));
-    let open = metric(admin, "shardcat_pool_open{shard=\"all\"}");
-    let idle = metric(admin, "shardcat_pool_idle{shard=\"all\"}");
+    let open = metric(admin, "shardcat_pool_open");
+    let idle = metric(admin, "shardcat_pool_idle");
     assert_eq!(open, idle, "every pooled connection is idle");
     assert!(idle <= 16.0);
     assert!(
@@ -512,7 +506,7 @@ fn pool_survives_10k_requests_with_faults_without_leaking() {
         gw.fd_list(),
         socket_states(&gw.fd_list())
     );
-    assert!(metric(admin, "shardcat_upstream_errors_total{shard=\"all\"}") > 0.0);
+    assert!(metric(admin, "shardcat_upstream_errors_total") > 0.0);
 }
 
 #[test]
@@ -541,10 +535,7 @@ fn slow_sse_client_gets_backpressure_and_every_event() {
     // Read nothing for a while: the relay must stop at max_pending_events and wait.
     c.send_raw(req.as_bytes()).unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    let waits = metric(
-        admin,
-        "shardcat_sse_backpressure_waits_total{shard=\"all\"}",
-    );
+    let waits = metric(admin, "shardcat_sse_backpressure_waits_total");
     assert!(
         waits > 0.0,
         "the relay should have waited for the slow client"
@@ -763,7 +754,7 @@ fn idle_sessions_expire_here_and_upstream() {
     assert_eq!(get(demo.addr("demo"), "/stats").json()["sessions"], 1);
     assert!(eventually(Duration::from_secs(5), || metric(
         admin,
-        "shardcat_sessions_expired_total{shard=\"all\"}"
+        "shardcat_sessions_expired_total"
     ) == 1.0));
     assert!(eventually(Duration::from_secs(5), || get(
         demo.addr("demo"),
@@ -775,7 +766,7 @@ fn idle_sessions_expire_here_and_upstream() {
         post(addr, &[("mcp-session-id", &sid), V], &echo_call(1, "x")).status,
         404
     );
-    assert_eq!(metric(admin, "shardcat_sessions{shard=\"all\"}"), 0.0);
+    assert_eq!(metric(admin, "shardcat_sessions"), 0.0);
 }
 
 #[test]
@@ -793,16 +784,16 @@ fn client_hang_up_releases_the_upstream_at_once() {
     c.send_raw(req.as_bytes()).unwrap();
     assert!(eventually(Duration::from_secs(2), || metric(
         admin,
-        "shardcat_pool_open{shard=\"all\"}"
+        "shardcat_pool_open"
     ) == 1.0));
     let started = std::time::Instant::now();
     drop(c);
     // Well before the upstream's 5 s answer, the gateway has closed its side.
     assert!(eventually(Duration::from_secs(2), || metric(
         admin,
-        "shardcat_pool_open{shard=\"all\"}"
+        "shardcat_pool_open"
     ) == 0.0
-        && metric(admin, "shardcat_connections{shard=\"all\"}") == 0.0));
+        && metric(admin, "shardcat_connections") == 0.0));
     assert!(started.elapsed() < Duration::from_secs(3));
 }
 
@@ -847,12 +838,9 @@ fn a_client_gone_during_initialize_leaves_no_session_anywhere() {
     assert_eq!(delete, "delete /mcp http/1.1 up-1");
     assert!(eventually(Duration::from_secs(3), || metric(
         admin,
-        "shardcat_sessions{shard=\"all\"}"
+        "shardcat_sessions"
     ) == 0.0));
-    assert_eq!(
-        metric(admin, "shardcat_sessions_created_total{shard=\"all\"}"),
-        1.0
-    );
+    assert_eq!(metric(admin, "shardcat_sessions_created_total"), 1.0);
 }
 
 #[test]
@@ -874,10 +862,7 @@ fn idle_sessions_are_evicted_at_the_bound_and_busy_ones_end_at_max_age() {
     assert_eq!(call(&a, 3).status, 404, "an evicted session answers 404");
     assert_eq!(call(&b, 4).status, 200);
     assert_eq!(call(&c, 5).status, 200);
-    assert_eq!(
-        metric(admin, "shardcat_sessions_evicted_total{shard=\"all\"}"),
-        1.0
-    );
+    assert_eq!(metric(admin, "shardcat_sessions_evicted_total"), 1.0);
     let upstream = || get(demo.addr("demo"), "/stats").json()["sessions"].as_u64();
     assert!(eventually(Duration::from_secs(3), || upstream() == Some(2)));
     // b stays busy, yet ends at its maximum age.
@@ -887,7 +872,7 @@ fn idle_sessions_are_evicted_at_the_bound_and_busy_ones_end_at_max_age() {
         call(&b, n).status == 404
     });
     assert!(ended, "a busy session outlived its maximum age");
-    assert!(metric(admin, "shardcat_sessions_max_age_total{shard=\"all\"}") >= 1.0);
+    assert!(metric(admin, "shardcat_sessions_max_age_total") >= 1.0);
 }
 
 #[test]
@@ -906,7 +891,7 @@ fn per_client_and_per_session_limits_answer_429() {
     let rejected = |what: &str| {
         metric(
             admin,
-            &format!("shardcat_rejections_total{{shard=\"all\",reason=\"{what}\"}}"),
+            &format!("shardcat_rejections_total{{reason=\"{what}\"}}"),
         )
     };
     assert_eq!(rejected("client_sessions"), 1.0);
@@ -996,7 +981,7 @@ fn several_upstreams_share_sessions_and_a_dead_one_is_skipped() {
         failed <= 1,
         "{failed} requests failed after the upstream died"
     );
-    assert!(metric(admin, "shardcat_upstream_failovers_total{shard=\"all\"}") >= 1.0);
+    assert!(metric(admin, "shardcat_upstream_failovers_total") >= 1.0);
     let live: u64 = demos.iter().filter_map(held).sum();
     assert_eq!(
         live,

@@ -209,7 +209,7 @@ struct Leftovers {
 
 fn leftovers(gw: &Proc) -> Leftovers {
     let admin = gw.addr("admin");
-    let m = |name: &str| metric(admin, &format!("{name}{{shard=\"all\"}}"));
+    let m = |name: &str| metric(admin, name);
     Leftovers {
         sessions: m("shardcat_sessions"),
         connections: m("shardcat_connections"),

@@ -171,10 +171,6 @@ fn json(data: &str) -> serde_json::Value {
     serde_json::from_str(data).unwrap_or_else(|e| panic!("bad event data {data}: {e}"))
 }
 
-fn all(admin: SocketAddr, name: &str) -> f64 {
-    metric(admin, &format!("{name}{{shard=\"all\"}}"))
-}
-
 #[test]
 fn a_client_resumes_a_broken_post_stream_from_its_last_event_id() {
     let demo = demo();
@@ -212,7 +208,7 @@ fn a_client_resumes_a_broken_post_stream_from_its_last_event_id() {
     let last = json(&seen[6].data);
     assert_eq!(last["id"], 5);
     assert!(last["result"].is_object());
-    assert!(all(admin, "shardcat_sse_resumed_total") >= 1.0);
+    assert!(metric(admin, "shardcat_sse_resumed_total") >= 1.0);
     // An id the gateway never issued opens a fresh GET stream instead.
     let mut fresh = SseReader::open(addr, &get_request(addr, &sid, Some("999-1")));
     assert_eq!(fresh.status, 200);
@@ -246,7 +242,7 @@ fn an_upstream_stream_that_drops_is_reconnected_and_the_client_sees_one_stream()
         .map(|e| split_id(e.id.as_deref().unwrap()).1)
         .collect();
     assert_eq!(seqs, (1..=7).collect::<Vec<_>>(), "gateway ids run on");
-    assert!(all(admin, "shardcat_sse_upstream_reconnects_total") >= 1.0);
+    assert!(metric(admin, "shardcat_sse_upstream_reconnects_total") >= 1.0);
 }
 
 #[test]
@@ -274,7 +270,7 @@ fn a_get_stream_survives_its_upstream_breaking_off() {
         .map(|e| split_id(e.id.as_deref().unwrap()).1)
         .collect();
     assert_eq!(ids, (1..=7).collect::<Vec<_>>());
-    assert!(all(admin, "shardcat_sse_upstream_reconnects_total") >= 1.0);
+    assert!(metric(admin, "shardcat_sse_upstream_reconnects_total") >= 1.0);
 }
 
 #[test]
@@ -291,7 +287,7 @@ fn an_upstream_killed_mid_stream_ends_the_stream_and_then_the_session() {
     demo.child.kill().unwrap();
     demo.child.wait().unwrap();
     // Reconnects fail while it is down; a restarted upstream no longer knows the session.
-    assert!(eventually(Duration::from_secs(5), || all(
+    assert!(eventually(Duration::from_secs(5), || metric(
         admin,
         "shardcat_sse_upstream_reconnects_total"
     ) >= 2.0));
@@ -305,11 +301,11 @@ fn an_upstream_killed_mid_stream_ends_the_stream_and_then_the_session() {
     while r.next().is_some() {}
     let r2 = post(addr, &[("mcp-session-id", &sid), V], &echo_call(4, "x"));
     assert_eq!(r2.status, 404, "the client must re-initialize");
-    assert!(eventually(Duration::from_secs(5), || all(
+    assert!(eventually(Duration::from_secs(5), || metric(
         admin,
         "shardcat_sse_upstream_streams"
     ) == 0.0));
-    assert_eq!(all(admin, "shardcat_sessions"), 0.0);
+    assert_eq!(metric(admin, "shardcat_sessions"), 0.0);
 }
 
 #[test]
@@ -339,7 +335,7 @@ fn idle_upstream_streams_time_out_and_unresumed_ones_are_abandoned() {
         quiet.comments
     );
     assert!(quiet.ended_cleanly() || quiet.ended);
-    assert!(all(admin, "shardcat_sse_idle_timeouts_total") >= 1.0);
+    assert!(metric(admin, "shardcat_sse_idle_timeouts_total") >= 1.0);
     // A long POST stream whose client leaves and never comes back is closed after the window.
     let mut long = SseReader::open(
         addr,
@@ -347,18 +343,18 @@ fn idle_upstream_streams_time_out_and_unresumed_ones_are_abandoned() {
     );
     long.next().expect("first event");
     drop(long);
-    assert!(eventually(Duration::from_secs(10), || all(
+    assert!(eventually(Duration::from_secs(10), || metric(
         admin,
         "shardcat_sse_abandoned_total"
     ) >= 1.0));
-    assert!(eventually(Duration::from_secs(5), || all(
+    assert!(eventually(Duration::from_secs(5), || metric(
         admin,
         "shardcat_sse_upstream_streams"
     ) == 0.0));
-    assert!(eventually(Duration::from_secs(5), || all(
+    assert!(eventually(Duration::from_secs(5), || metric(
         admin,
         "shardcat_pool_open"
-    ) == all(
+    ) == metric(
         admin,
         "shardcat_pool_idle"
     )));
@@ -374,11 +370,11 @@ fn deleting_a_session_ends_its_streams() {
     r.next().expect("event");
     assert_eq!(delete(addr, &sid).status, 200);
     while r.next().is_some() {}
-    assert!(eventually(Duration::from_secs(5), || all(
+    assert!(eventually(Duration::from_secs(5), || metric(
         admin,
         "shardcat_sse_upstream_streams"
     ) == 0.0
-        && all(admin, "shardcat_sse_streams") == 0.0));
+        && metric(admin, "shardcat_sse_streams") == 0.0));
 }
 
 /// The rmcp stdio fixture, built by `cargo test --workspace` into this target directory.
@@ -428,7 +424,7 @@ fn a_stdio_session_stream_resumes_and_its_request_is_not_cancelled() {
     let last = json(&seen[5].data);
     assert_eq!(last["id"], 11, "the request ran to its end: {last}");
     assert!(last["result"].is_object(), "{last}");
-    assert_eq!(all(admin, "shardcat_stdio_cancelled_total"), 0.0);
+    assert_eq!(metric(admin, "shardcat_stdio_cancelled_total"), 0.0);
     // The session's GET stream: a second GET while the first is read gets 409.
     let g = SseReader::open(addr, &get_request(addr, &sid, None));
     assert_eq!(g.status, 200);

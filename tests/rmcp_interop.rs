@@ -13,6 +13,9 @@
 //! - raw HTTP through the same gateways, to pin the response kinds and the gateway's own
 //!   2026-07-28 rules (GET 405, header mismatch 400/-32020).
 
+#[path = "support/exposition.rs"]
+mod exposition;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -297,8 +300,10 @@ fn http() -> reqwest::Client {
         .unwrap()
 }
 
-/// The value of the admin endpoint's series `series` (name and labels). Request counters that
-/// never moved are left out by the gateway and read as 0; any other missing series fails.
+/// A figure from the admin endpoint: the sum over every series of the family that carries the
+/// labels in `series` (per-shard families are summed over `shard`, see `exposition::sum`).
+/// Request counters that never moved are left out by the gateway and read as 0; any other
+/// missing series fails.
 async fn metric(admin: SocketAddr, series: &str) -> f64 {
     let text = http()
         .get(format!("http://{admin}/metrics"))
@@ -308,9 +313,7 @@ async fn metric(admin: SocketAddr, series: &str) -> f64 {
         .text()
         .await
         .expect("metrics body");
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map(|v| v.trim().parse().expect("metric value"))
+    exposition::sum(&text, series)
         .or_else(|| {
             series
                 .starts_with("shardcat_requests_total{")
@@ -319,7 +322,7 @@ async fn metric(admin: SocketAddr, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {series} in /metrics:\n{text}"))
 }
 
-const SESSIONS: &str = "shardcat_sessions{shard=\"all\"}";
+const SESSIONS: &str = "shardcat_sessions";
 
 async fn sessions_metric(admin: SocketAddr) -> f64 {
     metric(admin, SESSIONS).await
@@ -347,7 +350,7 @@ async fn expect_gateway_sessions(gw: &Gateway, want: f64, when: &str) {
 }
 
 fn requests(method: &str, status: u16) -> String {
-    format!("shardcat_requests_total{{shard=\"all\",method=\"{method}\",status=\"{status}\"}}")
+    format!("shardcat_requests_total{{method=\"{method}\",status=\"{status}\"}}")
 }
 
 async fn expect_upstream_sessions(up: &Upstream, want: usize, when: &str) {
@@ -849,7 +852,7 @@ async fn session_versions_through_gateway_sse_server() {
     raw_session_checks(&gw, true).await;
     expect_upstream_sessions(&up, 0, "end").await;
     // Everything above went through the gateway: 3 rmcp clients + 1 raw exchange.
-    let all = |n: &str| format!("shardcat_{n}{{shard=\"all\"}}");
+    let all = |n: &str| format!("shardcat_{n}");
     expect_metric(&gw, &all("sessions_created_total"), 4.0, "end").await;
     expect_metric(&gw, &all("sessions_ended_total"), 4.0, "end").await;
     expect_metric(&gw, &requests("initialize", 200), 4.0, "end").await;
@@ -866,7 +869,7 @@ async fn session_versions_through_gateway_json_server() {
         session_flow(&gw, &up, v, false).await;
     }
     raw_session_checks(&gw, false).await;
-    let all = |n: &str| format!("shardcat_{n}{{shard=\"all\"}}");
+    let all = |n: &str| format!("shardcat_{n}");
     expect_metric(&gw, &requests("initialize", 200), 4.0, "end").await;
     assert_eq!(metric(gw.admin, &all("sessions_created_total")).await, 0.0);
     assert_eq!(up.session_count().await, 0);
@@ -1057,11 +1060,5 @@ async fn rmcp_clients_through_a_stdio_upstream() {
         .await
         .expect("close timed out")
         .expect("close");
-    expect_metric(
-        &gw,
-        "shardcat_stdio_crashes_total{shard=\"all\"}",
-        0.0,
-        "end",
-    )
-    .await;
+    expect_metric(&gw, "shardcat_stdio_crashes_total", 0.0, "end").await;
 }

@@ -195,7 +195,7 @@ fn session_json_sse_get_stream_and_delete() {
     let admin = gw.addr("admin");
     assert!(eventually(Duration::from_secs(5), || metric(
         admin,
-        "shardcat_stdio_processes{shard=\"all\"}"
+        "shardcat_stdio_processes"
     ) == 0.0));
 }
 
@@ -312,10 +312,7 @@ fn stateless_requests_are_multiplexed_on_shared_children() {
         assert_eq!(tool_text(&r), text);
     }
     let admin = gw.addr("admin");
-    assert_eq!(
-        metric(admin, "shardcat_stdio_spawned_total{shard=\"all\"}"),
-        2.0
-    );
+    assert_eq!(metric(admin, "shardcat_stdio_spawned_total"), 2.0);
 }
 
 #[test]
@@ -341,9 +338,9 @@ fn crash_fails_pending_requests_and_ends_the_session() {
     );
     // The session ends as soon as the child's stdout closes; the crash is counted once reaped.
     assert!(eventually(Duration::from_secs(3), || {
-        metric(admin, "shardcat_stdio_crashes_total{shard=\"all\"}") == 1.0
+        metric(admin, "shardcat_stdio_crashes_total") == 1.0
     }));
-    assert_eq!(metric(admin, "shardcat_sessions{shard=\"all\"}"), 0.0);
+    assert_eq!(metric(admin, "shardcat_sessions"), 0.0);
     assert!(eventually(Duration::from_secs(3), || children_of(gw.pid()).is_empty()));
 }
 
@@ -357,14 +354,8 @@ fn unanswered_request_times_out_and_the_child_lives_on() {
     assert_eq!(r.json()["id"], 4);
     let r = session_call(addr, &sid, &call(5, "echo", r#"{"text":"still here"}"#));
     assert_eq!(tool_text(&r), "still here");
-    assert_eq!(
-        metric(admin, "shardcat_stdio_timeouts_total{shard=\"all\"}"),
-        1.0
-    );
-    assert_eq!(
-        metric(admin, "shardcat_stdio_cancelled_total{shard=\"all\"}"),
-        1.0
-    );
+    assert_eq!(metric(admin, "shardcat_stdio_timeouts_total"), 1.0);
+    assert_eq!(metric(admin, "shardcat_stdio_cancelled_total"), 1.0);
 }
 
 #[test]
@@ -387,10 +378,7 @@ fn a_child_that_stops_reading_is_ended() {
         r.status == 404
     });
     assert!(ended, "the stalled child's session never ended");
-    assert_eq!(
-        metric(admin, "shardcat_stdio_stuck_total{shard=\"all\"}"),
-        1.0
-    );
+    assert_eq!(metric(admin, "shardcat_stdio_stuck_total"), 1.0);
     assert!(eventually(Duration::from_secs(3), || children_of(gw.pid()).is_empty()));
 }
 
@@ -402,10 +390,7 @@ fn stderr_is_logged_bounded() {
     let r = session_call(addr, &sid, &call(1, "stderr", r#"{"lines":200}"#));
     assert_eq!(r.status, 200);
     assert!(eventually(Duration::from_secs(3), || {
-        metric(
-            admin,
-            "shardcat_stdio_stderr_suppressed_total{shard=\"all\"}",
-        ) >= 190.0
+        metric(admin, "shardcat_stdio_stderr_suppressed_total") >= 190.0
     }));
     let log = gw.stderr();
     assert!(log.contains("stderr line 1 of 200"), "{log}");
@@ -422,26 +407,20 @@ fn process_bound_rejects_new_sessions() {
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(r.header("retry-after").is_some());
     assert_eq!(
-        metric(
-            admin,
-            "shardcat_rejections_total{shard=\"all\",reason=\"processes\"}"
-        ),
+        metric(admin, "shardcat_rejections_total{reason=\"processes\"}"),
         1.0
     );
-    assert_eq!(metric(admin, "shardcat_sessions{shard=\"all\"}"), 2.0);
+    assert_eq!(metric(admin, "shardcat_sessions"), 2.0);
 }
 
 #[test]
 fn prewarmed_children_take_initialize() {
     let gw = stdio_gateway(1, "prewarm = 2", "");
     let (addr, admin) = (gw.addr("listen"), gw.addr("admin"));
-    let procs = |n| move || metric(admin, "shardcat_stdio_processes{shard=\"all\"}") == n;
+    let procs = |n| move || metric(admin, "shardcat_stdio_processes") == n;
     assert!(eventually(Duration::from_secs(3), procs(2.0)));
     let sid = open_session(addr);
-    assert_eq!(
-        metric(admin, "shardcat_stdio_prewarm_hits_total{shard=\"all\"}"),
-        1.0
-    );
+    assert_eq!(metric(admin, "shardcat_stdio_prewarm_hits_total"), 1.0);
     // The pool refills: two waiting plus the session's own.
     assert!(eventually(Duration::from_secs(3), procs(3.0)));
     assert_eq!(
@@ -490,7 +469,7 @@ fn churn_of_500_sessions_leaks_nothing() {
     assert!(eventually(Duration::from_secs(5), || children_of(gw.pid()).is_empty()));
     // Baseline once the warm-up's client connections are closed too.
     assert!(eventually(Duration::from_secs(5), || {
-        metric(admin, "shardcat_connections{shard=\"all\"}") == 0.0
+        metric(admin, "shardcat_connections") == 0.0
     }));
     // The warm-up child's sockets close a moment after it is reaped: wait for a steady count.
     let mut fds_before = gw.fd_count();
@@ -523,10 +502,7 @@ fn churn_of_500_sessions_leaks_nothing() {
     for w in workers {
         w.join().expect("worker");
     }
-    assert_eq!(
-        metric(admin, "shardcat_stdio_spawned_total{shard=\"all\"}"),
-        501.0
-    );
+    assert_eq!(metric(admin, "shardcat_stdio_spawned_total"), 501.0);
     assert!(
         eventually(Duration::from_secs(10), || children_of(gw.pid()).is_empty()),
         "children left: {:?}",
@@ -539,19 +515,10 @@ fn churn_of_500_sessions_leaks_nothing() {
         gw.fd_count(),
         gw.fd_list()
     );
-    assert_eq!(metric(admin, "shardcat_sessions{shard=\"all\"}"), 0.0);
-    assert_eq!(
-        metric(admin, "shardcat_stdio_processes{shard=\"all\"}"),
-        0.0
-    );
-    assert_eq!(
-        metric(admin, "shardcat_stdio_exited_total{shard=\"all\"}"),
-        501.0
-    );
-    assert_eq!(
-        metric(admin, "shardcat_stdio_crashes_total{shard=\"all\"}"),
-        0.0
-    );
+    assert_eq!(metric(admin, "shardcat_sessions"), 0.0);
+    assert_eq!(metric(admin, "shardcat_stdio_processes"), 0.0);
+    assert_eq!(metric(admin, "shardcat_stdio_exited_total"), 501.0);
+    assert_eq!(metric(admin, "shardcat_stdio_crashes_total"), 0.0);
 }
 
 /// `shardcat forward ...` with piped stdin and stdout.
@@ -646,7 +613,7 @@ fn forward_http_reinitializes_an_expired_session() {
     assert_eq!(read_json_line(&mut out)["id"], 1);
     writeln!(stdin, "{INITIALIZED}").expect("write");
     let admin = gw.addr("admin");
-    let expired = || metric(admin, "shardcat_sessions_expired_total{shard=\"all\"}") >= 1.0;
+    let expired = || metric(admin, "shardcat_sessions_expired_total") >= 1.0;
     assert!(
         eventually(Duration::from_secs(6), expired),
         "session never expired"
@@ -660,7 +627,7 @@ fn forward_http_reinitializes_an_expired_session() {
         }
     };
     assert_eq!(v["result"]["content"][0]["text"], "after expiry", "{v}");
-    assert!(metric(admin, "shardcat_sessions_created_total{shard=\"all\"}") >= 2.0);
+    assert!(metric(admin, "shardcat_sessions_created_total") >= 2.0);
     drop(stdin);
     assert_eq!(p.wait().expect("wait").code(), Some(0));
 }

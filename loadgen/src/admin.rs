@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use crate::target;
 
-/// The metric line that counts live sessions across all shards.
-const SESSIONS: &str = "shardcat_sessions{shard=\"all\"}";
+/// The family that counts live sessions: one series per shard, summed.
+const SESSIONS: &str = "shardcat_sessions";
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Polls `admin`/metrics until the gateway holds no more sessions than the `before` it held
@@ -54,12 +54,24 @@ fn get_metrics(admin: &str) -> Result<String, String> {
     Ok(body.to_string())
 }
 
+/// The sum of the `shardcat_sessions` series (one per shard); `None` when there is none.
 pub fn parse_sessions(metrics: &str) -> Option<u64> {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(SESSIONS))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map(|v| v as u64)
+    let mut total = None;
+    for l in metrics.lines() {
+        let Some(rest) = l.strip_prefix(SESSIONS) else {
+            continue;
+        };
+        // `shardcat_sessions{shard="0"} 2` or `shardcat_sessions 2`, not `shardcat_sessions_...`.
+        let value = match rest.chars().next() {
+            Some('{') => rest.rsplit_once(' ').map(|(_, v)| v),
+            Some(' ') => Some(rest),
+            _ => None,
+        };
+        if let Some(v) = value.and_then(|v| v.trim().parse::<f64>().ok()) {
+            *total.get_or_insert(0.0) += v;
+        }
+    }
+    total.map(|v| v as u64)
 }
 
 #[cfg(test)]
@@ -67,8 +79,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn finds_the_all_shards_gauge() {
-        let m = "# TYPE shardcat_sessions gauge\nshardcat_sessions{shard=\"0\"} 2\nshardcat_sessions{shard=\"all\"} 5\nshardcat_sessions_created_total{shard=\"all\"} 9\n";
+    fn sums_the_sessions_of_every_shard() {
+        let m = "# TYPE shardcat_sessions gauge\nshardcat_sessions{shard=\"0\"} 2\nshardcat_sessions{shard=\"1\"} 3\nshardcat_sessions_created_total{shard=\"0\"} 9\n";
         assert_eq!(parse_sessions(m), Some(5));
         assert_eq!(parse_sessions("nothing\n"), None);
     }

@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::stats::Stats;
+use crate::target::Target;
 use crate::user::{self, Ctx, UserCfg};
 
 /// How often an idle worker checks for commands.
@@ -60,8 +61,14 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Starts `threads` workers, pinned round-robin to `pin` cores if given.
-    pub fn start(cfg: &UserCfg, threads: usize, pin: &[usize]) -> std::io::Result<Engine> {
+    /// Starts `threads` workers, pinned round-robin to `pin` cores if given. Worker i drives
+    /// `targets[i % n]` (none given: `cfg.target`).
+    pub fn start(
+        cfg: &UserCfg,
+        targets: &[Target],
+        threads: usize,
+        pin: &[usize],
+    ) -> std::io::Result<Engine> {
         let ready = Arc::new(AtomicUsize::new(0));
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut workers = Vec::with_capacity(threads);
@@ -69,7 +76,11 @@ impl Engine {
             let core = pin
                 .get(i % pin.len().max(1))
                 .and_then(|id| cores.iter().find(|c| c.id == *id).copied());
-            workers.push(spawn_worker(i, cfg.clone(), ready.clone(), core)?);
+            let mut cfg = cfg.clone();
+            if let Some(t) = targets.get(i % targets.len().max(1)) {
+                cfg.target = t.clone();
+            }
+            workers.push(spawn_worker(i, cfg, ready.clone(), core)?);
         }
         Ok(Engine {
             workers,
@@ -301,7 +312,7 @@ mod tests {
             calls_per_session: 2,
             payload_bytes: 8,
         };
-        let mut e = Engine::start(&cfg, 2, &[]).unwrap();
+        let mut e = Engine::start(&cfg, &[], 2, &[]).unwrap();
         e.set_period(rate.map(|r| crate::schedule::per_user_period(r, 4)));
         e.add_users(4, Duration::ZERO);
         assert!(e.wait_ready(Duration::from_secs(10)));

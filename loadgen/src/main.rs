@@ -45,9 +45,11 @@ use user::{UserCfg, Workload};
 )]
 struct Args {
     /// Endpoint under test, http://host:port/path (not for --scenario faults, which starts
-    /// its own gateway).
-    #[arg(long, required_unless_present = "scenario")]
-    target: Option<String>,
+    /// its own gateway). Several, comma-separated, load them all at once in one measurement:
+    /// worker thread i drives target i mod n (so --threads must be at least n), and users are
+    /// spread over the threads in turn.
+    #[arg(long, required_unless_present = "scenario", value_delimiter = ',')]
+    target: Vec<String>,
     /// What each virtual user does.
     #[arg(long, value_enum, default_value = "call")]
     workload: Workload,
@@ -250,10 +252,24 @@ fn plan(a: &Args) -> Result<Plan, String> {
     let name = a
         .scenario
         .map_or("sustained".to_string(), |s| format!("{s:?}").to_lowercase());
+    let targets = a
+        .target
+        .iter()
+        .map(|t| target::parse(t))
+        .collect::<Result<Vec<_>, _>>()?;
+    let first = targets.first().cloned().ok_or("--target is required")?;
+    if targets.len() > a.threads.max(1) {
+        return Err(format!(
+            "{} targets need --threads {} at least (one worker per target)",
+            targets.len(),
+            targets.len()
+        ));
+    }
     Ok(Plan {
         name,
+        targets,
         cfg: UserCfg {
-            target: target::parse(a.target.as_deref().ok_or("--target is required")?)?,
+            target: first,
             workload,
             calls_per_session: a.calls_per_session,
             payload_bytes: a.payload_bytes,
@@ -266,7 +282,7 @@ fn plan(a: &Args) -> Result<Plan, String> {
         watch_pid: a.watch_pid,
         max_p99_ms: a.max_p99_ms,
         allow_rejections: a.allow_rejections,
-        target_url: a.target.clone().unwrap_or_default(),
+        target_url: a.target.join(","),
         connect_rate: a.connect_rate,
     })
 }

@@ -36,6 +36,8 @@ pub enum Scenario {
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub name: String,
+    /// Every endpoint under test; `cfg.target` is the first. Worker i drives `targets[i % n]`.
+    pub targets: Vec<crate::target::Target>,
     pub cfg: UserCfg,
     pub threads: usize,
     pub pin: Vec<usize>,
@@ -99,7 +101,7 @@ pub fn run(plan: &Plan) -> Result<Report, String> {
         Some(a) => Some(admin::sessions(a).map_err(|e| format!("--admin: {e}"))?),
         None => None,
     };
-    let mut engine = Engine::start(&plan.cfg, plan.threads, &plan.pin)
+    let mut engine = Engine::start(&plan.cfg, &plan.targets, plan.threads, &plan.pin)
         .map_err(|e| format!("cannot start worker threads: {e}"))?;
     let mut t = Totals::default();
     report::print_table_header(watch.is_some());

@@ -732,9 +732,12 @@ mod tests {
         let ps = p.shutdown();
         assert_eq!(ps.frames_written.load(Relaxed), 9);
         let mut out = String::new();
-        tape::render(&[&s], &ps, &mut out);
+        tape::render(&[&s], &ps, crate::metrics::Format::Text, &mut out);
         assert!(
-            out.contains("shardcat_tape_frames_dropped_total{shard=\"all\"} 92"),
+            out.contains(&format!(
+                "shardcat_tape_frames_dropped_total{{shard=\"{}\"}} 92\n",
+                s.shard
+            )),
             "{out}"
         );
         assert!(

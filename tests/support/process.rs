@@ -412,15 +412,16 @@ pub fn get(addr: SocketAddr, path: &str) -> Response {
     )
 }
 
-/// Reads one metric sample, e.g. `shardcat_sessions{shard="all"}`.
+#[path = "exposition.rs"]
+pub mod exposition;
+
+/// A figure from the admin endpoint's `/metrics`: the sum over every series of the family that
+/// carries the labels given (see `exposition::sum`), e.g. `shardcat_sessions` summed over
+/// shards, or `shardcat_requests_total{shard="0"}` over that shard's methods and statuses.
+/// Panics when no series matches.
 pub fn metric(admin: SocketAddr, series: &str) -> f64 {
     let text = get(admin, "/metrics").text();
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.trim().parse().ok())
-        })
-        .unwrap_or_else(|| panic!("metric {series} missing"))
+    exposition::sum(&text, series).unwrap_or_else(|| panic!("metric {series} missing"))
 }
 
 /// Polls until `f` holds or the time runs out; returns whether it held.
