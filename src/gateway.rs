@@ -34,6 +34,7 @@ use crate::metrics::{inc, method_index};
 use crate::shard::sse::SseCtx;
 use crate::shard::{ClientConn, Shard};
 use crate::tape::{Dir, Tap};
+use route::PostRoute;
 
 /// The endpoint path MCP clients use.
 pub const MCP_PATH: &str = "/mcp";
@@ -170,9 +171,15 @@ async fn pipeline(
             let parsed = validate::classify(&body)?;
             ex.method = static_method(parsed.method_label());
             let first_id = parsed.messages().first().and_then(|m| m.id);
-            route::post(shard, conn, (head, &body, &parsed), ex, version)
-                .await
-                .map_err(|e| e.with_id(first_id))
+            let fail = |e: Error| e.with_id(first_id);
+            let post = (head, &body, &parsed);
+            match route::post_route(shard, head, &parsed, version).map_err(fail)? {
+                PostRoute::Stateless => route::stateless(shard, conn, post, ex).await,
+                PostRoute::Initialize => route::initialize(shard, conn, post, ex).await,
+                PostRoute::InSession(sid) => route::in_session(shard, conn, post, ex, sid).await,
+                PostRoute::Sessionless(v) => route::sessionless(shard, conn, post, ex, v).await,
+            }
+            .map_err(fail)
         }
         Method::Get | Method::Delete if stateless => Err(validate::stateless_405()),
         Method::Get => route::get(shard, conn, head, ex).await,

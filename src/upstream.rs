@@ -151,7 +151,7 @@ pub struct HttpAnswer {
     /// Which upstream answered.
     pub upstream: usize,
     /// Translates a handshake-era upstream's answer for a 2026-07-28 client (`era`).
-    pub shape: Option<era::Shaping>,
+    pub shape: Option<Box<era::Shaping>>,
 }
 
 /// A stream of SSE events from an upstream kind other than HTTP (whose SSE bodies the

@@ -15,15 +15,16 @@ use bytes::Bytes;
 use monoio::io::AsyncWriteRentExt;
 
 use crate::codec::http::{self, BodyDecoder, BodyKind, HeadBody, ReadBuf, ResponseHead};
+use crate::error::{Error, Kind, Result};
 use crate::metrics::inc;
 use crate::shard::sse::{SseCtx, Stream, WriteEnd};
 use crate::shard::{ClientConn, Shard};
 use crate::tape::{Dir, Tap};
 use crate::upstream::era::Shaping;
 use crate::upstream::http::{read_body, read_upstream};
-use crate::upstream::{HttpAnswer, UpConn};
+use crate::upstream::{Events, HttpAnswer, Source, UpConn};
 
-use super::Delivery;
+use super::{respond, stream, Delivery, Outcome};
 
 /// Bytes gathered before a write is issued while relaying a body.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
@@ -72,16 +73,40 @@ pub struct Answer<'a> {
     /// can tell whether it was written (initialize: its session stands or falls by it).
     pub track_answer: bool,
     /// Translates the answer of a handshake-era upstream for a 2026-07-28 client (`era`).
-    pub shape: Option<Shaping>,
+    pub shape: Option<Box<Shaping>>,
 }
 
-/// Relays an HTTP upstream's answer (whose head was already read) to the client.
+/// Writes what an upstream kind answered (`Source`) to the client, and records it. One
+/// async fn down to the shape's relay: each layer of future here would be moved (copied) per
+/// request, which callgrind showed costing more than the rest of this function.
 pub async fn relay(
     shard: &Rc<Shard>,
     conn: &mut ClientConn,
-    ans: HttpAnswer,
+    src: Source,
     d: Delivery,
-) -> RelayEnd {
+) -> Result<Outcome> {
+    let ans = match src {
+        Source::Http(ans) => ans,
+        Source::Status(status) => {
+            shard.record_status(d.tap, status).await;
+            return respond::write_status(conn, status).await;
+        }
+        Source::Message(line) => {
+            shard
+                .record_message(d.tap, Dir::ServerToClient, 200, None, line.clone())
+                .await;
+            return respond::write_json(conn, d.session.as_deref(), &line).await;
+        }
+        Source::Events(events) => return stream_events(shard, conn, events, d).await,
+    };
+    if d.check_hangup && crate::upstream::http::has_hung_up(&conn.stream) {
+        // Nobody to relay to; the caller cleans up what it made for the answer.
+        shard.give_buffer(ans.rb.into_vec());
+        return Err(Error::new(
+            Kind::ClientGone,
+            "client hung up before the answer",
+        ));
+    }
     let HttpAnswer {
         head: resp,
         conn: up,
@@ -89,70 +114,84 @@ pub async fn relay(
         shape,
         ..
     } = ans;
-    let answer = Answer {
-        session_header: d.session.as_deref(),
-        tap: d.tap,
-        sse: d.sse,
-        // Only an initialize announces a session, and only its answer decides whether it stands.
-        track_answer: d.session.is_some(),
-        shape,
-    };
-    relay_head(shard, conn, up, urb, &resp, answer).await
-}
-
-async fn relay_head(
-    shard: &Rc<Shard>,
-    conn: &mut ClientConn,
-    up: UpConn,
-    urb: ReadBuf,
-    resp: &ResponseHead,
-    answer: Answer<'_>,
-) -> RelayEnd {
-    let sse = http::is_event_stream(resp.headers.get("content-type"));
-    let Answer {
-        session_header,
-        tap,
-        sse: ctx,
-        track_answer,
-        shape,
-    } = answer;
-    match resp.body {
-        BodyKind::None => {
-            shard.record_status(tap, resp.status).await;
-            let framing = if resp.status == 204 || resp.status == 304 {
-                HeadBody::None
-            } else {
-                HeadBody::Length(0)
-            };
-            let head = client_head(resp, session_header, framing, false);
-            finish_upstream(shard, up, urb, resp.keep_alive);
-            let (res, _) = conn.stream.write_all(head).await;
-            RelayEnd::whole(res.is_ok())
-        }
-        _ if sse => {
+    let resp = &resp;
+    let (session_header, tap) = (d.session.as_deref(), d.tap);
+    let end = match resp.body {
+        BodyKind::None => relay_empty(shard, conn, (up, urb), resp, (session_header, tap)).await,
+        _ if http::is_event_stream(resp.headers.get("content-type")) => {
             let answer = Answer {
                 session_header,
                 tap,
-                sse: ctx,
-                track_answer,
+                sse: d.sse,
+                // Only an initialize announces a session, and only its answer decides whether
+                // it stands.
+                track_answer: d.session.is_some(),
                 shape,
             };
             relay_sse(shard, conn, up, urb, resp, answer).await
         }
         _ if shape.is_some() => {
-            let shape = shape.as_ref();
+            let shape = shape.as_deref();
             relay_shaped(shard, conn, up, urb, resp, (tap, shape)).await
         }
-        BodyKind::Length(n) => {
+        BodyKind::Length(len) => {
             let body = Body {
-                len: n,
+                len,
                 tap,
                 session_header,
             };
             relay_length(shard, conn, up, urb, resp, body).await
         }
         _ => relay_rechunk(shard, conn, up, urb, resp, session_header, tap).await,
+    };
+    Ok(Outcome {
+        status: resp.status,
+        reusable: end.client_ok,
+        answered: end.answered,
+    })
+}
+
+/// A response without a body: its head alone.
+async fn relay_empty(
+    shard: &Shard,
+    conn: &mut ClientConn,
+    (up, urb): (UpConn, ReadBuf),
+    resp: &ResponseHead,
+    (session_header, tap): (Option<&str>, Option<Tap>),
+) -> RelayEnd {
+    shard.record_status(tap, resp.status).await;
+    let framing = if resp.status == 204 || resp.status == 304 {
+        HeadBody::None
+    } else {
+        HeadBody::Length(0)
+    };
+    let head = client_head(resp, session_header, framing, false);
+    finish_upstream(shard, up, urb, resp.keep_alive);
+    let (res, _) = conn.stream.write_all(head).await;
+    RelayEnd::whole(res.is_ok())
+}
+
+/// An SSE answer fed by an upstream kind's events: the reader is a task of its own; this
+/// connection writes. A session's stream is resumable: a client that leaves does not cancel
+/// the request, its answer waits for a resume.
+async fn stream_events(
+    shard: &Rc<Shard>,
+    conn: &mut ClientConn,
+    events: Events,
+    d: Delivery,
+) -> Result<Outcome> {
+    let mut out = Vec::with_capacity(128);
+    http::write_response_head(&mut out, 200, respond::SSE_HEADERS, HeadBody::Chunked);
+    respond::write(conn, out).await?;
+    let st = stream::open(shard, d.sse, d.tap.map(|t| (t, 200)));
+    let reader = monoio::spawn(stream::pump_events(shard.clone(), st.clone(), events));
+    let end = stream::deliver(shard, conn, &st, 1).await;
+    if !st.resumable() {
+        // The reader owns the request: ending it (dropping its ticket) cancels it upstream.
+        reader.await;
     }
+    let done = finish_stream(conn, &st, end).await;
+    Ok(Outcome::ended(200, done.client_ok))
 }
 
 /// Returns the connection to the pool if its response ended cleanly, and the buffer to the shard.

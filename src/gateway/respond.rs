@@ -1,87 +1,19 @@
-//! Writing answers to the client: what an upstream kind answered (`Source`: a status, one
-//! JSON message, an HTTP response whose body `relay` carries, or events through a `stream`),
-//! and the gateway's own errors.
-//!
-//! Invariant: every `Source` is written or dropped here, so what it holds (an upstream
-//! connection, a stdio ticket) is released on every path.
+//! The gateway's own answers to the client: one JSON message, a bare status, the head of a
+//! resumed stream, and errors (`write_error`, the one place an `Error` becomes a response).
 
 use std::rc::Rc;
 
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
+use super::Outcome;
 use crate::codec::http::{self, HeadBody};
 use crate::error::{Error, Kind, Result};
 use crate::shard::{ClientConn, Shard};
-use crate::tape::Dir;
-use crate::upstream::{Events, Source};
 
-use super::{relay, stream, Delivery, Outcome};
-
-const SSE_HEADERS: &[u8] =
+/// The head fields of every SSE answer the gateway writes.
+pub const SSE_HEADERS: &[u8] =
     b"content-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\n";
-
-/// Writes `src` to the client and records it.
-pub async fn source(
-    shard: &Rc<Shard>,
-    conn: &mut ClientConn,
-    src: Source,
-    d: Delivery,
-) -> Result<Outcome> {
-    match src {
-        Source::Status(status) => {
-            shard.record_status(d.tap, status).await;
-            write_status(conn, status).await
-        }
-        Source::Message(line) => {
-            shard
-                .record_message(d.tap, Dir::ServerToClient, 200, None, line.clone())
-                .await;
-            write_json(conn, d.session.as_deref(), &line).await
-        }
-        Source::Http(ans) => {
-            if d.check_hangup && crate::upstream::http::has_hung_up(&conn.stream) {
-                // Nobody to relay to; the caller cleans up what it made for the answer.
-                shard.give_buffer(ans.rb.into_vec());
-                return Err(Error::new(
-                    Kind::ClientGone,
-                    "client hung up before the answer",
-                ));
-            }
-            let status = ans.head.status;
-            let end = relay::relay(shard, conn, ans, d).await;
-            Ok(Outcome {
-                status,
-                reusable: end.client_ok,
-                answered: end.answered,
-            })
-        }
-        Source::Events(events) => stream_events(shard, conn, events, d).await,
-    }
-}
-
-/// An SSE answer fed by an upstream kind's events: the reader is a task of its own; this
-/// connection writes. A session's stream is resumable: a client that leaves does not cancel
-/// the request, its answer waits for a resume.
-async fn stream_events(
-    shard: &Rc<Shard>,
-    conn: &mut ClientConn,
-    events: Events,
-    d: Delivery,
-) -> Result<Outcome> {
-    let mut out = Vec::with_capacity(128);
-    http::write_response_head(&mut out, 200, SSE_HEADERS, HeadBody::Chunked);
-    write(conn, out).await?;
-    let st = stream::open(shard, d.sse, d.tap.map(|t| (t, 200)));
-    let reader = monoio::spawn(stream::pump_events(shard.clone(), st.clone(), events));
-    let end = stream::deliver(shard, conn, &st, 1).await;
-    if !st.resumable() {
-        // The reader owns the request: ending it (dropping its ticket) cancels it upstream.
-        reader.await;
-    }
-    let done = relay::finish_stream(conn, &st, end).await;
-    Ok(Outcome::ended(200, done.client_ok))
-}
 
 /// A 200 JSON answer, with the session id an initialize announces.
 pub async fn write_json(
@@ -118,7 +50,7 @@ pub async fn write_sse_head(conn: &mut ClientConn) -> Result<()> {
     write(conn, out).await
 }
 
-async fn write(conn: &mut ClientConn, out: Vec<u8>) -> Result<()> {
+pub async fn write(conn: &mut ClientConn, out: Vec<u8>) -> Result<()> {
     let (res, _) = conn.stream.write_all(out).await;
     res.map(|_| ())
         .map_err(|e| Error::new(Kind::ClientGone, e.to_string()))

@@ -21,14 +21,26 @@ use super::respond;
 use super::session::{self, balancer_cell, SessionRef};
 use super::{peer, relay, stream, Delivery, Exchange, Outcome};
 
-/// A POST: `(head, body, parsed body)`, with the version the header names.
-pub async fn post(
-    shard: &Rc<Shard>,
-    conn: &mut ClientConn,
-    (head, body, parsed): (&RequestHead, &Bytes, &mcp::Body<'_>),
-    ex: &mut Exchange,
+/// Where a POST goes, decided before anything is awaited (so the pipeline awaits the handler
+/// itself: one future less to move per request).
+pub enum PostRoute<'a> {
+    /// 2026-07-28: no session.
+    Stateless,
+    /// A new session.
+    Initialize,
+    /// In the session this id names.
+    InSession(&'a [u8]),
+    /// No session, for a sessionless HTTP server, in this version.
+    Sessionless(Version),
+}
+
+/// A POST's route under the rules of its version (`version`: what the header names).
+pub fn post_route<'a>(
+    shard: &Shard,
+    head: &'a RequestHead,
+    parsed: &mcp::Body<'_>,
     version: Option<Version>,
-) -> Result<Outcome> {
+) -> Result<PostRoute<'a>> {
     let sid = head.headers.get("mcp-session-id");
     if parsed.is_initialize()
         && crate::degrade::level(&shard.shared) >= Level::SessionsRejected
@@ -38,9 +50,7 @@ pub async fn post(
         return Err(super::validate::degraded(shard, why));
     }
     if version.is_some_and(Version::is_stateless) {
-        ex.open_one_off(shard, conn, mcp::STATELESS_VERSION).await;
-        ex.record_request(shard, body).await;
-        return stateless(shard, conn, (head, body, parsed), ex.tap).await;
+        return Ok(PostRoute::Stateless);
     }
     let v = version.unwrap_or_else(Version::assumed);
     if matches!(parsed, mcp::Body::Batch(_)) && !v.allows_batch() {
@@ -49,28 +59,41 @@ pub async fn post(
             format!("batches are not allowed in protocol version {}", v.as_str()),
         ));
     }
-    let msg = match parsed {
-        mcp::Body::Single(m) => Some(m),
-        mcp::Body::Batch(_) if shard.up.is_stdio() => {
-            return Err(Error::new(
-                Kind::InvalidRequest,
-                "batches are not supported by stdio upstreams",
-            ))
-        }
-        mcp::Body::Batch(_) => None,
-    };
-    match sid {
-        Some(raw) => in_session(shard, conn, (head, body, parsed), msg, ex, raw).await,
-        None if parsed.is_initialize() => initialize(shard, conn, (head, body, msg), ex).await,
-        None if shard.up.is_stdio() => Err(Error::new(Kind::SessionRequired, "")),
-        None => {
-            ex.open_one_off(shard, conn, v.as_str()).await;
-            ex.record_request(shard, body).await;
-            let call = call(shard, conn, head, body, msg);
-            let src = shard.up.sessionless(&call).await?;
-            respond::source(shard, conn, src, Delivery::to(ex.tap)).await
-        }
+    if matches!(parsed, mcp::Body::Batch(_)) && shard.up.is_stdio() {
+        return Err(Error::new(
+            Kind::InvalidRequest,
+            "batches are not supported by stdio upstreams",
+        ));
     }
+    match sid {
+        Some(raw) => Ok(PostRoute::InSession(raw)),
+        None if parsed.is_initialize() => Ok(PostRoute::Initialize),
+        None if shard.up.is_stdio() => Err(Error::new(Kind::SessionRequired, "")),
+        None => Ok(PostRoute::Sessionless(v)),
+    }
+}
+
+/// The message of a single-message body (`None` for a batch).
+fn single<'a>(parsed: &'a mcp::Body<'a>) -> Option<&'a mcp::Message<'a>> {
+    match parsed {
+        mcp::Body::Single(m) => Some(m),
+        mcp::Body::Batch(_) => None,
+    }
+}
+
+/// A POST of no session to a sessionless HTTP server, recorded as a tape session of its own.
+pub async fn sessionless(
+    shard: &Rc<Shard>,
+    conn: &mut ClientConn,
+    (head, body, parsed): (&RequestHead, &Bytes, &mcp::Body<'_>),
+    ex: &mut Exchange,
+    v: Version,
+) -> Result<Outcome> {
+    ex.open_one_off(shard, conn, v.as_str()).await;
+    ex.record_request(shard, body).await;
+    let call = call(shard, conn, head, body, single(parsed));
+    let src = shard.up.sessionless(&call).await?;
+    relay::relay(shard, conn, src, Delivery::to(ex.tap)).await
 }
 
 /// What the upstream kinds need of a client request; the client's socket is watched for a
@@ -91,13 +114,17 @@ fn call<'a>(
     }
 }
 
-/// 2026-07-28: no session; the routing headers must agree with the body; one message per POST.
-async fn stateless(
+/// 2026-07-28: no session (a tape session of its own); the routing headers must agree with
+/// the body; one message per POST.
+pub async fn stateless(
     shard: &Rc<Shard>,
     conn: &mut ClientConn,
     (head, body, parsed): (&RequestHead, &Bytes, &mcp::Body<'_>),
-    tap: Option<Tap>,
+    ex: &mut Exchange,
 ) -> Result<Outcome> {
+    ex.open_one_off(shard, conn, mcp::STATELESS_VERSION).await;
+    ex.record_request(shard, body).await;
+    let tap = ex.tap;
     let mcp::Body::Single(msg) = parsed else {
         return Err(Error::new(
             Kind::InvalidRequest,
@@ -112,17 +139,18 @@ async fn stateless(
     .map_err(|why| Error::new(Kind::HeaderMismatch, why))?;
     let call = call(shard, conn, head, body, Some(msg));
     let src = shard.up.stateless(&call).await?;
-    respond::source(shard, conn, src, Delivery::to(tap)).await
+    relay::relay(shard, conn, src, Delivery::to(tap)).await
 }
 
 /// initialize: the session's tape starts with it; an initialize that made no session ends
 /// its tape session with the exchange.
-async fn initialize(
+pub async fn initialize(
     shard: &Rc<Shard>,
     conn: &mut ClientConn,
-    (head, body, msg): (&RequestHead, &Bytes, Option<&mcp::Message<'_>>),
+    (head, body, parsed): (&RequestHead, &Bytes, &mcp::Body<'_>),
     ex: &mut Exchange,
 ) -> Result<Outcome> {
+    let msg = single(parsed);
     let tape = match shard.new_tape_session() {
         Some(session) => {
             let version = session::requested_version(body);
@@ -140,7 +168,7 @@ async fn initialize(
         let mut d = Delivery::to(ex.tap);
         d.check_hangup = true;
         d.session = opened.id.map(|id| id.encode());
-        let out = respond::source(shard, conn, opened.source, d).await;
+        let out = relay::relay(shard, conn, opened.source, d).await;
         if let Some(id) = &opened.id {
             session::settle(shard, id, &out);
         }
@@ -154,14 +182,14 @@ async fn initialize(
 }
 
 /// A POST in a session. An upstream that no longer knows the session ends it here too.
-async fn in_session(
+pub async fn in_session(
     shard: &Rc<Shard>,
     conn: &mut ClientConn,
     (head, body, parsed): (&RequestHead, &Bytes, &mcp::Body<'_>),
-    msg: Option<&mcp::Message<'_>>,
     ex: &mut Exchange,
     raw: &[u8],
 ) -> Result<Outcome> {
+    let msg = single(parsed);
     let sref = session::lookup(shard, raw, true)?;
     ex.tap = sref.tap;
     ex.record_request(shard, body).await;
@@ -179,7 +207,7 @@ async fn in_session(
     }
     let mut d = Delivery::to(ex.tap);
     d.sse = Some(sref.sse_ctx(StreamKind::Post, requests));
-    respond::source(shard, conn, src, d).await
+    relay::relay(shard, conn, src, d).await
 }
 
 /// GET: the session's server stream, resumed when `Last-Event-ID` names one the gateway
@@ -193,7 +221,7 @@ pub async fn get(
     let Some(raw) = head.headers.get("mcp-session-id") else {
         let call = call(shard, conn, head, b"", None);
         let src = shard.up.sessionless(&call).await?;
-        return respond::source(shard, conn, src, Delivery::to(None)).await;
+        return relay::relay(shard, conn, src, Delivery::to(None)).await;
     };
     let sref = session::lookup(shard, raw, false)?;
     ex.tap = sref.tap;
@@ -207,7 +235,7 @@ pub async fn get(
     let src = shard.up.open_stream(&sref.upstream, &call).await?;
     let mut d = Delivery::to(ex.tap);
     d.sse = Some(sref.sse_ctx(StreamKind::Get, 0));
-    respond::source(shard, conn, src, d).await
+    relay::relay(shard, conn, src, d).await
 }
 
 /// A stdio session has one GET stream, which the gateway feeds itself: a second GET while a
@@ -293,7 +321,7 @@ pub async fn delete(
                     session::end_local(shard, &sref.id, "deleted");
                 }
             }
-            respond::source(shard, conn, src, Delivery::to(ex.tap)).await
+            relay::relay(shard, conn, src, Delivery::to(ex.tap)).await
         }
     }
 }

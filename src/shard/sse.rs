@@ -106,7 +106,7 @@ pub struct Stream {
     /// The shard's stats, whose `sse_pending_events` counts this stream's undelivered events.
     pub(crate) stats: Option<Arc<ShardStats>>,
     /// Translates a handshake-era upstream's events for a 2026-07-28 client.
-    pub(crate) shaping: RefCell<Option<Shaping>>,
+    pub(crate) shaping: RefCell<Option<Box<Shaping>>>,
 }
 
 impl Drop for Stream {
@@ -204,7 +204,7 @@ impl Stream {
     }
 
     /// Translate the upstream's events for a 2026-07-28 client (`Shaping`).
-    pub fn set_shaping(&self, shaping: Shaping) {
+    pub fn set_shaping(&self, shaping: Box<Shaping>) {
         *self.shaping.borrow_mut() = Some(shaping);
     }
 

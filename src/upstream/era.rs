@@ -406,29 +406,28 @@ pub async fn stateless(up: &Rc<Upstreams>, call: &Call<'_>) -> Result<Source> {
         upstream: None,
         version: None,
     };
-    if up.bridges.iter().all(Bridge::is_modern) {
-        return as_is(up, &req, call).await;
-    }
-    let i = pick_upstream(up, 0, &[], Instant::now())?;
-    match route(up, i).await {
-        Ok(Route::Bridged(shared)) => bridged(up, call, i, shared).await,
-        // A modern upstream, or one whose era could not be learned (it did not answer): the
-        // request goes the usual way, moving to another upstream if it cannot be sent. With
-        // a handshake-era upstream among them, it stays on the one that speaks its version.
-        other => {
-            if let Err(e) = &other {
-                log::debug!("shard {}: upstream {i}: era unknown: {e}", up.shard);
+    // The era is learned once per upstream; after that this is the path every request takes,
+    // so the rest (probe, the bridged exchange) is boxed to keep this future small: it is
+    // moved once per request.
+    if !up.bridges.iter().all(Bridge::is_modern) {
+        let i = pick_upstream(up, 0, &[], Instant::now())?;
+        match Box::pin(route(up, i)).await {
+            Ok(Route::Bridged(shared)) => return Box::pin(bridged(up, call, i, shared)).await,
+            // A modern upstream, or one whose era could not be learned (it did not answer):
+            // the request goes the usual way, moving to another upstream if it cannot be
+            // sent. With a handshake-era upstream among them, it stays on the one that
+            // speaks its version.
+            other => {
+                if let Err(e) = &other {
+                    log::debug!("shard {}: upstream {i}: era unknown: {e}", up.shard);
+                }
+                if other.is_ok() && up.bridges.iter().any(Bridge::is_handshake) {
+                    req.upstream = Some(i);
+                }
             }
-            if other.is_ok() && up.bridges.iter().any(Bridge::is_handshake) {
-                req.upstream = Some(i);
-            }
-            as_is(up, &req, call).await
         }
     }
-}
-
-async fn as_is(up: &Rc<Upstreams>, req: &UpRequest<'_>, call: &Call<'_>) -> Result<Source> {
-    exchange(up, req, call.client_cell, call.client)
+    exchange(up, &req, call.client_cell, call.client)
         .await
         .map(Source::Http)
 }
@@ -516,11 +515,11 @@ async fn send_bridged(
     };
     let mut ans = exchange(up, &req, call.client_cell, call.client).await?;
     let (owner, sid) = (up.clone(), shared.upstream_sid.clone());
-    ans.shape = Some(Shaping {
+    ans.shape = Some(Box::new(Shaping {
         method: msg.method.unwrap_or("").into(),
         ids: rewritten.map(|(gw, r)| (gw, r.id, r.token)),
         refuse: Box::new(move |id| refuse(&owner, i, sid.clone(), id)),
-    });
+    }));
     Ok(ans)
 }
 
