@@ -168,7 +168,8 @@ async fn pipeline(
         Method::Post => {
             let body = client::read_body(shard, conn, head).await?;
             ex.body_pending = false;
-            let parsed = validate::classify(&body)?;
+            // A body that is not JSON-RPC has no method to count: `invalid`.
+            let parsed = validate::classify(&body).inspect_err(|_| ex.method = "invalid")?;
             ex.method = static_method(parsed.method_label());
             let first_id = parsed.messages().first().and_then(|m| m.id);
             let fail = |e: Error| e.with_id(first_id);

@@ -338,7 +338,9 @@ fn passed(v: &[(String, bool)]) -> usize {
 
 #[test]
 fn conformance_scenarios_pass_through_the_gateway_as_they_do_direct() {
-    const LIMIT: Duration = Duration::from_secs(180);
+    // A guard against a hung suite, not a timing check: under load (CI beside other builds)
+    // one run of the 32 scenarios through the stdio bridge took over 180 s.
+    const LIMIT: Duration = Duration::from_secs(480);
     let p = peers();
     let server = Server::start("conformance-python", &python_http(false));
     let http = gateway_for(&["--upstream", &server.url()]);
