@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use crate::codec::http::RequestHead;
+use crate::config::OriginPolicy;
 use crate::degrade::Level;
 use crate::error::{Error, Kind, Result};
 use crate::mcp::{self, Version};
@@ -17,13 +18,7 @@ pub fn request(shard: &Shard, conn: &ClientConn, head: &RequestHead) -> Result<O
     if path != super::MCP_PATH {
         return Err(Error::new(Kind::NotFound, format!("no endpoint at {path}")));
     }
-    let policy = &shard.config().origins;
-    if head.minor == 1 && !policy.host_ok(head.headers.get_str("host")) {
-        return Err(Error::new(Kind::MisdirectedHost, ""));
-    }
-    if !policy.origin_ok(head.headers.get_str("origin")) {
-        return Err(Error::new(Kind::ForbiddenOrigin, ""));
-    }
+    host_and_origin(&shard.config().origins, head)?;
     let version = header_version(head)?;
     let level = crate::degrade::level(&shard.shared);
     if level == Level::Protective && head.headers.get("mcp-session-id").is_none() {
@@ -37,6 +32,18 @@ pub fn request(shard: &Shard, conn: &ClientConn, head: &RequestHead) -> Result<O
         }
     }
     Ok(version)
+}
+
+/// Host (DNS-rebinding protection) and Origin, as `policy` allows them. No shard state: the
+/// `request_head` fuzz target calls it as the pipeline does.
+pub fn host_and_origin(policy: &OriginPolicy, head: &RequestHead) -> Result<()> {
+    if head.minor == 1 && !policy.host_ok(head.headers.get_str("host")) {
+        return Err(Error::new(Kind::MisdirectedHost, ""));
+    }
+    if !policy.origin_ok(head.headers.get_str("origin")) {
+        return Err(Error::new(Kind::ForbiddenOrigin, ""));
+    }
+    Ok(())
 }
 
 /// The MCP-Protocol-Version header: absent is fine (assume 2025-03-26), unknown is a 400.

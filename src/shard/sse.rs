@@ -403,7 +403,7 @@ pub(crate) fn responses_in(data: &[u8]) -> usize {
 }
 
 /// The event with its `id` lines replaced by the gateway's `id: <stream>-<seq>`.
-fn rename(raw: &[u8], stream: u32, seq: u64) -> Vec<u8> {
+pub fn rename(raw: &[u8], stream: u32, seq: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(raw.len() + 24);
     out.extend_from_slice(format!("id: {stream}-{seq}\n").as_bytes());
     for line in raw.split_inclusive(|&b| b == b'\n') {
