@@ -2,7 +2,7 @@
 //!
 //! Invariants: the outcome (need more, too large, rejected, or a head of this length and
 //! framing) is the one RFC 9112 gives, recomputed from httparse's fields by an oracle written
-//! apart from the codec: no body after HEAD, 1xx, 204 and 304; otherwise the framing fields,
+//! apart from the codec: a status outside 100..=599 is rejected; no body after HEAD, 1xx, 204 and 304; otherwise the framing fields,
 //! and with none the body runs to the close (and the connection cannot be reused). An accepted
 //! head lies inside the input, parses the same alone or followed by more bytes, and every
 //! shorter prefix asks for more.
@@ -32,7 +32,7 @@ pub fn run(input: &[u8]) {
     };
     let len = head.head_len;
     assert!(len <= data.len() && len <= limits.max_head_bytes);
-    assert!((100..=999).contains(&head.status), "status {}", head.status);
+    assert!((100..=599).contains(&head.status), "status {}", head.status);
     let seen = summary(&head);
     let alone = http::parse_response(&data[..len], limits, was_head);
     assert_eq!(
@@ -64,6 +64,9 @@ fn expected(data: &[u8], limits: HeadLimits, was_head: bool) -> heads::Class {
             status,
             fields,
         } => {
+            if !(100..=599).contains(&status) {
+                return heads::Class::Rejected;
+            }
             if was_head || status < 200 || status == 204 || status == 304 {
                 return heads::Class::Head(len, BodyKind::None);
             }

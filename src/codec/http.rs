@@ -267,6 +267,11 @@ pub fn parse_response(
         return Ok(None);
     };
     let status = resp.code.unwrap_or(0);
+    if !(100..=599).contains(&status) {
+        // RFC 9110 §15: three digits, classes 1xx to 5xx. httparse takes any three digits,
+        // and "024" would otherwise read as an interim response with no body.
+        return Err(HttpError::Malformed("status code outside 100..=599"));
+    }
     let minor = resp.version.unwrap_or(1);
     let headers = Headers::from_parsed(buf, Bytes::copy_from_slice(&buf[..head_len]), resp.headers);
     let body = if request_was_head || status < 200 || status == 204 || status == 304 {
@@ -918,6 +923,17 @@ mod tests {
             false,
         );
         assert_eq!(r.unwrap().unwrap().body, BodyKind::None);
+    }
+
+    #[test]
+    fn rejects_status_outside_the_classes() {
+        let parse = |s: &[u8]| parse_response(s, HeadLimits::default(), false);
+        assert!(parse(b"HTTP/1.0 024 x\r\n\r\n").is_err());
+        assert!(parse(b"HTTP/1.1 600 x\r\n\r\n").is_err());
+        assert_eq!(
+            parse(b"HTTP/1.1 599 x\r\n\r\n").unwrap().unwrap().status,
+            599
+        );
     }
 
     fn decode_all(input: &[u8]) -> Result<(Vec<u8>, bool), HttpError> {
