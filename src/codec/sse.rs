@@ -4,7 +4,8 @@
 //! Invariants:
 //! - the splitter yields each event as soon as its terminating blank line arrives, so the
 //!   relay can flush event by event;
-//! - the bytes held for an event in progress are bounded by `max_event_bytes`.
+//! - no event longer than `max_event_bytes` is yielded, and the bytes held for an event in
+//!   progress are bounded by it.
 
 use bytes::{Bytes, BytesMut};
 
@@ -39,6 +40,9 @@ impl SseSplitter {
     /// The next complete event, if one is buffered.
     pub fn next_event(&mut self) -> Result<Option<Bytes>, HttpError> {
         match find_event_end(&self.pending, self.scanned) {
+            // A whole event over the bound is refused as one still in progress would be: which
+            // of the two it is depends only on how the upstream's bytes were cut into reads.
+            Some(end) if end > self.max_event_bytes => Err(HttpError::BodyTooLarge),
             Some(end) => {
                 self.scanned = 0;
                 Ok(Some(self.pending.split_to(end).freeze()))
@@ -191,6 +195,10 @@ mod tests {
     fn sse_event_bound() {
         let mut s = SseSplitter::new(8);
         s.push(b"data: 0123456789");
+        assert_eq!(s.next_event().unwrap_err(), HttpError::BodyTooLarge);
+        // Whole in one read, too.
+        let mut s = SseSplitter::new(8);
+        s.push(b"data: 0123456789\n\n");
         assert_eq!(s.next_event().unwrap_err(), HttpError::BodyTooLarge);
     }
 }
