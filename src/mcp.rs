@@ -252,7 +252,11 @@ pub fn classify(body: &[u8]) -> Result<Body<'_>, ClassifyError> {
 
 fn classify_one(body: &[u8]) -> Result<Message<'_>, ClassifyError> {
     let peek: Peek<'_> = serde_json::from_slice(body).map_err(|e| {
-        if e.is_data() {
+        // serde stops at the first error, and a wrong type can come before broken syntax
+        // (`{"jsonrpc":5,`): only JSON that parses is an invalid request rather than a
+        // parse error.
+        let json = serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok();
+        if e.is_data() && json {
             ClassifyError::Invalid("not a JSON-RPC object")
         } else {
             ClassifyError::Parse(e.to_string())
@@ -559,6 +563,11 @@ mod tests {
             Err(ClassifyError::Invalid(_))
         ));
         assert!(matches!(classify(b"[]"), Err(ClassifyError::Invalid(_))));
+        assert!(matches!(classify(b"7*"), Err(ClassifyError::Parse(_))));
+        assert!(matches!(
+            classify(br#"{"jsonrpc":5,"#),
+            Err(ClassifyError::Parse(_))
+        ));
         assert!(matches!(classify(b"42"), Err(ClassifyError::Invalid(_))));
         assert!(matches!(
             classify(br#"{"jsonrpc":"2.0","id":1}"#),
