@@ -745,7 +745,12 @@ impl LineFramer {
         while let Some(nl) = memchr(b'\n', &rb.data()[self.scanned..]) {
             let end = self.scanned + nl;
             let line = trim_cr(&rb.data()[..end]);
-            if !self.skipping && !line.iter().all(u8::is_ascii_whitespace) {
+            if self.skipping {
+                // The rest of an oversized line, already reported.
+            } else if end > max_line {
+                // Whole in one read, but over the bound all the same.
+                out(Line::Oversized);
+            } else if !line.iter().all(u8::is_ascii_whitespace) {
                 out(Line::Message(line));
             }
             self.skipping = false;
@@ -939,6 +944,28 @@ mod tests {
         assert_eq!(v["params"]["requestId"], 9);
         let other = rewrite_cancel(body, |_| None);
         assert_eq!(&other[..other.len() - 1], &body[..]);
+    }
+
+    #[test]
+    fn line_framer_bounds_lines_however_they_arrive() {
+        let frame = |pieces: &[&[u8]]| {
+            let (mut f, mut rb, mut got) = (LineFramer::default(), ReadBuf::default(), vec![]);
+            for p in pieces {
+                let mut v = rb.into_vec();
+                v.extend_from_slice(p);
+                rb = ReadBuf::from_vec(v);
+                f.split(&mut rb, 4, &mut |l| {
+                    got.push(match l {
+                        Line::Message(m) => String::from_utf8_lossy(m).into_owned(),
+                        Line::Oversized => "<oversized>".into(),
+                    })
+                });
+            }
+            got
+        };
+        let want = ["ab", "<oversized>", "cd"];
+        assert_eq!(frame(&[b"ab\r\n  \nabcdefgh\ncd\n"]), want);
+        assert_eq!(frame(&[b"ab\r\n  \nabc", b"defg", b"h\ncd\n"]), want);
     }
 
     #[test]
