@@ -308,7 +308,9 @@ impl SessionEvents {
 pub fn sse_event(data: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(data.len() + 24);
     out.extend_from_slice(b"event: message\ndata: ");
-    out.extend_from_slice(data);
+    // A raw CR ends an SSE line. In a JSON line it can only be whitespace (inside strings it
+    // must be escaped), so a space keeps the message whole and means the same.
+    out.extend(data.iter().map(|&b| if b == b'\r' { b' ' } else { b }));
     out.extend_from_slice(b"\n\n");
     Bytes::from(out)
 }
