@@ -5,7 +5,8 @@
 //! - A head larger than `max_head_bytes` or with more than `max_headers` headers is rejected
 //!   (431) before it is fully buffered: memory per connection stays bounded.
 //! - Framing follows RFC 9112 §6: Transfer-Encoding together with Content-Length, conflicting
-//!   Content-Length values, or a coding other than a final `chunked` are errors, never guessed.
+//!   Content-Length values, or a coding other than a final `chunked` are errors, never guessed;
+//!   so is a request with more than one Host (§3.2).
 
 use std::io;
 
@@ -241,6 +242,15 @@ pub fn parse_request(buf: &[u8], limits: HeadLimits) -> Result<Option<RequestHea
     let method = Method::parse(req.method.unwrap_or(""));
     let path = req.path.unwrap_or("/").to_string();
     let headers = Headers::from_parsed(buf, Bytes::copy_from_slice(&buf[..head_len]), req.headers);
+    // RFC 9112 §3.2: more than one Host is a 400, never a guess at which one counts.
+    if headers
+        .iter_raw()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(b"host"))
+        .count()
+        > 1
+    {
+        return Err(HttpError::Malformed("more than one Host"));
+    }
     let body = request_body_kind(&headers, minor)?;
     let keep_alive = keep_alive(&headers, minor);
     Ok(Some(RequestHead {
@@ -862,6 +872,12 @@ mod tests {
         let r = req("POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n");
         assert_eq!(r.unwrap().unwrap().body, BodyKind::Length(3));
         assert!(req("POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn rejects_two_hosts() {
+        let e = req("GET /mcp HTTP/1.1\r\nHost: localhost\r\nhost: evil.example\r\n\r\n");
+        assert_eq!(e.unwrap_err(), HttpError::Malformed("more than one Host"));
     }
 
     #[test]
