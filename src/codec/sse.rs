@@ -102,6 +102,25 @@ fn find_event_end(buf: &[u8], mut scan: Scan) -> Result<usize, Scan> {
     Err(scan)
 }
 
+/// The lines of an event as `(line, line with its terminator)`; CRLF, LF and CR each end a
+/// line (WHATWG SSE), and the last line may have none.
+pub fn lines(event: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    let mut rest = event;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let (len, end) = match rest.iter().position(|&b| b == b'\n' || b == b'\r') {
+            None => (rest.len(), rest.len()),
+            Some(i) if rest[i..].starts_with(b"\r\n") => (i, i + 2),
+            Some(i) => (i, i + 1),
+        };
+        let (whole, tail) = rest.split_at(end);
+        rest = tail;
+        Some((&whole[..len], whole))
+    })
+}
+
 /// The fields of one SSE event that MCP uses.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct SseFields {
