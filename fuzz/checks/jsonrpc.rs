@@ -199,9 +199,12 @@ fn seen(m: &mcp::Message<'_>) -> Expected {
     Expected {
         kind: m.kind,
         method: m.method.map(str::to_string),
-        id: m
-            .id
-            .map(|raw| serde_json::from_str(raw).expect("an id is raw JSON")),
+        id: m.id.map(|raw| {
+            let json = serde_json::from_str::<de::IgnoredAny>(raw).is_ok();
+            assert!(json, "an id is raw JSON: {raw}");
+            // A number past f64 (1e400) is JSON but no `Value`; `verdict` skips those bodies.
+            serde_json::from_str(raw).unwrap_or(Value::Null)
+        }),
         name: m.name.clone(),
     }
 }
@@ -264,13 +267,17 @@ fn rewrite_and_restore(body: &[u8], gw: u64, template: u8) {
     let rw = stdio::rewrite_request(body, gw).expect("a classified request is rewritable");
     one_line(&rw.line);
     assert!(rw.line.ends_with(b"\n"));
-    let original: Option<Value> = serde_json::from_slice(body).ok();
+    // A body with a number past f64 is JSON but no `Value`: nothing to compare with.
+    let Ok(original) = serde_json::from_slice::<Value>(body) else {
+        return;
+    };
     let id: Value = serde_json::from_str(&rw.id).expect("raw id");
     let token: Option<Value> = rw
         .token
         .as_deref()
         .map(|t| serde_json::from_str(t).expect("raw token"));
-    if let Some(mut want) = original {
+    {
+        let mut want = original;
         assert_eq!(Some(&id), want.get("id"));
         let expected_token = token_of(body);
         assert_eq!(token, expected_token, "the progress token taken");
