@@ -40,7 +40,12 @@ pub fn host_and_origin(policy: &OriginPolicy, head: &RequestHead) -> Result<()> 
     if head.minor == 1 && !policy.host_ok(head.headers.get_str("host")) {
         return Err(Error::new(Kind::MisdirectedHost, ""));
     }
-    if !policy.origin_ok(head.headers.get_str("origin")) {
+    // A present Origin must be allowed, even one that is not UTF-8 (which is no origin at all).
+    let origin_ok = match head.headers.get("origin") {
+        None => policy.origin_ok(None),
+        Some(v) => std::str::from_utf8(v).is_ok_and(|o| policy.origin_ok(Some(o.trim()))),
+    };
+    if !origin_ok {
         return Err(Error::new(Kind::ForbiddenOrigin, ""));
     }
     Ok(())
