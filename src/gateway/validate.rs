@@ -37,7 +37,9 @@ pub fn request(shard: &Shard, conn: &ClientConn, head: &RequestHead) -> Result<O
 /// Host (DNS-rebinding protection) and Origin, as `policy` allows them. No shard state: the
 /// `request_head` fuzz target calls it as the pipeline does.
 pub fn host_and_origin(policy: &OriginPolicy, head: &RequestHead) -> Result<()> {
-    if head.minor == 1 && !policy.host_ok(head.headers.get_str("host")) {
+    // Required in HTTP/1.1; checked in HTTP/1.0 too when present.
+    let host = head.headers.get("host");
+    if (head.minor == 1 || host.is_some()) && !policy.host_ok(head.headers.get_str("host")) {
         return Err(Error::new(Kind::MisdirectedHost, ""));
     }
     // A present Origin must be allowed, even one that is not UTF-8 (which is no origin at all).
