@@ -158,7 +158,10 @@ pub fn parse_sse_event(event: &[u8]) -> SseFields {
                 f.data.extend_from_slice(value);
                 has_data = true;
             }
-            b"id" => f.id = Some(String::from_utf8_lossy(value).into_owned()),
+            // WHATWG: an id holding NUL is ignored (it could not be sent back in a header).
+            b"id" if !value.contains(&0) => {
+                f.id = Some(String::from_utf8_lossy(value).into_owned())
+            }
             b"retry" => f.retry_ms = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()),
             _ => {}
         }

@@ -348,7 +348,9 @@ fn scan(event: &[u8]) -> Scan<'_> {
     for (name, value) in sse::sse_fields(event) {
         match name {
             b"data" => out.has_data = true,
-            b"id" => out.id = Some(value),
+            // As `sse::parse_sse_event`: an id holding NUL is ignored, never sent upstream as
+            // Last-Event-ID.
+            b"id" if !value.contains(&0) => out.id = Some(value),
             b"retry" => out.retry_ms = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()),
             _ => {}
         }
