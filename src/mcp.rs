@@ -275,6 +275,12 @@ fn classify_one(body: &[u8]) -> Result<Message<'_>, ClassifyError> {
         return Err(ClassifyError::Invalid("jsonrpc must be \"2.0\""));
     }
     let id = peek.id.map(RawValue::get);
+    // JSON-RPC 2.0: an id is a string or a number (null reads as none). Anything else could
+    // not be echoed safely: an object or array id may hold line breaks.
+    let scalar = |raw: &str| matches!(raw.as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9'));
+    if id.is_some_and(|raw| !scalar(raw)) {
+        return Err(ClassifyError::Invalid("id must be a string or a number"));
+    }
     let kind = match (
         peek.method,
         id,
@@ -575,6 +581,13 @@ mod tests {
         ));
         assert!(matches!(classify(b"[]"), Err(ClassifyError::Invalid(_))));
         assert!(matches!(classify(b"7*"), Err(ClassifyError::Parse(_))));
+        for id in ["true", "[1]", "{}"] {
+            let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"ping"}}"#);
+            assert!(matches!(
+                classify(body.as_bytes()),
+                Err(ClassifyError::Invalid(_))
+            ));
+        }
         // Arrays are not messages, even ones serde could read as positional fields.
         let positional = br#"[["2.0","ping",1,null,null,null]]"#;
         assert!(matches!(
