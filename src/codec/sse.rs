@@ -145,6 +145,15 @@ pub fn sse_fields(event: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
         })
 }
 
+/// A `retry:` value: ASCII digits only (WHATWG; `+5` or ` 5` is no delay). An invalid one is
+/// ignored, leaving any earlier one in force.
+pub fn retry_ms(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
 /// Parses one whole event (as `SseSplitter` yields it). Comments and unknown fields are skipped.
 pub fn parse_sse_event(event: &[u8]) -> SseFields {
     let mut f = SseFields::default();
@@ -162,7 +171,7 @@ pub fn parse_sse_event(event: &[u8]) -> SseFields {
             b"id" if !value.contains(&0) => {
                 f.id = Some(String::from_utf8_lossy(value).into_owned())
             }
-            b"retry" => f.retry_ms = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()),
+            b"retry" => f.retry_ms = retry_ms(value).or(f.retry_ms),
             _ => {}
         }
     }

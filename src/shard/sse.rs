@@ -351,7 +351,7 @@ fn scan(event: &[u8]) -> Scan<'_> {
             // As `sse::parse_sse_event`: an id holding NUL is ignored, never sent upstream as
             // Last-Event-ID.
             b"id" if !value.contains(&0) => out.id = Some(value),
-            b"retry" => out.retry_ms = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()),
+            b"retry" => out.retry_ms = sse::retry_ms(value).or(out.retry_ms),
             _ => {}
         }
     }
