@@ -250,18 +250,37 @@ pub fn classify(body: &[u8]) -> Result<Body<'_>, ClassifyError> {
     classify_one(body).map(Body::Single)
 }
 
+/// Whether `text` starts (after whitespace) an object. serde's derived structs also read
+/// arrays, as positional fields; JSON-RPC messages and named params are objects.
+fn is_object(text: &[u8]) -> bool {
+    text.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+}
+
+/// JSON that parses is an invalid request (-32600), anything else a parse error (-32700):
+/// serde stops at its first error, and a wrong type can come before broken syntax.
+fn refused(body: &[u8], why: &'static str, e: Option<serde_json::Error>) -> ClassifyError {
+    match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+        Ok(_) => ClassifyError::Invalid(why),
+        Err(syntax) => ClassifyError::Parse(e.unwrap_or(syntax).to_string()),
+    }
+}
+
 fn classify_one(body: &[u8]) -> Result<Message<'_>, ClassifyError> {
-    let peek: Peek<'_> = serde_json::from_slice(body).map_err(|e| {
-        if e.is_data() {
-            ClassifyError::Invalid("not a JSON-RPC object")
-        } else {
-            ClassifyError::Parse(e.to_string())
-        }
-    })?;
+    if !is_object(body) {
+        return Err(refused(body, "not a JSON-RPC object", None));
+    }
+    let peek: Peek<'_> = serde_json::from_slice(body)
+        .map_err(|e| refused(body, "not a JSON-RPC object", Some(e)))?;
     if peek.jsonrpc != Some("2.0") {
         return Err(ClassifyError::Invalid("jsonrpc must be \"2.0\""));
     }
     let id = peek.id.map(RawValue::get);
+    // JSON-RPC 2.0: an id is a string or a number (null reads as none). Anything else could
+    // not be echoed safely: an object or array id may hold line breaks.
+    let scalar = |raw: &str| matches!(raw.as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9'));
+    if id.is_some_and(|raw| !scalar(raw)) {
+        return Err(ClassifyError::Invalid("id must be a string or a number"));
+    }
     let kind = match (
         peek.method,
         id,
@@ -279,7 +298,9 @@ fn classify_one(body: &[u8]) -> Result<Message<'_>, ClassifyError> {
     let name = match (peek.method, peek.params) {
         (Some("tools/call" | "prompts/get" | "resources/read"), Some(p)) => {
             let named: NamedParams = serde_json::from_str(p.get())
-                .map_err(|_| ClassifyError::Invalid("params must be an object"))?;
+                .ok()
+                .filter(|_| is_object(p.get().as_bytes()))
+                .ok_or(ClassifyError::Invalid("params must be an object"))?;
             if peek.method == Some("resources/read") {
                 named.uri
             } else {
@@ -559,6 +580,26 @@ mod tests {
             Err(ClassifyError::Invalid(_))
         ));
         assert!(matches!(classify(b"[]"), Err(ClassifyError::Invalid(_))));
+        assert!(matches!(classify(b"7*"), Err(ClassifyError::Parse(_))));
+        for id in ["true", "[1]", "{}"] {
+            let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"ping"}}"#);
+            assert!(matches!(
+                classify(body.as_bytes()),
+                Err(ClassifyError::Invalid(_))
+            ));
+        }
+        // Arrays are not messages, even ones serde could read as positional fields.
+        let positional = br#"[["2.0","ping",1,null,null,null]]"#;
+        assert!(matches!(
+            classify(positional),
+            Err(ClassifyError::Invalid(_))
+        ));
+        let params = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":["echo",null]}"#;
+        assert!(matches!(classify(params), Err(ClassifyError::Invalid(_))));
+        assert!(matches!(
+            classify(br#"{"jsonrpc":5,"#),
+            Err(ClassifyError::Parse(_))
+        ));
         assert!(matches!(classify(b"42"), Err(ClassifyError::Invalid(_))));
         assert!(matches!(
             classify(br#"{"jsonrpc":"2.0","id":1}"#),

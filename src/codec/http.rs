@@ -5,7 +5,8 @@
 //! - A head larger than `max_head_bytes` or with more than `max_headers` headers is rejected
 //!   (431) before it is fully buffered: memory per connection stays bounded.
 //! - Framing follows RFC 9112 §6: Transfer-Encoding together with Content-Length, conflicting
-//!   Content-Length values, or a coding other than a final `chunked` are errors, never guessed.
+//!   Content-Length values, or a coding other than a final `chunked` are errors, never guessed;
+//!   so is a request with more than one Host (§3.2).
 
 use std::io;
 
@@ -241,6 +242,15 @@ pub fn parse_request(buf: &[u8], limits: HeadLimits) -> Result<Option<RequestHea
     let method = Method::parse(req.method.unwrap_or(""));
     let path = req.path.unwrap_or("/").to_string();
     let headers = Headers::from_parsed(buf, Bytes::copy_from_slice(&buf[..head_len]), req.headers);
+    // RFC 9112 §3.2: more than one Host is a 400, never a guess at which one counts.
+    if headers
+        .iter_raw()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(b"host"))
+        .count()
+        > 1
+    {
+        return Err(HttpError::Malformed("more than one Host"));
+    }
     let body = request_body_kind(&headers, minor)?;
     let keep_alive = keep_alive(&headers, minor);
     Ok(Some(RequestHead {
@@ -267,6 +277,11 @@ pub fn parse_response(
         return Ok(None);
     };
     let status = resp.code.unwrap_or(0);
+    if !(100..=599).contains(&status) {
+        // RFC 9110 §15: three digits, classes 1xx to 5xx. httparse takes any three digits,
+        // and "024" would otherwise read as an interim response with no body.
+        return Err(HttpError::Malformed("status code outside 100..=599"));
+    }
     let minor = resp.version.unwrap_or(1);
     let headers = Headers::from_parsed(buf, Bytes::copy_from_slice(&buf[..head_len]), resp.headers);
     let body = if request_was_head || status < 200 || status == 204 || status == 304 {
@@ -860,6 +875,12 @@ mod tests {
     }
 
     #[test]
+    fn rejects_two_hosts() {
+        let e = req("GET /mcp HTTP/1.1\r\nHost: localhost\r\nhost: evil.example\r\n\r\n");
+        assert_eq!(e.unwrap_err(), HttpError::Malformed("more than one Host"));
+    }
+
+    #[test]
     fn rejects_unknown_coding() {
         let e = req("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n").unwrap_err();
         assert_eq!(e, HttpError::UnsupportedCoding);
@@ -918,6 +939,17 @@ mod tests {
             false,
         );
         assert_eq!(r.unwrap().unwrap().body, BodyKind::None);
+    }
+
+    #[test]
+    fn rejects_status_outside_the_classes() {
+        let parse = |s: &[u8]| parse_response(s, HeadLimits::default(), false);
+        assert!(parse(b"HTTP/1.0 024 x\r\n\r\n").is_err());
+        assert!(parse(b"HTTP/1.1 600 x\r\n\r\n").is_err());
+        assert_eq!(
+            parse(b"HTTP/1.1 599 x\r\n\r\n").unwrap().unwrap().status,
+            599
+        );
     }
 
     fn decode_all(input: &[u8]) -> Result<(Vec<u8>, bool), HttpError> {

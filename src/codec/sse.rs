@@ -4,7 +4,8 @@
 //! Invariants:
 //! - the splitter yields each event as soon as its terminating blank line arrives, so the
 //!   relay can flush event by event;
-//! - the bytes held for an event in progress are bounded by `max_event_bytes`.
+//! - no event longer than `max_event_bytes` is yielded, and the bytes held for an event in
+//!   progress are bounded by it.
 
 use bytes::{Bytes, BytesMut};
 
@@ -17,16 +18,24 @@ use super::http::HttpError;
 #[derive(Debug)]
 pub struct SseSplitter {
     pending: BytesMut,
-    /// How far `pending` was already scanned for a terminator.
-    scanned: usize,
+    /// Where the scan for the event's end resumes, and what it had seen there.
+    scan: Scan,
     max_event_bytes: usize,
+}
+
+/// How far `pending` was already searched for the blank line ending an event.
+#[derive(Debug, Clone, Copy, Default)]
+struct Scan {
+    at: usize,
+    /// `pending[at]` comes right after a line terminator.
+    after_terminator: bool,
 }
 
 impl SseSplitter {
     pub fn new(max_event_bytes: usize) -> SseSplitter {
         SseSplitter {
             pending: BytesMut::new(),
-            scanned: 0,
+            scan: Scan::default(),
             max_event_bytes,
         }
     }
@@ -38,17 +47,19 @@ impl SseSplitter {
 
     /// The next complete event, if one is buffered.
     pub fn next_event(&mut self) -> Result<Option<Bytes>, HttpError> {
-        match find_event_end(&self.pending, self.scanned) {
-            Some(end) => {
-                self.scanned = 0;
+        match find_event_end(&self.pending, self.scan) {
+            // A whole event over the bound is refused as one still in progress would be: which
+            // of the two it is depends only on how the upstream's bytes were cut into reads.
+            Ok(end) if end > self.max_event_bytes => Err(HttpError::BodyTooLarge),
+            Ok(end) => {
+                self.scan = Scan::default();
                 Ok(Some(self.pending.split_to(end).freeze()))
             }
-            None => {
+            Err(scan) => {
                 if self.pending.len() > self.max_event_bytes {
                     return Err(HttpError::BodyTooLarge);
                 }
-                // Keep the last 3 bytes unscanned: a terminator may straddle the boundary.
-                self.scanned = self.pending.len().saturating_sub(3);
+                self.scan = scan;
                 Ok(None)
             }
         }
@@ -56,7 +67,7 @@ impl SseSplitter {
 
     /// Bytes of an unterminated event left when the stream ended.
     pub fn take_rest(&mut self) -> Bytes {
-        self.scanned = 0;
+        self.scan = Scan::default();
         self.pending.split().freeze()
     }
 
@@ -65,42 +76,49 @@ impl SseSplitter {
     }
 }
 
-/// Index one past the blank line ending the first event in `buf`, searching from `from`.
-/// Lines may end in CRLF, LF or CR (WHATWG SSE).
-fn find_event_end(buf: &[u8], from: usize) -> Option<usize> {
-    let mut i = from;
-    while i < buf.len() {
-        match buf[i] {
-            b'\n' => {
-                if buf.get(i + 1) == Some(&b'\n') {
-                    return Some(i + 2);
-                }
-                if buf.get(i + 1) == Some(&b'\r') {
-                    // "\n\r\n" or a lone "\n\r" (CR line end) both end the event.
-                    return Some(if buf.get(i + 2) == Some(&b'\n') {
-                        i + 3
-                    } else {
-                        i + 2
-                    });
-                }
+/// Index one past the blank line ending the first event in `buf`: a line terminator right
+/// after another. Lines end in CRLF, LF or CR (WHATWG SSE); a CR at the end of `buf` is not
+/// decided yet (an LF may follow), so the scan stops before it. `Err`: where to resume once
+/// more bytes arrived.
+fn find_event_end(buf: &[u8], mut scan: Scan) -> Result<usize, Scan> {
+    while scan.at < buf.len() {
+        let len = match (buf[scan.at], buf.get(scan.at + 1)) {
+            (b'\n', _) => 1,
+            (b'\r', None) => break,
+            (b'\r', Some(b'\n')) => 2,
+            (b'\r', Some(_)) => 1,
+            _ => {
+                scan.after_terminator = false;
+                scan.at += 1;
+                continue;
             }
-            b'\r' => {
-                let next = i + if buf.get(i + 1) == Some(&b'\n') { 2 } else { 1 };
-                match buf.get(next) {
-                    Some(b'\r') if buf.get(next + 1) == Some(&b'\n') => return Some(next + 2),
-                    Some(b'\r') if next + 1 < buf.len() => return Some(next + 1),
-                    Some(b'\n') if next == i + 1 => return Some(next + 1),
-                    _ => {}
-                }
-                if next > i + 1 {
-                    i += 1;
-                }
-            }
-            _ => {}
+        };
+        if scan.after_terminator {
+            return Ok(scan.at + len);
         }
-        i += 1;
+        scan.after_terminator = true;
+        scan.at += len;
     }
-    None
+    Err(scan)
+}
+
+/// The lines of an event as `(line, line with its terminator)`; CRLF, LF and CR each end a
+/// line (WHATWG SSE), and the last line may have none.
+pub fn lines(event: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    let mut rest = event;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let (len, end) = match rest.iter().position(|&b| b == b'\n' || b == b'\r') {
+            None => (rest.len(), rest.len()),
+            Some(i) if rest[i..].starts_with(b"\r\n") => (i, i + 2),
+            Some(i) => (i, i + 1),
+        };
+        let (whole, tail) = rest.split_at(end);
+        rest = tail;
+        Some((&whole[..len], whole))
+    })
 }
 
 /// The fields of one SSE event that MCP uses.
@@ -127,6 +145,15 @@ pub fn sse_fields(event: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
         })
 }
 
+/// A `retry:` value: ASCII digits only (WHATWG; `+5` or ` 5` is no delay). An invalid one is
+/// ignored, leaving any earlier one in force.
+pub fn retry_ms(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
 /// Parses one whole event (as `SseSplitter` yields it). Comments and unknown fields are skipped.
 pub fn parse_sse_event(event: &[u8]) -> SseFields {
     let mut f = SseFields::default();
@@ -140,8 +167,11 @@ pub fn parse_sse_event(event: &[u8]) -> SseFields {
                 f.data.extend_from_slice(value);
                 has_data = true;
             }
-            b"id" => f.id = Some(String::from_utf8_lossy(value).into_owned()),
-            b"retry" => f.retry_ms = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()),
+            // WHATWG: an id holding NUL is ignored (it could not be sent back in a header).
+            b"id" if !value.contains(&0) => {
+                f.id = Some(String::from_utf8_lossy(value).into_owned())
+            }
+            b"retry" => f.retry_ms = retry_ms(value).or(f.retry_ms),
             _ => {}
         }
     }
@@ -173,6 +203,18 @@ mod tests {
     }
 
     #[test]
+    fn sse_mixed_line_endings_end_an_event_once() {
+        // CRLF then LF is a blank line; LF then CR waits for the byte after the CR.
+        let mut s = SseSplitter::new(1024);
+        s.push(b"data: a\r\n\ndata: b\n\r");
+        assert_eq!(&s.next_event().unwrap().unwrap()[..], b"data: a\r\n\n");
+        assert!(s.next_event().unwrap().is_none());
+        s.push(b"\ndata: c\n\n");
+        assert_eq!(&s.next_event().unwrap().unwrap()[..], b"data: b\n\r\n");
+        assert_eq!(&s.next_event().unwrap().unwrap()[..], b"data: c\n\n");
+    }
+
+    #[test]
     fn sse_byte_by_byte() {
         let stream = b"id: 1\r\ndata: x\r\n\r\n: keepalive\n\nevent: m\ndata: y\n\n";
         let mut s = SseSplitter::new(1024);
@@ -191,6 +233,10 @@ mod tests {
     fn sse_event_bound() {
         let mut s = SseSplitter::new(8);
         s.push(b"data: 0123456789");
+        assert_eq!(s.next_event().unwrap_err(), HttpError::BodyTooLarge);
+        // Whole in one read, too.
+        let mut s = SseSplitter::new(8);
+        s.push(b"data: 0123456789\n\n");
         assert_eq!(s.next_event().unwrap_err(), HttpError::BodyTooLarge);
     }
 }

@@ -872,16 +872,31 @@ impl OriginPolicy {
     }
 }
 
+/// `localhost`, a 127/8 address or `[::1]`, with an optional port: nothing else after the host
+/// (`127.0.0.1:80.evil` is not loopback).
 fn is_loopback_authority(a: &str) -> bool {
-    let host = if let Some(rest) = a.strip_prefix('[') {
-        rest.split(']').next().unwrap_or("")
-    } else {
-        a.split(':').next().unwrap_or("")
+    let (host, port) = match a.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some(("::1", "")) => return true,
+            Some(("::1", p)) => return p.strip_prefix(':').is_some_and(is_port),
+            _ => return false,
+        },
+        None => match a.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (a, None),
+        },
     };
-    matches!(host, "localhost" | "::1")
-        || host
-            .parse::<std::net::Ipv4Addr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    let loopback = host == "localhost"
+        || (host.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+            && host
+                .parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|ip| ip.is_loopback()));
+    loopback && port.is_none_or(is_port)
+}
+
+/// A port in an authority: digits that fit a u16, or nothing (RFC 3986 allows `host:`).
+fn is_port(p: &str) -> bool {
+    p.bytes().all(|b| b.is_ascii_digit()) && (p.is_empty() || p.parse::<u16>().is_ok())
 }
 
 #[cfg(test)]
@@ -1002,5 +1017,10 @@ mod tests {
         assert!(p.host_ok(Some("127.0.0.1:8080")));
         assert!(!p.host_ok(Some("evil.example")));
         assert!(!p.host_ok(None));
+        assert!(!p.host_ok(Some("127.0.0.1:800.0.1:8080")));
+        assert!(!p.host_ok(Some("localhost:80@evil.example")));
+        assert!(!p.host_ok(Some("[::1]evil.example")));
+        assert!(!p.origin_ok(Some("http://[::1")));
+        assert!(p.host_ok(Some("localhost:")));
     }
 }

@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use crate::codec::http::RequestHead;
+use crate::config::OriginPolicy;
 use crate::degrade::Level;
 use crate::error::{Error, Kind, Result};
 use crate::mcp::{self, Version};
@@ -13,20 +14,12 @@ use crate::shard::{ClientConn, Shard};
 
 /// Checks a request head; returns the protocol version it names (`None`: none named).
 pub fn request(shard: &Shard, conn: &ClientConn, head: &RequestHead) -> Result<Option<Version>> {
-    let (authority, path) = target(&head.path);
+    let (_, path) = target(&head.path);
     let path = path.split('?').next().unwrap_or("");
     if path != super::MCP_PATH {
         return Err(Error::new(Kind::NotFound, format!("no endpoint at {path}")));
     }
-    let policy = &shard.config().origins;
-    // An absolute-form target names the host itself, in place of Host (RFC 9112, 3.2.2).
-    let host = authority.or(head.headers.get_str("host"));
-    if (head.minor == 1 || authority.is_some()) && !policy.host_ok(host) {
-        return Err(Error::new(Kind::MisdirectedHost, ""));
-    }
-    if !policy.origin_ok(head.headers.get_str("origin")) {
-        return Err(Error::new(Kind::ForbiddenOrigin, ""));
-    }
+    host_and_origin(&shard.config().origins, head)?;
     let version = header_version(head)?;
     let level = crate::degrade::level(&shard.shared);
     if level == Level::Protective && head.headers.get("mcp-session-id").is_none() {
@@ -40,6 +33,28 @@ pub fn request(shard: &Shard, conn: &ClientConn, head: &RequestHead) -> Result<O
         }
     }
     Ok(version)
+}
+
+/// Host (DNS-rebinding protection) and Origin, as `policy` allows them. No shard state: the
+/// `request_head` fuzz target calls it as the pipeline does.
+pub fn host_and_origin(policy: &OriginPolicy, head: &RequestHead) -> Result<()> {
+    // Required in HTTP/1.1; checked in HTTP/1.0 too when present. An absolute-form target
+    // names the host itself, in place of Host (RFC 9112, 3.2.2).
+    let (authority, _) = target(&head.path);
+    let named = authority.or(head.headers.get_str("host"));
+    let present = head.headers.get("host").is_some() || authority.is_some();
+    if (head.minor == 1 || present) && !policy.host_ok(named) {
+        return Err(Error::new(Kind::MisdirectedHost, ""));
+    }
+    // A present Origin must be allowed, even one that is not UTF-8 (which is no origin at all).
+    let origin_ok = match head.headers.get("origin") {
+        None => policy.origin_ok(None),
+        Some(v) => std::str::from_utf8(v).is_ok_and(|o| policy.origin_ok(Some(o.trim()))),
+    };
+    if !origin_ok {
+        return Err(Error::new(Kind::ForbiddenOrigin, ""));
+    }
+    Ok(())
 }
 
 /// A request target's authority (absolute-form: `http://host:port/path`, which a server must

@@ -348,8 +348,10 @@ fn scan(event: &[u8]) -> Scan<'_> {
     for (name, value) in sse::sse_fields(event) {
         match name {
             b"data" => out.has_data = true,
-            b"id" => out.id = Some(value),
-            b"retry" => out.retry_ms = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()),
+            // As `sse::parse_sse_event`: an id holding NUL is ignored, never sent upstream as
+            // Last-Event-ID.
+            b"id" if !value.contains(&0) => out.id = Some(value),
+            b"retry" => out.retry_ms = sse::retry_ms(value).or(out.retry_ms),
             _ => {}
         }
     }
@@ -403,13 +405,14 @@ pub(crate) fn responses_in(data: &[u8]) -> usize {
 }
 
 /// The event with its `id` lines replaced by the gateway's `id: <stream>-<seq>`.
-fn rename(raw: &[u8], stream: u32, seq: u64) -> Vec<u8> {
+pub fn rename(raw: &[u8], stream: u32, seq: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(raw.len() + 24);
     out.extend_from_slice(format!("id: {stream}-{seq}\n").as_bytes());
-    for line in raw.split_inclusive(|&b| b == b'\n') {
-        let is_id = line.starts_with(b"id:") || line.trim_ascii_end() == b"id";
+    // Lines end in CR too: an upstream id after one must go as well, or it would win.
+    for (line, whole) in sse::lines(raw) {
+        let is_id = line == b"id" || line.starts_with(b"id:");
         if !is_id {
-            out.extend_from_slice(line);
+            out.extend_from_slice(whole);
         }
     }
     out
@@ -488,6 +491,8 @@ mod tests {
         let f = sse::parse_sse_event(&out);
         assert_eq!(f.id.as_deref(), Some("3-9"));
         assert_eq!(f.data, b"{\"a\":1}");
+        let cr = rename(b"data: x\rid: 17\r\r", 3, 9);
+        assert_eq!(cr, b"id: 3-9\ndata: x\r\r");
     }
 
     #[test]

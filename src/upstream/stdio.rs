@@ -24,8 +24,8 @@ use bytes::Bytes;
 use monoio::net::TcpStream;
 
 pub use child::{
-    restore, rewrite_request, spawn, Child, Era, Inbox, Next, Rewritten, Role, Spawn, Ticket,
-    CHILD_PROTOCOL_VERSION,
+    restore, rewrite_request, spawn, Child, Era, Inbox, Line, LineFramer, Next, Rewritten, Role,
+    Spawn, Ticket, CHILD_PROTOCOL_VERSION,
 };
 pub use host::Host;
 
@@ -304,11 +304,13 @@ impl SessionEvents {
     }
 }
 
-/// One raw SSE event carrying `data`.
-fn sse_event(data: &[u8]) -> Bytes {
+/// One raw SSE event carrying `data` (one line the child wrote).
+pub fn sse_event(data: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(data.len() + 24);
     out.extend_from_slice(b"event: message\ndata: ");
-    out.extend_from_slice(data);
+    // A raw CR ends an SSE line. In a JSON line it can only be whitespace (inside strings it
+    // must be escaped), so a space keeps the message whole and means the same.
+    out.extend(data.iter().map(|&b| if b == b'\r' { b' ' } else { b }));
     out.extend_from_slice(b"\n\n");
     Bytes::from(out)
 }

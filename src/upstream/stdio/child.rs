@@ -701,36 +701,71 @@ fn describe(status: Option<std::process::ExitStatus>) -> String {
 /// Reads stdout lines until EOF and routes them.
 async fn read_loop(child: &Child, mut rd: monoio::io::OwnedReadHalf<UnixStream>, max_line: usize) {
     let mut rb = ReadBuf::with_capacity(16 * 1024);
-    // Bytes of the current partial line already searched for a newline.
-    let mut scanned = 0;
-    let mut skipping = false;
+    let mut framer = LineFramer::default();
     loop {
         if !matches!(rb.fill(&mut rd).await, Ok(n) if n > 0) {
             return;
         }
-        while let Some(nl) = memchr(b'\n', &rb.data()[scanned..]) {
-            let end = scanned + nl;
-            let line = trim_cr(&rb.data()[..end]);
-            if !skipping && !line.iter().all(u8::is_ascii_whitespace) {
-                child.dispatch(line);
-            }
-            skipping = false;
-            scanned = 0;
-            rb.consume(end + 1);
-        }
-        scanned = rb.data().len();
-        if scanned > max_line {
-            // No newline within the bound: drop this line up to its end.
-            if !skipping {
+        framer.split(&mut rb, max_line, &mut |line| match line {
+            Line::Message(line) => child.dispatch(line),
+            Line::Oversized => {
                 inc(&child.stats.stdio_bad_lines);
                 log::warn!(
                     "stdio server {}: line longer than {max_line} bytes skipped",
                     child.pid
                 );
             }
-            skipping = true;
-            rb.consume(scanned);
-            scanned = 0;
+        });
+    }
+}
+
+/// What the line framer hands out.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line<'a> {
+    /// One line, without its LF and a CR before it; never blank.
+    Message(&'a [u8]),
+    /// A line longer than the bound was skipped (reported once per line).
+    Oversized,
+}
+
+/// Splits a child's stdout into newline-delimited lines, across reads. A line longer than
+/// `max_line` is never held whole: its bytes are dropped as they arrive, up to its newline.
+#[derive(Debug, Default)]
+pub struct LineFramer {
+    /// Bytes of the current partial line already searched for a newline.
+    scanned: usize,
+    /// Inside an oversized line: drop everything up to the next newline.
+    skipping: bool,
+}
+
+impl LineFramer {
+    /// Takes every whole line out of `rb`, passing each non-blank one to `out`; what remains in
+    /// `rb` is the start of the next line, at most `max_line` bytes.
+    pub fn split(&mut self, rb: &mut ReadBuf, max_line: usize, out: &mut impl FnMut(Line<'_>)) {
+        while let Some(nl) = memchr(b'\n', &rb.data()[self.scanned..]) {
+            let end = self.scanned + nl;
+            let line = trim_cr(&rb.data()[..end]);
+            if self.skipping {
+                // The rest of an oversized line, already reported.
+            } else if end > max_line {
+                // Whole in one read, but over the bound all the same.
+                out(Line::Oversized);
+            } else if !line.iter().all(u8::is_ascii_whitespace) {
+                out(Line::Message(line));
+            }
+            self.skipping = false;
+            self.scanned = 0;
+            rb.consume(end + 1);
+        }
+        self.scanned = rb.data().len();
+        if self.scanned > max_line {
+            // No newline within the bound: drop this line up to its end.
+            if !self.skipping {
+                out(Line::Oversized);
+            }
+            self.skipping = true;
+            rb.consume(self.scanned);
+            self.scanned = 0;
         }
     }
 }
@@ -909,6 +944,28 @@ mod tests {
         assert_eq!(v["params"]["requestId"], 9);
         let other = rewrite_cancel(body, |_| None);
         assert_eq!(&other[..other.len() - 1], &body[..]);
+    }
+
+    #[test]
+    fn line_framer_bounds_lines_however_they_arrive() {
+        let frame = |pieces: &[&[u8]]| {
+            let (mut f, mut rb, mut got) = (LineFramer::default(), ReadBuf::default(), vec![]);
+            for p in pieces {
+                let mut v = rb.into_vec();
+                v.extend_from_slice(p);
+                rb = ReadBuf::from_vec(v);
+                f.split(&mut rb, 4, &mut |l| {
+                    got.push(match l {
+                        Line::Message(m) => String::from_utf8_lossy(m).into_owned(),
+                        Line::Oversized => "<oversized>".into(),
+                    })
+                });
+            }
+            got
+        };
+        let want = ["ab", "<oversized>", "cd"];
+        assert_eq!(frame(&[b"ab\r\n  \nabcdefgh\ncd\n"]), want);
+        assert_eq!(frame(&[b"ab\r\n  \nabc", b"defg", b"h\ncd\n"]), want);
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! Randomized robustness tests for every parser facing a peer (stand-ins for cargo-fuzz targets,
-//! which need a nightly toolchain): random and mutated inputs must never panic, and whatever is
-//! accepted must satisfy the parser's invariants. Deterministic seeds, so failures reproduce.
+//! A fast seeded random smoke test of every parser facing a peer: random and mutated inputs must
+//! never panic, and whatever is accepted must satisfy the parser's invariants. Deterministic
+//! seeds, so failures reproduce. The coverage-guided fuzz targets are in `fuzz/`
+//! (`scripts/fuzz.sh`, stable toolchain); the inputs they failed on are replayed by
+//! `tests/fuzz_regressions.rs`.
 
 use shardcat::codec::http::{
     self, BodyDecoder, BodyKind, ChunkStep, ChunkedDecoder, HeadLimits, ReadBuf,
