@@ -3,6 +3,10 @@
 //! the checks are the targets' own (`fuzz/checks/<target>.rs`), so a fixed bug stays fixed
 //! under `cargo test` without cargo-fuzz.
 
+// Each check is also compiled alone as its fuzz target, so each brings its own `common` and
+// `heads` helpers; here they are loaded once per check.
+#![allow(clippy::duplicate_mod)]
+
 use std::path::Path;
 
 #[path = "../fuzz/checks/body.rs"]
