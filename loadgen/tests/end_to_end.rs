@@ -288,10 +288,19 @@ impl Drop for Gateway {
 /// Starts `shardcat serve` (2 shards) in front of `upstream`; returns it with its listen and
 /// admin addresses from its READY line.
 fn gateway(bin: &std::path::Path, upstream: &str) -> (Gateway, String, String) {
+    gateway_with(bin, upstream, &[])
+}
+
+fn gateway_with(
+    bin: &std::path::Path,
+    upstream: &str,
+    extra: &[&str],
+) -> (Gateway, String, String) {
     use std::io::BufRead;
     let mut child = Command::new(bin)
         .args(["serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
         .args(["--shards", "2", "--upstream", upstream])
+        .args(extra)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -381,5 +390,36 @@ fn soak_samples_a_real_gateway_and_judges_every_series() {
             assert_eq!(c["pass"], true, "{name}: {}\n{text}", c["detail"]);
         }
     }
+    drop(g);
+}
+
+/// SSE users whose sessions the gateway ends under them (a 1 s idle timeout here) open new
+/// sessions and keep receiving events, instead of retrying the dead session.
+#[test]
+fn sse_users_replace_a_session_the_gateway_ended() {
+    let dir = std::path::Path::new(LOADGEN).parent().expect("target dir");
+    let bin = dir.join("shardcat");
+    assert!(bin.exists(), "run the tests with `cargo test --workspace`");
+    let cfg = std::env::temp_dir().join(format!("loadgen-sse-idle-{}.toml", std::process::id()));
+    std::fs::write(&cfg, "[timeouts]\nsession_idle_timeout_ms = 1000\n").expect("config");
+    let upstream = demo();
+    let (g, listen, _) = gateway_with(&bin, &upstream, &["--config", cfg.to_str().unwrap()]);
+    let (_, r) = run(
+        &format!("http://{listen}/mcp"),
+        &[
+            "--workload",
+            "sse",
+            "--connections",
+            "2",
+            "--duration-s",
+            "4",
+        ],
+    );
+    let _ = std::fs::remove_file(&cfg);
+    // The demo pushes every 20 ms: 2 streams × 4 s is about 400 events. Stuck on a dead
+    // session after the first expiry, they would stop near 100.
+    let events = r["sse"]["events"].as_u64().expect("sse events");
+    assert!(events > 250, "{r}");
+    assert_eq!(r["sse"]["lost"], 0, "{r}");
     drop(g);
 }
