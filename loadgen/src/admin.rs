@@ -97,6 +97,8 @@ pub struct Gauges {
     pub rejections: u64,
     pub upstream_errors: u64,
     pub client_errors: u64,
+    /// Sessions the gateway ended on its own: idle timeout, maximum age, eviction.
+    pub sessions_ended_by_gateway: u64,
     /// Recorded frames not written: dropped at a full channel, shed by degradation, lost to
     /// I/O errors, too large (0 when not recording).
     pub tape_lost: u64,
@@ -139,6 +141,14 @@ pub fn parse_gauges(metrics: &str) -> Result<Gauges, String> {
         rejections: counter("shardcat_rejections_total"),
         upstream_errors: counter("shardcat_upstream_errors_total"),
         client_errors: counter("shardcat_client_errors_total"),
+        sessions_ended_by_gateway: [
+            "shardcat_sessions_expired_total",
+            "shardcat_sessions_max_age_total",
+            "shardcat_sessions_evicted_total",
+        ]
+        .iter()
+        .map(|n| counter(n))
+        .sum(),
         tape_lost: TAPE_LOST.iter().map(|n| counter(n)).sum(),
     })
 }
@@ -173,6 +183,8 @@ mod tests {
         m.push_str("shardcat_rejections_total{shard=\"1\",reason=\"connections\"} 1\n");
         m.push_str("shardcat_tape_frames_dropped_total{shard=\"1\"} 4\n");
         m.push_str("shardcat_tape_frames_lost_io_total 1\n");
+        m.push_str("shardcat_sessions_expired_total{shard=\"0\"} 16\n");
+        m.push_str("shardcat_sessions_evicted_total{shard=\"1\"} 1\n");
         let g = parse_gauges(&m).unwrap();
         assert_eq!(g.sessions, 3);
         assert_eq!(g.connections, 3, "not shardcat_connections_accepted_total");
@@ -180,6 +192,7 @@ mod tests {
         assert_eq!(g.rejections, 3, "every reason of every shard");
         assert_eq!(g.upstream_errors, 0, "no series: nothing counted");
         assert_eq!(g.tape_lost, 5);
+        assert_eq!(g.sessions_ended_by_gateway, 17);
         let err = parse_gauges("shardcat_sessions{shard=\"0\"} 1\n").unwrap_err();
         assert!(err.contains("shardcat_connections"), "{err}");
     }

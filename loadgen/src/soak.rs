@@ -181,7 +181,8 @@ hour: RSS 10% of its post-warm-up median; fds 10% of the median or 25, whichever
 sessions, connections, pool open and idle, SSE streams (client and upstream) and pending \
 events 25. The run also FAILS on any loadgen error or rejection, SSE event loss, growth of \
 the gateway's rejection, upstream-error or client-error counters while the users run, a \
-failed scrape, or sessions (within 10 s), connections, SSE streams or pooled upstream \
+session ended by the gateway itself (idle timeout, maximum age, eviction: every session of \
+the soak is in use), a failed scrape, or sessions (within 10 s), connections, SSE streams or pooled upstream \
 connections (within 15 s: idle ones close after pool_idle_timeout_ms, 4 s by default) left \
 above their level before the run once the users stopped. Needs --watch-pid and --admin.";
 
@@ -527,16 +528,15 @@ fn build_report(
         grew(|g| g.rejections),
         grew(|g| g.upstream_errors),
         grew(|g| g.client_errors),
+        grew(|g| g.sessions_ended_by_gateway),
     ];
     checks.push(check(
         "gateway errors",
         gw.iter().all(|v| *v == Some(0)),
         match gw {
-            [Some(r), Some(u), Some(c)] => {
-                format!(
-                    "while the users ran: {r} rejections, {u} upstream errors, {c} client errors"
-                )
-            }
+            [Some(r), Some(u), Some(c), Some(e)] => format!(
+                "while the users ran: {r} rejections, {u} upstream errors, {c} client errors, {e} sessions ended by the gateway (idle timeout, maximum age, eviction)"
+            ),
             _ => "no scrape succeeded".into(),
         },
     ));
@@ -625,7 +625,7 @@ fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
 
 pub fn table_header() -> String {
     format!(
-        "{:>6} {:>7} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>4} {:>5} {:>7} {:>7} {:>6} {:>7} {:>5} {:>5} {:>8}\n",
+        "{:>6} {:>7} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>4} {:>5} {:>7} {:>7} {:>6} {:>7} {:>5} {:>5} {:>10}\n",
         "t s",
         "rss MB",
         "fds",
@@ -642,7 +642,7 @@ pub fn table_header() -> String {
         "ev p99",
         "err",
         "rej",
-        "gw r/u/c"
+        "gw r/u/c/e"
     )
 }
 
@@ -650,7 +650,7 @@ fn table_row(s: &Sample) -> String {
     let g = s.gauges;
     let gv = |f: fn(&Gauges) -> u64| opt(g.map(|g| f(&g)));
     format!(
-        "{:>6.0} {:>7} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>4} {:>5} {:>7.0} {:>7.2} {:>6.1} {:>7.2} {:>5} {:>5} {:>8}\n",
+        "{:>6.0} {:>7} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>4} {:>5} {:>7.0} {:>7.2} {:>6.1} {:>7.2} {:>5} {:>5} {:>10}\n",
         s.t_s,
         opt(s.rss_kb.map(|v| format!("{:.1}", v as f64 / 1024.0))),
         opt(s.fds),
@@ -667,7 +667,10 @@ fn table_row(s: &Sample) -> String {
         s.event_p99_ms,
         s.errors,
         s.rejected,
-        opt(g.map(|g| format!("{}/{}/{}", g.rejections, g.upstream_errors, g.client_errors))),
+        opt(g.map(|g| format!(
+            "{}/{}/{}/{}",
+            g.rejections, g.upstream_errors, g.client_errors, g.sessions_ended_by_gateway
+        ))),
     )
 }
 
@@ -693,6 +696,7 @@ pub fn csv_header() -> Vec<String> {
         "gw_rejections_total",
         "gw_upstream_errors_total",
         "gw_client_errors_total",
+        "gw_sessions_ended_by_gateway_total",
         "gw_tape_frames_lost_total",
     ]
     .map(String::from)
@@ -725,6 +729,7 @@ pub fn csv_row(s: &Sample) -> Vec<String> {
         g(|g| g.rejections),
         g(|g| g.upstream_errors),
         g(|g| g.client_errors),
+        g(|g| g.sessions_ended_by_gateway),
         g(|g| g.tape_lost),
     ]
 }
