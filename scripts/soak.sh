@@ -19,8 +19,10 @@
 # benchmarks without starving either shard.
 #
 # Env: CONNS (64), RATE (500 req/s of the session and stateless users), SAMPLE_S (10), PUSH_MS
-# (250), LISTEN / ADMIN (free loopback ports), OUT (target/soak/DATE: CSV, JSON, logs, summary),
-# KEEP_TMP=1 keeps the temp dir with the tapes (also kept when the run fails).
+# (250), LISTEN / ADMIN (free loopback ports), EXTRA_CONFIG (TOML appended to the gateway's
+# config, e.g. $'[timeouts]\nsession_idle_timeout_ms = 3600000'), OUT (target/soak/DATE: CSV,
+# JSON, logs, summary), KEEP_TMP=1 keeps the temp dir with the tapes (also kept when the run
+# fails).
 set -euo pipefail
 
 DURATION="${1:-1800}"
@@ -82,6 +84,7 @@ url = "$DEMO_URL"
 [tapes]
 dir = "$TMP/tapes"
 EOF
+[ -z "${EXTRA_CONFIG:-}" ] || printf '\n%s\n' "$EXTRA_CONFIG" >>"$TMP/shardcat.toml"
 cp "$TMP/shardcat.toml" "$OUT/shardcat.toml"
 "$TMP/shardcat" serve --config "$TMP/shardcat.toml" >"$TMP/gateway.out" 2>"$OUT/gateway.log" &
 GW_PID=$!
@@ -147,7 +150,8 @@ cols = [("t_s", "t s", "{:.0f}"), ("rss_kb", "rss MB", "kb"), ("fds", "fds", "")
         ("pool_open", "pool", ""), ("pool_idle", "idle", ""), ("sse_streams", "sse", ""),
         ("sse_pending_events", "pend", ""), ("req_per_s", "req/s", "{:.0f}"),
         ("req_p99_ms", "p99 ms", "{:.2f}"), ("events_per_s", "ev/s", "{:.1f}"),
-        ("errors", "err", ""), ("rejected", "rej", "")]
+        ("errors", "err", ""), ("rejected", "rej", ""), ("gw_client_errors_total", "gw cl", ""),
+        ("gw_sessions_ended_by_gateway_total", "gw end", "")]
 def cell(r, key, fmt):
     v = r[key]
     if v == "":
