@@ -25,6 +25,9 @@
 # fails).
 set -euo pipefail
 
+# All of it is one function, parsed before it runs: editing this file or checking out another
+# commit during a 30-minute run cannot change what the rest of the run does.
+main() {
 DURATION="${1:-1800}"
 CONNS="${CONNS:-64}"
 RATE="${RATE:-500}"
@@ -185,3 +188,6 @@ else
     echo "SOAK FAIL: $(IFS=';'; echo "${FAIL[*]}")" | tee -a "$OUT/summary.txt"
     exit 1
 fi
+}
+
+main "$@"
