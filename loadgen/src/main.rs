@@ -14,6 +14,8 @@
 //! - `rlimit`   — raising RLIMIT_NOFILE.
 //! - `report`   — printing and JSON.
 //! - `faults`   — the `faults` scenario: its own gateway and upstreams, killed and stalled.
+//! - `soak`     — the `soak` scenario: mixed traffic for a long run, sampled; its verdict.
+//! - `trend`    — least-squares trend judgement of one sampled series.
 
 mod admin;
 mod conn;
@@ -24,8 +26,10 @@ mod report;
 mod rlimit;
 mod run;
 mod schedule;
+mod soak;
 mod stats;
 mod target;
+mod trend;
 mod user;
 mod watch;
 
@@ -41,7 +45,8 @@ use user::{UserCfg, Workload};
 #[command(
     name = "loadgen",
     version,
-    about = "Load generator for MCP Streamable HTTP endpoints"
+    about = "Load generator for MCP Streamable HTTP endpoints",
+    after_help = soak::CRITERION
 )]
 struct Args {
     /// Endpoint under test, http://host:port/path (not for --scenario faults, which starts
@@ -56,7 +61,8 @@ struct Args {
     /// A named scenario with pass/fail criteria (default: one sustained window).
     #[arg(long, value_enum)]
     scenario: Option<Scenario>,
-    /// Virtual users, one connection each (default 64; 100 for the sse scenario).
+    /// Virtual users, one connection each (default 64; 100 for the sse scenario; soak: split
+    /// 1/4 SSE, 1/4 stateless, the rest session users).
     #[arg(long)]
     connections: Option<usize>,
     /// Worker threads, each a monoio runtime.
@@ -65,12 +71,20 @@ struct Args {
     /// Pin worker threads to these cores, round-robin (e.g. --pin 1).
     #[arg(long, value_delimiter = ',')]
     pin: Vec<usize>,
-    /// Length of the measured window (sustained, sse, churn, or no scenario).
-    #[arg(long, default_value_t = 10.0)]
-    duration_s: f64,
-    /// Open loop: total requests per second (churn: cycles per second, default 100).
+    /// Length of the measured window (sustained, sse, churn, or no scenario; default 10), of
+    /// the faults scenario (default 10), or of the soak (default 1800).
+    #[arg(long)]
+    duration_s: Option<f64>,
+    /// Open loop: total requests per second (churn: cycles per second, default 100; soak:
+    /// shared by the session and stateless users, default 500).
     #[arg(long)]
     rate: Option<f64>,
+    /// soak: seconds between samples of the gateway.
+    #[arg(long, default_value_t = 10.0)]
+    sample_s: f64,
+    /// soak: write every sample here as CSV (one row each, written as taken).
+    #[arg(long)]
+    samples_csv: Option<PathBuf>,
     /// tools/call requests per session iteration (session workload).
     #[arg(long, default_value_t = 5)]
     calls_per_session: usize,
@@ -124,6 +138,9 @@ fn main() {
     if args.scenario == Some(Scenario::Faults) {
         std::process::exit(run_faults(&args));
     }
+    if args.scenario == Some(Scenario::Soak) {
+        std::process::exit(run_soak(&args));
+    }
     let code = match plan(&args).and_then(|p| run::run(&p)) {
         Ok(report) => finish(&args, &report),
         Err(e) => {
@@ -162,7 +179,7 @@ fn sibling(name: &str) -> PathBuf {
 }
 
 fn run_faults(a: &Args) -> i32 {
-    let plan = match secs(a.duration_s, "duration-s") {
+    let plan = match secs(a.duration_s.unwrap_or(10.0), "duration-s") {
         Ok(duration) => faults::FaultPlan {
             gateway_bin: a.gateway_bin.clone().unwrap_or_else(|| sibling("shardcat")),
             fault_bin: a
@@ -204,6 +221,65 @@ fn run_faults(a: &Args) -> i32 {
     }
 }
 
+fn soak_plan(a: &Args) -> Result<soak::SoakPlan, String> {
+    let [url] = a.target.as_slice() else {
+        return Err("the soak drives one --target".into());
+    };
+    let admin = a.admin.clone().ok_or("the soak needs --admin")?;
+    let pid = a
+        .watch_pid
+        .ok_or("the soak needs --watch-pid (the gateway's pid)")?;
+    let rate = a.rate.unwrap_or(soak::DEFAULT_RATE);
+    if !(rate.is_finite() && rate > 0.0) {
+        return Err("--rate must be positive".into());
+    }
+    let duration = secs(a.duration_s.unwrap_or(1800.0), "duration-s")?;
+    let sample = secs(a.sample_s, "sample-s")?;
+    if sample > duration {
+        return Err("--sample-s must not exceed --duration-s".into());
+    }
+    Ok(soak::SoakPlan {
+        target: target::parse(url)?,
+        target_url: url.clone(),
+        admin,
+        pid,
+        duration,
+        sample,
+        split: soak::Split::of(a.connections.unwrap_or(soak::DEFAULT_CONNECTIONS))?,
+        rate,
+        calls_per_session: a.calls_per_session,
+        payload_bytes: a.payload_bytes,
+        threads: a.threads.max(1),
+        pin: a.pin.clone(),
+        csv: a.samples_csv.clone(),
+    })
+}
+
+fn run_soak(a: &Args) -> i32 {
+    let report = match soak_plan(a).and_then(|p| soak::run(&p)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("loadgen: soak: {e}");
+            return 2;
+        }
+    };
+    if let Some(path) = &a.json {
+        let written = serde_json::to_vec_pretty(&report)
+            .map_err(|e| e.to_string())
+            .and_then(|j| std::fs::write(path, j).map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            eprintln!("loadgen: cannot write {}: {e}", path.display());
+            return 2;
+        }
+    }
+    soak::print(&report);
+    if report.pass {
+        0
+    } else {
+        1
+    }
+}
+
 fn secs(s: f64, flag: &str) -> Result<Duration, String> {
     if s.is_finite() && s > 0.0 {
         Ok(Duration::from_secs_f64(s))
@@ -226,10 +302,11 @@ fn plan(a: &Args) -> Result<Plan, String> {
     let default_conns = if workload == Workload::Sse { 100 } else { 64 };
     let conns = a.connections.unwrap_or(default_conns);
     let steps = |default: &[usize]| a.steps.clone().unwrap_or_else(|| default.to_vec());
+    let duration_s = a.duration_s.unwrap_or(10.0);
     let kind = match a.scenario {
         None | Some(Scenario::Sustained) | Some(Scenario::Sse) => PlanKind::Steps {
             conns: vec![conns],
-            step: secs(a.duration_s, "duration-s")?,
+            step: secs(duration_s, "duration-s")?,
         },
         Some(Scenario::Ramp) => PlanKind::Steps {
             conns: steps(&run::DEFAULT_RAMP),
@@ -240,9 +317,11 @@ fn plan(a: &Args) -> Result<Plan, String> {
             step: secs(a.step_s, "step-s")?,
         },
         Some(Scenario::Churn) => PlanKind::Churn {
-            duration: secs(a.duration_s, "duration-s")?,
+            duration: secs(duration_s, "duration-s")?,
         },
-        Some(Scenario::Faults) => return Err("the faults scenario runs on its own".into()),
+        Some(Scenario::Faults) | Some(Scenario::Soak) => {
+            return Err("the faults and soak scenarios run on their own".into())
+        }
     };
     if let PlanKind::Steps { conns, .. } = &kind {
         if conns.is_empty() || conns.contains(&0) {

@@ -30,6 +30,9 @@ pub enum Scenario {
     Sse,
     /// Starts its own gateway and upstreams and injects faults (see `faults`).
     Faults,
+    /// Mixed session, stateless and SSE traffic for --duration-s (default 1800), sampling the
+    /// gateway (--watch-pid, --admin) every --sample-s; fails on an upward trend (see below).
+    Soak,
 }
 
 /// What to run, resolved from the command line.

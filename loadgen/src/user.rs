@@ -508,19 +508,27 @@ async fn session_body(ctx: &Rc<Ctx>, c: &mut Client, pacer: &mut Option<Pacer>, 
 }
 
 /// Opens a session and holds a GET stream on it, reopening the stream if it ends, until the
-/// run stops; then ends the session on a fresh connection (the stream's is still busy).
+/// run stops; then ends the session on a fresh connection (the stream's is still busy). A
+/// session the server no longer knows (404: ended by the gateway or upstream) is replaced by
+/// a new one, as the spec asks of clients; the 404 still counts as an error.
 async fn sse_user(ctx: &Rc<Ctx>) {
     let mut c = Client::new(ctx);
     c.defer_ready = true;
-    let Some(sid) = c.open_session().await else {
+    let Some(mut sid) = c.open_session().await else {
         return;
     };
     while !ctx.stop.is_set() {
-        monoio::select! {
-            _ = ctx.stop.wait() => {}
-            _ = hold_stream(ctx, &mut c, &sid) => {
-                ctx.pause(BACKOFF).await;
+        let gone = monoio::select! {
+            _ = ctx.stop.wait() => false,
+            gone = hold_stream(ctx, &mut c, &sid) => gone,
+        };
+        if gone {
+            match c.open_session().await {
+                Some(new) => sid = new,
+                None => return,
             }
+        } else if !ctx.stop.is_set() {
+            ctx.pause(BACKOFF).await;
         }
     }
     c.mark_ready();
@@ -532,12 +540,17 @@ async fn sse_user(ctx: &Rc<Ctx>) {
 
 /// One GET stream, from request to its end. Every stamped event is measured: delivery latency
 /// (now − the upstream's send time, both wall clock on this machine), sequence gaps and loss.
-async fn hold_stream(ctx: &Rc<Ctx>, c: &mut Client, sid: &str) {
+/// Returns true when the session is gone (the GET got 404).
+async fn hold_stream(ctx: &Rc<Ctx>, c: &mut Client, sid: &str) -> bool {
     let mut es = match open_stream(c, sid).await {
-        Some(es) => es,
-        None => {
+        Opened::Stream(es) => es,
+        Opened::Gone => {
             c.mark_ready();
-            return;
+            return true;
+        }
+        Opened::Failed => {
+            c.mark_ready();
+            return false;
         }
     };
     c.mark_ready();
@@ -551,29 +564,41 @@ async fn hold_stream(ctx: &Rc<Ctx>, c: &mut Client, sid: &str) {
         }
     };
     loop {
-        let Some(conn) = c.conn.as_mut() else { return };
+        let Some(conn) = c.conn.as_mut() else {
+            return false;
+        };
         match conn.next_events(&mut es, &mut on_event).await {
             Ok(true) => {}
             Ok(false) => {
                 ctx.error("GET stream: ended by the server".into());
                 c.conn = None;
-                return;
+                return false;
             }
             Err(f) => {
                 ctx.error(format!("GET stream: {f}"));
                 c.conn = None;
-                return;
+                return false;
             }
         }
     }
 }
 
+enum Opened {
+    Stream(EventStream),
+    /// 404: the server does not know the session (any more).
+    Gone,
+    /// Rejected or failed; counted.
+    Failed,
+}
+
 /// Sends the GET and reads the response head; the stream must be a 200 event stream.
-async fn open_stream(c: &mut Client, sid: &str) -> Option<EventStream> {
+async fn open_stream(c: &mut Client, sid: &str) -> Opened {
     if !c.ensure_conn().await {
-        return None;
+        return Opened::Failed;
     }
-    let conn = c.conn.as_mut()?;
+    let Some(conn) = c.conn.as_mut() else {
+        return Opened::Failed;
+    };
     let (res, _) = conn
         .send(proto::get_stream(&c.ctx.cfg.target, sid).bytes)
         .await;
@@ -582,21 +607,31 @@ async fn open_stream(c: &mut Client, sid: &str) -> Option<EventStream> {
         Err(f) => Err(f),
     };
     match head {
-        Ok(h) if h.status == 200 => Some(EventStream::new(&h)),
+        Ok(h) if h.status == 200 => Opened::Stream(EventStream::new(&h)),
         Ok(h) => {
-            if h.status == 503 {
-                c.ctx.stats.borrow_mut().rejected += 1;
-            } else {
-                c.ctx
-                    .error(format!("{}: HTTP {}", What::Get.name(), h.status));
-            }
             c.conn = None;
-            None
+            match h.status {
+                503 => {
+                    c.ctx.stats.borrow_mut().rejected += 1;
+                    Opened::Failed
+                }
+                404 => {
+                    c.ctx.error(format!(
+                        "{}: HTTP 404 (session gone; a new one is opened)",
+                        What::Get.name()
+                    ));
+                    Opened::Gone
+                }
+                s => {
+                    c.ctx.error(format!("{}: HTTP {s}", What::Get.name()));
+                    Opened::Failed
+                }
+            }
         }
         Err(f) => {
             c.ctx.error(format!("{}: {f}", What::Get.name()));
             c.conn = None;
-            None
+            Opened::Failed
         }
     }
 }

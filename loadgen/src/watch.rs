@@ -58,6 +58,13 @@ impl Watch {
         s
     }
 
+    /// Reads the process now (also folded into the peak); `Err` if it cannot be read.
+    pub fn read(&self) -> std::io::Result<Sample> {
+        let s = sample(self.pid, self.tick_us)?;
+        self.peak_kb.fetch_max(s.rss_kb, Ordering::Relaxed);
+        Ok(s)
+    }
+
     pub fn pid(&self) -> u32 {
         self.pid
     }
@@ -110,6 +117,17 @@ pub fn sample(pid: u32, tick_us: u64) -> std::io::Result<Sample> {
     })
 }
 
+/// Open file descriptors of `pid`: the entries of /proc/PID/fd (sockets, files, eventfds,
+/// rings). Needs the same user as the process, or root.
+pub fn fd_count(pid: u32) -> std::io::Result<u64> {
+    let mut n = 0;
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        e?;
+        n += 1;
+    }
+    Ok(n)
+}
+
 /// utime + stime (fields 14 and 15) from /proc/PID/stat. The command name (field 2) may hold
 /// spaces and parentheses, so fields are counted from the last ')'.
 pub fn cpu_ticks(stat: &str) -> Option<u64> {
@@ -147,5 +165,15 @@ mod tests {
     fn samples_this_process() {
         let s = sample(std::process::id(), 10_000).unwrap();
         assert!(s.rss_kb > 0);
+    }
+
+    #[test]
+    fn counts_open_fds() {
+        // Other tests open and close files on other threads, so only a floor holds.
+        let files: Vec<_> = (0..50)
+            .map(|_| std::fs::File::open("/proc/self/status").unwrap())
+            .collect();
+        assert!(fd_count(std::process::id()).unwrap() >= 50);
+        drop(files);
     }
 }

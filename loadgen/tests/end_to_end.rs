@@ -274,3 +274,152 @@ fn faults_scenario_kills_and_restarts_an_upstream_and_reports_each_phase() {
     assert_eq!(report["pass"], true, "{text}");
     assert_eq!(out.status.code(), Some(0));
 }
+
+/// A gateway process, killed when dropped.
+struct Gateway(std::process::Child);
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `shardcat serve` (2 shards) in front of `upstream`; returns it with its listen and
+/// admin addresses from its READY line.
+fn gateway(bin: &std::path::Path, upstream: &str) -> (Gateway, String, String) {
+    gateway_with(bin, upstream, &[])
+}
+
+fn gateway_with(
+    bin: &std::path::Path,
+    upstream: &str,
+    extra: &[&str],
+) -> (Gateway, String, String) {
+    use std::io::BufRead;
+    let mut child = Command::new(bin)
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args(["--shards", "2", "--upstream", upstream])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start shardcat");
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let g = Gateway(child);
+    let ready = lines
+        .find_map(|l| l.ok().filter(|l| l.starts_with("READY ")))
+        .expect("READY line");
+    std::thread::spawn(move || for _ in lines {});
+    let field = |k: &str| {
+        ready
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+            .expect("READY field")
+            .trim_start_matches("http://")
+            .trim_end_matches("/mcp")
+            .to_string()
+    };
+    let (listen, admin) = (field("listen"), field("admin"));
+    (g, listen, admin)
+}
+
+/// A few seconds of the soak against a real gateway: every sample is written to the CSV and
+/// the JSON, the gauges read from the real /metrics page follow the users (split 1/4 SSE,
+/// 1/4 stateless), and every check but the trends (too short a run to judge) passes.
+#[test]
+fn soak_samples_a_real_gateway_and_judges_every_series() {
+    let dir = std::path::Path::new(LOADGEN).parent().expect("target dir");
+    let bin = dir.join("shardcat");
+    assert!(bin.exists(), "run the tests with `cargo test --workspace`");
+    let upstream = demo();
+    let (g, listen, admin) = gateway(&bin, &upstream);
+    let tmp = std::env::temp_dir();
+    let csv = tmp.join(format!("loadgen-soak-{}.csv", std::process::id()));
+    let json = tmp.join(format!("loadgen-soak-{}.json", std::process::id()));
+    let out = Command::new(LOADGEN)
+        .args([
+            "--target",
+            &format!("http://{listen}/mcp"),
+            "--scenario",
+            "soak",
+        ])
+        .args(["--duration-s", "6", "--sample-s", "1", "--connections", "8"])
+        .args(["--rate", "200", "--admin", &format!("http://{admin}")])
+        .args(["--watch-pid", &g.0.id().to_string()])
+        .args(["--samples-csv", csv.to_str().unwrap()])
+        .args(["--json", json.to_str().unwrap()])
+        .output()
+        .expect("run loadgen");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let report: Value = serde_json::from_str(
+        &std::fs::read_to_string(&json).unwrap_or_else(|_| panic!("no report:\n{text}")),
+    )
+    .expect("JSON report");
+    let rows = std::fs::read_to_string(&csv).expect("CSV");
+    let _ = std::fs::remove_file(&json);
+    let _ = std::fs::remove_file(&csv);
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{text}");
+    assert_eq!(report["split"]["sse"], 2, "{report}");
+    assert_eq!(report["split"]["stateless"], 2, "{report}");
+    assert_eq!(report["split"]["session"], 4, "{report}");
+    let samples = report["samples"].as_array().expect("samples");
+    assert_eq!(samples.len(), 7, "0..=6 s every second: {text}");
+    assert_eq!(
+        rows.lines().count(),
+        1 + samples.len(),
+        "header + one row each"
+    );
+    let last = &samples[6];
+    assert!(last["rss_kb"].as_u64().unwrap() > 0);
+    assert!(
+        last["fds"].as_u64().unwrap() >= 8,
+        "a socket per client at least"
+    );
+    assert_eq!(last["gauges"]["connections"], 8, "{report}");
+    assert_eq!(last["gauges"]["sse_streams"], 2, "{report}");
+    assert!(
+        last["gauges"]["sessions"].as_u64().unwrap() >= 2,
+        "{report}"
+    );
+    assert!(last["req_per_s"].as_f64().unwrap() > 100.0, "{report}");
+    assert_eq!(report["trends"].as_array().map(Vec::len), Some(9));
+    for c in report["checks"].as_array().unwrap() {
+        let name = c["name"].as_str().unwrap();
+        if !name.starts_with("trend ") {
+            assert_eq!(c["pass"], true, "{name}: {}\n{text}", c["detail"]);
+        }
+    }
+    drop(g);
+}
+
+/// SSE users whose sessions the gateway ends under them (a 1 s idle timeout here) open new
+/// sessions and keep receiving events, instead of retrying the dead session.
+#[test]
+fn sse_users_replace_a_session_the_gateway_ended() {
+    let dir = std::path::Path::new(LOADGEN).parent().expect("target dir");
+    let bin = dir.join("shardcat");
+    assert!(bin.exists(), "run the tests with `cargo test --workspace`");
+    let cfg = std::env::temp_dir().join(format!("loadgen-sse-idle-{}.toml", std::process::id()));
+    std::fs::write(&cfg, "[timeouts]\nsession_idle_timeout_ms = 1000\n").expect("config");
+    let upstream = demo();
+    let (g, listen, _) = gateway_with(&bin, &upstream, &["--config", cfg.to_str().unwrap()]);
+    let (_, r) = run(
+        &format!("http://{listen}/mcp"),
+        &[
+            "--workload",
+            "sse",
+            "--connections",
+            "2",
+            "--duration-s",
+            "4",
+        ],
+    );
+    let _ = std::fs::remove_file(&cfg);
+    // The demo pushes every 20 ms: 2 streams × 4 s is about 400 events. Stuck on a dead
+    // session after the first expiry, they would stop near 100.
+    let events = r["sse"]["events"].as_u64().expect("sse events");
+    assert!(events > 250, "{r}");
+    assert_eq!(r["sse"]["lost"], 0, "{r}");
+    drop(g);
+}
