@@ -60,9 +60,14 @@ pub fn host_and_origin(policy: &OriginPolicy, head: &RequestHead) -> Result<()> 
 /// A request target's authority (absolute-form: `http://host:port/path`, which a server must
 /// accept) and path. Origin-form (`/path`) has no authority.
 fn target(t: &str) -> (Option<&str>, &str) {
-    let scheme = ["http://", "https://"]
-        .iter()
-        .find(|s| t.len() >= s.len() && t[..s.len()].eq_ignore_ascii_case(s));
+    // Compared as bytes: the target may hold any UTF-8, and a str slice at a byte count
+    // could cut a character (found by fuzz/request_head). The prefixes are ASCII, so the
+    // rest starts on a character boundary.
+    let scheme = ["http://", "https://"].iter().find(|s| {
+        t.as_bytes()
+            .get(..s.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(s.as_bytes()))
+    });
     let Some(scheme) = scheme else {
         return (None, t);
     };
@@ -130,5 +135,11 @@ mod tests {
         assert_eq!(target("http://a"), (Some("a"), "/"));
         assert_eq!(target("http://a?q"), (Some("a"), "/"));
         assert_eq!(target("ftp://a/mcp"), (None, "ftp://a/mcp"));
+        // Multi-byte characters where the scheme would end.
+        assert_eq!(
+            target("/MMMMM\u{772}MMM/mcp"),
+            (None, "/MMMMM\u{772}MMM/mcp")
+        );
+        assert_eq!(target("http\u{e9}//a/mcp"), (None, "http\u{e9}//a/mcp"));
     }
 }
