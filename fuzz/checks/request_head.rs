@@ -189,7 +189,7 @@ fn origin_allowed(p: &OriginPolicy, origin: &str) -> bool {
     p.loopback_origins && authority.is_some_and(loopback_authority)
 }
 
-/// `localhost`, a 127/8 address or `[::1]`, with an optional port of at most 5 digits.
+/// `localhost`, a 127/8 address or `[::1]`, with an optional port.
 fn loopback_authority(a: &str) -> bool {
     let (host, port) = match a.strip_prefix('[') {
         Some(rest) => match rest.split_once(']') {
@@ -211,7 +211,6 @@ fn loopback_authority(a: &str) -> bool {
 }
 
 fn port_ok(p: &str) -> bool {
-    p.len() <= 5
-        && p.bytes().all(|b| b.is_ascii_digit())
-        && (p.is_empty() || p.parse::<u16>().is_ok())
+    // RFC 3986: port = *DIGIT; leading zeros allowed, the value must fit a u16.
+    p.bytes().all(|b| b.is_ascii_digit()) && (p.is_empty() || p.parse::<u16>().is_ok())
 }
