@@ -193,8 +193,8 @@ fn origin_allowed(p: &OriginPolicy, origin: &str) -> bool {
 fn loopback_authority(a: &str) -> bool {
     let (host, port) = match a.strip_prefix('[') {
         Some(rest) => match rest.split_once(']') {
-            Some((h, "")) if h == "::1" => return true,
-            Some((h, p)) if h == "::1" => return p.strip_prefix(':').is_some_and(port_ok),
+            Some(("::1", "")) => return true,
+            Some(("::1", p)) => return p.strip_prefix(':').is_some_and(port_ok),
             _ => return false,
         },
         None => match a.split_once(':') {
