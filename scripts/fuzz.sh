@@ -2,22 +2,20 @@
 # Runs the coverage-guided fuzz targets in fuzz/ (cargo-fuzz, libFuzzer) on the stable
 # toolchain, and prints one line per target: execs, exec/s, corpus size, crashes.
 #
-#   scripts/fuzz.sh [--asan] [--fast-build] [--jobs N] [--runs N] [SECONDS] [TARGET...]
+#   scripts/fuzz.sh [--asan] [--jobs N] [--runs N] [SECONDS] [TARGET...]
 #
 #   SECONDS   time per target (default 20)
 #   TARGET    fuzz/fuzz_targets/<TARGET>.rs (default: all)
 #   --asan    AddressSanitizer build (RUSTC_BOOTSTRAP=1, about 5x slower); default: -s none
 #   --jobs N  targets run at once, one libFuzzer process each (default and at most: the cores)
 #   --runs N  also stop a target after N executions
-#   --fast-build  16 codegen units: a build from scratch about a minute shorter, fuzzing
-#             somewhat slower (CI); its own target dir
 #
-# Installs cargo-fuzz (into cargo's bin dir) when it is missing. Builds go to fuzz/target-none
-# or fuzz/target-asan (with -fast for --fast-build); inputs the fuzzer finds go to
-# fuzz/corpus-run/<target> (the committed seeds in fuzz/corpus/<target> are only read),
-# crashes to fuzz/artifacts/<target>/, logs to fuzz/logs/. Exits non-zero when any target
-# crashed: copy the input to tests/fixtures/fuzz/<target>/, and `cargo test --test
-# fuzz_regressions` fails until it is fixed.
+# Installs cargo-fuzz (into cargo's bin dir) when it is missing. Builds go to
+# fuzz/target-none or fuzz/target-asan; inputs the fuzzer finds go to fuzz/corpus-run/<target>
+# (the committed seeds in fuzz/corpus/<target> are only read); crashes to
+# fuzz/artifacts/<target>/ and logs to fuzz/logs/. Exits non-zero when any target crashed:
+# copy the input to tests/fixtures/fuzz/<target>/ and `cargo test --test fuzz_regressions`
+# fails until it is fixed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,7 +24,6 @@ die() { log "$*"; exit 2; }
 
 seconds=20
 asan=0
-fast=0
 runs=0
 cores=$(nproc)
 jobs=$cores
@@ -36,8 +33,7 @@ while [ $# -gt 0 ]; do
         --asan) asan=1 ;;
         --jobs) jobs=$2; shift ;;
         --runs) runs=$2; shift ;;
-        --fast-build) fast=1 ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         [0-9]*) seconds=$1 ;;
         *) targets+=("$1") ;;
     esac
@@ -59,18 +55,13 @@ fi
 
 if [ $asan = 1 ]; then
     export RUSTC_BOOTSTRAP=1
-    build=(--sanitizer address)
-    tdir=target-asan
+    build=(--sanitizer address --target-dir target-asan)
+    bindir=fuzz/target-asan
 else
-    build=(--sanitizer none)
-    tdir=target-none
+    build=(--sanitizer none --target-dir target-none)
+    bindir=fuzz/target-none
 fi
-if [ $fast = 1 ]; then
-    build+=(--codegen-units 16)
-    tdir=$tdir-fast
-fi
-build+=(--target-dir "$tdir")
-bindir=fuzz/$tdir/$(rustc -vV | sed -n 's/^host: //p')/release
+bindir=$bindir/$(rustc -vV | sed -n 's/^host: //p')/release
 # One build for all targets shares the instrumented crate graph; one target builds only itself.
 if [ ${#targets[@]} -eq 1 ]; then
     (cd fuzz && cargo fuzz build "${build[@]}" "${targets[0]}")
