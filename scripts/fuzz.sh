@@ -33,7 +33,7 @@ while [ $# -gt 0 ]; do
         --asan) asan=1 ;;
         --jobs) jobs=$2; shift ;;
         --runs) runs=$2; shift ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         [0-9]*) seconds=$1 ;;
         *) targets+=("$1") ;;
     esac

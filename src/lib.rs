@@ -2,7 +2,7 @@
 //!
 //! Crate map, in layers that only look down (`tests/house.rs` checks it):
 //! - faces: `main` (the command line), `forward` (`shardcat forward`: stdio to stdio or to
-//!   Streamable HTTP), `demo` (the built-in demo MCP server), `admin` (`/health`,
+//!   Streamable HTTP; with `tape::cli`, only under the default `cli` feature), `demo` (the built-in demo MCP server), `admin` (`/health`,
 //!   `/metrics`), `tape` (the persistence core's writer, the tape tools and replay).
 //! - `runtime`   — one pinned thread and monoio runtime per core: accept loop, mailboxes,
 //!   timers, drain; builds each shard's context and starts the pipeline on every connection.
@@ -44,6 +44,7 @@ pub mod config;
 pub mod degrade;
 pub mod demo;
 pub mod error;
+#[cfg(feature = "cli")]
 pub mod forward;
 pub mod gateway;
 pub mod limits;

@@ -4,6 +4,8 @@
 //! Invariants:
 //! - Classification borrows from the request body and builds no `serde_json::Value`: only the
 //!   fields a gateway routes on (`method`, `id`, kind, `params.name`/`params.uri`) are read.
+//!   What it accepts is JSON-RPC 2.0: each message a JSON object, its id a string or a number;
+//!   what is not JSON is a parse error, never an invalid request (`fuzz/checks/jsonrpc.rs`).
 //! - A session id names its owning shard and slab slot in plain hex and carries 128 random bits,
 //!   so it can be routed without a lookup and cannot be guessed.
 

@@ -38,6 +38,7 @@
 //! after it, is a torn tail: skipped. A bad record followed by intact ones is mid-file
 //! corruption: reported, and reading resumes at the next intact record.
 
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod format;
 pub mod index;
