@@ -20,9 +20,9 @@
 #
 # Env: CONNS (64), RATE (500 req/s of the session and stateless users), SAMPLE_S (10), PUSH_MS
 # (250), LISTEN / ADMIN (free loopback ports), EXTRA_CONFIG (TOML appended to the gateway's
-# config, e.g. $'[timeouts]\nsession_idle_timeout_ms = 3600000'), OUT (target/soak/DATE: CSV,
-# JSON, logs, summary), KEEP_TMP=1 keeps the temp dir with the tapes (also kept when the run
-# fails).
+# config, e.g. $'[timeouts]\nsession_idle_timeout_ms = 3600000'), TAPES_EXTRA (lines added to
+# its [tapes] table, e.g. 'segment_max_bytes = 8388608'), OUT (target/soak/DATE: CSV, JSON,
+# logs, summary), KEEP_TMP=1 keeps the temp dir with the tapes (also kept when the run fails).
 set -euo pipefail
 
 # All of it is one function, parsed before it runs: editing this file or checking out another
@@ -86,6 +86,7 @@ url = "$DEMO_URL"
 
 [tapes]
 dir = "$TMP/tapes"
+${TAPES_EXTRA:-}
 EOF
 [ -z "${EXTRA_CONFIG:-}" ] || printf '\n%s\n' "$EXTRA_CONFIG" >>"$TMP/shardcat.toml"
 cp "$TMP/shardcat.toml" "$OUT/shardcat.toml"
