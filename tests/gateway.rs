@@ -769,6 +769,43 @@ fn idle_sessions_expire_here_and_upstream() {
     assert_eq!(metric(admin, "shardcat_sessions"), 0.0);
 }
 
+/// A client that only reads its GET stream is using its session: the session outlives the
+/// idle timeout while the stream is read, and expires once the reader is gone.
+#[test]
+fn a_session_read_over_its_get_stream_is_not_idle() {
+    let demo = demo();
+    let gw = gateway(
+        &demo_url(&demo),
+        1,
+        Some("[timeouts]\nsession_idle_timeout_ms = 300\n"),
+    );
+    let (addr, admin) = (gw.addr("listen"), gw.addr("admin"));
+    let sid = initialize(addr);
+    let mut c = Client::connect(addr);
+    c.send_raw(format!("GET /mcp HTTP/1.1\r\nhost: {addr}\r\naccept: text/event-stream\r\nmcp-session-id: {sid}\r\n\r\n").as_bytes()).unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    // Read for five idle timeouts, with no request in the session.
+    while started.elapsed() < Duration::from_millis(1500) {
+        let n = c.stream.read(&mut buf).expect("GET stream data");
+        assert!(
+            n > 0,
+            "GET stream closed: the session was ended under its reader"
+        );
+    }
+    assert_eq!(metric(admin, "shardcat_sessions_expired_total"), 0.0);
+    assert_eq!(
+        post(addr, &[("mcp-session-id", &sid), V], &echo_call(1, "x")).status,
+        200
+    );
+    drop(c);
+    assert!(eventually(Duration::from_secs(5), || metric(
+        admin,
+        "shardcat_sessions_expired_total"
+    ) == 1.0));
+    assert_eq!(metric(admin, "shardcat_sessions"), 0.0);
+}
+
 #[test]
 fn client_hang_up_releases_the_upstream_at_once() {
     let demo = demo();

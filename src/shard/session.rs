@@ -5,7 +5,8 @@
 //! Sessions end by the clock without the table being scanned: an ordered schedule holds each
 //! session once, under the time it is next due for a check. A request only moves `last_seen`;
 //! the check at the due time finds the real deadline (idle timeout or maximum age, whichever
-//! comes first) and either ends the session or schedules it again. A session is thus looked at
+//! comes first) and either ends the session or schedules it again. A session with a client
+//! reading one of its streams is not idle: the check moves its `last_seen` instead. A session is thus looked at
 //! about once per idle period, however many requests it serves.
 //!
 //! Invariants: only the owning shard touches its table; every removal path (DELETE, expiry,
@@ -113,7 +114,13 @@ impl Sessions {
                 debug_assert!(false, "a scheduled session is always live");
                 continue;
             };
-            let (deadline, why) = self.deadline(s);
+            let (mut deadline, mut why) = self.deadline(s);
+            // A client reading one of the session's streams is using it, requests or not:
+            // an SSE-only client must not see its session expire under it.
+            if deadline <= now && why == Expiry::Idle && s.sse.watched() {
+                self.slab[slot as usize].last_seen = now;
+                (deadline, why) = self.deadline(&self.slab[slot as usize]);
+            }
             if deadline <= now {
                 out.push((self.id_of(slot, secret), why));
             } else {
@@ -132,11 +139,8 @@ impl Sessions {
             .take(EVICT_SCAN_MAX)
             .filter_map(|(&(_, slot), &secret)| {
                 let s = self.slab.get(slot as usize)?;
-                (now.saturating_duration_since(s.last_seen) >= min_idle).then_some((
-                    s.last_seen,
-                    slot,
-                    secret,
-                ))
+                let idle = now.saturating_duration_since(s.last_seen) >= min_idle;
+                (idle && !s.sse.watched()).then_some((s.last_seen, slot, secret))
             })
             .min()
             .map(|(_, slot, secret)| self.id_of(slot, secret))
@@ -311,6 +315,30 @@ mod tests {
         assert_eq!(t.due(t0 + 15 * S), vec![(b, Expiry::Idle)]);
         t.remove(&b);
         assert_eq!((t.len(), t.scheduled()), (0, 0));
+    }
+
+    #[test]
+    fn a_session_whose_stream_has_a_reader_is_not_idle() {
+        use crate::shard::sse::{Stream, StreamKind};
+        let mut t = table();
+        let t0 = Instant::now();
+        let a = t.insert(http(None), Version::assumed(), t0);
+        let get = Stream::new(1, StreamKind::Get, None, None, 0);
+        get.state.borrow_mut().attached = true;
+        t.get_mut(&a).unwrap().sse.keep(get.clone(), 4);
+        assert!(t.due(t0 + 10 * S).is_empty(), "read, so not idle");
+        assert_eq!(t.scheduled(), 1, "scheduled again, once");
+        assert_eq!(t.lru_idle(t0 + 15 * S, S), None, "not evicted either");
+        get.state.borrow_mut().attached = false;
+        assert!(t.due(t0 + 19 * S).is_empty(), "idle from the last check on");
+        assert_eq!(t.due(t0 + 20 * S), vec![(a, Expiry::Idle)]);
+        t.remove(&a);
+        // A read stream does not outlive the maximum age.
+        let b = t.insert(http(None), Version::assumed(), t0);
+        t.get_mut(&b).unwrap().sse.keep(get.clone(), 4);
+        get.state.borrow_mut().attached = true;
+        let ended = (1..=100).find_map(|i| t.due(t0 + i * S).pop());
+        assert_eq!(ended, Some((b, Expiry::MaxAge)));
     }
 
     #[test]

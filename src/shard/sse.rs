@@ -471,6 +471,11 @@ impl SessionStreams {
         self.list.iter().find(|s| s.no == no).cloned()
     }
 
+    /// Whether a client is reading one of the streams right now.
+    pub fn watched(&self) -> bool {
+        self.list.iter().chain(&self.last_get).any(|s| s.in_use())
+    }
+
     /// Stops every stream (the session ended).
     pub fn stop_all(&mut self) {
         for s in self.list.drain(..).chain(self.last_get.take()) {
