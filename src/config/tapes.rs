@@ -21,7 +21,8 @@ pub const DEFAULT_IO_RETRY_MAX: u32 = 5;
 pub const DEFAULT_IO_RETRY_BACKOFF_MS: u64 = 2;
 /// Cap on one backoff sleep.
 pub const MAX_IO_RETRY_BACKOFF_MS: u64 = 1000;
-/// How often the open segment's index is rewritten while recording.
+/// The open segment's index is written once recording has been quiet this long (and always
+/// at rotation and shutdown).
 pub const DEFAULT_INDEX_INTERVAL_MS: u64 = 1000;
 /// Largest payload recorded; larger frames are refused and counted (`frames_oversize`).
 pub const MAX_PAYLOAD_BYTES: usize = 16 * 1024 * 1024;

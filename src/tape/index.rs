@@ -8,7 +8,7 @@
 //! Keeping one summary per segment bounds the writer's memory by the segment size, not by the
 //! number of sessions ever recorded.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -115,10 +115,54 @@ pub fn index_path(dir: &Path, seq: u32) -> PathBuf {
 
 /// Writes a summary atomically: temporary file, then rename.
 pub fn write(dir: &Path, idx: &SegmentIndex) -> io::Result<()> {
-    let path = index_path(dir, idx.segment);
+    write_with(dir, idx.segment, |out| serde_json::to_writer(out, idx))
+}
+
+/// The open segment's summary, as the writer holds it: serialized straight from its map, in
+/// the same shape as `SegmentIndex`, with no copy of the map (it can hold a session for every
+/// stateless exchange of the segment).
+pub struct OpenSummary<'a> {
+    pub segment: u32,
+    pub bytes: u64,
+    pub records: u64,
+    pub sessions: &'a HashMap<u64, SessionEntry>,
+}
+
+impl Serialize for OpenSummary<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        struct Keyed<'a>(&'a HashMap<u64, SessionEntry>);
+        impl Serialize for Keyed<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_map(self.0.iter().map(|(k, v)| (session_key(*k), v)))
+            }
+        }
+        let mut st = s.serialize_struct("SegmentIndex", 5)?;
+        st.serialize_field("version", &1u32)?;
+        st.serialize_field("segment", &self.segment)?;
+        st.serialize_field("bytes", &self.bytes)?;
+        st.serialize_field("records", &self.records)?;
+        st.serialize_field("sessions", &Keyed(self.sessions))?;
+        st.end()
+    }
+}
+
+/// Writes the open segment's summary atomically, streamed to the file.
+pub fn write_open(dir: &Path, idx: &OpenSummary<'_>) -> io::Result<()> {
+    write_with(dir, idx.segment, |out| serde_json::to_writer(out, idx))
+}
+
+fn write_with(
+    dir: &Path,
+    segment: u32,
+    encode: impl FnOnce(&mut io::BufWriter<std::fs::File>) -> serde_json::Result<()>,
+) -> io::Result<()> {
+    let path = index_path(dir, segment);
     let tmp = path.with_extension("idx.tmp");
-    let body = serde_json::to_vec(idx).map_err(io::Error::other)?;
-    std::fs::write(&tmp, body)?;
+    let mut out = io::BufWriter::new(std::fs::File::create(&tmp)?);
+    encode(&mut out).map_err(io::Error::other)?;
+    io::Write::flush(&mut out)?;
+    drop(out);
     std::fs::rename(&tmp, &path)
 }
 

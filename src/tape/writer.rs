@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 
 use super::format::{self, FILE_HEADER_LEN, FRAME_HEADER_LEN, RECORD_PREFIX_LEN};
-use super::index::{self, SegmentIndex, SessionEntry};
+use super::index::{self, SessionEntry};
 use super::mask::Masker;
 use super::{
     Frame, FrameKind, Fsync, PersistStats, TapeConfig, MAX_EVENT_ID_BYTES, MAX_IO_RETRY_BACKOFF_MS,
@@ -91,6 +91,8 @@ struct Open {
     len: u64,
     records: u64,
     sessions: HashMap<u64, SessionEntry>,
+    /// When a batch was last written to it.
+    last_write: Instant,
     index_dirty: bool,
     sync_dirty: bool,
 }
@@ -106,7 +108,6 @@ pub struct Writer {
     /// Encoded records not yet written.
     buf: Vec<u8>,
     last_sync: Instant,
-    last_index: Instant,
 }
 
 impl Writer {
@@ -125,7 +126,6 @@ impl Writer {
             next_seq: first_seq,
             seg: None,
             last_sync: now,
-            last_index: now,
         })
     }
 
@@ -218,6 +218,7 @@ impl Writer {
         let disk = &mut self.disk;
         retry(&self.cfg, &self.stats, || disk.write_at(buf, off))?;
         seg.len += self.buf.len() as u64;
+        seg.last_write = Instant::now();
         seg.index_dirty = true;
         seg.sync_dirty = true;
         Ok(())
@@ -238,6 +239,7 @@ impl Writer {
             len: FILE_HEADER_LEN as u64,
             records: 0,
             sessions: HashMap::new(),
+            last_write: Instant::now(),
             index_dirty: true,
             sync_dirty: true,
         })
@@ -275,15 +277,13 @@ impl Writer {
         let Some(seg) = self.seg.as_mut().filter(|s| s.index_dirty) else {
             return;
         };
-        let mut idx = SegmentIndex::new(seg.seq);
-        idx.bytes = seg.len;
-        idx.records = seg.records;
-        idx.sessions = seg
-            .sessions
-            .iter()
-            .map(|(k, v)| (index::session_key(*k), v.clone()))
-            .collect();
-        match index::write(&self.cfg.dir, &idx) {
+        let idx = index::OpenSummary {
+            segment: seg.seq,
+            bytes: seg.len,
+            records: seg.records,
+            sessions: &seg.sessions,
+        };
+        match index::write_open(&self.cfg.dir, &idx) {
             Ok(()) => {
                 seg.index_dirty = false;
                 self.stats.index_writes.fetch_add(1, Relaxed);
@@ -293,19 +293,28 @@ impl Writer {
                 self.stats.io_errors.fetch_add(1, Relaxed);
             }
         }
-        self.last_index = Instant::now();
     }
 
-    /// Periodic work: interval fsync and index rewrite.
+    /// Periodic work: interval fsync, and the open segment's index once recording has been
+    /// quiet for `index_interval_ms`. While batches keep coming an index written now would be
+    /// stale at the next batch, so readers would scan the segment anyway; rewriting it on a
+    /// clock instead cost the writer time and memory growing with the segment's sessions
+    /// (one per stateless exchange). Rotation and shutdown always write it.
     pub fn tick(&mut self, now: Instant) {
         if let Fsync::Interval(ms) = self.cfg.fsync {
             if now >= self.last_sync + Duration::from_millis(ms) {
                 self.sync();
             }
         }
-        if now >= self.last_index + Duration::from_millis(self.cfg.index_interval_ms) {
+        if self.index_due().is_some_and(|at| now >= at) {
             self.write_index();
         }
+    }
+
+    /// When the open segment's index is next to be written, if it is out of date.
+    fn index_due(&self) -> Option<Instant> {
+        let seg = self.seg.as_ref().filter(|s| s.index_dirty)?;
+        Some(seg.last_write + Duration::from_millis(self.cfg.index_interval_ms))
     }
 
     /// When `tick` next has something to do.
@@ -317,8 +326,8 @@ impl Writer {
         if let (Fsync::Interval(ms), true) = (self.cfg.fsync, seg.sync_dirty) {
             at = at.min(self.last_sync + Duration::from_millis(ms));
         }
-        if seg.index_dirty {
-            at = at.min(self.last_index + Duration::from_millis(self.cfg.index_interval_ms));
+        if let Some(due) = self.index_due() {
+            at = at.min(due);
         }
         at
     }
@@ -685,6 +694,40 @@ mod tests {
     }
 
     const MIN_SEGMENT: u64 = crate::tape::MIN_SEGMENT_MAX_BYTES;
+
+    /// The open segment's index is written once recording is quiet, not on a clock while
+    /// batches keep coming; written, it is fresh (its length is the segment's).
+    #[test]
+    fn the_open_index_waits_for_a_quiet_spell() {
+        let dir = temp_dir("quiet-index");
+        let cfg = TapeConfig::new(&dir);
+        let quiet = Duration::from_millis(cfg.index_interval_ms);
+        let mut w = Writer::open(cfg, Box::new(FileDisk::default())).unwrap();
+        let path = |w: &Writer| index::index_path(&dir, w.first_seq());
+        let t0 = Instant::now();
+        for n in 0..10 {
+            w.write_batch(&[frame(1 + n, n, "busy")]);
+            // A clock that moves a whole interval between batches: busy, but not quiet yet.
+            w.tick(Instant::now() + quiet / 2);
+        }
+        assert!(!path(&w).exists(), "no index while batches keep coming");
+        assert_eq!(w.stats().index_writes.load(Relaxed), 0);
+        w.tick(Instant::now() + quiet);
+        let raw = std::fs::read(path(&w)).expect("written after a quiet spell");
+        let idx: index::SegmentIndex = serde_json::from_slice(&raw).unwrap();
+        let len = std::fs::metadata(format::segment_path(&dir, w.first_seq()))
+            .unwrap()
+            .len();
+        assert_eq!((idx.bytes, idx.records, idx.sessions.len()), (len, 10, 10));
+        // Nothing new: not written again.
+        w.tick(t0 + 10 * quiet);
+        assert_eq!(w.stats().index_writes.load(Relaxed), 1);
+        // It says what a scan of the segment says.
+        std::fs::remove_file(path(&w)).unwrap();
+        assert_eq!(idx, index::load_or_scan(&dir, w.first_seq()).unwrap());
+        w.finish();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn masked_pointers_never_reach_the_disk() {
