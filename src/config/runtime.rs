@@ -650,6 +650,7 @@ fn validate_stdio(u: &UpstreamSection) -> Result<StdioConfig, ConfigError> {
             "prewarm + stateless_children must not exceed upstream.max_processes",
         );
     }
+    check_spawnable(u)?;
     Ok(StdioConfig {
         command: u.command.clone(),
         args: u.args.clone(),
@@ -662,6 +663,30 @@ fn validate_stdio(u: &UpstreamSection) -> Result<StdioConfig, ConfigError> {
         stderr_lines_per_s: u.stderr_lines_per_s,
         stdin_queue_depth: u.stdin_queue_depth,
     })
+}
+
+/// What the kernel cannot take in a command line or an environment (a NUL ends a C string;
+/// `=` ends a variable's name) fails at load time, not at each spawn.
+fn check_spawnable(u: &UpstreamSection) -> Result<(), ConfigError> {
+    let nul = |v: &str| v.contains('\0');
+    if nul(&u.command) {
+        return err("upstream.command", "must not contain a NUL character");
+    }
+    if u.args.iter().any(|a| nul(a)) {
+        return err("upstream.args", "must not contain a NUL character");
+    }
+    if u.cwd.as_deref().is_some_and(nul) {
+        return err("upstream.cwd", "must not contain a NUL character");
+    }
+    for (k, v) in &u.env {
+        if k.is_empty() || k.contains('=') || nul(k) || nul(v) {
+            return err(
+                "upstream.env",
+                "names must be non-empty without '=' or NUL, values without NUL",
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Splits a command line into words: whitespace separates, single or double quotes group.
@@ -977,6 +1002,20 @@ mod tests {
         let e = FileConfig::from_toml("[upstream]\ncomand = \"x\"\n").unwrap_err();
         assert!(e.0.contains("comand"), "{e}");
         assert!(split_command("a 'b").is_err());
+        for bad in [
+            "command = \"a\\u0000b\"",
+            "command = \"a\"\nargs = [\"\\u0000\"]",
+            "command = \"a\"\ncwd = \"/\\u0000\"",
+            "command = \"a\"\n[upstream.env]\n\"\" = \"v\"",
+            "command = \"a\"\n[upstream.env]\n\"K=V\" = \"v\"",
+            "command = \"a\"\n[upstream.env]\nK = \"\\u0000\"",
+        ] {
+            let file = format!("[upstream]\nkind = \"stdio\"\n{bad}\n");
+            let e = FileConfig::from_toml(&file)
+                .and_then(|f| f.resolve(&Overrides::default(), None))
+                .unwrap_err();
+            assert!(e.0.contains("upstream."), "{bad}: {e}");
+        }
         let f =
             FileConfig::from_toml("[tapes]\ndir = \"/tmp/t\"\noverflow = \"sometimes\"\n").unwrap();
         let e = f.resolve(&Overrides::default(), demo()).unwrap_err();
