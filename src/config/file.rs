@@ -149,6 +149,7 @@ pub struct TapesSection {
     pub batch_max_frames: usize,
     pub batch_max_delay_ms: u64,
     pub segment_max_bytes: u64,
+    pub segment_max_sessions: usize,
     /// "never", "interval" (the default) or "always".
     pub fsync: String,
     pub fsync_interval_ms: u64,
@@ -171,6 +172,7 @@ impl Default for TapesSection {
             batch_max_frames: t::DEFAULT_BATCH_MAX_FRAMES,
             batch_max_delay_ms: t::DEFAULT_BATCH_MAX_DELAY_MS,
             segment_max_bytes: t::DEFAULT_SEGMENT_MAX_BYTES,
+            segment_max_sessions: t::DEFAULT_SEGMENT_MAX_SESSIONS,
             fsync: "interval".into(),
             fsync_interval_ms: t::DEFAULT_FSYNC_INTERVAL_MS,
             mask: Vec::new(),

@@ -570,6 +570,7 @@ impl TapesSection {
         c.batch_max_frames = self.batch_max_frames;
         c.batch_max_delay_ms = self.batch_max_delay_ms;
         c.segment_max_bytes = self.segment_max_bytes;
+        c.segment_max_sessions = self.segment_max_sessions;
         c.mask = self.mask.clone();
         c.io_retry_max = self.io_retry_max;
         c.io_retry_backoff_ms = self.io_retry_backoff_ms;

@@ -150,7 +150,7 @@ impl Writer {
                 _ => None,
             };
             let payload: &[u8] = masked.as_deref().unwrap_or(&f.payload);
-            if self.would_overflow(record_len(f, payload.len())) {
+            if self.would_overflow(record_len(f, payload.len()), i - from) {
                 self.commit(&batch[from..i]);
                 from = i;
                 self.rotate();
@@ -163,10 +163,16 @@ impl Writer {
         }
     }
 
-    fn would_overflow(&self, rec: usize) -> bool {
+    /// Whether the next record starts a new segment: it would pass `segment_max_bytes`, or
+    /// the index could pass `segment_max_sessions` (each of the `pending` records encoded but
+    /// not yet committed counts as a new session).
+    fn would_overflow(&self, rec: usize, pending: usize) -> bool {
         let base = self.seg.as_ref().map_or(FILE_HEADER_LEN as u64, |s| s.len);
         let used = base + self.buf.len() as u64;
-        used + rec as u64 > self.cfg.segment_max_bytes && used > FILE_HEADER_LEN as u64
+        let sessions = self.seg.as_ref().map_or(0, |s| s.sessions.len()) + pending;
+        let full = used + rec as u64 > self.cfg.segment_max_bytes
+            || sessions >= self.cfg.segment_max_sessions;
+        full && used > FILE_HEADER_LEN as u64
     }
 
     /// Writes the buffered records of `frames` (oversize ones were never encoded).
@@ -694,6 +700,30 @@ mod tests {
     }
 
     const MIN_SEGMENT: u64 = crate::tape::MIN_SEGMENT_MAX_BYTES;
+
+    /// A segment's index holds at most `segment_max_sessions` sessions: the writer's memory
+    /// for the open segment is bounded however many stateless exchanges a segment records.
+    #[test]
+    fn segments_rotate_at_the_session_bound() {
+        let dir = temp_dir("max-sessions");
+        let mut cfg = TapeConfig::new(&dir);
+        cfg.segment_max_sessions = 3;
+        let mut w = Writer::open(cfg, Box::new(FileDisk::default())).unwrap();
+        w.write_batch(&(0..10).map(|n| frame(100 + n, n, "s")).collect::<Vec<_>>());
+        for n in 10..14 {
+            w.write_batch(&[frame(100 + n, n, "s")]);
+        }
+        w.finish();
+        let seqs = format::list_segments(&dir).unwrap();
+        let mut seen = 0;
+        for seq in &seqs {
+            let n = index::load_or_scan(&dir, *seq).unwrap().sessions.len();
+            assert!((1..=3).contains(&n), "segment {seq}: {n} sessions");
+            seen += n;
+        }
+        assert_eq!((seen, seqs.len()), (14, 5));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     /// The open segment's index is written once recording is quiet, not on a clock while
     /// batches keep coming; written, it is fresh (its length is the segment's).
