@@ -13,7 +13,8 @@
 # Installs cargo-fuzz (into cargo's bin dir) when it is missing. Builds go to
 # fuzz/target-none or fuzz/target-asan; inputs the fuzzer finds go to fuzz/corpus-run/<target>
 # (the committed seeds in fuzz/corpus/<target> are only read); crashes to
-# fuzz/artifacts/<target>/ and logs to fuzz/logs/. Exits non-zero when any target crashed:
+# fuzz/artifacts/<target>/ and logs to fuzz/logs/. fuzz/options/<target>.args adds libFuzzer
+# flags for one target. Exits non-zero when any target crashed:
 # copy the input to tests/fixtures/fuzz/<target>/ and `cargo test --test fuzz_regressions`
 # fails until it is fixed.
 set -euo pipefail
@@ -33,7 +34,7 @@ while [ $# -gt 0 ]; do
         --asan) asan=1 ;;
         --jobs) jobs=$2; shift ;;
         --runs) runs=$2; shift ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         [0-9]*) seconds=$1 ;;
         *) targets+=("$1") ;;
     esac
@@ -77,6 +78,11 @@ run_one() {
     [ "$runs" -gt 0 ] && args+=(-runs="$runs")
     local dict="fuzz/dict/$t.dict"
     [ -f "$dict" ] && args+=(-dict="$dict")
+    # Per-target libFuzzer flags, one per line ('#' comments), e.g. a smaller -max_len.
+    local opts="fuzz/options/$t.args"
+    [ -f "$opts" ] && while read -r a; do
+        case "$a" in ''|'#'*) ;; *) args+=("$a") ;; esac
+    done <"$opts"
     set +e
     "$bindir/$t" "${args[@]}" "fuzz/corpus-run/$t" "fuzz/corpus/$t" >"fuzz/logs/$t.log" 2>&1
     echo $? >"fuzz/logs/$t.rc"

@@ -143,6 +143,11 @@ pub fn decode(body: &Bytes) -> Option<Frame> {
     if payload_at > b.len() || eid_len > MAX_EVENT_ID_BYTES {
         return None;
     }
+    // Only a message carries an event id: the writer never puts one elsewhere, and one there
+    // would be dropped when the frame is written again (the record would not round-trip).
+    if eid_len > 0 && b[17] != 2 {
+        return None;
+    }
     let kind = match b[17] {
         0 => FrameKind::SessionStart,
         1 => FrameKind::SessionEnd,
