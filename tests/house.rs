@@ -5,6 +5,7 @@
 //! - the upstream kinds import neither the pipeline (`gateway`) nor the shard context;
 //! - the codec knows no sessions, upstreams or pipeline;
 //! - configuration imports no runtime module (only the codec's constants);
+//! - authorization (`authz`) sits on the ground: the codec and `mcp`, nothing above;
 //! - the shard context imports no pipeline;
 //! - no module on the request path (`shard`, `gateway`, `upstream`) takes a lock.
 //!
@@ -326,7 +327,11 @@ fn imported_by(g: &BTreeMap<Module, BTreeSet<Module>>, module: &str) -> BTreeSet
 #[test]
 fn layers_look_only_down() {
     let (_, g) = graph();
-    let rules: [(&str, &[&str]); 5] = [
+    let rules: [(&str, &[&str]); 6] = [
+        (
+            "authz",
+            &["shard", "gateway", "upstream", "runtime", "admin", "config"],
+        ),
         (
             "upstream",
             &["gateway", "shard", "runtime", "admin", "degrade"],
