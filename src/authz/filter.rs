@@ -1,11 +1,12 @@
 //! List filtering: the answer to `tools/list`, `prompts/list`, `resources/list` or
 //! `resources/templates/list` loses the items a grant does not allow, and nothing else.
 //!
-//! How: the message is read as raw JSON, never as a tree. Its top-level keys, those of its
-//! `result` and the items of the list array are borrowed slices of the input (`RawValue`);
-//! only each item's `name` (`uri`, `uriTemplate`) is read. The output is the input with the
-//! array's bytes replaced by the kept items joined by commas: key order, whitespace, numbers,
-//! `nextCursor` and every other field stay byte for byte. Nothing removed: no copy (`None`).
+//! How: the message is read once, as raw JSON, never as a tree (`Message`, a serde seed):
+//! everything but `result` and the list in it is skipped, and the list's items are borrowed
+//! slices of the input (`RawValue`); then only each item's `name` (`uri`, `uriTemplate`) is
+//! read. The output is the input with the bytes from the first item to the last replaced by
+//! the kept items joined by commas: key order, whitespace, numbers, `nextCursor` and every
+//! other field stay byte for byte. Nothing removed: no copy (`None`).
 //!
 //! Invariants (`fuzz/checks/authz_filter.rs`): the output parses; its list is the input's
 //! list with items removed, in order, each kept item allowed; everything else is unchanged.
@@ -18,7 +19,7 @@ use std::ops::Range;
 use std::rc::Rc;
 
 use bytes::Bytes;
-use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -121,12 +122,6 @@ impl ListFilter {
         }
     }
 
-    fn lists(&self) -> impl Iterator<Item = List> + '_ {
-        List::ALL
-            .into_iter()
-            .filter(move |l| self.lists & l.bit() != 0)
-    }
-
     /// A JSON body (one message or a batch of them) with the disallowed items taken out;
     /// `None` when nothing was taken out (or it is not JSON-RPC).
     pub fn body(&self, body: &[u8]) -> Option<Vec<u8>> {
@@ -156,28 +151,28 @@ impl ListFilter {
         }
     }
 
-    /// Queues the replacements of the list arrays of `msg` (a slice of `whole`).
+    /// Queues the replacements of the list items of `msg` (a slice of `whole`). A message that
+    /// does not parse is left alone (a client could not read it either).
     fn message_edits(&self, whole: &str, msg: &str, edits: &mut Vec<(Range<usize>, String)>) {
-        let Some(top) = entries(msg) else { return };
-        for (_, result) in top.iter().filter(|(k, _)| k == "result") {
-            let Some(fields) = entries(result.get()) else {
-                continue;
-            };
-            for (key, value) in &fields {
-                let Some(list) = self.lists().find(|l| l.key() == key) else {
-                    continue;
-                };
-                if let Some(kept) = self.kept(list, value.get()) {
-                    edits.push((span(whole, value.get()), kept));
-                }
+        let mut found = Vec::new();
+        let seed = Message {
+            lists: self.lists,
+            out: &mut found,
+        };
+        let mut de = serde_json::Deserializer::from_str(msg);
+        if seed.deserialize(&mut de).and_then(|()| de.end()).is_err() {
+            return;
+        }
+        for (list, items) in found {
+            if let Some(edit) = self.kept(whole, list, &items) {
+                edits.push(edit);
             }
         }
     }
 
-    /// The array `text` with only the allowed items; `None` when all are kept (or it is not
-    /// an array).
-    fn kept(&self, list: List, text: &str) -> Option<String> {
-        let items: Vec<&RawValue> = serde_json::from_str(text).ok()?;
+    /// The span from the first item to the last (the brackets and the space around stay) and
+    /// the allowed items joined by commas; `None` when every item is kept.
+    fn kept(&self, whole: &str, list: List, items: &[&RawValue]) -> Option<(Range<usize>, String)> {
         let keep: Vec<bool> = items
             .iter()
             .map(|i| item_name(list, i.get()).is_some_and(|n| self.grant.allows(list.kind(), &n)))
@@ -185,16 +180,16 @@ impl ListFilter {
         if keep.iter().all(|k| *k) {
             return None;
         }
-        let mut out = String::with_capacity(text.len());
-        out.push('[');
+        let (first, last) = (items.first()?, items.last()?);
+        let range = span(whole, first.get()).start..span(whole, last.get()).end;
+        let mut out = String::with_capacity(range.len());
         for (item, _) in items.iter().zip(&keep).filter(|(_, k)| **k) {
-            if out.len() > 1 {
+            if !out.is_empty() {
                 out.push(',');
             }
             out.push_str(item.get());
         }
-        out.push(']');
-        Some(out)
+        Some((range, out))
     }
 }
 
@@ -234,34 +229,162 @@ fn item_name(list: List, item: &str) -> Option<String> {
     name.map(Cow::into_owned)
 }
 
-/// An object's entries in order, duplicates kept, each value raw; `None` when `text` is not
-/// an object.
-fn entries(text: &str) -> Option<Vec<(Cow<'_, str>, &RawValue)>> {
-    struct Entries<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
-    struct V;
-    impl<'de> Visitor<'de> for V {
-        type Value = Entries<'de>;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("an object")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entries<'de>, A::Error> {
-            let mut out = Vec::new();
-            while let Some(k) = map.next_key::<Cow<'de, str>>()? {
-                out.push((k, map.next_value::<&'de RawValue>()?));
+/// An object key, borrowed unless it holds escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a key")
             }
-            Ok(Entries(out))
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(s.to_owned())))
+            }
         }
-        // An array is not an object: no positional reading.
-        fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Entries<'de>, A::Error> {
-            Err(serde::de::Error::custom("not an object"))
-        }
+        d.deserialize_str(V)
     }
-    impl<'de> Deserialize<'de> for Entries<'de> {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            d.deserialize_map(V)
-        }
+}
+
+/// Each list's items found in a message, raw, in order.
+type Found<'de> = Vec<(List, Vec<&'de RawValue>)>;
+
+/// Reads a message in one pass: every `result` (repeats included), in it every key of a list
+/// asked for (repeats included), and that list's items as raw slices; the rest is skipped.
+struct Message<'a, 'de> {
+    lists: u8,
+    out: &'a mut Found<'de>,
+}
+
+/// A `result` value: an object is searched, anything else skipped (not an error: one of
+/// several repeated `result`s may be anything).
+struct ResultValue<'a, 'de>(Message<'a, 'de>);
+
+/// A list's value: an array's items are taken, anything else skipped.
+struct Items<'a, 'de> {
+    list: List,
+    out: &'a mut Found<'de>,
+}
+
+impl<'de> DeserializeSeed<'de> for Message<'_, 'de> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
     }
-    serde_json::from_str::<Entries<'_>>(text).ok().map(|e| e.0)
+}
+
+impl<'de> Visitor<'de> for Message<'_, 'de> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON-RPC message")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(Key(k)) = map.next_key()? {
+            if k == "result" {
+                let inner = Message {
+                    lists: self.lists,
+                    out: &mut *self.out,
+                };
+                map.next_value_seed(ResultValue(inner))?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for ResultValue<'_, 'de> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+/// Visitor methods that skip any value but the one a visitor looks for.
+macro_rules! skip_other_values {
+    () => {
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+    };
+}
+
+impl<'de> Visitor<'de> for ResultValue<'_, 'de> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a result")
+    }
+    skip_other_values!();
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let Message { lists, out } = self.0;
+        while let Some(Key(k)) = map.next_key()? {
+            let asked = List::ALL
+                .into_iter()
+                .find(|l| lists & l.bit() != 0 && l.key() == k);
+            match asked {
+                Some(list) => map.next_value_seed(Items {
+                    list,
+                    out: &mut *out,
+                })?,
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Items<'_, 'de> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Items<'_, 'de> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list")
+    }
+    skip_other_values!();
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element::<&'de RawValue>()? {
+            items.push(item);
+        }
+        self.out.push((self.list, items));
+        Ok(())
+    }
 }
 
 /// Where `part` (borrowed from `whole`) lies in it.
