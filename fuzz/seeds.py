@@ -119,3 +119,29 @@ toml = re.search(r"## Configuration.*?```toml\n(.*?)```", readme, re.S).group(1)
 write("config", "readme", toml.encode())
 write("config", "stdio", b'[upstream]\nkind = "stdio"\ncommand = "python3"\nargs = ["-m", "server"]\nprewarm = 1\n[upstream.env]\nA = "1"\n')
 write("config", "several", b'[[upstream]]\nurl = "http://127.0.0.1:9001/mcp"\nweight = 3\n[[upstream]]\nurl = "http://127.0.0.1:9002/mcp"\nhealth_check = "http"\nhealth_path = "/healthz"\n[tapes]\ndir = "/tmp/t"\nmask = ["/params/arguments/password"]\n')
+
+# authz_glob: mode byte (even: mapped alphabet, odd: UTF-8), pattern, 0xff, name.
+GLOBS = {
+    "prefix": (b"\x01", b"search_*", b"search_web"),
+    "uri": (b"\x01", b"file:///public/*/q?.txt", b"file:///public/a/b/q1.txt"),
+    "mapped": (b"\x00", bytes([2, 0, 2, 3, 1, 2]), bytes([0, 1, 4, 0, 1])),
+    "hostile": (b"\x00", bytes([2, 0]) * 30 + bytes([1]), bytes([0]) * 150),
+}
+for name, (mode, pat, n) in GLOBS.items():
+    write("authz_glob", name, mode + pat + b"\xff" + n)
+
+# authz_filter: list selector, deny-pattern length, deny pattern, then the answer.
+TOOLS = (b'{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"echo","inputSchema":{"type":"object"}},'
+         b'{"name":"db_delete","inputSchema":{}},{"name":"add"}],"nextCursor":"c2"}}')
+FILTERS = {
+    "tools": b"\x00\x08*_delete" + TOOLS,
+    "ts-order": b"\x00\x03add" + b'{"result":{"tools":[{"name":"add"},{"name":"echo"}]},"jsonrpc":"2.0","id":"c1"}',
+    "prompts": b"\x01\x01s" + b'{"jsonrpc":"2.0","id":1,"result":{"prompts":[{"name":"s"},{"name":"t","arguments":[]}]}}',
+    "resources": b"\x02\x0bfile:///x/*" + b'{"jsonrpc":"2.0","id":1,"result":{"resources":[{"uri":"file:///x/a","name":"a"},{"uri":"file:///y"}]}}',
+    "templates": b"\x03\x01*" + b'{"jsonrpc":"2.0","id":1,"result":{"resourceTemplates":[{"uriTemplate":"file:///{p}"}]}}',
+    "batch": b"\x00\x01a" + b'[{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"a"},{"name":"b"}]}},{"jsonrpc":"2.0","id":2,"result":{}}]',
+    "repeated": b"\x00\x01a" + b'{"result":{"tools":[{"name":"a"}],"tools":[{"name":"a","name":"b"}]},"result":{"tools":[]}}',
+    "error": b"\x00\x01a" + b'{"jsonrpc":"2.0","id":3,"error":{"code":-32601,"message":"no"}}',
+}
+for name, b in FILTERS.items():
+    write("authz_filter", name, b)

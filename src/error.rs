@@ -27,6 +27,9 @@ pub enum Kind {
     UnsupportedVersion,
     /// Origin not on the allow-list.
     ForbiddenOrigin,
+    /// The subject may not use the tool, prompt or resource a request names (`authz`):
+    /// -32003, answered with HTTP 200 like any JSON-RPC error about one request.
+    Forbidden,
     /// Host not on the allow-list.
     MisdirectedHost,
     /// A session-based request without Mcp-Session-Id.
@@ -106,6 +109,11 @@ impl Error {
             Kind::ParseError | Kind::InvalidRequest | Kind::HeaderMismatch => 400,
             Kind::UnsupportedVersion | Kind::SessionRequired => 400,
             Kind::ForbiddenOrigin => 403,
+            // A JSON-RPC error about one request, not about the HTTP exchange: an MCP server
+            // answers an unknown tool with 200 and the error, and the SDKs hand a 200 error to
+            // the caller as the request's own (code and message), while a 4xx becomes a
+            // transport failure. The 400s above are for what the spec itself makes HTTP errors.
+            Kind::Forbidden => 200,
             Kind::MisdirectedHost => 421,
             Kind::UnknownSession | Kind::NotFound => 404,
             Kind::MethodNotAllowed => 405,
@@ -127,6 +135,7 @@ impl Error {
                 code::INVALID_REQUEST
             }
             Kind::HeaderMismatch => code::HEADER_MISMATCH,
+            Kind::Forbidden => code::FORBIDDEN,
             Kind::UnsupportedVersion => code::UNSUPPORTED_VERSION,
             Kind::Internal => code::INTERNAL_ERROR,
             _ => code::SERVER_ERROR,
@@ -154,6 +163,7 @@ impl Error {
             Kind::HeaderMismatch => return self.detail.clone(),
             Kind::UnsupportedVersion => "Unsupported protocol version",
             Kind::ForbiddenOrigin => "Forbidden: Origin not allowed",
+            Kind::Forbidden => "Forbidden",
             Kind::MisdirectedHost => "Misdirected request: Host not allowed",
             Kind::SessionRequired => "Bad Request: Mcp-Session-Id header is required",
             Kind::UnknownSession => "Session not found",
@@ -190,6 +200,7 @@ impl Error {
             Kind::HeaderMismatch => "header_mismatch",
             Kind::UnsupportedVersion => "unsupported_version",
             Kind::ForbiddenOrigin => "forbidden_origin",
+            Kind::Forbidden => "forbidden",
             Kind::MisdirectedHost => "misdirected_host",
             Kind::SessionRequired => "session_required",
             Kind::UnknownSession => "unknown_session",
@@ -239,5 +250,17 @@ mod tests {
         assert_eq!(Error::from(HttpError::HeadTooLarge).status(), 431);
         assert_eq!(Error::new(Kind::UpstreamTimeout, "").status(), 504);
         assert_eq!(Error::new(Kind::UpstreamConnect, "").side(), Side::Upstream);
+        let e = Error::new(Kind::Forbidden, "tool \"rm\" is not allowed").with_id(Some("\"a\""));
+        assert_eq!(
+            (e.status(), e.side(), e.closes_connection()),
+            (200, Side::Client, false)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        assert_eq!(v["error"]["code"], -32003);
+        assert_eq!(
+            v["error"]["message"],
+            "Forbidden: tool \"rm\" is not allowed"
+        );
+        assert_eq!(v["id"], "a");
     }
 }

@@ -5,7 +5,8 @@
 //! read head (`client`) → affinity (hand the connection to the session's owner shard) →
 //! validate path, Host, Origin, version, degradation and client rate (`validate`) → read the
 //! body and classify its JSON-RPC (`validate::classify`) → route to the upstream operation,
-//! with the session lifecycle (`route`, `session`) → write what the upstream answered
+//! with the session lifecycle (`route`, `session`), once the subject's grant allows the
+//! request (`route::authorize`) → write what the upstream answered
 //! (`respond`: a status, one message, an HTTP body relayed by `relay`, or events through a
 //! resumable `stream`) → record and count.
 //!
@@ -27,6 +28,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::authz::{Grant, ListFilter};
 use crate::codec::http::{BodyKind, Method, RequestHead};
 use crate::error::{Error, Kind, Result};
 use crate::mcp::{self, SessionId, Version};
@@ -82,6 +84,8 @@ pub struct Delivery {
     /// Before writing an HTTP upstream's answer, check that the client is still there (a
     /// request sent without a hang-up watch: initialize).
     pub check_hangup: bool,
+    /// Takes what the subject may not use out of a list answer (`authz::ListFilter`).
+    pub filter: Option<ListFilter>,
 }
 
 impl Delivery {
@@ -91,6 +95,7 @@ impl Delivery {
             sse: None,
             session: None,
             check_hangup: false,
+            filter: None,
         }
     }
 }
@@ -174,7 +179,9 @@ async fn pipeline(
             let first_id = parsed.messages().first().and_then(|m| m.id);
             let fail = |e: Error| e.with_id(first_id);
             let post = (head, &body, &parsed);
-            match route::post_route(shard, head, &parsed, version).map_err(fail)? {
+            let to = route::post_route(shard, head, &parsed, version).map_err(fail)?;
+            route::authorize(shard, ex.grant.as_deref(), &parsed)?;
+            match to {
                 PostRoute::Stateless => route::stateless(shard, conn, post, ex).await,
                 PostRoute::Initialize => route::initialize(shard, conn, post, ex).await,
                 PostRoute::InSession(sid) => route::in_session(shard, conn, post, ex, sid).await,
@@ -224,6 +231,9 @@ pub struct Exchange {
     pub tap: Option<Tap>,
     /// A tape session opened for this exchange alone (stateless or sessionless), ended with it.
     pub one_off: Option<u64>,
+    /// What the authenticated subject may use; `None`: no authorization (nothing checked or
+    /// filtered, at no cost).
+    pub grant: Option<Rc<Grant>>,
 }
 
 impl Exchange {
@@ -237,6 +247,7 @@ impl Exchange {
             body_pending: head.body != BodyKind::None,
             tap: None,
             one_off: None,
+            grant: None,
         }
     }
 

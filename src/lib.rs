@@ -25,7 +25,8 @@
 //!   `stdio` (child processes). A kind never writes to a client.
 //! - the ground: `codec/` (`http`: HTTP/1.1 heads, framing, chunked coding; `sse`: event
 //!   splitting and fields), `mcp` (JSON-RPC classification, versions, session ids), `config/`
-//!   (`file`: the TOML schema with every bound; `runtime`: the validated config), `limits`
+//!   (`file`: the TOML schema with every bound; `runtime`: the validated config), `authz`
+//!   (authorization rules: globs, per-subject grants, request checks, list filtering), `limits`
 //!   (per-client limits), `metrics` (per-shard counters and histograms), `error` (the one
 //!   error type and its mapping to HTTP status and JSON-RPC error), `sync` (shard-local queue,
 //!   event, buffer cache).
@@ -39,6 +40,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod authz;
 pub mod codec;
 pub mod config;
 pub mod degrade;

@@ -9,6 +9,10 @@
 
 use std::path::Path;
 
+#[path = "../fuzz/checks/authz_filter.rs"]
+mod authz_filter;
+#[path = "../fuzz/checks/authz_glob.rs"]
+mod authz_glob;
 #[path = "../fuzz/checks/body.rs"]
 mod body;
 #[path = "../fuzz/checks/chunked.rs"]
@@ -55,6 +59,8 @@ replays!(
     last_event_id,
     tape_segment,
     config,
+    authz_glob,
+    authz_filter,
 );
 
 /// Runs `check` on every input saved for `target`; each failure names its file.

@@ -1,6 +1,9 @@
 //! Relays an upstream response body to the client, in one of three shapes:
 //! - a Content-Length body, coalesced with the head into as few writes as possible;
 //! - any other non-SSE body, re-chunked as it arrives;
+//! - a JSON body to rewrite (a handshake-era answer for a 2026-07-28 client, `era`; a list
+//!   answer filtered by the subject's grant, `authz`), read whole, rewritten and sent with
+//!   its new Content-Length (chunked or not upstream);
 //! - `text/event-stream`, event by event, through a `stream::Stream`: a reader task splits
 //!   upstream bytes into events and buffers them, bounded by `max_pending_events` undelivered;
 //!   the writer flushes each event as it arrives. A slow client fills the buffer, the reader
@@ -14,6 +17,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use monoio::io::AsyncWriteRentExt;
 
+use crate::authz::ListFilter;
 use crate::codec::http::{self, BodyDecoder, BodyKind, HeadBody, ReadBuf, ResponseHead};
 use crate::error::{Error, Kind, Result};
 use crate::metrics::inc;
@@ -74,6 +78,8 @@ pub struct Answer<'a> {
     pub track_answer: bool,
     /// Translates the answer of a handshake-era upstream for a 2026-07-28 client (`era`).
     pub shape: Option<Box<Shaping>>,
+    /// Filters list answers by the subject's grant (`authz`).
+    pub filter: Option<ListFilter>,
 }
 
 /// Writes what an upstream kind answered (`Source`) to the client, and records it. One
@@ -92,6 +98,10 @@ pub async fn relay(
             return respond::write_status(conn, status).await;
         }
         Source::Message(line) => {
+            let line = match &d.filter {
+                Some(f) => f.body(&line).map_or(line, Bytes::from),
+                None => line,
+            };
             shard
                 .record_message(d.tap, Dir::ServerToClient, 200, None, line.clone())
                 .await;
@@ -127,12 +137,13 @@ pub async fn relay(
                 // it stands.
                 track_answer: d.session.is_some(),
                 shape,
+                filter: d.filter,
             };
             relay_sse(shard, conn, up, urb, resp, answer).await
         }
-        _ if shape.is_some() => {
-            let shape = shape.as_deref();
-            relay_shaped(shard, conn, up, urb, resp, (tap, shape)).await
+        _ if shape.is_some() || d.filter.is_some() => {
+            let rewrite = (shape.as_deref(), d.filter.as_ref());
+            relay_shaped(shard, conn, up, urb, resp, (tap, rewrite)).await
         }
         BodyKind::Length(len) => {
             let body = Body {
@@ -184,6 +195,9 @@ async fn stream_events(
     http::write_response_head(&mut out, 200, respond::SSE_HEADERS, HeadBody::Chunked);
     respond::write(conn, out).await?;
     let st = stream::open(shard, d.sse, d.tap.map(|t| (t, 200)));
+    if let Some(filter) = d.filter {
+        st.set_filter(filter);
+    }
     let reader = monoio::spawn(stream::pump_events(shard.clone(), st.clone(), events));
     let end = stream::deliver(shard, conn, &st, 1).await;
     if !st.resumable() {
@@ -354,15 +368,16 @@ async fn relay_rechunk(
     upstream_broke(shard, conn, out, urb).await
 }
 
-/// A whole JSON body, translated (`Shaping::body`) and sent with its new length. The body is
-/// read to its end first, bounded by `max_body_bytes`: past that the client gets 502.
+/// A whole JSON body, translated (`Shaping::body`), filtered (`ListFilter::body`) and sent
+/// with its new length. The body is read to its end first, bounded by `max_body_bytes`: past
+/// that the client gets 502.
 async fn relay_shaped(
     shard: &Rc<Shard>,
     conn: &mut ClientConn,
     mut up: UpConn,
     mut urb: ReadBuf,
     resp: &ResponseHead,
-    (tap, shape): (Option<Tap>, Option<&Shaping>),
+    (tap, (shape, filter)): (Option<Tap>, Rewrite<'_>),
 ) -> RelayEnd {
     let max = shard.config().limits.max_body_bytes;
     let wait = shard.config().timeouts.upstream_request;
@@ -371,6 +386,7 @@ async fn relay_shaped(
         return upstream_broke(shard, conn, bad_gateway(), urb).await;
     };
     let body = shape.and_then(|s| s.body(&body)).unwrap_or(body);
+    let body = filter.and_then(|f| f.body(&body)).unwrap_or(body);
     finish_upstream(shard, up, urb, resp.keep_alive);
     let mut out = client_head(resp, None, HeadBody::Length(body.len()), false);
     out.extend_from_slice(&body);
@@ -378,6 +394,9 @@ async fn relay_shaped(
     let (res, _) = conn.stream.write_all(out).await;
     RelayEnd::whole(res.is_ok())
 }
+
+/// How a whole JSON body is rewritten: translated for a 2026-07-28 client, then filtered.
+type Rewrite<'a> = (Option<&'a Shaping>, Option<&'a ListFilter>);
 
 /// A 502 for an answer that could not be read whole, before anything was written.
 fn bad_gateway() -> Vec<u8> {
@@ -437,6 +456,7 @@ async fn relay_sse(
         sse: ctx,
         track_answer,
         shape,
+        filter,
     } = answer;
     let head = client_head(resp, session_header, HeadBody::Chunked, true);
     let (res, _) = conn.stream.write_all(head).await;
@@ -450,6 +470,9 @@ async fn relay_sse(
     }
     if let Some(shape) = shape {
         stream.set_shaping(shape);
+    }
+    if let Some(filter) = filter {
+        stream.set_filter(filter);
     }
     let reader = monoio::spawn(super::stream::pump(
         shard.clone(),

@@ -7,6 +7,7 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 
+use crate::authz::{self, Grant, ListFilter};
 use crate::codec::http::RequestHead;
 use crate::degrade::Level;
 use crate::error::{Error, Kind, Result};
@@ -73,6 +74,36 @@ pub fn post_route<'a>(
     }
 }
 
+/// Refuses a request the subject may not make (`tools/call`, `prompts/get`,
+/// `resources/read`: `authz::check_request`) before anything goes upstream: -32003 with the
+/// refused request's id, one count and one log line (the subject's name, never a credential).
+/// Without a grant there is nothing to check.
+#[inline]
+pub fn authorize(shard: &Shard, grant: Option<&Grant>, parsed: &mcp::Body<'_>) -> Result<()> {
+    let Some(grant) = grant else {
+        return Ok(());
+    };
+    authz::check_request(grant, parsed).map_err(|d| {
+        inc(&shard.stats.auth_denied_tool);
+        log::info!(
+            "shard {}: subject {:?} denied {} {:?}",
+            shard.id,
+            grant.subject(),
+            d.kind,
+            d.name
+        );
+        Error::new(Kind::Forbidden, d.to_string()).with_id(d.id.as_deref())
+    })
+}
+
+/// How the answer to a POST reaches the client: recorded on the exchange's tap, its lists
+/// filtered by the subject's grant.
+fn delivery(ex: &Exchange, parsed: &mcp::Body<'_>) -> Delivery {
+    let mut d = Delivery::to(ex.tap);
+    d.filter = ListFilter::new(ex.grant.as_ref(), parsed);
+    d
+}
+
 /// The message of a single-message body (`None` for a batch).
 fn single<'a>(parsed: &'a mcp::Body<'a>) -> Option<&'a mcp::Message<'a>> {
     match parsed {
@@ -93,7 +124,7 @@ pub async fn sessionless(
     ex.record_request(shard, body).await;
     let call = call(shard, conn, head, body, single(parsed));
     let src = shard.up.sessionless(&call).await?;
-    relay::relay(shard, conn, src, Delivery::to(ex.tap)).await
+    relay::relay(shard, conn, src, delivery(ex, parsed)).await
 }
 
 /// What the upstream kinds need of a client request; the client's socket is watched for a
@@ -124,7 +155,7 @@ pub async fn stateless(
 ) -> Result<Outcome> {
     ex.open_one_off(shard, conn, mcp::STATELESS_VERSION).await;
     ex.record_request(shard, body).await;
-    let tap = ex.tap;
+    let d = delivery(ex, parsed);
     let mcp::Body::Single(msg) = parsed else {
         return Err(Error::new(
             Kind::InvalidRequest,
@@ -139,7 +170,7 @@ pub async fn stateless(
     .map_err(|why| Error::new(Kind::HeaderMismatch, why))?;
     let call = call(shard, conn, head, body, Some(msg));
     let src = shard.up.stateless(&call).await?;
-    relay::relay(shard, conn, src, Delivery::to(tap)).await
+    relay::relay(shard, conn, src, d).await
 }
 
 /// initialize: the session's tape starts with it; an initialize that made no session ends
@@ -205,7 +236,7 @@ pub async fn in_session(
             session::end_local(shard, &sref.id, "upstream forgot the session");
         }
     }
-    let mut d = Delivery::to(ex.tap);
+    let mut d = delivery(ex, parsed);
     d.sse = Some(sref.sse_ctx(StreamKind::Post, requests));
     relay::relay(shard, conn, src, d).await
 }

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use monoio::io::Canceller;
 
+use crate::authz::ListFilter;
 use crate::codec::sse;
 use crate::config::SseConfig;
 use crate::mcp::{SessionId, Version};
@@ -107,6 +108,9 @@ pub struct Stream {
     pub(crate) stats: Option<Arc<ShardStats>>,
     /// Translates a handshake-era upstream's events for a 2026-07-28 client.
     pub(crate) shaping: RefCell<Option<Box<Shaping>>>,
+    /// Filters list answers by the subject's grant (`authz`), before they are buffered: a
+    /// replayed event is the filtered one.
+    pub(crate) filter: RefCell<Option<ListFilter>>,
 }
 
 impl Drop for Stream {
@@ -174,6 +178,7 @@ impl Stream {
             stop: LocalEvent::default(),
             stats: None,
             shaping: RefCell::new(None),
+            filter: RefCell::new(None),
         })
     }
 
@@ -206,6 +211,11 @@ impl Stream {
     /// Translate the upstream's events for a 2026-07-28 client (`Shaping`).
     pub fn set_shaping(&self, shaping: Box<Shaping>) {
         *self.shaping.borrow_mut() = Some(shaping);
+    }
+
+    /// Filter list answers by the subject's grant (`ListFilter::event`).
+    pub fn set_filter(&self, filter: ListFilter) {
+        *self.filter.borrow_mut() = Some(filter);
     }
 
     /// Watch for the event that carries the JSON-RPC response (see `answered`). Off by
@@ -293,6 +303,10 @@ impl Stream {
                 Some(r) => r,
                 None => return (false, None),
             },
+        };
+        let raw = match self.filter.borrow().as_ref() {
+            None => raw,
+            Some(f) => f.event(raw),
         };
         let scan = scan(&raw);
         let mut s = self.state.borrow_mut();
