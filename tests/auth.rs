@@ -4,10 +4,13 @@
 //! wrong ones, and `shardcat hash-key`; the 401 / 403 challenges and JSON-RPC bodies; the
 //! protected resource metadata; the client's credentials kept from the upstream; sessions
 //! bound to their subject, which is also the client for per-client limits; tapes naming the
-//! subject, never the credential; many sessions with tokens over two shards.
+//! subject, never the credential; many sessions with tokens over two shards; and the official
+//! Python and TypeScript SDK clients with a bearer token (and the Python one without).
 
 #[path = "support/idp.rs"]
 mod idp;
+#[path = "support/interop.rs"]
+mod peers;
 #[path = "support/process.rs"]
 mod support;
 
@@ -496,4 +499,70 @@ fn many_sessions_with_tokens_over_two_shards() {
     let admin = gw.addr("admin");
     assert!(metric(admin, "shardcat_auth_total{result=\"ok\"}") >= 24.0 * 7.0);
     assert_eq!(metric(admin, "shardcat_sessions"), 0.0);
+}
+
+/// Runs an SDK auth client (`tests/interop/*/auth_client.*`); its one JSON summary line.
+fn sdk_client(cmd: &[String]) -> serde_json::Value {
+    let out = Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the SDK client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no summary from {cmd:?}: {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}
+
+#[test]
+fn official_sdk_clients_with_and_without_a_bearer_token() {
+    let p = peers::peers();
+    let key = SigningKey::rsa("sdk");
+    let jwks = JwksServer::start(idp::jwks(&[&key]));
+    let demo = demo();
+    let gw = gateway(
+        &demo_url(&demo),
+        2,
+        Some(&idp::auth_toml(&jwks.url(), "oauth", "")),
+    );
+    let url = format!("http://{}/mcp", gw.addr("listen"));
+    let token = key.sign(&claims("sdk-user", "mcp"));
+    let python = |extra: &[&str]| {
+        let mut cmd = vec![
+            p.python.display().to_string(),
+            p.py("auth_client.py"),
+            "--url".into(),
+            url.clone(),
+        ];
+        cmd.extend(extra.iter().map(|s| s.to_string()));
+        sdk_client(&cmd)
+    };
+    let with = python(&["--token", &token]);
+    assert_eq!(with["ok"], true, "Python SDK with a token: {with}");
+    assert_eq!(with["echo"], "hello-auth");
+    let without = python(&[]);
+    assert_eq!(without["ok"], true, "Python SDK without a token: {without}");
+    assert_eq!(without["status"], 401);
+    let challenge = without["www_authenticate"].as_str().unwrap_or("");
+    assert!(challenge.contains("resource_metadata="), "{challenge}");
+    assert_eq!(without["metadata"]["resource"], idp::AUDIENCE);
+    let ts = sdk_client(&[
+        p.node.display().to_string(),
+        p.ts("auth_client.mjs"),
+        "--url".into(),
+        url.clone(),
+        "--token".into(),
+        token.clone(),
+    ]);
+    assert_eq!(ts["ok"], true, "TypeScript SDK with a token: {ts}");
+    assert_eq!(ts["echo"], "hello-auth");
+    let admin = gw.addr("admin");
+    assert!(metric(admin, "shardcat_auth_total{result=\"missing\"}") >= 1.0);
 }
