@@ -9,6 +9,8 @@
 
 use std::path::Path;
 
+#[path = "../fuzz/checks/auth.rs"]
+mod auth;
 #[path = "../fuzz/checks/body.rs"]
 mod body;
 #[path = "../fuzz/checks/chunked.rs"]
@@ -55,6 +57,7 @@ replays!(
     last_event_id,
     tape_segment,
     config,
+    auth,
 );
 
 /// Runs `check` on every input saved for `target`; each failure names its file.
