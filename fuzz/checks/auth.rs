@@ -82,9 +82,11 @@ fn credentials(authorization: Option<&[u8]>, api_key: Option<&[u8]>) {
             let b64 = |b: u8| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b);
             assert!(t.bytes().all(b64), "{t:?}");
             assert!(!t.starts_with('='));
-            let at = raw.windows(t.len()).position(|w| w == t.as_bytes());
-            assert!(at.is_some(), "the token is cut from the header");
-            let before = String::from_utf8_lossy(&raw[..at.unwrap_or(0)]).to_ascii_lowercase();
+            // The token ends the header (its trailing blanks aside) and a Bearer scheme is all
+            // that stands before it.
+            let raw = std::str::from_utf8(raw).expect("a bearer comes from UTF-8");
+            let raw = raw.trim_matches([' ', '\t']);
+            let before = raw.strip_suffix(t).expect("the token ends the header");
             assert!(before.trim().eq_ignore_ascii_case("bearer"), "{before:?}");
             if auth::looks_like_jwt(t) {
                 assert_eq!(t.matches('.').count(), 2);
