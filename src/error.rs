@@ -153,19 +153,21 @@ impl Error {
     /// protected resource metadata is, the scopes needed (`scope`, when any), and for
     /// credentials that were presented, why they were refused. `None` for other errors.
     pub fn www_authenticate(&self, metadata_url: &str, scope: &str) -> Option<String> {
+        let error = match self.kind {
+            Kind::Unauthorized { sent: false } => None,
+            Kind::Unauthorized { sent: true } => Some("invalid_token"),
+            Kind::InsufficientScope => Some("insufficient_scope"),
+            _ => return None,
+        };
         let mut out = format!("Bearer resource_metadata=\"{}\"", quoted(metadata_url));
         if !scope.is_empty() {
             out.push_str(&format!(", scope=\"{}\"", quoted(scope)));
         }
-        let error = match self.kind {
-            Kind::Unauthorized { sent: false } => return Some(out),
-            Kind::Unauthorized { sent: true } => "invalid_token",
-            Kind::InsufficientScope => "insufficient_scope",
-            _ => return None,
-        };
-        out.push_str(&format!(", error=\"{error}\""));
-        if !self.detail.is_empty() {
-            out.push_str(&format!(", error_description=\"{}\"", quoted(&self.detail)));
+        if let Some(error) = error {
+            out.push_str(&format!(", error=\"{error}\""));
+            if !self.detail.is_empty() {
+                out.push_str(&format!(", error_description=\"{}\"", quoted(&self.detail)));
+            }
         }
         Some(out)
     }

@@ -566,3 +566,33 @@ fn official_sdk_clients_with_and_without_a_bearer_token() {
     let admin = gw.addr("admin");
     assert!(metric(admin, "shardcat_auth_total{result=\"missing\"}") >= 1.0);
 }
+
+#[test]
+fn the_readme_example_works() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let section = &readme[readme.find("## Auth").expect("an Auth section")..];
+    let start = section.find("```toml\n").expect("an example") + 8;
+    let example = &section[start..start + section[start..].find("```").expect("its end")];
+    let key = SigningKey::ed25519("readme");
+    let jwks = JwksServer::start(idp::jwks(&[&key]));
+    let toml = example.replace("http://127.0.0.1:8181/jwks", &jwks.url());
+    assert_ne!(toml, example, "the example names its JWKS URL");
+    let demo = demo();
+    let gw = gateway(&demo_url(&demo), 1, Some(&toml));
+    let addr = gw.addr("listen");
+    assert_eq!(init_with(addr, &[("x-api-key", "change-me")]).status, 200);
+    let mut c = claims("reader", "mcp");
+    c["iss"] = json!("https://idp.example.com");
+    c["aud"] = json!("https://mcp.example.com/mcp");
+    assert_eq!(init_as(addr, &key.sign(&c)).status, 200);
+    let r = init_with(addr, &[]);
+    assert_eq!(r.status, 401);
+    let challenge = r.header("www-authenticate").expect("challenge");
+    assert!(
+        challenge.contains("https://mcp.example.com/.well-known/oauth-protected-resource/mcp"),
+        "{challenge}"
+    );
+    let doc = get(addr, "/.well-known/oauth-protected-resource/mcp").json();
+    assert_eq!(doc["resource"], "https://mcp.example.com/mcp");
+}
