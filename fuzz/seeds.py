@@ -145,3 +145,12 @@ FILTERS = {
 }
 for name, b in FILTERS.items():
     write("authz_filter", name, b)
+# auth: selector (bit 1 Authorization, bit 0 X-API-Key), Authorization, 0, X-API-Key, 0, token, 0, JWKS.
+JWT = (b"eyJhbGciOiJSUzI1NiIsImtpZCI6ImsifQ."
+       b"eyJpc3MiOiJodHRwczovL2lkcC50ZXN0Iiwic3ViIjoiYWxpY2UiLCJzY29wZSI6Im1jcCBhZG1pbiJ9.c2ln")
+JWKS = (b'{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo",'
+        b'"kid":"e","alg":"EdDSA"},{"kty":"oct","k":"c2VjcmV0"}]}')
+write("auth", "bearer-jwt", b"\x02Bearer " + JWT + b"\x00\x00" + JWT + b"\x00" + JWKS)
+write("auth", "api-key", b"\x01\x00fuzz-key-0123\x00" + JWT + b"\x00" + JWKS)
+write("auth", "bearer-key", b"\x02Bearer fuzz-key-0123\x00\x00\x00")
+write("auth", "both", b"\x03Bearer a.b.c\x00k\x00a.b.c\x00{}")

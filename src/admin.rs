@@ -88,6 +88,7 @@ fn metrics(shared: &Shared, latest: &[Option<Histogram<u64>>], format: Format) -
     let stats: Vec<_> = shared.stats.iter().map(|s| s.as_ref()).collect();
     crate::metrics::render(&stats, latest, format, &mut out);
     render_process(shared, format, &mut out);
+    shared.auth.render(format, &mut out);
     if let Some(t) = &shared.tape {
         let recorders: Vec<&crate::tape::RecorderStats> =
             t.recorders.iter().map(|r| r.as_ref()).collect();

@@ -5,7 +5,8 @@
 //! - `runtime` (`config/runtime.rs`): the validated `Config` (each stage reads only its slice)
 //!   and the validation that builds it from a `FileConfig` and the command line's `Overrides`.
 //!
-//! `tapes` holds the `[tapes]` bounds and the validated recording config.
+//! `tapes` holds the `[tapes]` bounds and the validated recording config; `auth` the validated
+//! `[auth]` slice.
 //!
 //! Invariant: every bound the gateway enforces is a named `DEFAULT_*` constant (in `file`, or in
 //! `tapes` for recording) with a key in the file schema; nothing else in the crate invents a
@@ -16,9 +17,11 @@
 //! `file` depends only on constants (`tapes`, `codec::http`); `runtime` reads `file`. Neither
 //! imports a serving module. Both layers are re-exported here: every item is `config::X`.
 
+mod auth;
 mod file;
 mod runtime;
 pub mod tapes;
 
+pub use auth::*;
 pub use file::*;
 pub use runtime::*;

@@ -32,6 +32,13 @@ pub enum Kind {
     Forbidden,
     /// Host not on the allow-list.
     MisdirectedHost,
+    /// No credentials, or credentials not accepted (401). `sent`: some were presented (the
+    /// challenge then says `error="invalid_token"`, with the detail as its description).
+    Unauthorized {
+        sent: bool,
+    },
+    /// Valid credentials without a scope every request needs (403, `insufficient_scope`).
+    InsufficientScope,
     /// A session-based request without Mcp-Session-Id.
     SessionRequired,
     /// Unknown, expired or ended session.
@@ -108,12 +115,13 @@ impl Error {
             Kind::BadHttp(HttpError::Malformed(_)) => 400,
             Kind::ParseError | Kind::InvalidRequest | Kind::HeaderMismatch => 400,
             Kind::UnsupportedVersion | Kind::SessionRequired => 400,
-            Kind::ForbiddenOrigin => 403,
             // A JSON-RPC error about one request, not about the HTTP exchange: an MCP server
             // answers an unknown tool with 200 and the error, and the SDKs hand a 200 error to
             // the caller as the request's own (code and message), while a 4xx becomes a
             // transport failure. The 400s above are for what the spec itself makes HTTP errors.
             Kind::Forbidden => 200,
+            Kind::ForbiddenOrigin | Kind::InsufficientScope => 403,
+            Kind::Unauthorized { .. } => 401,
             Kind::MisdirectedHost => 421,
             Kind::UnknownSession | Kind::NotFound => 404,
             Kind::MethodNotAllowed => 405,
@@ -150,6 +158,29 @@ impl Error {
         )
     }
 
+    /// The `WWW-Authenticate` challenge of a 401 or 403 (RFC 6750, RFC 9728): where the
+    /// protected resource metadata is, the scopes needed (`scope`, when any), and for
+    /// credentials that were presented, why they were refused. `None` for other errors.
+    pub fn www_authenticate(&self, metadata_url: &str, scope: &str) -> Option<String> {
+        let error = match self.kind {
+            Kind::Unauthorized { sent: false } => None,
+            Kind::Unauthorized { sent: true } => Some("invalid_token"),
+            Kind::InsufficientScope => Some("insufficient_scope"),
+            _ => return None,
+        };
+        let mut out = format!("Bearer resource_metadata=\"{}\"", quoted(metadata_url));
+        if !scope.is_empty() {
+            out.push_str(&format!(", scope=\"{}\"", quoted(scope)));
+        }
+        if let Some(error) = error {
+            out.push_str(&format!(", error=\"{error}\""));
+            if !self.detail.is_empty() {
+                out.push_str(&format!(", error_description=\"{}\"", quoted(&self.detail)));
+            }
+        }
+        Some(out)
+    }
+
     /// The JSON-RPC error body sent with the status.
     pub fn body(&self) -> Vec<u8> {
         crate::mcp::error_body(self.id.as_deref(), self.rpc_code(), &self.message())
@@ -165,6 +196,9 @@ impl Error {
             Kind::ForbiddenOrigin => "Forbidden: Origin not allowed",
             Kind::Forbidden => "Forbidden",
             Kind::MisdirectedHost => "Misdirected request: Host not allowed",
+            Kind::Unauthorized { sent: false } => "Unauthorized: credentials required",
+            Kind::Unauthorized { sent: true } => "Unauthorized",
+            Kind::InsufficientScope => "Forbidden: insufficient scope",
             Kind::SessionRequired => "Bad Request: Mcp-Session-Id header is required",
             Kind::UnknownSession => "Session not found",
             Kind::NotFound => "Not found",
@@ -202,6 +236,8 @@ impl Error {
             Kind::ForbiddenOrigin => "forbidden_origin",
             Kind::Forbidden => "forbidden",
             Kind::MisdirectedHost => "misdirected_host",
+            Kind::Unauthorized { .. } => "unauthorized",
+            Kind::InsufficientScope => "insufficient_scope",
             Kind::SessionRequired => "session_required",
             Kind::UnknownSession => "unknown_session",
             Kind::NotFound => "not_found",
@@ -218,6 +254,23 @@ impl Error {
             Kind::Internal => "internal",
         }
     }
+}
+
+/// Text fit for an HTTP quoted-string: quotes and backslashes escaped, control characters
+/// (which no quoted-string may hold) dropped.
+fn quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 impl From<HttpError> for Error {
@@ -262,5 +315,35 @@ mod tests {
             "Forbidden: tool \"rm\" is not allowed"
         );
         assert_eq!(v["id"], "a");
+    }
+
+    #[test]
+    fn auth_challenges() {
+        let url = "https://g/.well-known/oauth-protected-resource/mcp";
+        let e = Error::new(Kind::Unauthorized { sent: false }, "");
+        assert_eq!(e.status(), 401);
+        assert_eq!(
+            e.www_authenticate(url, "").unwrap(),
+            format!("Bearer resource_metadata=\"{url}\"")
+        );
+        let e = Error::new(Kind::Unauthorized { sent: true }, "token \"expired\"\r\n");
+        let h = e.www_authenticate(url, "a b").unwrap();
+        assert!(
+            h.contains(", scope=\"a b\", error=\"invalid_token\""),
+            "{h}"
+        );
+        assert!(
+            h.ends_with("error_description=\"token \\\"expired\\\"\""),
+            "{h}"
+        );
+        let e = Error::new(Kind::InsufficientScope, "needs a");
+        assert_eq!(e.status(), 403);
+        assert!(e
+            .www_authenticate(url, "a")
+            .unwrap()
+            .contains("insufficient_scope"));
+        assert!(Error::new(Kind::NotFound, "")
+            .www_authenticate(url, "")
+            .is_none());
     }
 }

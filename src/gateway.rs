@@ -3,10 +3,12 @@
 //! stages, top to bottom (`pipeline`):
 //!
 //! read head (`client`) → affinity (hand the connection to the session's owner shard) →
-//! validate path, Host, Origin, version, degradation and client rate (`validate`) → read the
-//! body and classify its JSON-RPC (`validate::classify`) → route to the upstream operation,
-//! with the session lifecycle (`route`, `session`), once the subject's grant allows the
-//! request (`route::authorize`) → write what the upstream answered
+//! protected resource metadata, served without auth (`authn::metadata`) → validate path, Host,
+//! Origin, version, degradation (`validate`) → authenticate (`authn`: the subject) → client
+//! rate (`validate::client_rate`) → read the body and classify its JSON-RPC
+//! (`validate::classify`) → route to the upstream operation, with the session lifecycle
+//! (`route`, `session`), once the subject's grant allows the request (`route::authorize`) →
+//! write what the upstream answered
 //! (`respond`: a status, one message, an HTTP body relayed by `relay`, or events through a
 //! resumable `stream`) → record and count.
 //!
@@ -14,6 +16,7 @@
 //! connection whose request body was not fully read is closed, never reused; an upstream
 //! connection goes back to the pool only after its response was read to the end.
 
+pub mod authn;
 pub mod client;
 pub mod record;
 pub mod relay;
@@ -167,7 +170,12 @@ async fn pipeline(
     head: &RequestHead,
     ex: &mut Exchange,
 ) -> Result<Outcome> {
-    let version = validate::request(shard, conn, head)?;
+    if let Some(doc) = authn::metadata(shard, head) {
+        return authn::serve_metadata(conn, doc).await;
+    }
+    let version = validate::request(shard, head)?;
+    authn::authenticate(shard, conn, head, ex).await?;
+    validate::client_rate(shard, conn)?;
     let stateless = version.is_some_and(Version::is_stateless);
     match head.method {
         Method::Post => {
@@ -234,6 +242,8 @@ pub struct Exchange {
     /// What the authenticated subject may use; `None`: no authorization (nothing checked or
     /// filtered, at no cost).
     pub grant: Option<Rc<Grant>>,
+    /// Who sent the request (auth on; `None` when off).
+    pub subject: Option<Rc<crate::auth::Subject>>,
 }
 
 impl Exchange {
@@ -248,7 +258,13 @@ impl Exchange {
             tap: None,
             one_off: None,
             grant: None,
+            subject: None,
         }
+    }
+
+    /// The authenticated subject's name.
+    pub fn subject_name(&self) -> Option<&str> {
+        self.subject.as_deref().map(|s| &*s.name)
     }
 
     /// Records the client's message on the exchange's tap.
@@ -261,7 +277,10 @@ impl Exchange {
     /// Opens a tape session for this exchange alone.
     pub async fn open_one_off(&mut self, shard: &Shard, conn: &ClientConn, version: &str) {
         if let Some(session) = shard.new_tape_session() {
-            shard.record_start(session, version, &peer(conn)).await;
+            let subject = self.subject_name();
+            shard
+                .record_start(session, version, &peer(conn), subject)
+                .await;
             self.tap = Some(Tap { session, stream: 1 });
             self.one_off = Some(session);
         }

@@ -23,6 +23,9 @@
 //!   a `Source` (a status, one message, an HTTP response, events). Kinds: `http` (with
 //!   `pool`, `balance`, `health`; `era` for 2026-07-28 requests to handshake-era servers) and
 //!   `stdio` (child processes). A kind never writes to a client.
+//! - `auth`      — who sent a request: credentials from the headers, API keys by digest, JWTs
+//!   checked against the issuer's JWKS (fetched by a thread of its own, published lock-free),
+//!   each shard's token cache. The pipeline's `gateway::authn` stage asks it.
 //! - the ground: `codec/` (`http`: HTTP/1.1 heads, framing, chunked coding; `sse`: event
 //!   splitting and fields), `mcp` (JSON-RPC classification, versions, session ids), `config/`
 //!   (`file`: the TOML schema with every bound; `runtime`: the validated config), `authz`
@@ -33,13 +36,14 @@
 //!
 //! A request: `runtime::accept_loop` → `gateway::serve` → `gateway::exchange` (`client`
 //! reads the head; a request for another shard's session hands the connection over through
-//! `admission`) → `validate` → `route::post` → `session::lookup` → `Upstreams::send` →
+//! `admission`) → `validate` → `authn` → `route::post` → `session::lookup` → `Upstreams::send` →
 //! `upstream::http::send` (pick, send, read the head) or `upstream::stdio::send` (the
 //! session's child) → `respond::source` → `relay` or `stream` → back to `gateway::serve` for
 //! the next request on the connection.
 
 pub mod admin;
 pub mod admission;
+pub mod auth;
 pub mod authz;
 pub mod codec;
 pub mod config;

@@ -1,7 +1,7 @@
 //! Per-client limits: sessions per client and token-bucket request rates per client and per
 //! session, answered with 429 and `Retry-After`.
 //!
-//! A client is its IP address. Client state is shared by every shard (a client's connections
+//! A client is its IP address, or with authentication on, its subject (`cell_of_name`). Client state is shared by every shard (a client's connections
 //! land on any of them) without a lock: a fixed table of atomic cells indexed by a keyed hash of
 //! the address. Two clients that share a cell share its limits; with `CLIENT_CELLS` cells that is
 //! rare, and it can only make a limit stricter, never looser. Session buckets live in the
@@ -120,6 +120,21 @@ impl ClientTable {
             h = (h ^ word).wrapping_mul(0xff51_afd7_ed55_8ccd);
             h ^= h >> 33;
         }
+        (h % CLIENT_CELLS as u64) as u32
+    }
+
+    /// An authenticated subject's cell: a keyed hash of its name. With auth on, the subject is
+    /// the client (many users behind one address, or one user at many).
+    pub fn cell_of_name(&self, name: &str) -> u32 {
+        let mut h = self.seed ^ 0x6a09_e667_f3bc_c908;
+        for chunk in name.as_bytes().chunks(8) {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            h = (h ^ u64::from_le_bytes(w)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+            h ^= h >> 33;
+        }
+        h = (h ^ name.len() as u64).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^= h >> 33;
         (h % CLIENT_CELLS as u64) as u32
     }
 

@@ -39,6 +39,12 @@ enum Command {
     Tape(shardcat::tape::cli::TapeArgs),
     /// Serve a recorded session as an MCP server.
     Replay(shardcat::tape::cli::ReplayArgs),
+    /// Read an API key on stdin; print the [[auth.api_keys]] entry (its SHA-256) to paste.
+    HashKey {
+        /// The subject the key authenticates as.
+        #[arg(long, default_value = "client")]
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -116,6 +122,7 @@ fn main() {
         Some(Command::Forward { to }) => run_forward(to),
         Some(Command::Tape(a)) => shardcat::tape::cli::run_tape(a),
         Some(Command::Replay(a)) => shardcat::tape::cli::run_replay(a),
+        Some(Command::HashKey { name }) => run_hash_key(&name),
         None => run_serve(cli.serve),
     };
     std::process::exit(code);
@@ -155,6 +162,25 @@ fn run_forward(to: ForwardTo) -> i32 {
             tapes,
         }),
     }
+}
+
+/// Reads the key (one line; its line ending is not part of it) and prints its entry.
+fn run_hash_key(name: &str) -> i32 {
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut line) {
+        eprintln!("shardcat hash-key: cannot read the key: {e}");
+        return 1;
+    }
+    let key = line.trim_end_matches(['\r', '\n']);
+    if key.is_empty() || key.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
+        eprintln!("shardcat hash-key: the key must be one line of visible ASCII, no spaces");
+        return 2;
+    }
+    print!(
+        "{}",
+        shardcat::auth::api_key::toml_entry(name, key.as_bytes())
+    );
+    0
 }
 
 fn run_demo(a: DemoArgs) -> i32 {
@@ -309,7 +335,10 @@ fn drain(
         Vec<std::thread::JoinHandle<()>>,
         std::io::Result<std::thread::JoinHandle<()>>,
     ),
-    persistence: Option<shardcat::tape::Persistence>,
+    (persistence, jwks): (
+        Option<shardcat::tape::Persistence>,
+        Option<shardcat::auth::jwks::JwksThread>,
+    ),
 ) {
     shard::begin_shutdown(&shared);
     std::thread::spawn(move || {
@@ -324,6 +353,9 @@ fn drain(
     // The monitor stops once the gateway drains (within one check interval).
     if let Ok(m) = monitor {
         let _ = m.join();
+    }
+    if let Some(j) = jwks {
+        j.stop();
     }
     if let Some(p) = persistence {
         // The shards are done: everything they offered is flushed before exit.
@@ -355,7 +387,14 @@ fn serve(config: shardcat::config::Config, demo: bool) -> i32 {
         recorders: recorders.iter().map(|r| r.stats()).collect(),
         persist: p.stats(),
     });
-    let (shared, rxs) = shard::shared(config, tape_stats);
+    let (auth, jwks) = match shardcat::auth::Auth::start(config.auth.clone()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("shardcat: cannot start the JWKS fetcher: {e}");
+            return 1;
+        }
+    };
+    let (shared, rxs) = shard::shared(config, tape_stats, auth);
     let monitor = {
         let shared = shared.clone();
         std::thread::Builder::new()
@@ -389,7 +428,7 @@ fn serve(config: shardcat::config::Config, demo: bool) -> i32 {
     if let Some(sig) = signals.forever().next() {
         log::info!("signal {sig}: draining");
     }
-    drain(shared, signals, (handles, monitor), persistence);
+    drain(shared, signals, (handles, monitor), (persistence, jwks));
     log::info!("shardcat stopped");
     0
 }

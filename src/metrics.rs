@@ -63,6 +63,18 @@ pub const REJECTIONS: [&str; 13] = [
     "other",
 ];
 
+/// Results of authentication and authorization (`shardcat_auth_total{result}`): the labels of
+/// `auth::Denial`, and `denied_tool`, the authorization stage's.
+pub const AUTH_RESULTS: [&str; 7] = [
+    "ok",
+    "missing",
+    "invalid",
+    "expired",
+    "wrong_audience",
+    "insufficient_scope",
+    "denied_tool",
+];
+
 pub fn method_index(method: &str) -> usize {
     if let Some(i) = METHODS.iter().position(|m| *m == method) {
         return i;
@@ -91,6 +103,7 @@ pub struct ShardStats {
     pub shard: usize,
     requests: Vec<AtomicU64>,
     rejections: [AtomicU64; REJECTIONS.len()],
+    auth: [AtomicU64; AUTH_RESULTS.len()],
     pub connections: AtomicI64,
     pub connections_accepted: AtomicU64,
     pub sessions: AtomicI64,
@@ -162,6 +175,7 @@ impl ShardStats {
             shard,
             requests: (0..cells).map(|_| AtomicU64::new(0)).collect(),
             rejections: Default::default(),
+            auth: Default::default(),
             connections: AtomicI64::new(0),
             connections_accepted: AtomicU64::new(0),
             sessions: AtomicI64::new(0),
@@ -227,6 +241,15 @@ impl ShardStats {
             .position(|r| *r == what)
             .unwrap_or(REJECTIONS.len() - 1);
         self.rejections[i].fetch_add(1, Relaxed);
+    }
+
+    /// Counts an authentication (or authorization) result, one of `AUTH_RESULTS`.
+    pub fn count_auth(&self, result: &str) {
+        let i = AUTH_RESULTS.iter().position(|r| *r == result);
+        debug_assert!(i.is_some(), "{result} is not an auth result");
+        if let Some(i) = i {
+            self.auth[i].fetch_add(1, Relaxed);
+        }
     }
 
     pub fn requests_total(&self) -> u64 {
@@ -746,6 +769,7 @@ pub fn render(
 ) {
     render_requests(stats, format, out);
     render_rejections(stats, format, out);
+    render_auth(stats, format, out);
     for (name, kind, help, get) in SHARD_SERIES {
         header(out, format, name, kind, help);
         for s in stats {
@@ -802,6 +826,26 @@ fn render_rejections(stats: &[&ShardStats], format: Format, out: &mut String) {
                 "shardcat_rejections_total{{shard=\"{}\",reason=\"{what}\"}} {}",
                 s.shard,
                 s.rejections[i].load(Relaxed)
+            );
+        }
+    }
+}
+
+fn render_auth(stats: &[&ShardStats], format: Format, out: &mut String) {
+    header(
+        out,
+        format,
+        "shardcat_auth_total",
+        Kind::Counter,
+        "Requests authenticated (ok) or refused, by result.",
+    );
+    for (i, result) in AUTH_RESULTS.iter().enumerate() {
+        for s in stats {
+            let _ = writeln!(
+                out,
+                "shardcat_auth_total{{shard=\"{}\",result=\"{result}\"}} {}",
+                s.shard,
+                s.auth[i].load(Relaxed)
             );
         }
     }

@@ -53,6 +53,8 @@ pub struct Shared {
     pub tape: Option<TapeStats>,
     /// The upstream's name as a JSON string, for tape session records.
     pub upstream_json: String,
+    /// Authentication: the `[auth]` slice, the issuer's keys, the JWKS fetcher's counters.
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 pub struct TapeStats {
@@ -76,6 +78,8 @@ pub struct Shard {
     pub latency: RefCell<Histogram<u64>>,
     /// Client connections this shard currently serves.
     pub live: Cell<usize>,
+    /// The shard's authenticator (with its token cache).
+    pub auth: crate::auth::ShardAuth,
     buffers: Rc<Buffers>,
 }
 
@@ -101,7 +105,11 @@ impl Shard {
 }
 
 /// Builds the shared state; returns it with each shard's mailbox receiver.
-pub fn shared(config: Config, tape: Option<TapeStats>) -> (Arc<Shared>, Vec<MailboxRx>) {
+pub fn shared(
+    config: Config,
+    tape: Option<TapeStats>,
+    auth: Arc<crate::auth::Auth>,
+) -> (Arc<Shared>, Vec<MailboxRx>) {
     let n = config.shards;
     let mut mailboxes = Vec::with_capacity(n);
     let mut rxs = Vec::with_capacity(n);
@@ -137,6 +145,7 @@ pub fn shared(config: Config, tape: Option<TapeStats>) -> (Arc<Shared>, Vec<Mail
         upstream_json: serde_json::to_string(&config.upstream.describe()).unwrap_or_default(),
         config,
         tape,
+        auth,
     };
     (Arc::new(shared), rxs)
 }
@@ -170,6 +179,7 @@ impl Shard {
             shutdown,
             latency: RefCell::new(new_histogram()),
             live: Cell::new(0),
+            auth: crate::auth::ShardAuth::new(shared.auth.clone()),
             buffers,
             shared,
         })
@@ -214,6 +224,12 @@ impl ClientConn {
         let c = self.shard.shared.clients.cell(ip);
         self.client.set(Some(c));
         c
+    }
+
+    /// Makes `cell` the client's cell for what follows on this connection: with
+    /// authentication, the subject's, in place of the address's.
+    pub fn set_client_cell(&self, cell: u32) {
+        self.client.set(Some(cell));
     }
 
     /// Gives the connection to shard `owner`. On failure the connection stays here.

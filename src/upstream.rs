@@ -222,6 +222,9 @@ pub struct Call<'a> {
     pub client: Option<&'a TcpStream>,
     /// The client's cell in the client table (the `sticky` balancer uses it).
     pub client_cell: u32,
+    /// The header naming the authenticated subject upstream, and the name
+    /// (`auth.forward_subject_header`); `None`: not sent.
+    pub subject: Option<(&'a str, &'a str)>,
 }
 
 impl Upstreams {

@@ -9,6 +9,8 @@
 
 use std::path::Path;
 
+#[path = "../fuzz/checks/auth.rs"]
+mod auth;
 #[path = "../fuzz/checks/authz_filter.rs"]
 mod authz_filter;
 #[path = "../fuzz/checks/authz_glob.rs"]
@@ -61,6 +63,7 @@ replays!(
     config,
     authz_glob,
     authz_filter,
+    auth,
 );
 
 /// Runs `check` on every input saved for `target`; each failure names its file.

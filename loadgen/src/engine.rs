@@ -308,6 +308,7 @@ mod tests {
     fn run_for(workload: Workload, rate: Option<f64>) -> Stats {
         let cfg = UserCfg {
             target: demo(),
+            user_headers: Default::default(),
             workload,
             calls_per_session: 2,
             payload_bytes: 8,

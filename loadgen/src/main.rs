@@ -116,6 +116,14 @@ struct Args {
     /// at once).
     #[arg(long)]
     connect_rate: Option<f64>,
+    /// A header sent with every request, "Name: value" (repeatable), e.g.
+    /// --header "Authorization: Bearer TOKEN".
+    #[arg(long)]
+    header: Vec<String>,
+    /// One header line per virtual user, taken in turn from this file ("Name: value" a line),
+    /// e.g. a token of each user's own.
+    #[arg(long)]
+    header_file: Option<PathBuf>,
     /// faults: the shardcat binary (default: beside loadgen).
     #[arg(long)]
     gateway_bin: Option<PathBuf>,
@@ -131,6 +139,49 @@ struct Args {
     /// faults: read rate of each slow client, KiB per second.
     #[arg(long, default_value_t = 2048)]
     slow_read_kib_s: usize,
+}
+
+/// `--header` values as header lines (each checked to be one `Name: value` line).
+fn extra_headers(headers: &[String]) -> Result<String, String> {
+    let mut out = String::new();
+    for h in headers {
+        check_header(h)?;
+        out.push_str(h.trim());
+        out.push_str("\r\n");
+    }
+    Ok(out)
+}
+
+fn check_header(h: &str) -> Result<(), String> {
+    let ok =
+        h.split_once(':').is_some_and(|(n, _)| !n.trim().is_empty()) && !h.contains(['\r', '\n']);
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("not a header line (Name: value): {h:?}"))
+    }
+}
+
+/// The `--header-file` lines, one per user in turn.
+fn user_headers(path: Option<&std::path::Path>) -> Result<Vec<String>, String> {
+    let Some(path) = path else {
+        return Ok(Vec::new());
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let lines: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
+    for l in &lines {
+        check_header(l)?;
+    }
+    if lines.is_empty() {
+        return Err(format!("{} holds no header line", path.display()));
+    }
+    Ok(lines)
 }
 
 fn main() {
@@ -331,10 +382,16 @@ fn plan(a: &Args) -> Result<Plan, String> {
     let name = a
         .scenario
         .map_or("sustained".to_string(), |s| format!("{s:?}").to_lowercase());
+    let extra = extra_headers(&a.header)?;
     let targets = a
         .target
         .iter()
-        .map(|t| target::parse(t))
+        .map(|t| {
+            target::parse(t).map(|mut t| {
+                t.headers = extra.clone();
+                t
+            })
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let first = targets.first().cloned().ok_or("--target is required")?;
     if targets.len() > a.threads.max(1) {
@@ -349,6 +406,7 @@ fn plan(a: &Args) -> Result<Plan, String> {
         targets,
         cfg: UserCfg {
             target: first,
+            user_headers: std::sync::Arc::new(user_headers(a.header_file.as_deref())?),
             workload,
             calls_per_session: a.calls_per_session,
             payload_bytes: a.payload_bytes,

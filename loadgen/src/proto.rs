@@ -34,8 +34,8 @@ impl Request {
 
 fn build(method: &str, t: &Target, headers: &str, body: Option<&str>) -> Request {
     let mut s = format!(
-        "{method} {} HTTP/1.1\r\nhost: {}\r\naccept: application/json, text/event-stream\r\n{headers}",
-        t.path, t.authority
+        "{method} {} HTTP/1.1\r\nhost: {}\r\naccept: application/json, text/event-stream\r\n{}{headers}",
+        t.path, t.authority, t.headers
     );
     match body {
         Some(b) => s.push_str(&format!(

@@ -278,6 +278,7 @@ fn start_engines(plan: &SoakPlan) -> Result<Engines, String> {
     let start = |workload| {
         let cfg = UserCfg {
             target: plan.target.clone(),
+            user_headers: Default::default(),
             workload,
             calls_per_session: plan.calls_per_session,
             payload_bytes: plan.payload_bytes,

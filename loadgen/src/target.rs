@@ -9,6 +9,9 @@ pub struct Target {
     pub authority: String,
     pub path: String,
     pub addr: SocketAddr,
+    /// Extra header lines sent with every request (`--header`, `--header-file`), each ending
+    /// in CRLF.
+    pub headers: String,
 }
 
 /// Parses and resolves `url`. Only plain `http://` is supported: loadgen measures the gateway,
@@ -38,6 +41,7 @@ pub fn parse(url: &str) -> Result<Target, String> {
         authority: authority.to_string(),
         path: path.to_string(),
         addr,
+        headers: String::new(),
     })
 }
 

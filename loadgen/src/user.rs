@@ -33,6 +33,8 @@ pub enum Workload {
 #[derive(Debug, Clone)]
 pub struct UserCfg {
     pub target: Target,
+    /// One header line per user, in turn (`--header-file`): e.g. a token of its own.
+    pub user_headers: std::sync::Arc<Vec<String>>,
     pub workload: Workload,
     pub calls_per_session: usize,
     pub payload_bytes: usize,
@@ -65,9 +67,24 @@ pub struct Ctx {
     /// Users past their setup, across all workers (the controller waits on it).
     pub ready: Arc<AtomicUsize>,
     next_id: Cell<u64>,
+    /// Users started on this worker (picks each one's `user_headers` line).
+    users: Cell<usize>,
 }
 
 impl Ctx {
+    /// The target as the next user sends to it: with its own header line, if any.
+    fn user_target(&self) -> Target {
+        let mut t = self.cfg.target.clone();
+        let lines = &self.cfg.user_headers;
+        if !lines.is_empty() {
+            let i = self.users.get();
+            self.users.set(i + 1);
+            t.headers.push_str(&lines[i % lines.len()]);
+            t.headers.push_str("\r\n");
+        }
+        t
+    }
+
     pub fn new(cfg: UserCfg, ready: Arc<AtomicUsize>) -> Ctx {
         Ctx {
             cfg,
@@ -77,6 +94,7 @@ impl Ctx {
             live: Cell::new(0),
             ready,
             next_id: Cell::new(first_id()),
+            users: Cell::new(0),
         }
     }
 
@@ -196,6 +214,8 @@ enum Outcome {
 /// A user's connection, opened lazily and reopened after a failure.
 struct Client {
     ctx: Rc<Ctx>,
+    /// Where and how this user sends (its own header line, `user_headers`).
+    target: Target,
     conn: Option<Conn>,
     body: Vec<u8>,
     opened: u64,
@@ -208,6 +228,7 @@ impl Client {
     fn new(ctx: &Rc<Ctx>) -> Client {
         Client {
             ctx: ctx.clone(),
+            target: ctx.user_target(),
             conn: None,
             body: Vec::new(),
             opened: 0,
@@ -228,7 +249,7 @@ impl Client {
         if self.conn.is_some() {
             return true;
         }
-        match Conn::connect(self.ctx.cfg.target.addr).await {
+        match Conn::connect(self.target.addr).await {
             Ok(c) => {
                 if self.opened > 0 {
                     self.ctx.stats.borrow_mut().reconnects += 1;
@@ -323,7 +344,7 @@ impl Client {
     /// Not measured: the `call` and `sse` workloads measure what happens on the session.
     async fn open_session(&mut self) -> Option<String> {
         loop {
-            let mut init = proto::initialize(&self.ctx.cfg.target);
+            let mut init = proto::initialize(&self.target);
             let out = self.request(&mut init, What::Initialize).await;
             // A failed first attempt still counts as ready: the controller must not wait on a
             // user that keeps being rejected.
@@ -333,7 +354,7 @@ impl Client {
             let wait = match out {
                 Outcome::Ok(r) => match self.session_of(r) {
                     Some(sid) => {
-                        let mut note = proto::initialized(&self.ctx.cfg.target, &sid);
+                        let mut note = proto::initialized(&self.target, &sid);
                         self.request(&mut note, What::Initialized).await;
                         return Some(sid);
                     }
@@ -358,7 +379,7 @@ impl Client {
     /// Ends the session (unmeasured cleanup; a failure still counts as an error, since it
     /// would leak a session).
     async fn close_session(&mut self, sid: &str) {
-        let mut del = proto::delete(&self.ctx.cfg.target, sid);
+        let mut del = proto::delete(&self.target, sid);
         self.request(&mut del, What::Delete).await;
     }
 }
@@ -408,7 +429,7 @@ async fn call_user(ctx: &Rc<Ctx>, slot: usize, slots: usize) {
     let Some(sid) = c.open_session().await else {
         return;
     };
-    let mut req = proto::call(&ctx.cfg.target, &sid, ctx.cfg.payload_bytes);
+    let mut req = proto::call(&c.target, &sid, ctx.cfg.payload_bytes);
     let mut pacer = ctx.pacer(slot, slots);
     while let Some(sched) = ctx.next_send(&mut pacer).await {
         if c.timed(sched, &mut req, What::Call).await.is_none()
@@ -426,7 +447,7 @@ async fn stateless_user(ctx: &Rc<Ctx>, slot: usize, slots: usize) {
     let mut c = Client::new(ctx);
     c.ensure_conn().await;
     c.mark_ready();
-    let mut req = proto::stateless_call(&ctx.cfg.target, ctx.cfg.payload_bytes);
+    let mut req = proto::stateless_call(&c.target, ctx.cfg.payload_bytes);
     let mut pacer = ctx.pacer(slot, slots);
     while let Some(sched) = ctx.next_send(&mut pacer).await {
         if c.timed(sched, &mut req, What::Call).await.is_none()
@@ -458,7 +479,7 @@ async fn session_user(ctx: &Rc<Ctx>, slot: usize, slots: usize) {
 /// One full session life; every request is measured. Returns false if any step failed.
 /// Once initialize succeeded, the session is always DELETEd, even when the run stops midway.
 async fn session_iteration(ctx: &Rc<Ctx>, c: &mut Client, pacer: &mut Option<Pacer>) -> bool {
-    let t = &ctx.cfg.target;
+    let t = &c.target.clone();
     let Some(sched) = ctx.next_send(pacer).await else {
         return true;
     };
@@ -485,7 +506,7 @@ async fn session_iteration(ctx: &Rc<Ctx>, c: &mut Client, pacer: &mut Option<Pac
 
 /// notifications/initialized and the k calls of one session iteration.
 async fn session_body(ctx: &Rc<Ctx>, c: &mut Client, pacer: &mut Option<Pacer>, sid: &str) -> bool {
-    let t = &ctx.cfg.target;
+    let t = &c.target.clone();
     let Some(sched) = ctx.next_send(pacer).await else {
         return true;
     };
@@ -599,9 +620,7 @@ async fn open_stream(c: &mut Client, sid: &str) -> Opened {
     let Some(conn) = c.conn.as_mut() else {
         return Opened::Failed;
     };
-    let (res, _) = conn
-        .send(proto::get_stream(&c.ctx.cfg.target, sid).bytes)
-        .await;
+    let (res, _) = conn.send(proto::get_stream(&c.target, sid).bytes).await;
     let head = match res {
         Ok(()) => conn.read_head().await,
         Err(f) => Err(f),
@@ -643,7 +662,7 @@ pub async fn churn_cycle(ctx: Rc<Ctx>, sched: Instant) {
     let _live = Live::new(&ctx);
     let mut c = Client::new(&ctx);
     c.ready = true;
-    let t = ctx.cfg.target.clone();
+    let t = c.target.clone();
     let Some(reply) = c.step(&mut proto::initialize(&t), What::Initialize).await else {
         return;
     };

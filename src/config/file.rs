@@ -121,6 +121,27 @@ pub const DEFAULT_KILL_GRACE_MS: u64 = 2_000;
 pub const DEFAULT_STDERR_LINES_PER_S: u32 = 20;
 /// Messages queued toward one child's stdin before new requests get 503.
 pub const DEFAULT_STDIN_QUEUE_DEPTH: usize = 256;
+/// Clock skew allowed on a token's `exp`, `nbf` and `iat`, in seconds.
+pub const DEFAULT_AUTH_LEEWAY_S: u64 = 60;
+/// Time between scheduled fetches of the JWKS (key rotation is picked up within it).
+pub const DEFAULT_JWKS_REFRESH_MS: u64 = 300_000;
+/// The least time between two fetches of the JWKS, whatever asks for them: a flood of tokens
+/// naming unknown keys costs the identity provider at most one fetch per this interval.
+pub const DEFAULT_JWKS_MIN_REFRESH_MS: u64 = 10_000;
+/// A JWKS fetch (connect, send, read) that takes longer fails; the last good keys stay.
+pub const DEFAULT_JWKS_FETCH_TIMEOUT_MS: u64 = 5_000;
+/// Largest JWKS body read; a larger one fails the fetch.
+pub const DEFAULT_MAX_JWKS_BYTES: usize = 256 * 1024;
+/// Keys of a JWKS kept (the rest are ignored, and logged).
+pub const DEFAULT_MAX_JWKS_KEYS: usize = 64;
+/// Validated tokens remembered per shard, so a token's signature is checked once, not per
+/// request (each entry is about 100 bytes plus the subject's name and scopes).
+pub const DEFAULT_TOKEN_CACHE_ENTRIES: usize = 4096;
+/// Requests from shards for an early JWKS fetch (a token named an unknown key) waiting for the
+/// JWKS thread; more are dropped: one pending request is enough.
+pub const DEFAULT_JWKS_REFRESH_QUEUE_DEPTH: usize = 16;
+/// Largest token or API key read from a request header.
+pub const DEFAULT_MAX_CREDENTIAL_BYTES: usize = 8 * 1024;
 
 /// The TOML file, as written by an operator. Unknown keys are errors.
 #[derive(Debug, Default, Deserialize)]
@@ -136,6 +157,94 @@ pub struct FileConfig {
     #[serde(deserialize_with = "one_or_many")]
     pub upstream: Vec<UpstreamSection>,
     pub tapes: TapesSection,
+    pub auth: AuthSection,
+}
+
+/// `[auth]`: who may use the gateway. `mode` is "off" (the default), "oauth" (bearer JWTs
+/// checked against the issuer's JWKS), "api_key" (`[[auth.api_keys]]`) or "oauth_or_api_key".
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    pub mode: String,
+    pub issuer: Option<String>,
+    /// One audience or several: a token's `aud` must name one of them (RFC 8707).
+    #[serde(deserialize_with = "string_or_list")]
+    pub audience: Vec<String>,
+    pub jwks_url: Option<String>,
+    pub jwks_file: Option<String>,
+    /// The canonical URI of this MCP endpoint (`https://gw.example.com/mcp`).
+    pub resource: Option<String>,
+    pub authorization_servers: Vec<String>,
+    pub scopes_supported: Vec<String>,
+    /// Scopes every request must carry (else 403 insufficient_scope).
+    pub required_scopes: Vec<String>,
+    pub leeway_s: u64,
+    pub jwks_refresh_ms: u64,
+    pub jwks_min_refresh_ms: u64,
+    pub jwks_fetch_timeout_ms: u64,
+    pub max_jwks_bytes: usize,
+    pub max_jwks_keys: usize,
+    pub token_cache_entries: usize,
+    pub jwks_refresh_queue_depth: usize,
+    pub max_credential_bytes: usize,
+    /// A header naming the authenticated subject to the upstream; absent: none is sent.
+    pub forward_subject_header: Option<String>,
+    pub api_keys: Vec<ApiKeySection>,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        AuthSection {
+            mode: "off".into(),
+            issuer: None,
+            audience: Vec::new(),
+            jwks_url: None,
+            jwks_file: None,
+            resource: None,
+            authorization_servers: Vec::new(),
+            scopes_supported: Vec::new(),
+            required_scopes: Vec::new(),
+            leeway_s: DEFAULT_AUTH_LEEWAY_S,
+            jwks_refresh_ms: DEFAULT_JWKS_REFRESH_MS,
+            jwks_min_refresh_ms: DEFAULT_JWKS_MIN_REFRESH_MS,
+            jwks_fetch_timeout_ms: DEFAULT_JWKS_FETCH_TIMEOUT_MS,
+            max_jwks_bytes: DEFAULT_MAX_JWKS_BYTES,
+            max_jwks_keys: DEFAULT_MAX_JWKS_KEYS,
+            token_cache_entries: DEFAULT_TOKEN_CACHE_ENTRIES,
+            jwks_refresh_queue_depth: DEFAULT_JWKS_REFRESH_QUEUE_DEPTH,
+            max_credential_bytes: DEFAULT_MAX_CREDENTIAL_BYTES,
+            forward_subject_header: None,
+            api_keys: Vec::new(),
+        }
+    }
+}
+
+/// `[[auth.api_keys]]`: one API key, known by the SHA-256 of its text (`shardcat hash-key`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySection {
+    /// The subject the key authenticates as (the client key for per-client limits).
+    pub name: String,
+    /// Hex SHA-256 of the key.
+    pub sha256: String,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// RFC 3339; absent: never.
+    pub expires: Option<String>,
+}
+
+/// Accepts a string or a list of strings.
+fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 /// `[tapes]`: recording. Off unless `dir` is set (or `--tapes DIR`).

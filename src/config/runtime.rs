@@ -36,6 +36,7 @@ pub struct Config {
     pub upstream: Upstream,
     /// Recording; `None` when off.
     pub tapes: Option<tapes::TapeConfig>,
+    pub auth: super::auth::AuthConfig,
 }
 
 /// The upstream MCP server: over HTTP (one or several), or a program spoken to over stdio.
@@ -288,6 +289,7 @@ impl FileConfig {
             many => validate_many(many)?,
         };
         let tapes = self.tapes.resolve()?;
+        let auth = self.auth.validate().map_err(ConfigError)?;
         let listen_backlog = self.server.listen_backlog;
         if listen_backlog == 0 {
             return err("server.listen_backlog", "must be at least 1");
@@ -305,6 +307,7 @@ impl FileConfig {
             degradation,
             upstream,
             tapes,
+            auth,
         })
     }
 

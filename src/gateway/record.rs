@@ -137,12 +137,22 @@ impl Shard {
             .await;
     }
 
-    /// Records the start of a session.
-    pub async fn record_start(&self, session: u64, version: &str, client: &str) {
+    /// Records the start of a session, with the authenticated subject's name (never its
+    /// credential) when auth is on.
+    pub async fn record_start(
+        &self,
+        session: u64,
+        version: &str,
+        client: &str,
+        subject: Option<&str>,
+    ) {
         // Built by hand: this runs per stateless request. `upstream_json` is escaped once;
-        // versions and socket addresses need no escaping.
+        // versions and socket addresses need no escaping; a subject's name may.
+        let subject = subject
+            .map(|s| format!(",\"subject\":{}", serde_json::Value::from(s)))
+            .unwrap_or_default();
         let payload = Bytes::from(format!(
-            "{{\"upstream\":{},\"protocol_version\":\"{version}\",\"client\":\"{client}\",\"shard\":{}}}",
+            "{{\"upstream\":{},\"protocol_version\":\"{version}\",\"client\":\"{client}\",\"shard\":{}{subject}}}",
             self.shared.upstream_json, self.id
         ));
         self.record(frame(

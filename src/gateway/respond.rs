@@ -78,6 +78,12 @@ pub async fn write_error(
     if e.status() == 405 {
         extra.extend_from_slice(b"allow: POST, GET, DELETE\r\n");
     }
+    let auth = &shard.auth.shared;
+    if let Some(challenge) = e.www_authenticate(&auth.config.metadata_url, &auth.scope_param) {
+        extra.extend_from_slice(b"www-authenticate: ");
+        extra.extend_from_slice(challenge.as_bytes());
+        extra.extend_from_slice(b"\r\n");
+    }
     if !keep {
         extra.extend_from_slice(b"connection: close\r\n");
     }

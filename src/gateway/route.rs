@@ -122,7 +122,7 @@ pub async fn sessionless(
 ) -> Result<Outcome> {
     ex.open_one_off(shard, conn, v.as_str()).await;
     ex.record_request(shard, body).await;
-    let call = call(shard, conn, head, body, single(parsed));
+    let call = call(shard, (conn, ex), head, body, single(parsed));
     let src = shard.up.sessionless(&call).await?;
     relay::relay(shard, conn, src, delivery(ex, parsed)).await
 }
@@ -130,8 +130,8 @@ pub async fn sessionless(
 /// What the upstream kinds need of a client request; the client's socket is watched for a
 /// hang-up.
 fn call<'a>(
-    shard: &Shard,
-    conn: &'a ClientConn,
+    shard: &'a Shard,
+    (conn, ex): (&'a ClientConn, &'a Exchange),
     head: &'a RequestHead,
     body: &'a [u8],
     msg: Option<&'a mcp::Message<'a>>,
@@ -142,6 +142,7 @@ fn call<'a>(
         msg,
         client: Some(&conn.stream),
         client_cell: balancer_cell(shard, conn),
+        subject: session::forwarded_subject(shard, ex.subject_name()),
     }
 }
 
@@ -168,7 +169,7 @@ pub async fn stateless(
         head.headers.get_str("mcp-name"),
     )
     .map_err(|why| Error::new(Kind::HeaderMismatch, why))?;
-    let call = call(shard, conn, head, body, Some(msg));
+    let call = call(shard, (conn, ex), head, body, Some(msg));
     let src = shard.up.stateless(&call).await?;
     relay::relay(shard, conn, src, d).await
 }
@@ -186,7 +187,7 @@ pub async fn initialize(
         Some(session) => {
             let version = session::requested_version(body);
             shard
-                .record_start(session, version.as_str(), &peer(conn))
+                .record_start(session, version.as_str(), &peer(conn), ex.subject_name())
                 .await;
             ex.tap = Some(Tap { session, stream: 1 });
             ex.record_request(shard, body).await;
@@ -195,7 +196,8 @@ pub async fn initialize(
         None => None,
     };
     let out = async {
-        let opened = session::open(shard, conn, (head, body, msg), tape).await?;
+        let opened =
+            session::open(shard, conn, (head, body, msg), (tape, ex.subject_name())).await?;
         let mut d = Delivery::to(ex.tap);
         d.check_hangup = true;
         d.session = opened.id.map(|id| id.encode());
@@ -221,7 +223,7 @@ pub async fn in_session(
     raw: &[u8],
 ) -> Result<Outcome> {
     let msg = single(parsed);
-    let sref = session::lookup(shard, raw, true)?;
+    let sref = session::lookup(shard, raw, true, ex.subject_name())?;
     ex.tap = sref.tap;
     ex.record_request(shard, body).await;
     let requests = parsed
@@ -229,7 +231,7 @@ pub async fn in_session(
         .iter()
         .filter(|m| m.kind == mcp::Kind::Request)
         .count();
-    let call = call(shard, conn, head, body, msg);
+    let call = call(shard, (conn, ex), head, body, msg);
     let src = shard.up.send(&sref.upstream, &call).await?;
     if let Source::Http(ans) = &src {
         if ans.head.status == 404 {
@@ -250,11 +252,11 @@ pub async fn get(
     ex: &mut Exchange,
 ) -> Result<Outcome> {
     let Some(raw) = head.headers.get("mcp-session-id") else {
-        let call = call(shard, conn, head, b"", None);
+        let call = call(shard, (conn, ex), head, b"", None);
         let src = shard.up.sessionless(&call).await?;
         return relay::relay(shard, conn, src, Delivery::to(None)).await;
     };
-    let sref = session::lookup(shard, raw, false)?;
+    let sref = session::lookup(shard, raw, false, ex.subject_name())?;
     ex.tap = sref.tap;
     if let Some(stream) = resumed_stream(shard, head, &sref) {
         return resume(shard, conn, stream, head).await;
@@ -262,7 +264,7 @@ pub async fn get(
     if let UpSession::Stdio(_) = sref.upstream {
         replace_get_stream(shard, &sref)?;
     }
-    let call = call(shard, conn, head, b"", None);
+    let call = call(shard, (conn, ex), head, b"", None);
     let src = shard.up.open_stream(&sref.upstream, &call).await?;
     let mut d = Delivery::to(ex.tap);
     d.sse = Some(sref.sse_ctx(StreamKind::Get, 0));
@@ -334,9 +336,9 @@ pub async fn delete(
         .headers
         .get("mcp-session-id")
         .ok_or_else(|| Error::new(Kind::SessionRequired, ""))?;
-    let sref = session::lookup(shard, raw, false)?;
+    let sref = session::lookup(shard, raw, false, ex.subject_name())?;
     ex.tap = sref.tap;
-    let call = call(shard, conn, head, b"", None);
+    let call = call(shard, (conn, ex), head, b"", None);
     let src = shard.up.end_session(&sref.upstream, &call).await?;
     match src {
         // Nothing upstream (a stdio child ends with the session; a sessionless server).

@@ -75,6 +75,15 @@ pub fn balancer_cell(shard: &Shard, conn: &ClientConn) -> u32 {
     }
 }
 
+/// The subject's name as the upstream is told it (`forward_subject_header`), if it is.
+pub fn forwarded_subject<'a>(
+    shard: &'a Shard,
+    subject: Option<&'a str>,
+) -> Option<(&'a str, &'a str)> {
+    let header = shard.config().auth.forward_subject_header.as_deref()?;
+    Some((header, subject?))
+}
+
 /// What an initialize opened: the upstream's answer, and the gateway's new session when the
 /// upstream made one (its permits taken; without one they were given back).
 pub struct Opened {
@@ -89,7 +98,7 @@ pub async fn open(
     shard: &Rc<Shard>,
     conn: &ClientConn,
     (head, body, msg): (&RequestHead, &[u8], Option<&mcp::Message<'_>>),
-    tape: Option<u64>,
+    (tape, subject): (Option<u64>, Option<&str>),
 ) -> Result<Opened> {
     if !acquire(shard) {
         shard.stats.count_rejection("sessions");
@@ -104,6 +113,7 @@ pub async fn open(
         msg,
         client: None,
         client_cell: balancer_cell(shard, conn),
+        subject: forwarded_subject(shard, subject),
     };
     let release = || {
         shard.shared.sessions.release();
@@ -119,7 +129,7 @@ pub async fn open(
         release();
         return Ok(Opened { source, id: None });
     };
-    let id = mint(shard, up, requested_version(body), (tape, cell));
+    let id = mint(shard, up, requested_version(body), (tape, cell, subject));
     Ok(Opened {
         source,
         id: Some(id),
@@ -144,7 +154,7 @@ fn mint(
     shard: &Rc<Shard>,
     up: UpSession,
     version: Version,
-    (tape, cell): (Option<u64>, u32),
+    (tape, cell, subject): (Option<u64>, u32, Option<&str>),
 ) -> SessionId {
     let child = up.child().cloned();
     let id = shard
@@ -154,6 +164,7 @@ fn mint(
     if let Some(s) = shard.sessions.borrow_mut().get_mut(&id) {
         s.tape = tape;
         s.client = Some(cell);
+        s.owner = subject.map(Box::from);
     }
     inc(&shard.stats.sessions_created);
     gauge_add(&shard.stats.sessions, 1);
@@ -211,13 +222,15 @@ impl SessionRef {
     }
 }
 
-/// Resolves a client's session id. Unknown, malformed or foreign: 404. With `limit`, the
-/// request takes a token from the session's bucket (POSTs do; GET streams and DELETE do not).
-pub fn lookup(shard: &Shard, raw: &[u8], limit: bool) -> Result<SessionRef> {
+/// Resolves a client's session id. Unknown, malformed, foreign, or opened by another subject
+/// than `subject` (auth on: as if it did not exist): 404. With `limit`, the request takes a
+/// token from the session's bucket (POSTs do; GET streams and DELETE do not).
+pub fn lookup(shard: &Shard, raw: &[u8], limit: bool, subject: Option<&str>) -> Result<SessionRef> {
     let id = SessionId::decode(raw).ok_or_else(|| Error::new(Kind::UnknownSession, ""))?;
     let mut sessions = shard.sessions.borrow_mut();
     let s = sessions
         .get_mut(&id)
+        .filter(|s| s.owner.as_deref() == subject)
         .ok_or_else(|| Error::new(Kind::UnknownSession, ""))?;
     let now = Instant::now();
     if let UpSession::Http { upstream, .. } = s.upstream {

@@ -1,6 +1,7 @@
 //! Validation, before anything reaches an upstream: the endpoint path, Host (DNS-rebinding
 //! protection) and Origin, the MCP-Protocol-Version header, what the degradation level still
-//! serves, the per-client request rate; and the JSON-RPC classification of a POST's body.
+//! serves; the per-client request rate (after authentication, which names the client); and
+//! the JSON-RPC classification of a POST's body.
 //! Each refusal is one `Error` (with its status, JSON-RPC code and counter).
 
 use std::time::{Duration, Instant};
@@ -13,7 +14,7 @@ use crate::mcp::{self, Version};
 use crate::shard::{ClientConn, Shard};
 
 /// Checks a request head; returns the protocol version it names (`None`: none named).
-pub fn request(shard: &Shard, conn: &ClientConn, head: &RequestHead) -> Result<Option<Version>> {
+pub fn request(shard: &Shard, head: &RequestHead) -> Result<Option<Version>> {
     let (_, path) = target(&head.path);
     let path = path.split('?').next().unwrap_or("");
     if path != super::MCP_PATH {
@@ -26,13 +27,19 @@ pub fn request(shard: &Shard, conn: &ClientConn, head: &RequestHead) -> Result<O
         // Only requests of existing sessions are served.
         return Err(degraded(shard, "only existing sessions are served"));
     }
+    Ok(version)
+}
+
+/// The per-client request rate; the client is the authenticated subject when auth is on (its
+/// cell was set on the connection by `authn`), else the address.
+pub fn client_rate(shard: &Shard, conn: &ClientConn) -> Result<()> {
     let clients = &shard.shared.clients;
     if clients.rates_clients() {
         if let Err(wait) = clients.take(conn.client_cell(), Instant::now()) {
             return Err(rate_limited(shard, "client_rate", wait));
         }
     }
-    Ok(version)
+    Ok(())
 }
 
 /// Host (DNS-rebinding protection) and Origin, as `policy` allows them. No shard state: the

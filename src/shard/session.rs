@@ -39,6 +39,8 @@ pub struct Session {
     pub tape: Option<u64>,
     /// The client's cell in the client table, when counted against it.
     pub client: Option<u32>,
+    /// The authenticated subject that opened the session (auth on): only it may use it.
+    pub owner: Option<Box<str>>,
     /// The session's request bucket, when session rates are limited.
     pub bucket: Option<crate::limits::SessionBucket>,
     /// HTTP exchanges seen so far (numbers the tape's streams).
@@ -168,6 +170,7 @@ impl Sessions {
             upstream,
             tape: None,
             client: None,
+            owner: None,
             bucket: None,
             streams: 1,
             version,

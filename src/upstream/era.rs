@@ -405,6 +405,7 @@ pub async fn stateless(up: &Rc<Upstreams>, call: &Call<'_>) -> Result<Source> {
         upstream_sid: None,
         upstream: None,
         version: None,
+        subject: call.subject,
     };
     // The era is learned once per upstream; after that this is the path every request takes,
     // so the rest (probe, the bridged exchange) is boxed to keep this future small: it is
@@ -512,6 +513,7 @@ async fn send_bridged(
         upstream_sid: Some(&shared.upstream_sid),
         upstream: Some(i),
         version: Some(BRIDGE_PROTOCOL_VERSION),
+        subject: call.subject,
     };
     let mut ans = exchange(up, &req, call.client_cell, call.client).await?;
     let (owner, sid) = (up.clone(), shared.upstream_sid.clone());

@@ -29,6 +29,8 @@ pub struct UpRequest<'a> {
     /// The MCP-Protocol-Version sent instead of the client's (a request the gateway carries
     /// into its own session on a handshake-era upstream, `era`).
     pub version: Option<&'a str>,
+    /// The authenticated subject's header and name (`Call::subject`).
+    pub subject: Option<(&'a str, &'a str)>,
 }
 
 /// Headers forwarded from the client as they are. Authorization, Cookie, Origin and Host never
@@ -72,6 +74,9 @@ pub(crate) fn encode_request(
     if let Some(v) = req.version {
         push_header(out, "mcp-protocol-version", v.as_bytes());
     }
+    if let Some((name, subject)) = req.subject {
+        push_subject(out, name, subject);
+    }
     match req.body {
         Some(b) => {
             push_header(out, "content-type", b"application/json");
@@ -81,6 +86,22 @@ pub(crate) fn encode_request(
         }
         None => out.extend_from_slice(b"\r\n"),
     }
+}
+
+/// The subject's name as a header value: bytes a field value may not hold (controls, and
+/// anything outside visible ASCII, which a name from a token may have) are percent-encoded,
+/// as is `%` itself, so the value decodes to the exact name.
+fn push_subject(out: &mut Vec<u8>, header: &str, subject: &str) {
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(b": ");
+    for &b in subject.as_bytes() {
+        if (0x21..0x7f).contains(&b) && b != b'%' || b == b' ' {
+            out.push(b);
+        } else {
+            out.extend_from_slice(format!("%{b:02X}").as_bytes());
+        }
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 pub(crate) fn is_forwarded(name: &[u8]) -> bool {
@@ -200,6 +221,7 @@ pub async fn send(
         upstream_sid: sid,
         upstream,
         version: None,
+        subject: call.subject,
     };
     exchange(up, &req, call.client_cell, call.client)
         .await
