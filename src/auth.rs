@@ -46,11 +46,23 @@ pub const ALGORITHMS: [jsonwebtoken::Algorithm; 7] = [
 ];
 
 /// Who a request comes from: an API key's `name` or a token's `sub`, and the scopes granted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Subject {
     pub name: Box<str>,
     pub scopes: Box<[Box<str>]>,
+    /// What it may use (`[[auth.rules]]`), computed once per subject: with the API key at
+    /// start, with the token when it is validated (and cached with it). `None`: no rules.
+    pub grant: Option<Rc<crate::authz::Grant>>,
 }
+
+/// The same name and scopes make the same subject (its grant follows from them).
+impl PartialEq for Subject {
+    fn eq(&self, other: &Subject) -> bool {
+        (&self.name, &self.scopes) == (&other.name, &other.scopes)
+    }
+}
+
+impl Eq for Subject {}
 
 impl Subject {
     pub fn has_scope(&self, scope: &str) -> bool {
@@ -231,7 +243,8 @@ impl ShardAuth {
             .config
             .api_keys
             .iter()
-            .map(|k| Rc::new(subject(&k.name, k.scopes.iter().map(String::as_str))))
+            .map(|k| subject(&k.name, k.scopes.iter().map(String::as_str)))
+            .map(|s| Rc::new(granted(s, shared.config.rules.as_deref())))
             .collect();
         ShardAuth {
             cache: RefCell::new(cache::TokenCache::new(shared.config.token_cache_entries)),
@@ -297,7 +310,10 @@ impl ShardAuth {
             }
             Err(d) => return Err(d),
         };
-        let subject = Rc::new(verified.subject);
+        let subject = Rc::new(granted(
+            verified.subject,
+            self.shared.config.rules.as_deref(),
+        ));
         let until = verified.exp.saturating_add(verifier.leeway_s());
         self.cache
             .borrow_mut()
@@ -311,7 +327,14 @@ pub fn subject<'a>(name: &str, scopes: impl Iterator<Item = &'a str>) -> Subject
     Subject {
         name: name.into(),
         scopes: scopes.map(Box::from).collect(),
+        grant: None,
     }
+}
+
+/// `subject` with its grant under `rules`.
+fn granted(mut subject: Subject, rules: Option<&crate::authz::Rules>) -> Subject {
+    subject.grant = rules.map(|r| Rc::new(r.grant(&subject.name, &subject.scopes)));
+    subject
 }
 
 /// The credential a request presents.

@@ -14,8 +14,8 @@
 //!   `uriTemplate` in `resources/templates/list`): a name matched by a `deny_*` glob of any
 //!   applicable rule is denied (deny wins); otherwise, when some applicable rule has an
 //!   `allow_*` list for that kind, the name must match a glob of one of those lists (allows
-//!   add up across rules; `allow_tools = []` allows no tool); otherwise `default` decides.
-//! - `default` is `deny` unless set to `allow`: once an operator writes rules, a key added
+//!   add up across rules; `allow_tools = []` allows no tool); otherwise `rules_default` decides.
+//! - `rules_default` is `deny` unless set to `allow`: once an operator writes rules, a key added
 //!   without one, or a kind no applicable rule speaks of, gets nothing. That failure is loud
 //!   (empty lists, -32003) and safe; the opposite one is silent and leaks. With no rules at
 //!   all, authorization is off (`Rules::is_off`): every subject may use everything.
@@ -143,7 +143,7 @@ pub struct Rules {
 }
 
 impl Rules {
-    /// The rules of `[[auth.rules]]`, with `default = "deny"`.
+    /// The rules of `[[auth.rules]]`, with `rules_default = "deny"`.
     pub fn new(files: &[RuleFile]) -> Result<Rules, String> {
         Rules::with_default(files, Policy::Deny)
     }

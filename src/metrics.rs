@@ -156,9 +156,6 @@ pub struct ShardStats {
     pub stdio_stderr_suppressed: AtomicU64,
     /// Requests of handshake-era servers refused on a 2026-07-28 client's behalf (`era`).
     pub era_refused_requests: AtomicU64,
-    /// Requests refused by authorization (`authz`: tools/call, prompts/get, resources/read),
-    /// for `shardcat_auth_total{result="denied_tool"}`.
-    pub auth_denied_tool: AtomicU64,
 }
 
 impl ShardStats {
@@ -226,7 +223,6 @@ impl ShardStats {
             stdio_bad_lines: AtomicU64::new(0),
             stdio_stderr_suppressed: AtomicU64::new(0),
             era_refused_requests: AtomicU64::new(0),
-            auth_denied_tool: AtomicU64::new(0),
         }
     }
 

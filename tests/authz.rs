@@ -2,9 +2,6 @@
 //! concurrent sessions. A denied tool is absent from `tools/list` and refused on `tools/call`
 //! with -32003 naming it, without an upstream round trip (a counting upstream sees every
 //! request), for a JSON answer and for an SSE answer.
-//!
-//! Ignored until the authentication branch lands: it needs `[auth] mode = "api_key"`,
-//! `[[auth.api_keys]]` and the lead's wiring of `Exchange::grant` (see `src/authz.rs`).
 
 #[path = "support/process.rs"]
 mod support;
@@ -26,7 +23,8 @@ fn config() -> String {
     r#"
 [auth]
 mode = "api_key"
-default = "deny"
+resource = "http://127.0.0.1/mcp"
+rules_default = "deny"
 
 [[auth.api_keys]]
 name = "ci-bot"
@@ -199,11 +197,13 @@ fn session(addr: SocketAddr, key: &str, allowed: &[&str], denied: &str) {
             format!("called {}", allowed[0])
         );
     }
-    assert_eq!(delete(addr, &sid).status, 200);
+    let del = format!(
+        "DELETE /mcp HTTP/1.1\r\nhost: {addr}\r\nauthorization: {auth}\r\nmcp-session-id: {sid}\r\ncontent-length: 0\r\n\r\n"
+    );
+    assert_eq!(raw(addr, del.as_bytes()).status, 200);
 }
 
 #[test]
-#[ignore = "needs the auth branch"]
 fn denied_tools_are_hidden_and_refused_without_an_upstream_round_trip() {
     let seen = Arc::new(Seen::default());
     let up = counting_upstream(seen.clone());

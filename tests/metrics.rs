@@ -250,6 +250,13 @@ fn request_counters_summed_over_shards_equal_the_requests_sent() {
         calls_per_session: 3,
     };
     concurrent_sessions(addr, &sent);
+    // A request is counted once its answer is written, so the client can read the answer to
+    // its last request a moment before the count moves: wait for the total, then compare.
+    let total: usize = sent.expected().iter().map(|e| e.2).sum();
+    let settled = eventually(Duration::from_secs(5), || {
+        sum(&scrape(admin), "shardcat_requests_total") == Some(total as f64)
+    });
+    assert!(settled, "{}", scrape(admin));
     let text = scrape(admin);
     for (method, status, n) in sent.expected() {
         let series = format!("shardcat_requests_total{{method=\"{method}\",status=\"{status}\"}}");

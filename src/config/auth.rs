@@ -54,6 +54,8 @@ pub struct AuthConfig {
     pub max_credential_bytes: usize,
     /// Lowercased header name carrying the subject's name upstream.
     pub forward_subject_header: Option<String>,
+    /// `[[auth.rules]]`, compiled; `None`: no rules, every subject may use everything.
+    pub rules: Option<std::sync::Arc<crate::authz::Rules>>,
 }
 
 impl AuthConfig {
@@ -71,6 +73,7 @@ impl AuthConfig {
             token_cache_entries: 0,
             max_credential_bytes: 0,
             forward_subject_header: None,
+            rules: None,
         }
     }
 }
@@ -133,6 +136,12 @@ impl AuthSection {
                 )
             }
         };
+        if mode == AuthMode::Off && !self.rules.is_empty() {
+            return err(
+                "rules",
+                "need a mode other than \"off\" (rules are about subjects)",
+            );
+        }
         if !mode.takes_api_keys() && !self.api_keys.is_empty() {
             return err(
                 "api_keys",
@@ -148,6 +157,9 @@ impl AuthSection {
         let api_keys = self.keys(mode)?;
         self.check_scopes()?;
         let header = self.subject_header()?;
+        let rules = crate::authz::Rules::with_default(&self.rules, self.rules_default)
+            .map_err(|e| format!("invalid config: {e}"))?;
+        let rules = (!rules.is_off()).then(|| std::sync::Arc::new(rules));
         if self.token_cache_entries == 0 {
             return err("token_cache_entries", "must be at least 1");
         }
@@ -174,6 +186,7 @@ impl AuthSection {
             token_cache_entries: self.token_cache_entries,
             max_credential_bytes: self.max_credential_bytes,
             forward_subject_header: header,
+            rules,
         })
     }
 

@@ -190,6 +190,10 @@ pub struct AuthSection {
     /// A header naming the authenticated subject to the upstream; absent: none is sent.
     pub forward_subject_header: Option<String>,
     pub api_keys: Vec<ApiKeySection>,
+    /// `[[auth.rules]]`: what each subject may use (`authz`); none: everything.
+    pub rules: Vec<crate::authz::RuleFile>,
+    /// What a subject gets where no rule's allow list covers a name: "deny" or "allow".
+    pub rules_default: crate::authz::Policy,
 }
 
 impl Default for AuthSection {
@@ -215,6 +219,8 @@ impl Default for AuthSection {
             max_credential_bytes: DEFAULT_MAX_CREDENTIAL_BYTES,
             forward_subject_header: None,
             api_keys: Vec::new(),
+            rules: Vec::new(),
+            rules_default: crate::authz::Policy::default(),
         }
     }
 }

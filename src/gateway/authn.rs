@@ -57,6 +57,7 @@ pub async fn authenticate(
         Ok(subject) => {
             shard.stats.count_auth("ok");
             conn.set_client_cell(shard.shared.clients.cell_of_name(&subject.name));
+            ex.grant = subject.grant.clone();
             ex.subject = Some(subject);
             Ok(())
         }

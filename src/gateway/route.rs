@@ -84,7 +84,7 @@ pub fn authorize(shard: &Shard, grant: Option<&Grant>, parsed: &mcp::Body<'_>) -
         return Ok(());
     };
     authz::check_request(grant, parsed).map_err(|d| {
-        inc(&shard.stats.auth_denied_tool);
+        shard.stats.count_auth("denied_tool");
         log::info!(
             "shard {}: subject {:?} denied {} {:?}",
             shard.id,
