@@ -553,7 +553,16 @@ async fn modern_flow(gw: &Gateway, label: &str) {
     );
 
     // Echo carries `region`, so the client sends Mcp-Param-Region and rmcp checks it against the
-    // body: this passes only if the gateway forwarded the header.
+    // body: this passes only if the gateway forwarded the header. rmcp's client promotes the
+    // argument from the tool schemas it caches off a tools/list answer. Once, in a CI run under
+    // load, the echo reached the upstream without the header, though the gateway forwards every
+    // `Mcp-Param-*` header on every path; the suspicion is that the client had not cached the
+    // first answer yet. A list before `common_calls` makes sure it has; a header the gateway
+    // dropped would still fail the echo.
+    timeout(WAIT, client.list_tools(None))
+        .await
+        .expect("tools/list timed out")
+        .expect("tools/list");
     common_calls(&client, label).await;
 
     let mut sub = timeout(
