@@ -599,11 +599,13 @@ fn forward_http_keeps_the_session_and_the_stream() {
 #[test]
 fn forward_http_reinitializes_an_expired_session() {
     let demo = demo();
-    // A gateway that forgets idle sessions after one second stands in for a remote server.
+    // A gateway that ends sessions one second after they began stands in for a remote server
+    // (an idle timeout would not do: forward keeps the session's GET stream open, and a
+    // session whose stream is read is not idle).
     let gw = gateway(
         &demo_url(&demo),
         1,
-        Some("[timeouts]\nsession_idle_timeout_ms = 1000\n"),
+        Some("[timeouts]\nsession_idle_timeout_ms = 1000\nsession_max_age_ms = 1000\n"),
     );
     let url = format!("http://{}/mcp", gw.addr("listen"));
     let mut p = forward(&["http", "--url", &url]);
@@ -613,7 +615,7 @@ fn forward_http_reinitializes_an_expired_session() {
     assert_eq!(read_json_line(&mut out)["id"], 1);
     writeln!(stdin, "{INITIALIZED}").expect("write");
     let admin = gw.addr("admin");
-    let expired = || metric(admin, "shardcat_sessions_expired_total") >= 1.0;
+    let expired = || metric(admin, "shardcat_sessions_max_age_total") >= 1.0;
     assert!(
         eventually(Duration::from_secs(6), expired),
         "session never expired"
