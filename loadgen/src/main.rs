@@ -204,14 +204,8 @@ fn main() {
 
 fn finish(args: &Args, report: &report::Report) -> i32 {
     // JSON first: a script reading it must get it even if stdout is a closed pipe.
-    if let Some(path) = &args.json {
-        let written = serde_json::to_vec_pretty(report)
-            .map_err(|e| e.to_string())
-            .and_then(|j| std::fs::write(path, j).map_err(|e| e.to_string()));
-        if let Err(e) = written {
-            eprintln!("loadgen: cannot write {}: {e}", path.display());
-            return 2;
-        }
+    if !write_json(args.json.as_deref(), report) {
+        return 2;
     }
     report::print_summary(report);
     if report.pass {
@@ -255,14 +249,8 @@ fn run_faults(a: &Args) -> i32 {
             return 2;
         }
     };
-    if let Some(path) = &a.json {
-        let written = serde_json::to_vec_pretty(&report)
-            .map_err(|e| e.to_string())
-            .and_then(|j| std::fs::write(path, j).map_err(|e| e.to_string()));
-        if let Err(e) = written {
-            eprintln!("loadgen: cannot write {}: {e}", path.display());
-            return 2;
-        }
+    if !write_json(a.json.as_deref(), &report) {
+        return 2;
     }
     faults::print(&report);
     if report.pass {
@@ -306,6 +294,19 @@ fn soak_plan(a: &Args) -> Result<soak::SoakPlan, String> {
     })
 }
 
+/// Writes `report` as pretty JSON to `path` when one was given; false (and a message) when
+/// it could not be written.
+fn write_json(path: Option<&std::path::Path>, report: &impl serde::Serialize) -> bool {
+    let Some(path) = path else { return true };
+    let written = serde_json::to_vec_pretty(report)
+        .map_err(|e| e.to_string())
+        .and_then(|j| std::fs::write(path, j).map_err(|e| e.to_string()));
+    if let Err(e) = &written {
+        eprintln!("loadgen: cannot write {}: {e}", path.display());
+    }
+    written.is_ok()
+}
+
 fn run_soak(a: &Args) -> i32 {
     let report = match soak_plan(a).and_then(|p| soak::run(&p)) {
         Ok(r) => r,
@@ -314,14 +315,8 @@ fn run_soak(a: &Args) -> i32 {
             return 2;
         }
     };
-    if let Some(path) = &a.json {
-        let written = serde_json::to_vec_pretty(&report)
-            .map_err(|e| e.to_string())
-            .and_then(|j| std::fs::write(path, j).map_err(|e| e.to_string()));
-        if let Err(e) = written {
-            eprintln!("loadgen: cannot write {}: {e}", path.display());
-            return 2;
-        }
+    if !write_json(a.json.as_deref(), &report) {
+        return 2;
     }
     soak::print(&report);
     if report.pass {
