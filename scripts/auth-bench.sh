@@ -15,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${DURATION:-10}"; WARMUP="${WARMUP:-3}"; CONNS="${CONNS:-64}"; ROUNDS="${ROUNDS:-2}"
-BIN=target/release/shardcat; LG=target/release/loadgen; MINT=target/release/examples/auth_tokens
+BIN=target/release/shardcat; LG=target/release/loadgen; MINT="${MINT:-target/release/examples/auth_tokens}"
 TMP="$(mktemp -d)"; PIDS=()
 log() { echo "auth-bench: $*" >&2; }
 die() { log "$*"; exit 1; }
