@@ -88,6 +88,8 @@ fn credentials(authorization: Option<&[u8]>, api_key: Option<&[u8]>) {
             let raw = raw.trim_matches([' ', '\t']);
             let before = raw.strip_suffix(t).expect("the token ends the header");
             assert!(before.trim().eq_ignore_ascii_case("bearer"), "{before:?}");
+            // The token cache is looked up with the token cut without checks: the same bytes.
+            assert_eq!(auth::bearer_token(raw.as_bytes()), Some(t.as_bytes()));
             if auth::looks_like_jwt(t) {
                 assert_eq!(t.matches('.').count(), 2);
                 assert!(t.split('.').all(|s| !s.is_empty()));
