@@ -65,13 +65,12 @@ impl Kind {
         self as usize
     }
 
-    /// The kind a request method names one of, with the method's name field.
-    pub fn of_request(method: &str) -> Option<Kind> {
-        match method {
-            "tools/call" => Some(Kind::Tool),
-            "prompts/get" => Some(Kind::Prompt),
-            "resources/read" => Some(Kind::Resource),
-            _ => None,
+    /// The kind of what a request names (`mcp::classify` read it).
+    pub fn of_named(named: mcp::Named) -> Kind {
+        match named {
+            mcp::Named::Tool => Kind::Tool,
+            mcp::Named::Prompt => Kind::Prompt,
+            mcp::Named::Resource => Kind::Resource,
         }
     }
 
@@ -325,8 +324,9 @@ impl fmt::Display for Denied {
 }
 
 /// Refuses the first request of `body` (one message or a batch) the grant does not allow:
-/// `tools/call` and `prompts/get` by `params.name`, `resources/read` by `params.uri`, as
-/// `mcp::classify` read them. A batch holding one refused request is refused whole.
+/// `tools/call` and `prompts/get` by `params.name`; `resources/read`, `resources/subscribe`
+/// and `resources/unsubscribe` by `params.uri`; `completion/complete` by its ref's prompt
+/// name or resource URI; as `mcp::classify` read them. A batch holding one refused request is refused whole.
 pub fn check_request(grant: &Grant, body: &mcp::Body<'_>) -> Result<(), Denied> {
     body.messages()
         .iter()
@@ -338,7 +338,7 @@ pub fn check_message(grant: &Grant, msg: &mcp::Message<'_>) -> Result<(), Denied
     if msg.kind != mcp::Kind::Request {
         return Ok(());
     }
-    let Some(kind) = msg.method.and_then(Kind::of_request) else {
+    let Some(kind) = msg.named.map(Kind::of_named) else {
         return Ok(());
     };
     let name = msg.name.as_deref().unwrap_or("");
@@ -482,6 +482,20 @@ mod tests {
         assert_eq!((d.kind, d.name.as_str()), (Kind::Resource, "file:///x"));
         let get = br#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"p"}}"#;
         assert!(check_request(&ci, &mcp::classify(get).unwrap()).is_ok());
+        // Subscriptions go by URI, completions by their ref.
+        let sub = br#"{"jsonrpc":"2.0","id":2,"method":"resources/subscribe","params":{"uri":"file:///x"}}"#;
+        let d = check_request(&ci, &mcp::classify(sub).unwrap()).unwrap_err();
+        assert_eq!((d.kind, d.name.as_str()), (Kind::Resource, "file:///x"));
+        let complete = |r: &str| {
+            format!(
+                r#"{{"jsonrpc":"2.0","id":3,"method":"completion/complete","params":{{"ref":{r},"argument":{{"name":"a","value":""}}}}}}"#
+            )
+        };
+        let on_resource = complete(r#"{"type":"ref/resource","uri":"file:///x"}"#);
+        let d = check_request(&ci, &mcp::classify(on_resource.as_bytes()).unwrap()).unwrap_err();
+        assert_eq!((d.kind, d.name.as_str()), (Kind::Resource, "file:///x"));
+        let on_prompt = complete(r#"{"type":"ref/prompt","name":"p"}"#);
+        assert!(check_request(&ci, &mcp::classify(on_prompt.as_bytes()).unwrap()).is_ok());
         // A missing name is checked as "": only a pattern matching it allows it.
         let bare = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{}}"#;
         assert!(check_request(&ci, &mcp::classify(bare).unwrap()).is_err());

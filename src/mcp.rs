@@ -168,8 +168,43 @@ pub struct Message<'a> {
     pub method: Option<&'a str>,
     /// The raw JSON text of the id, if any.
     pub id: Option<&'a str>,
-    /// `params.name` (tools/call, prompts/get) or `params.uri` (resources/read).
+    /// What the request names: `params.name` (tools/call, prompts/get), `params.uri`
+    /// (resources/read, resources/subscribe, resources/unsubscribe) or the `params.ref`'s
+    /// name or URI (completion/complete).
     pub name: Option<String>,
+    /// Which kind of thing `name` is.
+    pub named: Option<Named>,
+}
+
+/// What a request names: a tool, a prompt or a resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Named {
+    Tool,
+    Prompt,
+    Resource,
+}
+
+impl Named {
+    /// The kind of thing `method`'s params name, and the field that names it, for methods
+    /// whose params name one thing (`completion/complete` is read from its `ref`).
+    fn of_method(method: &str) -> Option<(Named, NameField)> {
+        match method {
+            "tools/call" => Some((Named::Tool, NameField::Name)),
+            "prompts/get" => Some((Named::Prompt, NameField::Name)),
+            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+                Some((Named::Resource, NameField::Uri))
+            }
+            "completion/complete" => Some((Named::Prompt, NameField::Ref)),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum NameField {
+    Name,
+    Uri,
+    Ref,
 }
 
 /// The routing view of a whole POST body.
@@ -232,6 +267,17 @@ struct Peek<'a> {
 
 #[derive(Deserialize)]
 struct NamedParams {
+    name: Option<String>,
+    uri: Option<String>,
+    #[serde(rename = "ref")]
+    reference: Option<Reference>,
+}
+
+/// A completion's `ref`: `{"type": "ref/prompt", "name"}` or `{"type": "ref/resource", "uri"}`.
+#[derive(Deserialize)]
+struct Reference {
+    #[serde(rename = "type")]
+    kind: Option<String>,
     name: Option<String>,
     uri: Option<String>,
 }
@@ -299,25 +345,33 @@ fn classify_one(body: &[u8]) -> Result<Message<'_>, ClassifyError> {
             ))
         }
     };
-    let name = match (peek.method, peek.params) {
-        (Some("tools/call" | "prompts/get" | "resources/read"), Some(p)) => {
-            let named: NamedParams = serde_json::from_str(p.get())
+    let (named, name) = match (peek.method.and_then(Named::of_method), peek.params) {
+        (Some((named, field)), Some(p)) => {
+            let params: NamedParams = serde_json::from_str(p.get())
                 .ok()
                 .filter(|_| is_object(p.get().as_bytes()))
                 .ok_or(ClassifyError::Invalid("params must be an object"))?;
-            if peek.method == Some("resources/read") {
-                named.uri
-            } else {
-                named.name
+            match (field, params.reference) {
+                (NameField::Name, _) => (Some(named), params.name),
+                (NameField::Uri, _) => (Some(named), params.uri),
+                (NameField::Ref, Some(r)) => match r.kind.as_deref() {
+                    Some("ref/prompt") => (Some(Named::Prompt), r.name),
+                    Some("ref/resource") => (Some(Named::Resource), r.uri),
+                    _ => (None, None),
+                },
+                (NameField::Ref, None) => (None, None),
             }
         }
-        _ => None,
+        // No params: the name is missing, which a rule can still refuse.
+        (Some((named, NameField::Name | NameField::Uri)), None) => (Some(named), None),
+        _ => (None, None),
     };
     Ok(Message {
         kind,
         method: peek.method,
         id,
         name,
+        named,
     })
 }
 
@@ -553,7 +607,8 @@ mod tests {
                 kind: Kind::Request,
                 method: Some("tools/call"),
                 id: Some("1"),
-                name: Some("echo".into())
+                name: Some("echo".into()),
+                named: Some(Named::Tool),
             })
         );
         let n = classify(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).unwrap();
@@ -571,6 +626,29 @@ mod tests {
         )
         .unwrap();
         assert_eq!(b.messages()[0].name.as_deref(), Some("file:///a"));
+        assert_eq!(b.messages()[0].named, Some(Named::Resource));
+    }
+
+    #[test]
+    fn subscriptions_and_completions_name_what_they_are_about() {
+        let name = |body: &str| {
+            let b = classify(body.as_bytes()).unwrap();
+            let m = &b.messages()[0];
+            (m.named, m.name.clone())
+        };
+        let sub = r#"{"jsonrpc":"2.0","id":1,"method":"resources/subscribe","params":{"uri":"file:///a"}}"#;
+        assert_eq!(name(sub), (Some(Named::Resource), Some("file:///a".into())));
+        let prompt = r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"greet"},"argument":{"name":"a","value":""}}}"#;
+        assert_eq!(name(prompt), (Some(Named::Prompt), Some("greet".into())));
+        let res = r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/resource","uri":"file:///{x}"}}}"#;
+        assert_eq!(
+            name(res),
+            (Some(Named::Resource), Some("file:///{x}".into()))
+        );
+        let odd = r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/other"}}}"#;
+        assert_eq!(name(odd), (None, None));
+        let list = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"name":"x"}}"#;
+        assert_eq!(name(list), (None, None));
     }
 
     #[test]
