@@ -33,7 +33,14 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub sse: SseConfig,
     pub degradation: Thresholds,
+    /// The upstream of a single-server config (`[upstream]`); with `[[server]]`, the first
+    /// server's.
     pub upstream: Upstream,
+    /// The named servers (`[[server]]`); without them, `upstream` as one unnamed server.
+    pub servers: Vec<super::federation::ServerConfig>,
+    /// The paths clients reach and the servers behind each (`[[route]]`); at least one.
+    pub routes: Vec<super::federation::RouteConfig>,
+    pub federation: super::federation::FederationConfig,
     /// Recording; `None` when off.
     pub tapes: Option<tapes::TapeConfig>,
     pub auth: super::auth::AuthConfig,
@@ -294,7 +301,22 @@ impl FileConfig {
         if listen_backlog == 0 {
             return err("server.listen_backlog", "must be at least 1");
         }
+        let servers = vec![super::federation::ServerConfig {
+            name: String::new(),
+            upstream: upstream.clone(),
+            tools: Default::default(),
+            prompts: Default::default(),
+            resources: Default::default(),
+            prefix: Default::default(),
+        }];
+        let routes = vec![super::federation::RouteConfig {
+            path: super::federation::DEFAULT_ROUTE_PATH.into(),
+            servers: vec![0],
+        }];
         Ok(Config {
+            servers,
+            routes,
+            federation: Default::default(),
             listen,
             admin,
             shards,
