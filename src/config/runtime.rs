@@ -72,6 +72,45 @@ pub enum Strategy {
     Sticky,
 }
 
+impl Config {
+    /// Whether the servers are named (`[[server]]`): requests then go through the federation
+    /// (`upstream::federated`), even to a route of one server.
+    pub fn is_federated(&self) -> bool {
+        self.servers.first().is_some_and(|s| !s.name.is_empty())
+    }
+
+    /// The upstreams the gateway serves from: the one upstream, or each server's.
+    fn upstreams(&self) -> impl Iterator<Item = &Upstream> {
+        let servers = self.is_federated().then_some(&self.servers);
+        let one = (!self.is_federated()).then_some(&self.upstream);
+        servers
+            .into_iter()
+            .flatten()
+            .map(|s| &s.upstream)
+            .chain(one)
+    }
+
+    /// HTTP upstreams (replicas) over all servers: their health gauges, in server order.
+    pub fn http_targets(&self) -> usize {
+        self.upstreams()
+            .map(|u| match u {
+                Upstream::Http(h) => h.targets.len(),
+                Upstream::Stdio(_) => 0,
+            })
+            .sum()
+    }
+
+    /// Child processes over all stdio servers (one gate across shards).
+    pub fn max_stdio_processes(&self) -> usize {
+        self.upstreams()
+            .map(|u| match u {
+                Upstream::Stdio(s) => s.max_processes,
+                Upstream::Http(_) => 0,
+            })
+            .sum()
+    }
+}
+
 impl Upstream {
     /// How the upstream is named in logs.
     pub fn describe(&self) -> String {

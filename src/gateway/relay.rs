@@ -24,7 +24,7 @@ use crate::metrics::inc;
 use crate::shard::sse::{SseCtx, Stream, WriteEnd};
 use crate::shard::{ClientConn, Shard};
 use crate::tape::{Dir, Tap};
-use crate::upstream::era::Shaping;
+use crate::upstream::Shape;
 use crate::upstream::http::{read_body, read_upstream};
 use crate::upstream::{Events, HttpAnswer, Source, UpConn};
 
@@ -77,7 +77,7 @@ pub struct Answer<'a> {
     /// can tell whether it was written (initialize: its session stands or falls by it).
     pub track_answer: bool,
     /// Translates the answer of a handshake-era upstream for a 2026-07-28 client (`era`).
-    pub shape: Option<Box<Shaping>>,
+    pub shape: Option<Box<Shape>>,
     /// Filters list answers by the subject's grant (`authz`).
     pub filter: Option<ListFilter>,
 }
@@ -396,7 +396,7 @@ async fn relay_shaped(
 }
 
 /// How a whole JSON body is rewritten: translated for a 2026-07-28 client, then filtered.
-type Rewrite<'a> = (Option<&'a Shaping>, Option<&'a ListFilter>);
+type Rewrite<'a> = (Option<&'a Shape>, Option<&'a ListFilter>);
 
 /// A 502 for an answer that could not be read whole, before anything was written.
 fn bad_gateway() -> Vec<u8> {
