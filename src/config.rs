@@ -18,10 +18,12 @@
 //! imports a serving module. Both layers are re-exported here: every item is `config::X`.
 
 mod auth;
+mod federation;
 mod file;
 mod runtime;
 pub mod tapes;
 
 pub use auth::*;
+pub use federation::*;
 pub use file::*;
 pub use runtime::*;
