@@ -6,7 +6,8 @@
 
 use crate::authz::glob::Glob;
 
-use super::runtime::Upstream;
+// Through the folder root (`config.rs` re-exports it): `runtime` imports this file.
+use super::Upstream;
 
 /// Separator between a server's name and a name it offers, in prefixed names.
 pub const DEFAULT_FEDERATION_SEPARATOR: &str = "__";
