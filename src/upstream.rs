@@ -7,7 +7,8 @@
 //!
 //! The kinds: `http` (one or several Streamable HTTP servers, with `pool`, `balance` and
 //! `health`; `era` carries 2026-07-28 requests to handshake-era ones) and `stdio` (child
-//! processes). A client session's upstream half is an `UpSession`.
+//! processes). `federated` holds the pure logic of a route of several named servers (names,
+//! merged answers, cursors, rewrites). A client session's upstream half is an `UpSession`.
 //!
 //! Invariants: no kind writes to the client, records a frame or touches the session table:
 //! that is the pipeline's (`gateway`); a kind imports nothing above this layer. A `Source`
@@ -16,6 +17,7 @@
 
 pub mod balance;
 pub mod era;
+pub mod federated;
 pub mod health;
 pub mod http;
 pub mod pool;
