@@ -20,5 +20,6 @@
 //! shows resolves back to the server and name it labels (`names`), and every edit keeps the
 //! bytes it does not mean to change (`rewrite`, `json`).
 
+pub mod cursor;
 pub mod names;
 pub mod uri;
