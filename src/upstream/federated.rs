@@ -21,5 +21,7 @@
 //! bytes it does not mean to change (`rewrite`, `json`).
 
 pub mod cursor;
+pub mod json;
+pub mod merge;
 pub mod names;
 pub mod uri;
