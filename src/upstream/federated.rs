@@ -24,4 +24,5 @@ pub mod cursor;
 pub mod json;
 pub mod merge;
 pub mod names;
+pub mod rewrite;
 pub mod uri;
