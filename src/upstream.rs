@@ -7,7 +7,8 @@
 //!
 //! The kinds: `http` (one or several Streamable HTTP servers, with `pool`, `balance` and
 //! `health`; `era` carries 2026-07-28 requests to handshake-era ones) and `stdio` (child
-//! processes). A client session's upstream half is an `UpSession`.
+//! processes). `federated` holds the pure logic of a route of several named servers (names,
+//! merged answers, cursors, rewrites). A client session's upstream half is an `UpSession`.
 //!
 //! Invariants: no kind writes to the client, records a frame or touches the session table:
 //! that is the pipeline's (`gateway`); a kind imports nothing above this layer. A `Source`
@@ -362,7 +363,8 @@ impl Upstreams {
         call: &Call<'_>,
     ) -> Result<(Source, Option<UpSession>)> {
         if let Some(fed) = &self.federation {
-            return federated::open_session(fed, call).await;
+            // Boxed: a federation's servers are `Upstreams` too (the future would hold itself).
+            return Box::pin(federated::open_session(fed, call)).await;
         }
         match &self.stdio {
             Some(host) => stdio::open_session(self, host, call).await,
@@ -377,7 +379,7 @@ impl Upstreams {
             UpSession::Http { upstream, sid } => {
                 http::send(self, call, Some(*upstream), sid.as_deref()).await
             }
-            UpSession::Federated(s) => federated::send(self.federated()?, s, call).await,
+            UpSession::Federated(s) => Box::pin(federated::send(self.federated()?, s, call)).await,
         }
     }
 
@@ -394,7 +396,9 @@ impl Upstreams {
             UpSession::Http { upstream, sid } => {
                 http::send(self, call, Some(*upstream), sid.as_deref()).await
             }
-            UpSession::Federated(s) => federated::open_stream(self.federated()?, s, call).await,
+            UpSession::Federated(s) => {
+                Box::pin(federated::open_stream(self.federated()?, s, call)).await
+            }
         }
     }
 
@@ -406,7 +410,9 @@ impl Upstreams {
                 upstream,
                 sid: Some(sid),
             } => http::send(self, call, Some(*upstream), Some(sid)).await,
-            UpSession::Federated(s) => federated::end_session(self.federated()?, s, call).await,
+            UpSession::Federated(s) => {
+                Box::pin(federated::end_session(self.federated()?, s, call)).await
+            }
             _ => Ok(Source::Status(200)),
         }
     }
@@ -414,7 +420,7 @@ impl Upstreams {
     /// A request of no session: 2026-07-28 (`stateless`), or a client of a sessionless server.
     pub async fn stateless(self: &Rc<Self>, call: &Call<'_>) -> Result<Source> {
         if let Some(fed) = &self.federation {
-            return federated::stateless(fed, call).await;
+            return Box::pin(federated::stateless(fed, call)).await;
         }
         match &self.stdio {
             Some(host) => stdio::stateless(self, host, call).await,

@@ -6,7 +6,8 @@
 
 use crate::authz::glob::Glob;
 
-use super::runtime::Upstream;
+// Through the folder root (`config.rs` re-exports it): `runtime` imports this file.
+use super::Upstream;
 
 /// Separator between a server's name and a name it offers, in prefixed names.
 pub const DEFAULT_FEDERATION_SEPARATOR: &str = "__";
@@ -72,10 +73,17 @@ pub enum FailureMode {
     Closed,
 }
 
+/// The most names a route's name table keeps per shard.
+pub const DEFAULT_FEDERATION_MAX_NAMES: usize = 65536;
+/// Pages the gateway reads from one server to learn a name it has not seen listed.
+pub const DEFAULT_FEDERATION_MAX_LIST_PAGES: usize = 64;
+
 #[derive(Debug, Clone)]
 pub struct FederationConfig {
     pub separator: String,
     pub failure_mode: FailureMode,
+    pub max_names: usize,
+    pub max_list_pages: usize,
 }
 
 impl Default for FederationConfig {
@@ -83,6 +91,8 @@ impl Default for FederationConfig {
         FederationConfig {
             separator: DEFAULT_FEDERATION_SEPARATOR.into(),
             failure_mode: FailureMode::Open,
+            max_names: DEFAULT_FEDERATION_MAX_NAMES,
+            max_list_pages: DEFAULT_FEDERATION_MAX_LIST_PAGES,
         }
     }
 }

@@ -16,7 +16,23 @@
 //!   client's answers to a server's requests go back to that server (`rewrite::untag_id`).
 //! - DELETE, expiry and shutdown end every server's session.
 //!
-//! `collect` reads a server's answer whole where the gateway merges it.
+//! The pure logic, no I/O:
+//! - `names`   — a route's name table: the client-visible name of each tool, prompt and
+//!   resource, and the way back (which server, under which of its own names).
+//! - `uri`     — the reversible mark a resource URI (or URI template) of one server carries when
+//!   it must be told apart, and RFC 6570 template matching.
+//! - `merge`   — one answer from the servers' answers: `initialize`, `server/discover`, and the
+//!   four list methods (`tools/list`, `prompts/list`, `resources/list`,
+//!   `resources/templates/list`).
+//! - `cursor`  — the opaque pagination cursor of a merged list: where each server stands.
+//! - `rewrite` — byte-exact edits of messages crossing the gateway: a request renamed to the
+//!   server's own name, server-to-client request ids tagged with their server, URIs in results
+//!   and notifications marked for the client.
+//! - `json`    — raw-JSON helpers the others share (spans of borrowed values, splicing).
+//!
+//!
+//! The runtime beside it: `collect` reads a server's answer whole where the gateway merges
+//! it; `stream` merges the servers' GET streams.
 //!
 //! Invariants: like every kind, nothing here writes to the client, records a frame or touches
 //! the session table; a name no server of the route offers, or one a filter hides, is refused
@@ -24,6 +40,7 @@
 
 pub mod collect;
 pub mod cursor;
+pub mod json;
 pub mod merge;
 pub mod names;
 pub mod rewrite;
@@ -59,6 +76,8 @@ struct Route {
     /// Server indexes, in route order ("members").
     members: Vec<usize>,
     table: RefCell<names::Names>,
+    /// What the route's cursors are bound to.
+    binding: cursor::Binding,
 }
 
 /// A client session's upstream half on a federated route: per member, its session on that
@@ -95,6 +114,7 @@ impl Federation {
                 let table = names::Names::new(&members, &f.separator, f.max_names)
                     .unwrap_or_else(|e| panic!("route {}: {e} (config validation missed it)", r.path));
                 Route {
+                    binding: cursor::Binding::new(&r.path, &members),
                     path: r.path.clone(),
                     members: r.servers.clone(),
                     table: RefCell::new(table),
@@ -370,8 +390,9 @@ async fn named(
         )
     })?;
     let method = msg.method.unwrap_or("");
-    let body = rewrite::rename_request(call.body, msg.named.unwrap_or(mcp::Named::Tool), method, &own)
-        .map_err(|e| Error::new(Kind::InvalidRequest, e))?;
+    let named = msg.named.unwrap_or(mcp::Named::Tool);
+    let body = rewrite::rename_request(call.body, named, method, &own)
+        .ok_or_else(|| Error::new(Kind::InvalidParams, "the name is not a string"))?;
     let src = forward(fed, server, up, call, &body).await?;
     Ok(tagged(src, member, s.servers.len() > 1))
 }
@@ -421,13 +442,16 @@ async fn answer_to_server(
     msg: &mcp::Message<'_>,
     call: &Call<'_>,
 ) -> Result<Source> {
-    let untagged = msg.id.and_then(rewrite::untag_id);
-    let (member, body) = match untagged {
-        Some((member, id)) => (member, rewrite::with_id(call.body, &id)),
+    let _ = msg;
+    let (member, body) = match rewrite::untag_message(call.body) {
+        Some((member, body)) => (member, Some(body)),
         // Ids of a route of one server are not tagged.
         None if s.servers.len() == 1 => (0, None),
         None => {
-            log::info!("shard {}: a response to no server's request, dropped", fed.servers[0].shard);
+            log::info!(
+                "shard {}: a response to no server's request, dropped",
+                fed.servers[s.servers[0]].shard
+            );
             return Ok(Source::Status(202));
         }
     };
@@ -532,12 +556,29 @@ async fn list(
     let kind = list_kind(method).ok_or_else(|| Error::new(Kind::Internal, "not a list"))?;
     let route = &fed.routes[s.route];
     let n = route.members.len();
-    let cursor = match rewrite::cursor_of(call.body) {
-        Some(c) => cursor::Cursor::decode(&c, n).map_err(|e| Error::new(Kind::InvalidParams, e))?,
-        None => cursor::Cursor::start(n),
+    let cursor = match cursor_of(call.body) {
+        Some(c) => cursor::Cursor::decode(&c, route.binding)
+            .map_err(|e| Error::new(Kind::InvalidParams, format!("cursor: {e}")))?,
+        None => cursor::Cursor::start(route.binding),
     };
-    let result = merged_page(fed, s, call, call.body, kind, &cursor).await;
-    Ok(result_message(msg, &result.to_string()))
+    let _ = n;
+    let merged = merged_page(fed, s, call, call.body, kind, &cursor).await?;
+    let result = String::from_utf8(merged.result)
+        .map_err(|_| Error::new(Kind::Internal, "merged list"))?;
+    Ok(result_message(msg, &result))
+}
+
+/// A list request's `params.cursor`.
+fn cursor_of(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct P {
+        cursor: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct M {
+        params: Option<P>,
+    }
+    serde_json::from_slice::<M>(body).ok()?.params?.cursor
 }
 
 /// Lists `kind` of every member to its end (at most `federation.max_list_pages` pages), so
@@ -552,21 +593,19 @@ async fn learn(fed: &Rc<Federation>, s: &FedSession, kind: names::Kind, call: &C
         }
     };
     let body = format!(r#"{{"jsonrpc":"2.0","id":"shardcat-names","method":"{method}"}}"#);
-    let n = fed.routes[s.route].members.len();
-    let mut cursor = cursor::Cursor::start(n);
+    let binding = fed.routes[s.route].binding;
+    let mut cursor = cursor::Cursor::start(binding);
     for _ in 0..fed.max_list_pages {
-        let v = merged_page(fed, s, call, body.as_bytes(), list, &cursor).await;
-        let next = v.get("nextCursor").and_then(|c| c.as_str());
-        match next.map(|c| cursor::Cursor::decode(c, n)) {
-            Some(Ok(c)) => cursor = c,
+        match merged_page(fed, s, call, body.as_bytes(), list, &cursor).await {
+            Ok(merge::MergedList { next: Some(c), .. }) => cursor = c,
             _ => break,
         }
     }
     if list == merge::ListKind::Resources {
         let body = r#"{"jsonrpc":"2.0","id":"shardcat-names","method":"resources/templates/list"}"#;
-        let start = cursor::Cursor::start(n);
-        merged_page(fed, s, call, body.as_bytes(), merge::ListKind::ResourceTemplates, &start)
-            .await;
+        let start = cursor::Cursor::start(binding);
+        let templates = merge::ListKind::ResourceTemplates;
+        let _ = merged_page(fed, s, call, body.as_bytes(), templates, &start).await;
     }
 }
 
@@ -579,7 +618,7 @@ async fn merged_page(
     body: &[u8],
     kind: merge::ListKind,
     cursor: &cursor::Cursor,
-) -> serde_json::Value {
+) -> Result<merge::MergedList> {
     let route = &fed.routes[s.route];
     let n = route.members.len();
     let pages = join_all((0..n).map(|m| {
@@ -589,14 +628,24 @@ async fn merged_page(
             let at = match pos {
                 cursor::Position::Done => return None,
                 cursor::Position::Start => None,
-                cursor::Position::At(c) => Some(c),
+                cursor::Position::At(c) => Some(c.as_str()),
             };
             page(fed, route.members[m], up, (call, body), at).await
         }
     }))
     .await;
+    let pages: Vec<Option<&[u8]>> = pages.iter().map(|p| p.as_deref()).collect();
     let mut table = route.table.borrow_mut();
-    merge::merge_list(kind, &mut table, &pages, cursor)
+    let merged = merge::merge_list(kind, &mut table, &pages, cursor)
+        .map_err(|e| Error::new(Kind::UpstreamProtocol, format!("merged cursor: {e}")))?;
+    for (m, why) in &merged.left_out {
+        log::info!(
+            "shard {}: server {} left out of a list page: {why}",
+            fed.servers[route.members[*m]].shard,
+            fed.server_name(route.members[*m])
+        );
+    }
+    Ok(merged)
 }
 
 /// One page of a member's list, from `cursor` (`None`: the first); `None` when the member
@@ -607,13 +656,14 @@ async fn page(
     up: &UpSession,
     (call, body): (&Call<'_>, &[u8]),
     cursor: Option<&str>,
-) -> Option<serde_json::Value> {
-    let body = rewrite::with_cursor(body, cursor);
+) -> Option<Vec<u8>> {
     let ups = &fed.servers[server];
+    let body = rewrite::with_cursor(body, cursor)?;
     let got = match forward(fed, server, up, call, &body).await {
         Ok(src) => collect(ups, src).await.and_then(|a| result_of(a, "list")),
         Err(e) => Err(e),
-    };
+    }
+    .and_then(|v| serde_json::to_vec(&v).map_err(|e| Error::new(Kind::Internal, e.to_string())));
     got.inspect_err(|e| {
         log::info!(
             "shard {}: server {}: list failed: {e}",
@@ -633,16 +683,19 @@ fn merge_initialize(
     requested: &str,
 ) -> std::result::Result<(String, Vec<(usize, String)>), String> {
     let members: Vec<&ServerConfig> = route.members.iter().map(|&i| &fed.configs[i]).collect();
-    let m = merge::merge_initialize(&route.path, &members, answers, requested);
-    if m.left_out.len() == answers.len() {
-        let why: Vec<String> = m
-            .left_out
-            .iter()
-            .map(|(i, w)| format!("{}: {w}", members[*i].name))
-            .collect();
-        return Err(format!("no server of this route could initialize: {}", why.join("; ")));
+    match merge::merge_initialize(&route.path, &members, answers, requested) {
+        Ok(m) => Ok((m.result.to_string(), m.left_out)),
+        Err(left_out) => {
+            let why: Vec<String> = left_out
+                .iter()
+                .map(|(i, w)| format!("{}: {w}", members[*i].name))
+                .collect();
+            Err(format!(
+                "no server of this route could initialize: {}",
+                why.join("; ")
+            ))
+        }
     }
-    Ok((m.result.to_string(), m.left_out))
 }
 
 /// Gives the requests a member server sends (sampling, elicitation, roots) ids that name the
@@ -658,11 +711,10 @@ impl Tag {
         let Ok(mcp::Body::Single(m)) = mcp::classify(&ev.data) else {
             return raw;
         };
-        let Some(id) = m.id.filter(|_| m.kind == mcp::Kind::Request) else {
+        if m.kind == mcp::Kind::Response {
             return raw;
-        };
-        let tagged = rewrite::tag_id(self.member, id);
-        match rewrite::with_id(&ev.data, &tagged) {
+        }
+        match rewrite::tag_message(self.member, &ev.data) {
             Some(data) => Bytes::from(sse_message(ev.id.as_deref(), &data)),
             None => raw,
         }
