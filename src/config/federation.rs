@@ -6,7 +6,7 @@
 
 use crate::authz::glob::Glob;
 
-use super::runtime::Upstream;
+use super::upstream::Upstream;
 
 /// Separator between a server's name and a name it offers, in prefixed names.
 pub const DEFAULT_FEDERATION_SEPARATOR: &str = "__";

@@ -11,6 +11,9 @@ use super::file::{
     TimeoutsSection, UpstreamSection, MAX_SHARDS,
 };
 use super::tapes;
+use super::upstream::{
+    HealthConfig, HttpUpstreams, ProbeKind, StdioConfig, Strategy, Upstream, UpstreamConfig,
+};
 
 /// Which io driver the shards run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,61 +47,6 @@ pub struct Config {
     /// Recording; `None` when off.
     pub tapes: Option<tapes::TapeConfig>,
     pub auth: super::auth::AuthConfig,
-}
-
-/// The upstream MCP server: over HTTP (one or several), or a program spoken to over stdio.
-#[derive(Debug, Clone)]
-pub enum Upstream {
-    Http(HttpUpstreams),
-    Stdio(StdioConfig),
-}
-
-/// One or several HTTP upstreams serving the same MCP endpoint.
-#[derive(Debug, Clone)]
-pub struct HttpUpstreams {
-    pub targets: Vec<UpstreamConfig>,
-    pub strategy: Strategy,
-}
-
-/// How new sessions and stateless requests are spread over several upstreams. A session always
-/// stays on the upstream it started on (its upstream session lives there).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Strategy {
-    /// Smooth weighted round robin.
-    RoundRobin,
-    /// Fewest requests in flight on this shard, relative to weight.
-    LeastConnections,
-    /// By client address: a client keeps its upstream, for stateless requests too.
-    Sticky,
-}
-
-impl Upstream {
-    /// How the upstream is named in logs.
-    pub fn describe(&self) -> String {
-        match self {
-            Upstream::Http(h) => h
-                .targets
-                .iter()
-                .map(|u| format!("http://{}{}", u.authority, u.path))
-                .collect::<Vec<_>>()
-                .join(", "),
-            Upstream::Stdio(s) => format!("stdio: {} {}", s.command, s.args.join(" ")),
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct StdioConfig {
-    pub command: String,
-    pub args: Vec<String>,
-    pub env: Vec<(String, String)>,
-    pub cwd: Option<String>,
-    pub prewarm: usize,
-    pub max_processes: usize,
-    pub stateless_children: usize,
-    pub kill_grace: Duration,
-    pub stderr_lines_per_s: u32,
-    pub stdin_queue_depth: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -170,42 +118,6 @@ pub struct Thresholds {
     /// 0: memory is not measured.
     pub max_memory_bytes: u64,
     pub max_pending_events: u64,
-}
-
-#[derive(Debug, Clone)]
-pub struct UpstreamConfig {
-    pub addr: SocketAddr,
-    /// `host:port` as written in the URL, sent as `Host`.
-    pub authority: String,
-    pub path: String,
-    pub authorization: Option<String>,
-    pub pool_max_idle: usize,
-    pub pool_max_connections: usize,
-    pub pool_idle_timeout: Duration,
-    pub weight: u32,
-    pub health: HealthConfig,
-}
-
-/// How an upstream is probed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProbeKind {
-    Mcp,
-    Http,
-    Off,
-}
-
-/// Validated health settings of one HTTP upstream (see `health`).
-#[derive(Debug, Clone)]
-pub struct HealthConfig {
-    pub kind: ProbeKind,
-    pub path: String,
-    pub interval: Duration,
-    pub timeout: Duration,
-    pub healthy_threshold: u32,
-    pub unhealthy_threshold: u32,
-    pub breaker_failures: u32,
-    pub breaker_open: Duration,
-    pub breaker_half_open_requests: u32,
 }
 
 /// Which `Origin` and `Host` values are accepted.
