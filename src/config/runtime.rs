@@ -203,9 +203,9 @@ impl FileConfig {
         let sse = self.sse.validate()?;
         let degradation = self.degradation.validate()?;
         let upstream = match self.upstream.as_slice() {
-            [] => validate_upstream(&UpstreamSection::default(), demo_addr)?,
-            [u] => validate_upstream(u, demo_addr)?,
-            many => validate_many(many)?,
+            [] => validate_upstream(&UpstreamSection::default(), demo_addr, At::UPSTREAM)?,
+            [u] => validate_upstream(u, demo_addr, At::UPSTREAM)?,
+            many => validate_many(many, At::UPSTREAM)?,
         };
         let tapes = self.tapes.resolve()?;
         let auth = self.auth.validate().map_err(ConfigError)?;
@@ -519,76 +519,118 @@ impl TapesSection {
     }
 }
 
+/// Where an upstream's keys are written, for error messages: `upstream.<key>` for
+/// `[upstream]`, `server.<name>.<key>` for a server, and `server.<name>.replica[<i>].url` (and
+/// `weight`) for the keys each of a server's replicas sets itself.
+#[derive(Debug, Clone, Copy)]
+struct At<'a> {
+    table: &'a str,
+    /// The targets are a server's replicas: `url` and `weight` are written in each.
+    replicas: bool,
+    nth: usize,
+}
+
+impl<'a> At<'a> {
+    const UPSTREAM: At<'static> = At {
+        table: "upstream",
+        replicas: false,
+        nth: 0,
+    };
+
+    fn key(self, name: &str) -> String {
+        match name {
+            "url" | "weight" if self.replicas => {
+                format!("{}.replica[{}].{name}", self.table, self.nth)
+            }
+            _ => format!("{}.{name}", self.table),
+        }
+    }
+
+    /// The `i`th target's keys.
+    fn nth(self, i: usize) -> At<'a> {
+        At { nth: i, ..self }
+    }
+}
+
 fn validate_upstream(
     u: &UpstreamSection,
     demo: Option<SocketAddr>,
+    at: At,
 ) -> Result<Upstream, ConfigError> {
     match u.kind.as_str() {
         "http" => Ok(Upstream::Http(HttpUpstreams {
-            targets: vec![validate_http(u, demo, false)?],
-            strategy: strategy(&u.strategy)?,
+            targets: vec![validate_http(u, demo, false, at)?],
+            strategy: strategy(&u.strategy, at)?,
         })),
-        "stdio" => validate_stdio(u).map(Upstream::Stdio),
+        "stdio" => validate_stdio(u, at).map(Upstream::Stdio),
         other => err(
-            "upstream.kind",
+            &at.key("kind"),
             format!("'{other}' is not one of http, stdio"),
         ),
     }
 }
 
-/// Several `[[upstream]]` entries: all http, each with its own URL.
-fn validate_many(many: &[UpstreamSection]) -> Result<Upstream, ConfigError> {
+/// Several `[[upstream]]` entries (or a server's replicas): all http, each with its own URL.
+fn validate_many(many: &[UpstreamSection], at: At) -> Result<Upstream, ConfigError> {
     if many.iter().any(|u| u.kind != "http") {
         return err(
-            "upstream.kind",
+            &at.key("kind"),
             "several upstreams must all be http (one stdio upstream serves alone)",
         );
     }
-    if many.iter().any(|u| u.url.is_empty()) {
-        return err("upstream.url", "is required for each of several upstreams");
+    if let Some(i) = many.iter().position(|u| u.url.is_empty()) {
+        return err(
+            &at.nth(i).key("url"),
+            "is required for each of several upstreams",
+        );
     }
     let targets = many
         .iter()
-        .map(|u| validate_http(u, None, true))
+        .enumerate()
+        .map(|(i, u)| validate_http(u, None, true, at.nth(i)))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Upstream::Http(HttpUpstreams {
         targets,
-        strategy: strategy(&many[0].strategy)?,
+        strategy: strategy(&many[0].strategy, at)?,
     }))
 }
 
-fn strategy(s: &str) -> Result<Strategy, ConfigError> {
+fn strategy(s: &str, at: At) -> Result<Strategy, ConfigError> {
     match s {
         "round_robin" => Ok(Strategy::RoundRobin),
         "least_connections" => Ok(Strategy::LeastConnections),
         "sticky" => Ok(Strategy::Sticky),
         other => err(
-            "upstream.strategy",
+            &at.key("strategy"),
             format!("'{other}' is not one of round_robin, least_connections, sticky"),
         ),
     }
 }
 
-fn validate_stdio(u: &UpstreamSection) -> Result<StdioConfig, ConfigError> {
+fn validate_stdio(u: &UpstreamSection, at: At) -> Result<StdioConfig, ConfigError> {
+    let key = |k: &str| at.key(k);
     if u.command.trim().is_empty() {
-        return err("upstream.command", "is required for kind = \"stdio\"");
+        return err(&key("command"), "is required for kind = \"stdio\"");
     }
     if u.max_processes == 0 {
-        return err("upstream.max_processes", "must be at least 1");
+        return err(&key("max_processes"), "must be at least 1");
     }
     if u.stdin_queue_depth == 0 {
-        return err("upstream.stdin_queue_depth", "must be at least 1");
+        return err(&key("stdin_queue_depth"), "must be at least 1");
     }
     if u.kill_grace_ms == 0 {
-        return err("upstream.kill_grace_ms", "must be at least 1 ms");
+        return err(&key("kill_grace_ms"), "must be at least 1 ms");
     }
     if u.prewarm + u.stateless_children > u.max_processes {
         return err(
-            "upstream.prewarm",
-            "prewarm + stateless_children must not exceed upstream.max_processes",
+            &key("prewarm"),
+            format!(
+                "prewarm + stateless_children must not exceed {}",
+                key("max_processes")
+            ),
         );
     }
-    check_spawnable(u)?;
+    check_spawnable(u, at)?;
     Ok(StdioConfig {
         command: u.command.clone(),
         args: u.args.clone(),
@@ -605,21 +647,21 @@ fn validate_stdio(u: &UpstreamSection) -> Result<StdioConfig, ConfigError> {
 
 /// What the kernel cannot take in a command line or an environment (a NUL ends a C string;
 /// `=` ends a variable's name) fails at load time, not at each spawn.
-fn check_spawnable(u: &UpstreamSection) -> Result<(), ConfigError> {
+fn check_spawnable(u: &UpstreamSection, at: At) -> Result<(), ConfigError> {
     let nul = |v: &str| v.contains('\0');
     if nul(&u.command) {
-        return err("upstream.command", "must not contain a NUL character");
+        return err(&at.key("command"), "must not contain a NUL character");
     }
     if u.args.iter().any(|a| nul(a)) {
-        return err("upstream.args", "must not contain a NUL character");
+        return err(&at.key("args"), "must not contain a NUL character");
     }
     if u.cwd.as_deref().is_some_and(nul) {
-        return err("upstream.cwd", "must not contain a NUL character");
+        return err(&at.key("cwd"), "must not contain a NUL character");
     }
     for (k, v) in &u.env {
         if k.is_empty() || k.contains('=') || nul(k) || nul(v) {
             return err(
-                "upstream.env",
+                &at.key("env"),
                 "names must be non-empty without '=' or NUL, values without NUL",
             );
         }
@@ -669,36 +711,38 @@ fn validate_http(
     u: &UpstreamSection,
     demo: Option<SocketAddr>,
     several: bool,
+    at: At,
 ) -> Result<UpstreamConfig, ConfigError> {
+    let key = |k: &str| at.key(k);
     let (addr, authority, path) = if u.url.is_empty() {
         match demo {
             Some(a) => (a, a.to_string(), "/mcp".to_string()),
-            None => return err("upstream.url", "is required"),
+            None => return err(&key("url"), "is required"),
         }
     } else {
-        parse_http_url(&u.url)?
+        parse_url(&u.url, &key("url"))?
     };
     if u.pool_max_connections == 0 {
-        return err("upstream.pool_max_connections", "must be at least 1");
+        return err(&key("pool_max_connections"), "must be at least 1");
     }
     if u.pool_max_idle > u.pool_max_connections {
         return err(
-            "upstream.pool_max_idle",
-            "must not exceed upstream.pool_max_connections",
+            &key("pool_max_idle"),
+            format!("must not exceed {}", key("pool_max_connections")),
         );
     }
     if u.pool_idle_timeout_ms == 0 {
-        return err("upstream.pool_idle_timeout_ms", "must be at least 1 ms");
+        return err(&key("pool_idle_timeout_ms"), "must be at least 1 ms");
     }
     if u.weight == 0 || u.weight > 1000 {
-        return err("upstream.weight", "must be between 1 and 1000");
+        return err(&key("weight"), "must be between 1 and 1000");
     }
     if let Some(a) = &u.authorization {
         if a.bytes().any(|b| b == b'\r' || b == b'\n') {
-            return err("upstream.authorization", "must be one line");
+            return err(&key("authorization"), "must be one line");
         }
     }
-    let health = validate_health(u, &path, several)?;
+    let health = validate_health(u, &path, several, at)?;
     Ok(UpstreamConfig {
         addr,
         authority,
@@ -716,6 +760,7 @@ fn validate_health(
     u: &UpstreamSection,
     path: &str,
     several: bool,
+    at: At,
 ) -> Result<HealthConfig, ConfigError> {
     let kind = match (u.health_check.as_str(), several) {
         ("auto", true) | ("mcp", _) => ProbeKind::Mcp,
@@ -723,31 +768,31 @@ fn validate_health(
         ("http", _) => ProbeKind::Http,
         (other, _) => {
             return err(
-                "upstream.health_check",
+                &at.key("health_check"),
                 format!("'{other}' is not one of auto, mcp, http, off"),
             )
         }
     };
-    let at_least_1 = |key: &str, v: u64| {
+    let at_least_1 = |k: &str, v: u64| {
         if v == 0 {
-            err(key, "must be at least 1")
+            err(&at.key(k), "must be at least 1")
         } else {
             Ok(())
         }
     };
-    at_least_1("upstream.health_interval_ms", u.health_interval_ms)?;
-    at_least_1("upstream.health_timeout_ms", u.health_timeout_ms)?;
-    at_least_1("upstream.healthy_threshold", u.healthy_threshold.into())?;
-    at_least_1("upstream.unhealthy_threshold", u.unhealthy_threshold.into())?;
-    at_least_1("upstream.breaker_failures", u.breaker_failures.into())?;
-    at_least_1("upstream.breaker_open_ms", u.breaker_open_ms)?;
+    at_least_1("health_interval_ms", u.health_interval_ms)?;
+    at_least_1("health_timeout_ms", u.health_timeout_ms)?;
+    at_least_1("healthy_threshold", u.healthy_threshold.into())?;
+    at_least_1("unhealthy_threshold", u.unhealthy_threshold.into())?;
+    at_least_1("breaker_failures", u.breaker_failures.into())?;
+    at_least_1("breaker_open_ms", u.breaker_open_ms)?;
     at_least_1(
-        "upstream.breaker_half_open_requests",
+        "breaker_half_open_requests",
         u.breaker_half_open_requests.into(),
     )?;
     let probe_path = u.health_path.clone().unwrap_or_else(|| path.to_string());
     if !probe_path.starts_with('/') || probe_path.bytes().any(|b| b <= b' ') {
-        return err("upstream.health_path", "must be a path starting with /");
+        return err(&at.key("health_path"), "must be a path starting with /");
     }
     Ok(HealthConfig {
         kind,
@@ -764,15 +809,20 @@ fn validate_health(
 
 /// Splits `http://host[:port][/path]`. Only plain HTTP: TLS upstreams terminate elsewhere.
 pub fn parse_http_url(url: &str) -> Result<(SocketAddr, String, String), ConfigError> {
+    parse_url(url, "upstream.url")
+}
+
+/// `parse_http_url`, its errors naming `key`.
+fn parse_url(url: &str, key: &str) -> Result<(SocketAddr, String, String), ConfigError> {
     let Some(rest) = url.strip_prefix("http://") else {
-        return err("upstream.url", format!("'{url}' must start with http://"));
+        return err(key, format!("'{url}' must start with http://"));
     };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
     if authority.is_empty() || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
-        return err("upstream.url", format!("'{url}' is not a valid http URL"));
+        return err(key, format!("'{url}' is not a valid http URL"));
     }
     let with_port = if authority
         .rsplit_once(':')
@@ -782,7 +832,7 @@ pub fn parse_http_url(url: &str) -> Result<(SocketAddr, String, String), ConfigE
     } else {
         format!("{authority}:80")
     };
-    let addr = resolve_addr("upstream.url", &with_port)?;
+    let addr = resolve_addr(key, &with_port)?;
     Ok((addr, authority.to_string(), path.to_string()))
 }
 
