@@ -6,12 +6,8 @@
 
 use crate::authz::glob::Glob;
 
+use super::file::DEFAULT_FEDERATION_SEPARATOR;
 use super::upstream::Upstream;
-
-/// Separator between a server's name and a name it offers, in prefixed names.
-pub const DEFAULT_FEDERATION_SEPARATOR: &str = "__";
-/// The path every server is on when no `[[route]]` is configured.
-pub const DEFAULT_ROUTE_PATH: &str = "/mcp";
 
 /// One named MCP server: an HTTP server (with its replicas) or a stdio program.
 #[derive(Debug, Clone)]

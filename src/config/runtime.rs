@@ -174,7 +174,16 @@ impl FileConfig {
     }
 
     pub fn from_toml(text: &str) -> Result<FileConfig, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError(format!("invalid config: {e}")))
+        toml::from_str(text).map_err(|e| {
+            // The parser refuses `[server]` beside `[[server]]` before serde sees either.
+            let hint = if e.message().contains("duplicate key `server`") {
+                "\n([server] is the listener and [[server]] the named servers: with [[server]], \
+                 write the listener as [gateway])"
+            } else {
+                ""
+            };
+            ConfigError(format!("invalid config: {e}{hint}"))
+        })
     }
 
     pub fn load(path: &str) -> Result<FileConfig, ConfigError> {
@@ -222,7 +231,7 @@ impl FileConfig {
             prefix: Default::default(),
         }];
         let routes = vec![super::federation::RouteConfig {
-            path: super::federation::DEFAULT_ROUTE_PATH.into(),
+            path: super::file::DEFAULT_ROUTE_PATH.into(),
             servers: vec![0],
         }];
         Ok(Config {
