@@ -149,6 +149,8 @@ pub const DEFAULT_JWKS_REFRESH_QUEUE_DEPTH: usize = 16;
 pub const DEFAULT_MAX_CREDENTIAL_BYTES: usize = 8 * 1024;
 /// Separator between a server's name and a name it offers, in prefixed names.
 pub const DEFAULT_FEDERATION_SEPARATOR: &str = "__";
+/// The longest `[federation]` separator: punctuation between two names, not a word.
+pub const MAX_SEPARATOR_BYTES: usize = 8;
 /// The path every server is on when no `[[route]]` is configured.
 pub const DEFAULT_ROUTE_PATH: &str = "/mcp";
 /// Names (tools, prompts, resources and templates) a route's name table keeps per shard; a

@@ -6,9 +6,10 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
+use super::federation::{FederationConfig, RouteConfig, ServerConfig};
 use super::file::{
-    DegradationSection, FileConfig, LimitsSection, ServerSection, SseSection, TapesSection,
-    TimeoutsSection, UpstreamSection, MAX_SHARDS,
+    DegradationSection, FileConfig, LimitsSection, ServerFileSection, ServerSection, SseSection,
+    TapesSection, TimeoutsSection, UpstreamSection, DEFAULT_ROUTE_PATH, MAX_SHARDS,
 };
 use super::tapes;
 use super::upstream::{
@@ -40,10 +41,10 @@ pub struct Config {
     /// server's.
     pub upstream: Upstream,
     /// The named servers (`[[server]]`); without them, `upstream` as one unnamed server.
-    pub servers: Vec<super::federation::ServerConfig>,
+    pub servers: Vec<ServerConfig>,
     /// The paths clients reach and the servers behind each (`[[route]]`); at least one.
-    pub routes: Vec<super::federation::RouteConfig>,
-    pub federation: super::federation::FederationConfig,
+    pub routes: Vec<RouteConfig>,
+    pub federation: FederationConfig,
     /// Recording; `None` when off.
     pub tapes: Option<tapes::TapeConfig>,
     pub auth: super::auth::AuthConfig,
@@ -167,6 +168,7 @@ impl FileConfig {
     pub fn needs_demo(&self, o: &Overrides) -> bool {
         o.upstream.is_none()
             && o.upstream_cmd.is_none()
+            && self.servers.is_empty()
             && self
                 .upstream
                 .iter()
@@ -199,45 +201,32 @@ impl FileConfig {
         demo_addr: Option<SocketAddr>,
     ) -> Result<Config, ConfigError> {
         self.apply(o)?;
-        let listen = resolve_addr("server.listen", &self.server.listen)?;
+        let table = self.listener_table.name();
+        let key = |k: &str| format!("{table}.{k}");
+        let listen = resolve_addr(&key("listen"), &self.server.listen)?;
         let admin = match self.server.admin.as_str() {
             "" | "off" => None,
-            a => Some(resolve_addr("server.admin", a)?),
+            a => Some(resolve_addr(&key("admin"), a)?),
         };
-        let shards = resolve_shards(self.server.shards)?;
-        let driver = driver(&self.server.driver)?;
+        let shards = resolve_shards(self.server.shards, &key("shards"))?;
+        let driver = driver(&self.server.driver, &key("driver"))?;
         let origins = origin_policy(&self.server, listen);
         let limits = validate_limits(&self.limits)?;
         let timeouts = validate_timeouts(&self.timeouts)?;
         let sse = self.sse.validate()?;
         let degradation = self.degradation.validate()?;
-        let upstream = match self.upstream.as_slice() {
-            [] => validate_upstream(&UpstreamSection::default(), demo_addr, At::UPSTREAM)?,
-            [u] => validate_upstream(u, demo_addr, At::UPSTREAM)?,
-            many => validate_many(many, At::UPSTREAM)?,
-        };
+        let federation = self.federation.validate().map_err(ConfigError)?;
+        let (upstream, servers, routes) = self.resolve_servers(demo_addr, &federation)?;
         let tapes = self.tapes.resolve()?;
         let auth = self.auth.validate().map_err(ConfigError)?;
         let listen_backlog = self.server.listen_backlog;
         if listen_backlog == 0 {
-            return err("server.listen_backlog", "must be at least 1");
+            return err(&key("listen_backlog"), "must be at least 1");
         }
-        let servers = vec![super::federation::ServerConfig {
-            name: String::new(),
-            upstream: upstream.clone(),
-            tools: Default::default(),
-            prompts: Default::default(),
-            resources: Default::default(),
-            prefix: Default::default(),
-        }];
-        let routes = vec![super::federation::RouteConfig {
-            path: super::file::DEFAULT_ROUTE_PATH.into(),
-            servers: vec![0],
-        }];
         Ok(Config {
             servers,
             routes,
-            federation: Default::default(),
+            federation,
             listen,
             admin,
             shards,
@@ -254,10 +243,66 @@ impl FileConfig {
         })
     }
 
+    /// The servers and the routes to them: `[[server]]` and `[[route]]`, or `[upstream]` as
+    /// one unnamed server on `DEFAULT_ROUTE_PATH`. The upstream returned first is the first
+    /// server's (`Config::upstream`).
+    fn resolve_servers(
+        &self,
+        demo: Option<SocketAddr>,
+        federation: &FederationConfig,
+    ) -> Result<(Upstream, Vec<ServerConfig>, Vec<RouteConfig>), ConfigError> {
+        if self.servers.is_empty() {
+            if !self.routes.is_empty() {
+                return err("route", "names [[server]]s, and the file has none");
+            }
+            let upstream = validate_list(&self.upstream, demo, At::UPSTREAM)?;
+            let server = ServerConfig {
+                name: String::new(),
+                upstream: upstream.clone(),
+                tools: Default::default(),
+                prompts: Default::default(),
+                resources: Default::default(),
+                prefix: Default::default(),
+            };
+            let route = RouteConfig {
+                path: DEFAULT_ROUTE_PATH.into(),
+                servers: vec![0],
+            };
+            return Ok((upstream, vec![server], vec![route]));
+        }
+        if !self.upstream.is_empty() {
+            return err(
+                "upstream",
+                "[upstream] and [[server]] exclude each other: write every server as [[server]]",
+            );
+        }
+        let mut servers = Vec::with_capacity(self.servers.len());
+        for i in 0..self.servers.len() {
+            super::federation::check_name(&self.servers, i, &federation.separator)
+                .map_err(ConfigError)?;
+            let s = &self.servers[i];
+            let upstream = server_upstream(s)?;
+            servers.push(s.validate(upstream).map_err(ConfigError)?);
+        }
+        let routes = super::federation::routes(&self.routes, &servers).map_err(ConfigError)?;
+        Ok((servers[0].upstream.clone(), servers, routes))
+    }
+
     /// Writes the command line's overrides over the file's values.
     fn apply(&mut self, o: &Overrides) -> Result<(), ConfigError> {
         if let Some(v) = &o.listen {
             self.server.listen = v.clone();
+        }
+        // With [[server]], a flag naming one upstream would replace them all, silently.
+        let flag = match (&o.upstream, &o.upstream_cmd) {
+            (Some(_), _) => Some("--upstream"),
+            (None, Some(_)) => Some("--upstream-cmd"),
+            (None, None) => None,
+        };
+        if let (Some(flag), false) = (flag, self.servers.is_empty()) {
+            return Err(ConfigError(format!(
+                "invalid {flag}: the file names its servers ([[server]]); set them there"
+            )));
         }
         // A flag names the upstream; the file's other upstream settings (credentials, pool and
         // process bounds) still apply to it.
@@ -293,15 +338,12 @@ impl FileConfig {
     }
 }
 
-fn driver(s: &str) -> Result<Driver, ConfigError> {
+fn driver(s: &str, key: &str) -> Result<Driver, ConfigError> {
     match s {
         "auto" => Ok(Driver::Auto),
         "uring" => Ok(Driver::Uring),
         "legacy" => Ok(Driver::Legacy),
-        other => err(
-            "server.driver",
-            format!("'{other}' is not one of auto, uring, legacy"),
-        ),
+        other => err(key, format!("'{other}' is not one of auto, uring, legacy")),
     }
 }
 
@@ -314,17 +356,14 @@ fn resolve_addr(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
     }
 }
 
-fn resolve_shards(n: usize) -> Result<usize, ConfigError> {
+fn resolve_shards(n: usize, key: &str) -> Result<usize, ConfigError> {
     let n = if n == 0 {
         std::thread::available_parallelism().map_or(1, |p| p.get())
     } else {
         n
     };
     if n > MAX_SHARDS {
-        return err(
-            "server.shards",
-            format!("{n} exceeds the maximum of {MAX_SHARDS}"),
-        );
+        return err(key, format!("{n} exceeds the maximum of {MAX_SHARDS}"));
     }
     Ok(n)
 }
@@ -559,6 +598,71 @@ impl<'a> At<'a> {
     fn nth(self, i: usize) -> At<'a> {
         At { nth: i, ..self }
     }
+}
+
+/// `[upstream]`, `[[upstream]]`, or a server's replicas: one upstream (none: the demo), or
+/// several balanced HTTP ones.
+fn validate_list(
+    list: &[UpstreamSection],
+    demo: Option<SocketAddr>,
+    at: At,
+) -> Result<Upstream, ConfigError> {
+    match list {
+        [] => validate_upstream(&UpstreamSection::default(), demo, at),
+        [u] => validate_upstream(u, demo, at),
+        many => validate_many(many, at),
+    }
+}
+
+/// A `[[server]]`'s upstream: its `url`, its `[[server.replica]]`s (each the server's keys
+/// with its own `url` and `weight`), or its `command`. No demo stands in for a missing one.
+fn server_upstream(s: &ServerFileSection) -> Result<Upstream, ConfigError> {
+    let table = format!("server.{}", s.name);
+    let at = At {
+        table: &table,
+        replicas: false,
+        nth: 0,
+    };
+    let u = &s.upstream;
+    let (url, replicas) = (!u.url.is_empty(), !s.replica.is_empty());
+    if url && replicas {
+        return err(&at.key("url"), "and [[server.replica]] exclude each other");
+    }
+    if u.kind == "stdio" && (url || replicas) {
+        return err(
+            &at.key("url"),
+            "a stdio server (command) has no url or replicas",
+        );
+    }
+    if u.kind == "http" && !u.command.is_empty() {
+        return err(
+            &at.key("command"),
+            "is a stdio server's, and kind = \"http\"",
+        );
+    }
+    if u.kind == "http" && !url && !replicas {
+        return err(
+            &at.key("url"),
+            "is required: give url, [[server.replica]] or command",
+        );
+    }
+    if !replicas {
+        return validate_upstream(u, None, at);
+    }
+    let list: Vec<UpstreamSection> = s
+        .replica
+        .iter()
+        .map(|r| UpstreamSection {
+            url: r.url.clone(),
+            weight: r.weight,
+            ..u.clone()
+        })
+        .collect();
+    let at = At {
+        replicas: true,
+        ..at
+    };
+    validate_list(&list, None, at)
 }
 
 fn validate_upstream(
