@@ -686,6 +686,27 @@ max_list_pages = 4
         }
     }
 
+    /// The README's federation keys load, and say the defaults.
+    #[test]
+    fn readme_keys_hold_the_defaults() {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"));
+        let block = readme
+            .split("Federation (being built")
+            .nth(1)
+            .and_then(|s| s.split("```toml\n").nth(1))
+            .and_then(|s| s.split("```").next())
+            .expect("the README's federation block");
+        let f = FileConfig::from_toml(block).unwrap();
+        let (d, r) = (FederationSection::default(), &f.federation);
+        assert_eq!(
+            (&r.separator, &r.failure_mode, r.max_names, r.max_list_pages),
+            (&d.separator, &d.failure_mode, d.max_names, d.max_list_pages)
+        );
+        let c = f.resolve(&Overrides::default(), None).unwrap();
+        assert_eq!(c.servers[0].prefix, Prefix::default());
+        assert_eq!(c.routes[0].path, DEFAULT_ROUTE_PATH);
+    }
+
     #[test]
     fn servers_exclude_upstream_and_its_flags() {
         refused(&[
