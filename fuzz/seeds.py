@@ -119,6 +119,7 @@ toml = re.search(r"## Configuration.*?```toml\n(.*?)```", readme, re.S).group(1)
 write("config", "readme", toml.encode())
 write("config", "stdio", b'[upstream]\nkind = "stdio"\ncommand = "python3"\nargs = ["-m", "server"]\nprewarm = 1\n[upstream.env]\nA = "1"\n')
 write("config", "several", b'[[upstream]]\nurl = "http://127.0.0.1:9001/mcp"\nweight = 3\n[[upstream]]\nurl = "http://127.0.0.1:9002/mcp"\nhealth_check = "http"\nhealth_path = "/healthz"\n[tapes]\ndir = "/tmp/t"\nmask = ["/params/arguments/password"]\n')
+write("config", "federation", b'[gateway]\nlisten = "127.0.0.1:8080"\n[[server]]\nname = "gh"\nurl = "http://127.0.0.1:9001/mcp"\nprefix = "always"\ntools = { include = ["search_*"], exclude = ["search_x"] }\n[[server]]\nname = "rep"\n[[server.replica]]\nurl = "http://127.0.0.1:9002/mcp"\nweight = 2\n[[server.replica]]\nurl = "http://127.0.0.1:9003/mcp"\n[[server]]\nname = "files"\ncommand = "srv"\nargs = ["-v"]\n[server.env]\nA = "1"\n[[route]]\npath = "/mcp"\nservers = ["gh", "rep"]\n[[route]]\npath = "/mcp/dev"\nservers = ["files", "gh"]\n[federation]\nseparator = "."\nfailure_mode = "closed"\nmax_names = 100\nmax_list_pages = 2\n')
 
 # authz_glob: mode byte (even: mapped alphabet, odd: UTF-8), pattern, 0xff, name.
 GLOBS = {
