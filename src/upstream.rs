@@ -171,6 +171,14 @@ impl Upstreams {
         self.stdio.is_some() || self.federation.is_some()
     }
 
+    /// Server `i`'s upstreams (`each`); itself when not federated.
+    pub fn server(self: &Rc<Self>, i: usize) -> Rc<Upstreams> {
+        match &self.federation {
+            Some(f) => f.servers.get(i).cloned().unwrap_or_else(|| self.clone()),
+            None => self.clone(),
+        }
+    }
+
     /// This shard's upstreams of every server: itself, or each federated server's.
     pub fn each(self: &Rc<Self>) -> Vec<Rc<Upstreams>> {
         match &self.federation {
@@ -203,6 +211,9 @@ pub struct HttpAnswer {
     pub upstream: usize,
     /// Rewrites the answer on its way to the client (`Shape`).
     pub shape: Option<Box<Shape>>,
+    /// A federated server's answer: which server (`Upstreams::each`) and its session id
+    /// there, so its stream is reopened on that server (`None`: the session's own upstream).
+    pub member: Option<(usize, Rc<str>)>,
 }
 
 /// How an upstream's answer is rewritten on its way to the client, event by event (SSE) or

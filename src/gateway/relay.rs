@@ -122,8 +122,16 @@ pub async fn relay(
         conn: up,
         rb: urb,
         shape,
-        ..
+        member,
+        upstream,
     } = ans;
+    let mut d = d;
+    if let (Some(ctx), Some((server, sid))) = (d.sse.as_mut(), member) {
+        // A federated server's stream: reopened on that server, in its session there.
+        ctx.origin.server = server;
+        ctx.origin.upstream = upstream;
+        ctx.origin.upstream_sid = Some(sid);
+    }
     let resp = &resp;
     let (session_header, tap) = (d.session.as_deref(), d.tap);
     let end = match resp.body {

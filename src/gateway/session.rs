@@ -212,6 +212,7 @@ impl SessionRef {
         SseCtx {
             origin: Origin {
                 session: self.id,
+                server: 0,
                 upstream: self.upstream.index(),
                 upstream_sid: self.upstream.sid().cloned(),
                 version: self.version,

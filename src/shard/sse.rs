@@ -48,6 +48,8 @@ pub(crate) enum Phase {
 #[derive(Debug, Clone)]
 pub struct Origin {
     pub session: SessionId,
+    /// The server the stream comes from (`Upstreams::server`; 0 unless federated).
+    pub server: usize,
     pub upstream: usize,
     pub upstream_sid: Option<Rc<str>>,
     pub version: Version,

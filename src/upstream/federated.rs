@@ -78,6 +78,9 @@ struct Route {
     table: RefCell<names::Names>,
     /// What the route's cursors are bound to.
     binding: cursor::Binding,
+    /// Per list kind: every member's list was read to its end once on this shard, so the
+    /// table knows where names collide.
+    learned: [std::cell::Cell<bool>; 4],
 }
 
 /// A client session's upstream half on a federated route: per member, its session on that
@@ -115,6 +118,7 @@ impl Federation {
                     .unwrap_or_else(|e| panic!("route {}: {e} (config validation missed it)", r.path));
                 Route {
                     binding: cursor::Binding::new(&r.path, &members),
+                    learned: Default::default(),
                     path: r.path.clone(),
                     members: r.servers.clone(),
                     table: RefCell::new(table),
@@ -317,7 +321,7 @@ pub async fn send(fed: &Rc<Federation>, s: &FedSession, call: &Call<'_>) -> Resu
         _ if msg.named.is_some() => named(fed, s, msg, call).await,
         _ => match only_member(s) {
             // One server: what the gateway does not know goes to it as it is.
-            Some((server, up)) => fed.servers[server].send(up, call).await,
+            Some((server, up)) => Ok(from_member(fed.servers[server].send(up, call).await?, server, up)),
             None => Err(Error::new(
                 Kind::MethodNotFound,
                 format!("{} is not served on a route of several servers", msg.method.unwrap_or("")),
@@ -375,7 +379,9 @@ async fn named(
     let client_name = msg.name.as_deref().unwrap_or("");
     let mut resolved = resolve(route, kind, client_name);
     if matches!(resolved, Err(names::Resolution::Unknown)) {
-        learn(fed, s, kind, call).await;
+        for &list in lists_of(kind) {
+            learn(fed, s, list, call).await;
+        }
         resolved = resolve(route, kind, client_name);
     }
     let (member, own) = resolved.map_err(|other| {
@@ -431,7 +437,17 @@ async fn forward(
         client_cell: call.client_cell,
         subject: call.subject,
     };
-    fed.servers[server].send(up, &member_call).await
+    let src = fed.servers[server].send(up, &member_call).await?;
+    Ok(from_member(src, server, up))
+}
+
+/// `src`, an answer from `server` in its session `up`, marked with where it came from, so its
+/// stream can be reopened there.
+fn from_member(mut src: Source, server: usize, up: &UpSession) -> Source {
+    if let (Source::Http(ans), Some(sid)) = (&mut src, up.sid()) {
+        ans.member = Some((server, sid.clone()));
+    }
+    src
 }
 
 /// The client's answer to a request a server sent: back to that server, with the server's
@@ -463,7 +479,7 @@ async fn answer_to_server(
     let server = s.servers[member];
     match body {
         Some(body) => forward(fed, server, up, call, &body).await,
-        None => fed.servers[server].send(up, call).await,
+        None => Ok(from_member(fed.servers[server].send(up, call).await?, server, up)),
     }
 }
 
@@ -473,7 +489,8 @@ pub async fn open_stream(fed: &Rc<Federation>, s: &FedSession, call: &Call<'_>) 
         return Err(Error::new(Kind::UnknownSession, "a session of another route"));
     }
     if let Some((server, up)) = only_member(s) {
-        return fed.servers[server].open_stream(up, call).await;
+        let src = fed.servers[server].open_stream(up, call).await?;
+        return Ok(from_member(src, server, up));
     }
     let opened = join_all(s.servers.iter().zip(&s.members).enumerate().map(
         |(member, (&server, up))| async move {
@@ -562,6 +579,9 @@ async fn list(
         None => cursor::Cursor::start(route.binding),
     };
     let _ = n;
+    if !route.learned[kind as usize].get() && route.members.len() > 1 {
+        learn(fed, s, kind, call).await;
+    }
     let merged = merged_page(fed, s, call, call.body, kind, &cursor).await?;
     let result = String::from_utf8(merged.result)
         .map_err(|_| Error::new(Kind::Internal, "merged list"))?;
@@ -581,31 +601,41 @@ fn cursor_of(body: &[u8]) -> Option<String> {
     serde_json::from_slice::<M>(body).ok()?.params?.cursor
 }
 
-/// Lists `kind` of every member to its end (at most `federation.max_list_pages` pages), so
-/// the route's table knows their names: a client may name a tool it did not list here (one
-/// it listed on another shard, or remembered).
-async fn learn(fed: &Rc<Federation>, s: &FedSession, kind: names::Kind, call: &Call<'_>) {
-    let (method, list) = match kind {
-        names::Kind::Tool => ("tools/list", merge::ListKind::Tools),
-        names::Kind::Prompt => ("prompts/list", merge::ListKind::Prompts),
-        names::Kind::Resource | names::Kind::Template => {
-            ("resources/list", merge::ListKind::Resources)
-        }
+/// Lists `kind` of every member to its end (at most `federation.max_list_pages` pages each),
+/// so the route's table knows all their names before it shows one: a name shown bare must not
+/// meet a second owner on a later page. Also when a client names something this shard has not
+/// seen listed (listed on another shard, or remembered).
+async fn learn(fed: &Rc<Federation>, s: &FedSession, list: merge::ListKind, call: &Call<'_>) {
+    let method = match list {
+        merge::ListKind::Tools => "tools/list",
+        merge::ListKind::Prompts => "prompts/list",
+        merge::ListKind::Resources => "resources/list",
+        merge::ListKind::ResourceTemplates => "resources/templates/list",
     };
-    let body = format!(r#"{{"jsonrpc":"2.0","id":"shardcat-names","method":"{method}"}}"#);
-    let binding = fed.routes[s.route].binding;
-    let mut cursor = cursor::Cursor::start(binding);
+    // A cursor to replace (or take out, for a first page): `rewrite::with_cursor` adds none.
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":"shardcat-names","method":"{method}","params":{{"cursor":""}}}}"#
+    );
+    let route = &fed.routes[s.route];
+    let mut cursor = cursor::Cursor::start(route.binding);
     for _ in 0..fed.max_list_pages {
         match merged_page(fed, s, call, body.as_bytes(), list, &cursor).await {
             Ok(merge::MergedList { next: Some(c), .. }) => cursor = c,
             _ => break,
         }
     }
-    if list == merge::ListKind::Resources {
-        let body = r#"{"jsonrpc":"2.0","id":"shardcat-names","method":"resources/templates/list"}"#;
-        let start = cursor::Cursor::start(binding);
-        let templates = merge::ListKind::ResourceTemplates;
-        let _ = merged_page(fed, s, call, body.as_bytes(), templates, &start).await;
+    route.learned[list as usize].set(true);
+}
+
+/// The lists that hold names of `kind`.
+fn lists_of(kind: names::Kind) -> &'static [merge::ListKind] {
+    match kind {
+        names::Kind::Tool => &[merge::ListKind::Tools],
+        names::Kind::Prompt => &[merge::ListKind::Prompts],
+        names::Kind::Resource | names::Kind::Template => &[
+            merge::ListKind::Resources,
+            merge::ListKind::ResourceTemplates,
+        ],
     }
 }
 
