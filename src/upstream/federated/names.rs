@@ -10,8 +10,9 @@
 //!
 //! Who claims a bare name: the members that offered it (`observe`) and whose prefix mode is
 //! not `always`. A `never` member wins over `conditional` ones, and the first `never` member
-//! in route order over later ones (like `PATH`). Otherwise a single claimant wins, and two or
-//! more make the name ambiguous (`Resolution::Ambiguous` names the prefixed choices). For a
+//! in route order over later ones (like `PATH`). Otherwise a claimant wins when no other
+//! member offers the name (an `always` member's offer counts: "a prefix where two servers
+//! offer the same name"), and two or more offers make the name ambiguous (`Resolution::Ambiguous` names the prefixed choices). For a
 //! resource URI the claimants also include the members with a template the URI matches.
 //!
 //! `display` gives a list item its client-visible name: bare when the bare name resolves back
@@ -364,20 +365,24 @@ impl Names {
 
     /// Who claims a bare `name`: one member, or the mask of several (see the module doc).
     fn claim(&self, kind: Kind, name: &str) -> Result<Option<usize>, Mask> {
-        let mut claimants = self.offers(kind, name) & self.bare_ok;
-        for m in members_of(claimants) {
+        let mut offered = self.offers(kind, name);
+        for m in members_of(offered) {
             if !self.allows(kind, m, name) {
-                claimants &= !bit(m);
+                offered &= !bit(m);
             }
         }
+        let claimants = offered & self.bare_ok;
         let nevers = claimants & self.never;
         if nevers != 0 {
             return Ok(Some(nevers.trailing_zeros() as usize));
         }
-        match claimants.count_ones() {
-            0 => Ok(None),
-            1 => Ok(Some(claimants.trailing_zeros() as usize)),
-            _ => Err(claimants),
+        // `conditional`: a prefix where two servers offer the name, in whatever mode (an
+        // `always` server's offer counts too: the issue's rule, and a client reading the list
+        // sees two servers with the name either way).
+        match (claimants.count_ones(), offered.count_ones()) {
+            (0, _) => Ok(None),
+            (1, 1) => Ok(Some(claimants.trailing_zeros() as usize)),
+            _ => Err(offered),
         }
     }
 
