@@ -71,6 +71,11 @@ impl Binding {
     pub fn members(&self) -> usize {
         self.members
     }
+
+    /// The tag a cursor carries (tests and the fuzz target build raw cursors with it).
+    pub fn tag(&self) -> u64 {
+        self.tag
+    }
 }
 
 /// FNV-1a, 64 bits: stable across builds and releases (a cursor outlives a restart).

@@ -19,7 +19,8 @@
 //! to the same member, otherwise prefixed (`always`, a collision under `conditional`, a name
 //! the table could not record, a name that itself looks prefixed or marked). A `never` member
 //! shadowed by an earlier `never` member's same name is left out of the list (it could only
-//! be shown prefixed, which `never` forbids); its prefixed form still resolves.
+//! be shown prefixed, which `never` forbids); its prefixed form still resolves. A template is
+//! bare when no URI it can expand to is claimed by another member (`display_template`).
 //!
 //! Invariants:
 //! - Every name `display` returns resolves (`resolve`) to the member and name it was given:
@@ -439,27 +440,32 @@ impl Names {
         }
     }
 
-    /// A template is shown bare when each URI it can expand to resolves to `member`: no other
-    /// member that can be bare has a template that may overlap it or a resource it matches.
-    /// A `never` member's templates are bare (it wins any overlap it has with a conditional
-    /// member: `claim`).
+    /// A template is shown bare when each URI it can expand to resolves to `member`: no rival
+    /// has a template that may overlap it or a resource it matches. The rivals of a
+    /// `conditional` member are all other members that can be bare; those of a `never` member
+    /// only the earlier `never` members (it wins over the others, `claim`). A template that
+    /// clashes is marked, even for a `never` member: unlike a duplicate name, an overlapping
+    /// template has URIs of its own that only the mark can reach.
     fn display_template<'n>(&self, member: usize, template: &'n str) -> Cow<'n, str> {
         let recorded = self.tables[Kind::Template.index()]
             .get(template)
             .is_some_and(|mask| mask & bit(member) != 0);
-        let others = self.bare_ok & !bit(member);
+        let rivals = if self.never & bit(member) != 0 {
+            self.never & (bit(member) - 1)
+        } else {
+            self.bare_ok & !bit(member)
+        };
         let clash = || {
             let templates = self.tables[Kind::Template.index()].iter();
             let resources = self.tables[Kind::Resource.index()].iter();
             templates
-                .filter(|(_, mask)| *mask & others != 0)
+                .filter(|(_, mask)| *mask & rivals != 0)
                 .any(|(t, _)| uri::may_overlap(t, template))
                 || resources
-                    .filter(|(_, mask)| *mask & others != 0)
+                    .filter(|(_, mask)| *mask & rivals != 0)
                     .any(|(r, _)| uri::template_matches(template, r))
         };
-        let never = self.never & bit(member) != 0;
-        if recorded && (never || !clash()) {
+        if recorded && !clash() {
             Cow::Borrowed(template)
         } else {
             Cow::Owned(self.prefixed(Kind::Template, member, template))
@@ -791,6 +797,31 @@ mod tests {
             n.display(Kind::Template, 0, "never/listed/{x}").as_deref(),
             Some("fed.a:never/listed/{x}")
         );
+    }
+
+    #[test]
+    fn overlapping_templates_of_two_never_servers_mark_the_later() {
+        let s = [server("a", Prefix::Never), server("b", Prefix::Never)];
+        let mut n = table(&s, DEFAULT_MAX_NAMES);
+        n.observe(Kind::Template, 0, ["file:///{p}"]);
+        n.observe(Kind::Template, 1, ["file:///docs/{n}", "b://{x}"]);
+        assert_eq!(
+            n.display(Kind::Template, 0, "file:///{p}").as_deref(),
+            Some("file:///{p}")
+        );
+        assert_eq!(
+            n.display(Kind::Template, 1, "file:///docs/{n}").as_deref(),
+            Some("file+fed.b:///docs/{n}")
+        );
+        assert_eq!(
+            n.display(Kind::Template, 1, "b://{x}").as_deref(),
+            Some("b://{x}")
+        );
+        assert_eq!(
+            n.resolve(Kind::Resource, "file:///docs"),
+            found(0, "file:///docs")
+        );
+        assert_eq!(n.resolve(Kind::Resource, "b://1"), found(1, "b://1"));
     }
 
     #[test]
