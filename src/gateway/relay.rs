@@ -24,8 +24,8 @@ use crate::metrics::inc;
 use crate::shard::sse::{SseCtx, Stream, WriteEnd};
 use crate::shard::{ClientConn, Shard};
 use crate::tape::{Dir, Tap};
-use crate::upstream::Shape;
 use crate::upstream::http::{read_body, read_upstream};
+use crate::upstream::Shape;
 use crate::upstream::{Events, HttpAnswer, Source, UpConn};
 
 use super::{respond, stream, Delivery, Outcome};

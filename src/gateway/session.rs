@@ -294,7 +294,11 @@ pub fn end_everywhere(shard: &Rc<Shard>, id: &SessionId, reason: &'static str) {
     if let Some(s) = end_local(shard, id, reason) {
         let timeout = shard.config().timeouts.upstream_request;
         // Detached: each task ends by itself within the timeout.
-        drop(crate::upstream::end_quietly(&shard.up, &s.upstream, timeout));
+        drop(crate::upstream::end_quietly(
+            &shard.up,
+            &s.upstream,
+            timeout,
+        ));
     }
 }
 

@@ -114,8 +114,10 @@ impl Federation {
             .map(|r| {
                 let members: Vec<&ServerConfig> =
                     r.servers.iter().map(|&i| &config.servers[i]).collect();
-                let table = names::Names::new(&members, &f.separator, f.max_names)
-                    .unwrap_or_else(|e| panic!("route {}: {e} (config validation missed it)", r.path));
+                let table =
+                    names::Names::new(&members, &f.separator, f.max_names).unwrap_or_else(|e| {
+                        panic!("route {}: {e} (config validation missed it)", r.path)
+                    });
                 Route {
                     binding: cursor::Binding::new(&r.path, &members),
                     learned: Default::default(),
@@ -156,7 +158,13 @@ pub async fn open_session(
 ) -> Result<(Source, Option<UpSession>)> {
     let r = fed.route_of(call)?;
     let route = &fed.routes[r];
-    let opened = join_all(route.members.iter().map(|&s| open_one(&fed.servers[s], call))).await;
+    let opened = join_all(
+        route
+            .members
+            .iter()
+            .map(|&s| open_one(&fed.servers[s], call)),
+    )
+    .await;
     let mut members = Vec::with_capacity(opened.len());
     let mut answers = Vec::with_capacity(opened.len());
     for o in opened {
@@ -209,7 +217,10 @@ fn leave_out(
         .collect();
     if fed.failure_mode == FailureMode::Closed || left_out.len() == session.members.len() {
         end_members(fed, &session, call);
-        let what = format!("servers of this route failed to initialize: {}", named.join("; "));
+        let what = format!(
+            "servers of this route failed to initialize: {}",
+            named.join("; ")
+        );
         return Err(Error::new(Kind::UpstreamConnect, what));
     }
     for (m, why) in left_out {
@@ -271,13 +282,18 @@ fn result_of(answer: Answer, what: &str) -> Result<serde_json::Value> {
     let mut v: serde_json::Value = serde_json::from_slice(&raw)
         .map_err(|e| Error::new(Kind::UpstreamProtocol, format!("{what}: {e}")))?;
     if let Some(err) = v.get("error") {
-        let msg = err.get("message").and_then(|m| m.as_str()).unwrap_or("error");
+        let msg = err
+            .get("message")
+            .and_then(|m| m.as_str())
+            .unwrap_or("error");
         return Err(Error::new(
             Kind::UpstreamProtocol,
             format!("{what} failed: {msg}"),
         ));
     }
-    Ok(v.get_mut("result").map(serde_json::Value::take).unwrap_or_default())
+    Ok(v.get_mut("result")
+        .map(serde_json::Value::take)
+        .unwrap_or_default())
 }
 
 /// The protocol version an initialize asks for.
@@ -301,7 +317,10 @@ fn mcp_requested_version(body: &[u8]) -> String {
 pub async fn send(fed: &Rc<Federation>, s: &FedSession, call: &Call<'_>) -> Result<Source> {
     if fed.route_of(call)? != s.route {
         // A session belongs to its route: elsewhere it does not exist.
-        return Err(Error::new(Kind::UnknownSession, "a session of another route"));
+        return Err(Error::new(
+            Kind::UnknownSession,
+            "a session of another route",
+        ));
     }
     let msg = call
         .msg
@@ -321,10 +340,17 @@ pub async fn send(fed: &Rc<Federation>, s: &FedSession, call: &Call<'_>) -> Resu
         _ if msg.named.is_some() => named(fed, s, msg, call).await,
         _ => match only_member(s) {
             // One server: what the gateway does not know goes to it as it is.
-            Some((server, up)) => Ok(from_member(fed.servers[server].send(up, call).await?, server, up)),
+            Some((server, up)) => Ok(from_member(
+                fed.servers[server].send(up, call).await?,
+                server,
+                up,
+            )),
             None => Err(Error::new(
                 Kind::MethodNotFound,
-                format!("{} is not served on a route of several servers", msg.method.unwrap_or("")),
+                format!(
+                    "{} is not served on a route of several servers",
+                    msg.method.unwrap_or("")
+                ),
             )),
         },
     }
@@ -475,18 +501,30 @@ async fn answer_to_server(
         .members
         .get(member)
         .and_then(Option::as_ref)
-        .ok_or_else(|| Error::new(Kind::InvalidParams, "an answer to a server not in this session"))?;
+        .ok_or_else(|| {
+            Error::new(
+                Kind::InvalidParams,
+                "an answer to a server not in this session",
+            )
+        })?;
     let server = s.servers[member];
     match body {
         Some(body) => forward(fed, server, up, call, &body).await,
-        None => Ok(from_member(fed.servers[server].send(up, call).await?, server, up)),
+        None => Ok(from_member(
+            fed.servers[server].send(up, call).await?,
+            server,
+            up,
+        )),
     }
 }
 
 /// GET: the session's server stream. On a route of one server, that server's stream.
 pub async fn open_stream(fed: &Rc<Federation>, s: &FedSession, call: &Call<'_>) -> Result<Source> {
     if fed.route_of(call)? != s.route {
-        return Err(Error::new(Kind::UnknownSession, "a session of another route"));
+        return Err(Error::new(
+            Kind::UnknownSession,
+            "a session of another route",
+        ));
     }
     if let Some((server, up)) = only_member(s) {
         let src = fed.servers[server].open_stream(up, call).await?;
@@ -510,7 +548,10 @@ pub async fn open_stream(fed: &Rc<Federation>, s: &FedSession, call: &Call<'_>) 
     ))
     .await;
     let streams: Vec<_> = opened.into_iter().flatten().collect();
-    let any = fed.servers.first().ok_or_else(|| Error::new(Kind::Internal, "no servers"))?;
+    let any = fed
+        .servers
+        .first()
+        .ok_or_else(|| Error::new(Kind::Internal, "no servers"))?;
     let merged = stream::Merged::start(
         streams,
         any.limits.max_event_bytes,
@@ -522,7 +563,10 @@ pub async fn open_stream(fed: &Rc<Federation>, s: &FedSession, call: &Call<'_>) 
 /// DELETE: every member's session ends; 200 once all answered (or failed).
 pub async fn end_session(fed: &Rc<Federation>, s: &FedSession, call: &Call<'_>) -> Result<Source> {
     if fed.route_of(call)? != s.route {
-        return Err(Error::new(Kind::UnknownSession, "a session of another route"));
+        return Err(Error::new(
+            Kind::UnknownSession,
+            "a session of another route",
+        ));
     }
     let ended = s.members().map(|(server, up)| async move {
         let ups = &fed.servers[server];
@@ -583,8 +627,8 @@ async fn list(
         learn(fed, s, kind, call).await;
     }
     let merged = merged_page(fed, s, call, call.body, kind, &cursor).await?;
-    let result = String::from_utf8(merged.result)
-        .map_err(|_| Error::new(Kind::Internal, "merged list"))?;
+    let result =
+        String::from_utf8(merged.result).map_err(|_| Error::new(Kind::Internal, "merged list"))?;
     Ok(result_message(msg, &result))
 }
 

@@ -42,12 +42,14 @@ pub async fn collect(up: &Upstreams, src: Source) -> Result<Answer> {
             let kind = ans.head.body;
             let max = up.limits.max_body_bytes;
             let wait = up.timeouts.upstream_request;
-            let body =
-                up_http::read_body(&mut ans.conn, &mut ans.rb, kind, max, wait, None).await;
+            let body = up_http::read_body(&mut ans.conn, &mut ans.rb, kind, max, wait, None).await;
             let keep = body.is_some() && ans.head.keep_alive;
             up_http::finish(up, ans.conn, ans.rb, keep);
             let body = body.ok_or_else(|| {
-                Error::new(Kind::UpstreamProtocol, "the answer broke off or was too large")
+                Error::new(
+                    Kind::UpstreamProtocol,
+                    "the answer broke off or was too large",
+                )
             })?;
             match response_in(&body) {
                 Some(r) => Ok(Answer::Response(Bytes::from(r))),

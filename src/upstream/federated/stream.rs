@@ -42,7 +42,11 @@ impl Drop for Merged {
 
 impl Merged {
     /// Starts a reader per member stream (`(source, tag, max_event_bytes)`).
-    pub fn start(streams: Vec<(Source, Tag)>, max_event_bytes: usize, idle: std::time::Duration) -> Merged {
+    pub fn start(
+        streams: Vec<(Source, Tag)>,
+        max_event_bytes: usize,
+        idle: std::time::Duration,
+    ) -> Merged {
         let stop = Rc::new(LocalEvent::default());
         let queues = streams
             .into_iter()
