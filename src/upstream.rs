@@ -253,7 +253,7 @@ pub enum Events {
     /// A federated server's events, its own requests tagged (`federated::Tag`).
     Tagged(Box<Events>, federated::Tag),
     /// A federated session's server streams, merged (`federated::stream`).
-    Merged(federated::stream::Merged),
+    Merged(federated::Merged),
 }
 
 impl Events {

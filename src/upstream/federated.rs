@@ -59,6 +59,7 @@ use crate::mcp;
 
 use super::{Call, Source, UpSession, Upstreams};
 use collect::{collect, Answer};
+pub use stream::Merged;
 
 /// One shard's federation: the servers' upstreams and the routes over them.
 pub struct Federation {
