@@ -119,6 +119,7 @@ toml = re.search(r"## Configuration.*?```toml\n(.*?)```", readme, re.S).group(1)
 write("config", "readme", toml.encode())
 write("config", "stdio", b'[upstream]\nkind = "stdio"\ncommand = "python3"\nargs = ["-m", "server"]\nprewarm = 1\n[upstream.env]\nA = "1"\n')
 write("config", "several", b'[[upstream]]\nurl = "http://127.0.0.1:9001/mcp"\nweight = 3\n[[upstream]]\nurl = "http://127.0.0.1:9002/mcp"\nhealth_check = "http"\nhealth_path = "/healthz"\n[tapes]\ndir = "/tmp/t"\nmask = ["/params/arguments/password"]\n')
+write("config", "federation", b'[gateway]\nlisten = "127.0.0.1:8080"\n[[server]]\nname = "gh"\nurl = "http://127.0.0.1:9001/mcp"\nprefix = "always"\ntools = { include = ["search_*"], exclude = ["search_x"] }\n[[server]]\nname = "rep"\n[[server.replica]]\nurl = "http://127.0.0.1:9002/mcp"\nweight = 2\n[[server.replica]]\nurl = "http://127.0.0.1:9003/mcp"\n[[server]]\nname = "files"\ncommand = "srv"\nargs = ["-v"]\n[server.env]\nA = "1"\n[[route]]\npath = "/mcp"\nservers = ["gh", "rep"]\n[[route]]\npath = "/mcp/dev"\nservers = ["files", "gh"]\n[federation]\nseparator = "."\nfailure_mode = "closed"\nmax_names = 100\nmax_list_pages = 2\n')
 
 # authz_glob: mode byte (even: mapped alphabet, odd: UTF-8), pattern, 0xff, name.
 GLOBS = {
@@ -154,3 +155,30 @@ write("auth", "bearer-jwt", b"\x02Bearer " + JWT + b"\x00\x00" + JWT + b"\x00" +
 write("auth", "api-key", b"\x01\x00fuzz-key-0123\x00" + JWT + b"\x00" + JWKS)
 write("auth", "bearer-key", b"\x02Bearer fuzz-key-0123\x00\x00\x00")
 write("auth", "both", b"\x03Bearer a.b.c\x00k\x00a.b.c\x00{}")
+# federation: mode byte (0 cursor, 1 URI mark, 2 id, 3 message rewrites, 4 name table, 5 list
+# merge), then the data.
+FED = {
+    "cursor-text": b"\x00AQ",
+    "cursor-raw": b"\x00" + bytes([0, 2, 3]) + b"a-2" + bytes([1]),
+    "mark-file": b"\x01file:///a\xffmy_fs",
+    "mark-shared": b"\x01fed://shared/readme\xffbeta",
+    "mark-looks-marked": b"\x01x+fed.b:y\xffa",
+    "mark-template": b"\x01{scheme}://h/{p}\xffz",
+    "id-string": b"\x02\x03req-\"7\"",
+    "id-number": b"\x02\x81123456789012345678901234",
+    "id-tagged": b"\x02\x00" + b'"fed.3.\\"abc\\""',
+    "call": b"\x03" + b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a__echo","arguments":{},"_meta":{"progressToken":1}}}',
+    "read": b"\x03" + b'{"jsonrpc":"2.0","id":"r","method":"resources/read","params":{"uri":"file+fed.a:///x"}}',
+    "complete": b"\x03" + b'{"jsonrpc":"2.0","id":2,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"b__greet"},"argument":{"name":"w","value":""}}}',
+    "list-cursor": b"\x03" + b'{"jsonrpc":"2.0","id":3,"method":"tools/list","params":{"cursor":"AQ","_meta":{}}}',
+    "listen": b"\x03" + b'{"jsonrpc":"2.0","id":4,"method":"subscriptions/listen","params":{"notifications":{"resourceSubscriptions":["a:/1"]}}}',
+    "server-request": b"\x03" + b'{"jsonrpc":"2.0","id":9,"method":"elicitation/create","params":{"message":"m"}}',
+    "client-answer": b"\x03" + b'{"jsonrpc":"2.0","id":"fed.1.9","result":{"action":"accept"}}',
+    "cancelled": b"\x03" + b'{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"fed.0.9"}}',
+    "table": b"\x04" + bytes(range(0, 250, 7)),
+    "table-dense": b"\x04\x00\x01\x02\x20" + bytes([1, 0, 2, 8, 8]) * 12,
+    "lists": b"\x05" + b'{"tools":[{"name":"echo"},{"name":"x"}],"nextCursor":"n","resultType":"complete","ttlMs":5,"cacheScope":"public"}'
+             + b"\xff" + b'{"tools":[{"name":"echo","inputSchema":{}}],"resources":[{"uri":"fed://s/r","name":"r"}],"resourceTemplates":[{"uriTemplate":"fed://s/{id}"}]}',
+}
+for name, b in FED.items():
+    write("federation", name, b)

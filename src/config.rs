@@ -6,7 +6,8 @@
 //!   and the validation that builds it from a `FileConfig` and the command line's `Overrides`.
 //!
 //! `tapes` holds the `[tapes]` bounds and the validated recording config; `auth` the validated
-//! `[auth]` slice.
+//! `[auth]` slice; `upstream` the validated upstream types (HTTP targets, stdio programs);
+//! `federation` the named servers, routes and `[federation]`.
 //!
 //! Invariant: every bound the gateway enforces is a named `DEFAULT_*` constant (in `file`, or in
 //! `tapes` for recording) with a key in the file schema; nothing else in the crate invents a
@@ -22,8 +23,10 @@ mod federation;
 mod file;
 mod runtime;
 pub mod tapes;
+mod upstream;
 
 pub use auth::*;
 pub use federation::*;
 pub use file::*;
 pub use runtime::*;
+pub use upstream::*;

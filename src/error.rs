@@ -30,6 +30,11 @@ pub enum Kind {
     /// The subject may not use the tool, prompt or resource a request names (`authz`):
     /// -32003, answered with HTTP 200 like any JSON-RPC error about one request.
     Forbidden,
+    /// A request names what nothing behind the route offers (a federated route's unknown or
+    /// hidden tool, a malformed cursor): -32602, with HTTP 200.
+    InvalidParams,
+    /// A method the gateway answers itself and does not know (-32601, HTTP 200).
+    MethodNotFound,
     /// Host not on the allow-list.
     MisdirectedHost,
     /// No credentials, or credentials not accepted (401). `sent`: some were presented (the
@@ -119,7 +124,7 @@ impl Error {
             // answers an unknown tool with 200 and the error, and the SDKs hand a 200 error to
             // the caller as the request's own (code and message), while a 4xx becomes a
             // transport failure. The 400s above are for what the spec itself makes HTTP errors.
-            Kind::Forbidden => 200,
+            Kind::Forbidden | Kind::InvalidParams | Kind::MethodNotFound => 200,
             Kind::ForbiddenOrigin | Kind::InsufficientScope => 403,
             Kind::Unauthorized { .. } => 401,
             Kind::MisdirectedHost => 421,
@@ -144,6 +149,8 @@ impl Error {
             }
             Kind::HeaderMismatch => code::HEADER_MISMATCH,
             Kind::Forbidden => code::FORBIDDEN,
+            Kind::InvalidParams => code::INVALID_PARAMS,
+            Kind::MethodNotFound => code::METHOD_NOT_FOUND,
             Kind::UnsupportedVersion => code::UNSUPPORTED_VERSION,
             Kind::Internal => code::INTERNAL_ERROR,
             _ => code::SERVER_ERROR,
@@ -195,6 +202,8 @@ impl Error {
             Kind::UnsupportedVersion => "Unsupported protocol version",
             Kind::ForbiddenOrigin => "Forbidden: Origin not allowed",
             Kind::Forbidden => "Forbidden",
+            Kind::InvalidParams => "Invalid params",
+            Kind::MethodNotFound => "Method not found",
             Kind::MisdirectedHost => "Misdirected request: Host not allowed",
             Kind::Unauthorized { sent: false } => "Unauthorized: credentials required",
             Kind::Unauthorized { sent: true } => "Unauthorized",
@@ -235,6 +244,8 @@ impl Error {
             Kind::UnsupportedVersion => "unsupported_version",
             Kind::ForbiddenOrigin => "forbidden_origin",
             Kind::Forbidden => "forbidden",
+            Kind::InvalidParams => "invalid_params",
+            Kind::MethodNotFound => "method_not_found",
             Kind::MisdirectedHost => "misdirected_host",
             Kind::Unauthorized { .. } => "unauthorized",
             Kind::InsufficientScope => "insufficient_scope",

@@ -21,8 +21,10 @@
 //! - `upstream/` — the upstreams of a shard behind one interface (`Upstreams`: open a
 //!   session, send in it, open its stream, end it, a stateless request), each answering with
 //!   a `Source` (a status, one message, an HTTP response, events). Kinds: `http` (with
-//!   `pool`, `balance`, `health`; `era` for 2026-07-28 requests to handshake-era servers) and
-//!   `stdio` (child processes). A kind never writes to a client.
+//!   `pool`, `balance`, `health`; `era` for 2026-07-28 requests to handshake-era servers),
+//!   `stdio` (child processes) and `federated` (a route over several named servers, each an
+//!   `Upstreams` of its own: fan-out, merged answers, name routing). A kind never writes to a
+//!   client.
 //! - `auth`      — who sent a request: credentials from the headers, API keys by digest, JWTs
 //!   checked against the issuer's JWKS (fetched by a thread of its own, published lock-free),
 //!   each shard's token cache. The pipeline's `gateway::authn` stage asks it.

@@ -37,6 +37,7 @@ pub mod code {
     /// 2026-07-28 `UnsupportedProtocolVersion`.
     pub const UNSUPPORTED_VERSION: i64 = -32022;
     pub const METHOD_NOT_FOUND: i64 = -32601;
+    pub const INVALID_PARAMS: i64 = -32602;
     /// The subject may not use what the request names (authorization, `authz`).
     pub const FORBIDDEN: i64 = -32003;
 }

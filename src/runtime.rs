@@ -146,13 +146,15 @@ async fn shard_main(
             std::process::exit(1);
         }
     };
-    if let Some(host) = &shard.up.stdio {
-        host.refill();
-    }
     monoio::spawn(mailbox_loop(shard.clone(), rx));
     monoio::spawn(tick_loop(shard.clone()));
-    for i in 0..shard.up.pools.len() {
-        monoio::spawn(crate::upstream::health::probe_loop(shard.up.clone(), i));
+    for up in shard.up.each() {
+        if let Some(host) = &up.stdio {
+            host.refill();
+        }
+        for i in 0..up.pools.len() {
+            monoio::spawn(crate::upstream::health::probe_loop(up.clone(), i));
+        }
     }
     accept_loop(&shard, &listener).await;
     drop(listener);
@@ -267,8 +269,10 @@ async fn tick_loop(shard: Rc<Shard>) {
             return;
         }
         let now = Instant::now();
-        for pool in &shard.up.pools {
-            pool.sweep(now);
+        for up in shard.up.each() {
+            for pool in &up.pools {
+                pool.sweep(now);
+            }
         }
         crate::gateway::session::expire(&shard, now);
         shard.flush_backlog();
@@ -298,8 +302,10 @@ async fn drain(shard: &Rc<Shard>) {
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(500));
     crate::gateway::session::end_all(shard, left).await;
-    for pool in &shard.up.pools {
-        pool.clear();
+    for up in shard.up.each() {
+        for pool in &up.pools {
+            pool.clear();
+        }
     }
     publish_latency(shard);
     log::info!("shard {}: stopped", shard.id);

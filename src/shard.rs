@@ -118,10 +118,7 @@ pub fn shared(
         mailboxes.push(tx);
         rxs.push(rx);
     }
-    let http_upstreams = match &config.upstream {
-        crate::config::Upstream::Http(h) => h.targets.len(),
-        crate::config::Upstream::Stdio(_) => 0,
-    };
+    let http_upstreams = config.http_targets();
     let shared = Shared {
         connections: Gate::new(config.limits.max_connections),
         sessions: Gate::new(config.limits.max_sessions),
@@ -129,10 +126,7 @@ pub fn shared(
             config.limits.clients,
             crate::mcp::random_secret() as u64,
         ),
-        processes: Arc::new(Gate::new(match &config.upstream {
-            crate::config::Upstream::Stdio(s) => s.max_processes,
-            crate::config::Upstream::Http(_) => 0,
-        })),
+        processes: Arc::new(Gate::new(config.max_stdio_processes())),
         draining: AtomicBool::new(false),
         level: std::sync::atomic::AtomicU8::new(0),
         level_changes: std::sync::atomic::AtomicU64::new(0),

@@ -248,7 +248,8 @@ impl<T> LocalQueue<T> {
         poll_fn(|cx| self.poll_pop(cx)).await
     }
 
-    fn poll_pop(&self, cx: &mut std::task::Context<'_>) -> Poll<Option<T>> {
+    /// `pop` as a poll, for a consumer that waits on several queues at once.
+    pub fn poll_pop(&self, cx: &mut std::task::Context<'_>) -> Poll<Option<T>> {
         let mut s = self.state.borrow_mut();
         if let Some(item) = s.items.pop_front() {
             if let Some(w) = s.tx_waker.take() {

@@ -7,7 +7,8 @@
 //!
 //! The kinds: `http` (one or several Streamable HTTP servers, with `pool`, `balance` and
 //! `health`; `era` carries 2026-07-28 requests to handshake-era ones) and `stdio` (child
-//! processes). A client session's upstream half is an `UpSession`.
+//! processes). `federated` holds the pure logic of a route of several named servers (names,
+//! merged answers, cursors, rewrites). A client session's upstream half is an `UpSession`.
 //!
 //! Invariants: no kind writes to the client, records a frame or touches the session table:
 //! that is the pipeline's (`gateway`); a kind imports nothing above this layer. A `Source`
@@ -16,6 +17,7 @@
 
 pub mod balance;
 pub mod era;
+pub mod federated;
 pub mod health;
 pub mod http;
 pub mod pool;
@@ -56,6 +58,9 @@ pub struct Upstreams {
     pub health: health::Health,
     /// The stdio upstream's children (absent for an HTTP upstream).
     pub stdio: Option<Rc<stdio::Host>>,
+    /// With `[[server]]`: the named servers and the routes over them (this `Upstreams` then
+    /// has no pools or children of its own).
+    pub federation: Option<Rc<federated::Federation>>,
     /// The shard's read buffers (shared with its client connections).
     pub buffers: Rc<Buffers>,
     /// Set when the shard drains: probes and readers stop.
@@ -63,6 +68,7 @@ pub struct Upstreams {
 }
 
 /// What the shard lends its upstreams.
+#[derive(Clone)]
 pub struct ShardParts {
     pub shard: usize,
     pub stats: Arc<ShardStats>,
@@ -73,8 +79,38 @@ pub struct ShardParts {
 }
 
 impl Upstreams {
-    /// Shard `parts.shard`'s upstreams as `config` names them.
+    /// Shard `parts.shard`'s upstreams as `config` names them: its one upstream, or, with
+    /// `[[server]]`, the federation of the named servers (each an `Upstreams` of its own).
     pub fn new(config: &Config, parts: ShardParts) -> Upstreams {
+        if !config.is_federated() {
+            return Upstreams::of(config, &config.upstream, parts, 0);
+        }
+        let mut gauges = 0;
+        let servers = config
+            .servers
+            .iter()
+            .map(|s| {
+                let up = Upstreams::of(config, &s.upstream, parts.clone(), gauges);
+                gauges += up.pools.len();
+                Rc::new(up)
+            })
+            .collect();
+        let none = crate::config::Upstream::Http(crate::config::HttpUpstreams {
+            targets: Vec::new(),
+            strategy: crate::config::Strategy::RoundRobin,
+        });
+        let mut up = Upstreams::of(config, &none, parts, 0);
+        up.federation = Some(Rc::new(federated::Federation::new(config, servers)));
+        up
+    }
+
+    /// The upstreams of one server (`upstream`), their health gauges from `gauges` on.
+    fn of(
+        config: &Config,
+        upstream: &crate::config::Upstream,
+        parts: ShardParts,
+        gauges: usize,
+    ) -> Upstreams {
         let ShardParts {
             shard,
             stats,
@@ -82,7 +118,7 @@ impl Upstreams {
             shutdown,
             processes,
         } = parts;
-        let targets = match &config.upstream {
+        let targets = match upstream {
             crate::config::Upstream::Http(h) => &h.targets[..],
             crate::config::Upstream::Stdio(_) => &[],
         };
@@ -91,7 +127,7 @@ impl Upstreams {
             .iter()
             .map(|u| Rc::new(Pool::new(u.clone(), connect, stats.clone())))
             .collect();
-        let (balancer, stdio) = match &config.upstream {
+        let (balancer, stdio) = match upstream {
             crate::config::Upstream::Http(h) => {
                 let weights = h.targets.iter().map(|u| u.weight).collect();
                 (Balancer::new(h.strategy, weights), None)
@@ -111,7 +147,8 @@ impl Upstreams {
         };
         Upstreams {
             shard,
-            health: health::Health::new(shard, targets),
+            health: health::Health::at(shard, targets, gauges),
+            federation: None,
             bridges: pools.iter().map(|_| era::Bridge::default()).collect(),
             pools,
             balancer,
@@ -126,6 +163,28 @@ impl Upstreams {
 
     pub fn is_stdio(&self) -> bool {
         self.stdio.is_some()
+    }
+
+    /// Every request needs a session (and one message a POST): a stdio upstream, or a
+    /// federation (whose requests go to the servers its session opened).
+    pub fn needs_session(&self) -> bool {
+        self.stdio.is_some() || self.federation.is_some()
+    }
+
+    /// Server `i`'s upstreams (`each`); itself when not federated.
+    pub fn server(self: &Rc<Self>, i: usize) -> Rc<Upstreams> {
+        match &self.federation {
+            Some(f) => f.servers.get(i).cloned().unwrap_or_else(|| self.clone()),
+            None => self.clone(),
+        }
+    }
+
+    /// This shard's upstreams of every server: itself, or each federated server's.
+    pub fn each(self: &Rc<Self>) -> Vec<Rc<Upstreams>> {
+        match &self.federation {
+            Some(f) => f.servers.clone(),
+            None => vec![self.clone()],
+        }
     }
 }
 
@@ -150,8 +209,38 @@ pub struct HttpAnswer {
     pub rb: ReadBuf,
     /// Which upstream answered.
     pub upstream: usize,
-    /// Translates a handshake-era upstream's answer for a 2026-07-28 client (`era`).
-    pub shape: Option<Box<era::Shaping>>,
+    /// Rewrites the answer on its way to the client (`Shape`).
+    pub shape: Option<Box<Shape>>,
+    /// A federated server's answer: which server (`Upstreams::each`) and its session id
+    /// there, so its stream is reopened on that server (`None`: the session's own upstream).
+    pub member: Option<(usize, Rc<str>)>,
+}
+
+/// How an upstream's answer is rewritten on its way to the client, event by event (SSE) or
+/// whole (JSON).
+pub enum Shape {
+    /// A handshake-era upstream's answer, for a 2026-07-28 client (`era`).
+    Era(era::Shaping),
+    /// A federated server's answer: its own requests get ids that name it (`federated`).
+    Tag(federated::Tag),
+}
+
+impl Shape {
+    /// One SSE event as the client gets it; `None` drops it.
+    pub fn event(&self, raw: Bytes) -> Option<Bytes> {
+        match self {
+            Shape::Era(s) => s.event(raw),
+            Shape::Tag(t) => Some(t.event(raw)),
+        }
+    }
+
+    /// A whole JSON answer as the client gets it; `None`: unchanged.
+    pub fn body(&self, body: &[u8]) -> Option<Vec<u8>> {
+        match self {
+            Shape::Era(s) => s.body(body),
+            Shape::Tag(_) => None,
+        }
+    }
 }
 
 /// A stream of SSE events from an upstream kind other than HTTP (whose SSE bodies the
@@ -161,6 +250,10 @@ pub enum Events {
     Request(stdio::RequestEvents),
     /// A stdio child's messages about no request: the session's GET stream.
     Session(stdio::SessionEvents),
+    /// A federated server's events, its own requests tagged (`federated::Tag`).
+    Tagged(Box<Events>, federated::Tag),
+    /// A federated session's server streams, merged (`federated::stream`).
+    Merged(federated::Merged),
 }
 
 impl Events {
@@ -169,6 +262,11 @@ impl Events {
         match self {
             Events::Request(r) => r.next().await,
             Events::Session(s) => s.next().await,
+            Events::Merged(m) => m.next().await,
+            Events::Tagged(inner, tag) => {
+                let raw = Box::pin(inner.next()).await?;
+                Some(tag.event(raw))
+            }
         }
     }
 }
@@ -185,29 +283,70 @@ pub enum UpSession {
     },
     /// The stdio child serving the session.
     Stdio(Rc<stdio::Child>),
+    /// A session on a federated route: one upstream half per server of the route.
+    Federated(Rc<federated::FedSession>),
 }
 
 impl UpSession {
     pub fn sid(&self) -> Option<&Rc<str>> {
         match self {
             UpSession::Http { sid, .. } => sid.as_ref(),
-            UpSession::Stdio(_) => None,
+            UpSession::Stdio(_) | UpSession::Federated(_) => None,
         }
     }
 
-    /// The HTTP upstream's index (0 for stdio).
+    /// The HTTP upstream's index (0 for stdio and federated sessions).
     pub fn index(&self) -> usize {
         match self {
             UpSession::Http { upstream, .. } => *upstream,
-            UpSession::Stdio(_) => 0,
+            UpSession::Stdio(_) | UpSession::Federated(_) => 0,
         }
     }
 
     pub fn child(&self) -> Option<&Rc<stdio::Child>> {
         match self {
             UpSession::Stdio(c) => Some(c),
-            UpSession::Http { .. } => None,
+            UpSession::Http { .. } | UpSession::Federated(_) => None,
         }
+    }
+
+    /// Ends what the session holds on this shard: its stdio children (which end with it).
+    pub fn end_local(&self) {
+        match self {
+            UpSession::Stdio(c) => c.end(),
+            UpSession::Federated(f) => f.members().for_each(|(_, m)| m.end_local()),
+            UpSession::Http { .. } => {}
+        }
+    }
+}
+
+/// Ends `session` upstream in the background, within `timeout`: its HTTP upstream sessions
+/// (a federated session's on each server). Returns the tasks, for the caller to await
+/// (shutdown) or not.
+pub fn end_quietly(
+    up: &Rc<Upstreams>,
+    session: &UpSession,
+    timeout: std::time::Duration,
+) -> Vec<monoio::task::JoinHandle<()>> {
+    match session {
+        UpSession::Http {
+            upstream,
+            sid: Some(sid),
+        } => vec![monoio::spawn(http::end_quietly(
+            up.clone(),
+            sid.clone(),
+            *upstream,
+            timeout,
+        ))],
+        UpSession::Federated(f) => {
+            let Some(fed) = &up.federation else {
+                return Vec::new();
+            };
+            f.members()
+                .flat_map(|(server, m)| end_quietly(&fed.servers[server], m, timeout))
+                .collect()
+        }
+        _ => Vec::new(),
     }
 }
 
@@ -234,6 +373,10 @@ impl Upstreams {
         self: &Rc<Self>,
         call: &Call<'_>,
     ) -> Result<(Source, Option<UpSession>)> {
+        if let Some(fed) = &self.federation {
+            // Boxed: a federation's servers are `Upstreams` too (the future would hold itself).
+            return Box::pin(federated::open_session(fed, call)).await;
+        }
         match &self.stdio {
             Some(host) => stdio::open_session(self, host, call).await,
             None => http::open_session(self, call).await,
@@ -247,7 +390,14 @@ impl Upstreams {
             UpSession::Http { upstream, sid } => {
                 http::send(self, call, Some(*upstream), sid.as_deref()).await
             }
+            UpSession::Federated(s) => Box::pin(federated::send(self.federated()?, s, call)).await,
         }
+    }
+
+    fn federated(&self) -> Result<&Rc<federated::Federation>> {
+        self.federation
+            .as_ref()
+            .ok_or_else(|| Error::new(Kind::Internal, "a federated session without servers"))
     }
 
     /// GET: the session's server stream.
@@ -256,6 +406,9 @@ impl Upstreams {
             UpSession::Stdio(child) => Ok(stdio::open_stream(child)),
             UpSession::Http { upstream, sid } => {
                 http::send(self, call, Some(*upstream), sid.as_deref()).await
+            }
+            UpSession::Federated(s) => {
+                Box::pin(federated::open_stream(self.federated()?, s, call)).await
             }
         }
     }
@@ -268,12 +421,18 @@ impl Upstreams {
                 upstream,
                 sid: Some(sid),
             } => http::send(self, call, Some(*upstream), Some(sid)).await,
+            UpSession::Federated(s) => {
+                Box::pin(federated::end_session(self.federated()?, s, call)).await
+            }
             _ => Ok(Source::Status(200)),
         }
     }
 
     /// A request of no session: 2026-07-28 (`stateless`), or a client of a sessionless server.
     pub async fn stateless(self: &Rc<Self>, call: &Call<'_>) -> Result<Source> {
+        if let Some(fed) = &self.federation {
+            return Box::pin(federated::stateless(fed, call)).await;
+        }
         match &self.stdio {
             Some(host) => stdio::stateless(self, host, call).await,
             None => era::stateless(self, call).await,
@@ -282,7 +441,7 @@ impl Upstreams {
 
     /// A POST or GET without a session, for a sessionless HTTP server (stdio needs a session).
     pub async fn sessionless(self: &Rc<Self>, call: &Call<'_>) -> Result<Source> {
-        if self.is_stdio() {
+        if self.is_stdio() || self.federation.is_some() {
             return Err(Error::new(Kind::SessionRequired, ""));
         }
         http::send(self, call, None, None).await

@@ -21,6 +21,8 @@ mod body;
 mod chunked;
 #[path = "../fuzz/checks/config.rs"]
 mod config;
+#[path = "../fuzz/checks/federation.rs"]
+mod federation;
 #[path = "../fuzz/checks/jsonrpc.rs"]
 mod jsonrpc;
 #[path = "../fuzz/checks/last_event_id.rs"]
@@ -64,6 +66,7 @@ replays!(
     authz_glob,
     authz_filter,
     auth,
+    federation,
 );
 
 /// Runs `check` on every input saved for `target`; each failure names its file.

@@ -8,6 +8,9 @@
 //! ...); what the gateway writes into an upstream request head from the config (authority,
 //! path, health path, credentials) is header-safe, and what it hands to `Command` for a
 //! stdio child holds no NUL (nor `=` in an environment name), so it cannot fail at every spawn.
+//! Each server of a federation holds the same; its name splits unambiguously from the
+//! separator, route paths are unique and usable, and every route names known servers, each
+//! server on some route.
 //!
 //! Addresses are resolved only when they are literal: a fuzz run must not ask DNS.
 //!
@@ -52,7 +55,11 @@ fn literal(f: &FileConfig) -> bool {
         addr(&with_port)
     };
     let admin = matches!(f.server.admin.as_str(), "" | "off") || addr(&f.server.admin);
-    addr(&f.server.listen) && admin && f.upstream.iter().all(|u| u.url.is_empty() || url(&u.url))
+    let servers = f.servers.iter().flat_map(|s| {
+        std::iter::once(s.upstream.url.as_str()).chain(s.replica.iter().map(|r| r.url.as_str()))
+    });
+    let mut urls = f.upstream.iter().map(|u| u.url.as_str()).chain(servers);
+    addr(&f.server.listen) && admin && urls.all(|u| u.is_empty() || url(u))
 }
 
 fn at_least_1ms(what: &str, d: Duration) {
@@ -103,7 +110,19 @@ fn check(c: &Config) {
     assert!((0.0..0.5).contains(&d.hysteresis));
     at_least_1ms("check_interval", d.check_interval);
     assert!(d.max_pending_events >= 1);
-    match &c.upstream {
+    check_upstream(&c.upstream);
+    check_federation(c);
+    if let Some(tc) = &c.tapes {
+        assert_eq!(tc.validate(), Ok(()));
+        assert!(tc.batch_max_frames >= 1 && tc.batch_max_frames <= tc.channel_depth);
+    }
+    for o in &c.origins.origins {
+        assert_eq!(o, &o.to_ascii_lowercase());
+    }
+}
+
+fn check_upstream(u: &Upstream) {
+    match u {
         Upstream::Http(h) => check_http(h),
         Upstream::Stdio(s) => {
             assert!(!s.command.trim().is_empty());
@@ -121,12 +140,62 @@ fn check(c: &Config) {
             }
         }
     }
-    if let Some(tc) = &c.tapes {
-        assert_eq!(tc.validate(), Ok(()));
-        assert!(tc.batch_max_frames >= 1 && tc.batch_max_frames <= tc.channel_depth);
+}
+
+/// Servers, routes and the separator; without `[[server]]`, one unnamed server on `/mcp`.
+fn check_federation(c: &Config) {
+    let f = &c.federation;
+    let sep = f.separator.as_str();
+    assert!((1..=8).contains(&sep.len()), "{sep:?}");
+    let refused =
+        |b: u8| !b.is_ascii_graphic() || b.is_ascii_alphanumeric() || b"/*?\"\\".contains(&b);
+    assert!(!sep.bytes().any(refused), "{sep:?}");
+    assert!(f.max_names >= 1 && f.max_list_pages >= 1);
+    assert!(!c.servers.is_empty() && !c.routes.is_empty());
+    if c.servers[0].name.is_empty() {
+        assert_eq!(c.servers.len(), 1);
+        assert_eq!((c.routes.len(), c.routes[0].path.as_str()), (1, "/mcp"));
     }
-    for o in &c.origins.origins {
-        assert_eq!(o, &o.to_ascii_lowercase());
+    for (i, s) in c.servers.iter().enumerate() {
+        check_upstream(&s.upstream);
+        if s.name.is_empty() {
+            continue;
+        }
+        let name_byte =
+            |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-';
+        assert!(s.name.bytes().all(name_byte), "{:?}", s.name);
+        // `<name><sep><x>` splits at the separator's first occurrence into the name and `x`.
+        assert_eq!(
+            format!("{}{sep}", s.name).find(sep),
+            Some(s.name.len()),
+            "{:?}",
+            s.name
+        );
+        assert!(c.servers[..i].iter().all(|o| o.name != s.name));
+    }
+    for (i, r) in c.routes.iter().enumerate() {
+        let p = r.path.as_str();
+        assert!(
+            p.starts_with('/')
+                && p.bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#'),
+            "{p:?}"
+        );
+        assert!(
+            p != "/.well-known" && !p.starts_with("/.well-known/"),
+            "{p:?}"
+        );
+        assert!(c.routes[..i].iter().all(|o| o.path != r.path), "{p:?}");
+        assert!(!r.servers.is_empty() && r.servers.iter().all(|&k| k < c.servers.len()));
+        for (j, k) in r.servers.iter().enumerate() {
+            assert!(!r.servers[..j].contains(k), "{p:?} names a server twice");
+        }
+    }
+    for k in 0..c.servers.len() {
+        assert!(
+            c.routes.iter().any(|r| r.servers.contains(&k)),
+            "server {k} on no route"
+        );
     }
 }
 

@@ -2,9 +2,14 @@
 //! TOML table (each with the `Default` a missing key takes), and the `DEFAULT_*` constants those
 //! defaults come from. Unknown keys are errors. Nothing here validates: `runtime` turns a
 //! `FileConfig` into the checked `Config`.
+//!
+//! One name holds two tables: `[server]` is the gateway's own listener, `[[server]]` the named
+//! MCP servers of a federation. TOML cannot hold both under one name, so a file with
+//! `[[server]]` writes its listener as `[gateway]` (any file may).
 
 use std::collections::BTreeMap;
 
+use serde::de::{self, DeserializeOwned, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
 use super::tapes;
@@ -142,22 +147,288 @@ pub const DEFAULT_TOKEN_CACHE_ENTRIES: usize = 4096;
 pub const DEFAULT_JWKS_REFRESH_QUEUE_DEPTH: usize = 16;
 /// Largest token or API key read from a request header.
 pub const DEFAULT_MAX_CREDENTIAL_BYTES: usize = 8 * 1024;
+/// Separator between a server's name and a name it offers, in prefixed names.
+pub const DEFAULT_FEDERATION_SEPARATOR: &str = "__";
+/// The longest `[federation]` separator: punctuation between two names, not a word.
+pub const MAX_SEPARATOR_BYTES: usize = 8;
+/// The path every server is on when no `[[route]]` is configured.
+pub const DEFAULT_ROUTE_PATH: &str = "/mcp";
+/// Names (tools, prompts, resources and templates) a route's name table keeps per shard; a
+/// server offering more has the rest left out, logged. Bounds the table's memory whatever the
+/// servers list.
+pub const DEFAULT_FEDERATION_MAX_NAMES: usize = 65_536;
+/// List pages the gateway reads from one server to resolve a name it has not seen (a client
+/// calling a tool it did not list); past it, the name is unknown.
+pub const DEFAULT_FEDERATION_MAX_LIST_PAGES: usize = 64;
 
 /// The TOML file, as written by an operator. Unknown keys are errors.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(try_from = "FileTables")]
 pub struct FileConfig {
+    /// `[server]` (or `[gateway]`): the gateway's own listener.
     pub server: ServerSection,
+    /// Which name the listener's keys are under, for error messages.
+    pub listener_table: ListenerTable,
     pub limits: LimitsSection,
     pub timeouts: TimeoutsSection,
     pub sse: SseSection,
     pub degradation: DegradationSection,
     /// `[upstream]` or `[[upstream]]`: one upstream, or several HTTP upstreams (balanced, health
     /// checked).
-    #[serde(deserialize_with = "one_or_many")]
     pub upstream: Vec<UpstreamSection>,
     pub tapes: TapesSection,
     pub auth: AuthSection,
+    /// `[[server]]`: named MCP servers, instead of `[upstream]` (federation).
+    pub servers: Vec<ServerFileSection>,
+    /// `[[route]]`: the paths clients reach and the servers behind each.
+    pub routes: Vec<RouteSection>,
+    pub federation: FederationSection,
+}
+
+/// Where the gateway's listener keys are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ListenerTable {
+    #[default]
+    Server,
+    /// `[gateway]`, or no table in a file with `[[server]]` (where `server.*` would name one).
+    Gateway,
+}
+
+impl ListenerTable {
+    pub fn name(self) -> &'static str {
+        match self {
+            ListenerTable::Server => "server",
+            ListenerTable::Gateway => "gateway",
+        }
+    }
+}
+
+/// The file's tables as serde reads them; `FileConfig` sorts out the `server` name.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileTables {
+    server: Option<ServerTables>,
+    gateway: Option<ServerSection>,
+    limits: LimitsSection,
+    timeouts: TimeoutsSection,
+    sse: SseSection,
+    degradation: DegradationSection,
+    #[serde(deserialize_with = "one_or_many")]
+    upstream: Vec<UpstreamSection>,
+    tapes: TapesSection,
+    auth: AuthSection,
+    route: Vec<RouteSection>,
+    federation: FederationSection,
+}
+
+impl TryFrom<FileTables> for FileConfig {
+    type Error = String;
+
+    fn try_from(t: FileTables) -> Result<FileConfig, String> {
+        let gateway = t.gateway.is_some();
+        let (server, servers) = match (t.server, gateway) {
+            (Some(ServerTables::Listener(_)), true) => {
+                return Err("[server] and [gateway] are one table: write it once".into())
+            }
+            (Some(ServerTables::Listener(s)), false) => (s, Vec::new()),
+            (Some(ServerTables::Servers(v)), _) => (t.gateway.unwrap_or_default(), v),
+            (None, _) => (t.gateway.unwrap_or_default(), Vec::new()),
+        };
+        let listener_table = if gateway || !servers.is_empty() {
+            ListenerTable::Gateway
+        } else {
+            ListenerTable::Server
+        };
+        Ok(FileConfig {
+            server,
+            listener_table,
+            limits: t.limits,
+            timeouts: t.timeouts,
+            sse: t.sse,
+            degradation: t.degradation,
+            upstream: t.upstream,
+            tapes: t.tapes,
+            auth: t.auth,
+            servers,
+            routes: t.route,
+            federation: t.federation,
+        })
+    }
+}
+
+/// What the `server` name holds: the listener's table, or the named MCP servers.
+enum ServerTables {
+    Listener(ServerSection),
+    Servers(Vec<ServerFileSection>),
+}
+
+impl<'de> Deserialize<'de> for ServerTables {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ServerTables, D::Error> {
+        d.deserialize_any(ServerTablesVisitor)
+    }
+}
+
+struct ServerTablesVisitor;
+
+impl<'de> Visitor<'de> for ServerTablesVisitor {
+    type Value = ServerTables;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a table [server] or an array of tables [[server]]")
+    }
+
+    // The listener's table is read in place, so its errors keep their line.
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ServerTables, A::Error> {
+        ServerSection::deserialize(de::value::MapAccessDeserializer::new(map))
+            .map(ServerTables::Listener)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<ServerTables, A::Error> {
+        let tables = Vec::<toml::Table>::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
+        tables
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| ServerFileSection::from_table(i, t))
+            .collect::<Result<Vec<_>, _>>()
+            .map(ServerTables::Servers)
+            .map_err(de::Error::custom)
+    }
+}
+
+/// `[[server]]`: one named MCP server. Its other keys are `[upstream]`'s, but `weight`, which
+/// only a replica has.
+#[derive(Debug)]
+pub struct ServerFileSection {
+    /// `[a-z0-9_-]+`, unique (`is_server_name`).
+    pub name: String,
+    /// When its names are shown prefixed: "always", "never" or "conditional" (the default: only
+    /// where two servers of a route offer the same name).
+    pub prefix: String,
+    pub tools: FilterSection,
+    pub prompts: FilterSection,
+    pub resources: FilterSection,
+    /// `[[server.replica]]`: HTTP replicas, balanced and health checked like `[[upstream]]`;
+    /// instead of `url`.
+    pub replica: Vec<ReplicaSection>,
+    /// The upstream keys; `kind` is "stdio" when `command` is given without it.
+    pub upstream: UpstreamSection,
+}
+
+impl ServerFileSection {
+    /// Takes the federation keys out of the `i`th `[[server]]` table; the rest must be
+    /// `UpstreamSection`'s (so an unknown key is still an error naming it).
+    fn from_table(i: usize, mut t: toml::Table) -> Result<ServerFileSection, String> {
+        let name = match t.remove("name") {
+            Some(toml::Value::String(s)) => s,
+            Some(_) => return Err(format!("server[{i}].name: must be a string")),
+            None => return Err(format!("server[{i}].name: is required")),
+        };
+        let at = server_table(i, &name);
+        if t.contains_key("weight") {
+            return Err(format!(
+                "{at}.weight: is a replica's key (write it in [[server.replica]])"
+            ));
+        }
+        if t.contains_key("command") && !t.contains_key("kind") {
+            t.insert("kind".into(), "stdio".into());
+        }
+        Ok(ServerFileSection {
+            prefix: take(&mut t, &at, "prefix")?.unwrap_or_else(|| "conditional".into()),
+            tools: take(&mut t, &at, "tools")?.unwrap_or_default(),
+            prompts: take(&mut t, &at, "prompts")?.unwrap_or_default(),
+            resources: take(&mut t, &at, "resources")?.unwrap_or_default(),
+            replica: take(&mut t, &at, "replica")?.unwrap_or_default(),
+            upstream: toml::Value::Table(t)
+                .try_into()
+                .map_err(|e| format!("{at}: {e}"))?,
+            name,
+        })
+    }
+}
+
+/// Whether `name` is a server name as written: `[a-z0-9_-]+`.
+pub fn is_server_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// How errors name the `i`th `[[server]]`: `server.<name>`, or `server[<i>]` while its name is
+/// not one.
+pub fn server_table(i: usize, name: &str) -> String {
+    if is_server_name(name) {
+        format!("server.{name}")
+    } else {
+        format!("server[{i}]")
+    }
+}
+
+/// Removes `key` from `t` and reads it as a `T`; an error names `<at>.<key>`.
+fn take<T: DeserializeOwned>(
+    t: &mut toml::Table,
+    at: &str,
+    key: &str,
+) -> Result<Option<T>, String> {
+    t.remove(key)
+        .map(|v| v.try_into().map_err(|e| format!("{at}.{key}: {e}")))
+        .transpose()
+}
+
+/// `[[server.replica]]`: one HTTP replica of a server, with the server's other keys.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaSection {
+    pub url: String,
+    /// Share of new sessions and stateless requests (1-1000).
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// `tools`, `prompts`, `resources` of a `[[server]]`: which of its names a route offers, as
+/// globs. An empty `include` lets every name in (unlike `[[auth.rules]]`' allow lists: a
+/// filter narrows a server, it grants nothing).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilterSection {
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+}
+
+/// `[[route]]`: a path clients reach and the servers behind it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    pub path: String,
+    /// Names of `[[server]]`s, in the order their names are offered.
+    pub servers: Vec<String>,
+}
+
+/// `[federation]`: how a route's servers combine.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FederationSection {
+    pub separator: String,
+    /// What a route does with a server that is down: "open" (the default: left out) or
+    /// "closed" (the client's initialize fails).
+    pub failure_mode: String,
+    pub max_names: usize,
+    pub max_list_pages: usize,
+}
+
+impl Default for FederationSection {
+    fn default() -> Self {
+        FederationSection {
+            separator: DEFAULT_FEDERATION_SEPARATOR.into(),
+            failure_mode: "open".into(),
+            max_names: DEFAULT_FEDERATION_MAX_NAMES,
+            max_list_pages: DEFAULT_FEDERATION_MAX_LIST_PAGES,
+        }
+    }
 }
 
 /// `[auth]`: who may use the gateway. `mode` is "off" (the default), "oauth" (bearer JWTs
@@ -490,7 +761,7 @@ impl Default for DegradationSection {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamSection {
     /// "http" (the default) or "stdio".
@@ -574,5 +845,182 @@ mod tests {
     fn unknown_key_is_named() {
         let e = FileConfig::from_toml("[limits]\nmax_conections = 5\n").unwrap_err();
         assert!(e.0.contains("max_conections"), "{e}");
+    }
+
+    const FEDERATED: &str = r#"
+[gateway]
+listen = "127.0.0.1:7000"
+
+[[server]]
+name = "github"
+url = "http://127.0.0.1:9001/mcp"
+authorization = "Bearer t"
+prefix = "always"
+tools = { include = ["search_*", "get_*"], exclude = ["get_secret"] }
+
+[[server]]
+name = "search"
+strategy = "least_connections"
+pool_max_idle = 16
+[[server.replica]]
+url = "http://127.0.0.1:9002/mcp"
+weight = 3
+[[server.replica]]
+url = "http://127.0.0.1:9003/mcp"
+
+[[server]]
+name = "files"
+command = "mcp-files"
+args = ["--root", "/srv"]
+prompts = { exclude = ["*"] }
+[server.env]
+K = "v"
+
+[[route]]
+path = "/mcp"
+servers = ["github", "search"]
+
+[[route]]
+path = "/mcp/dev"
+servers = ["files", "github"]
+
+[federation]
+separator = "."
+failure_mode = "closed"
+max_names = 1000
+max_list_pages = 4
+"#;
+
+    #[test]
+    fn servers_routes_and_federation_are_read() {
+        let f = FileConfig::from_toml(FEDERATED).unwrap();
+        assert_eq!(f.listener_table, ListenerTable::Gateway);
+        assert_eq!(f.server.listen, "127.0.0.1:7000");
+        assert!(f.upstream.is_empty());
+        let names: Vec<_> = f.servers.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["github", "search", "files"]);
+        let [github, search, files] = &f.servers[..] else {
+            panic!("three servers")
+        };
+        assert_eq!(github.prefix, "always");
+        assert_eq!(github.tools.include, ["search_*", "get_*"]);
+        assert_eq!(github.tools.exclude, ["get_secret"]);
+        assert_eq!(github.upstream.authorization.as_deref(), Some("Bearer t"));
+        assert_eq!(search.prefix, "conditional");
+        assert_eq!(search.upstream.strategy, "least_connections");
+        assert_eq!(search.upstream.pool_max_idle, 16);
+        let replicas: Vec<_> = search
+            .replica
+            .iter()
+            .map(|r| (r.url.as_str(), r.weight))
+            .collect();
+        assert_eq!(
+            replicas,
+            [
+                ("http://127.0.0.1:9002/mcp", 3),
+                ("http://127.0.0.1:9003/mcp", 1)
+            ]
+        );
+        // `command` without `kind` is a stdio server.
+        assert_eq!(files.upstream.kind, "stdio");
+        assert_eq!(files.upstream.args, ["--root", "/srv"]);
+        assert_eq!(files.upstream.env.get("K").map(String::as_str), Some("v"));
+        assert_eq!(files.prompts.exclude, ["*"]);
+        assert!(files.tools.include.is_empty() && files.resources.exclude.is_empty());
+        let routes: Vec<_> = f
+            .routes
+            .iter()
+            .map(|r| (r.path.as_str(), r.servers.join(",")))
+            .collect();
+        assert_eq!(
+            routes,
+            [
+                ("/mcp", "github,search".to_string()),
+                ("/mcp/dev", "files,github".to_string())
+            ]
+        );
+        let fed = &f.federation;
+        assert_eq!(
+            (fed.separator.as_str(), fed.failure_mode.as_str()),
+            (".", "closed")
+        );
+        assert_eq!((fed.max_names, fed.max_list_pages), (1000, 4));
+    }
+
+    #[test]
+    fn federation_defaults() {
+        let f =
+            FileConfig::from_toml("[[server]]\nname = \"a\"\nurl = \"http://h/mcp\"\n").unwrap();
+        assert_eq!(f.listener_table, ListenerTable::Gateway);
+        assert_eq!(f.servers[0].prefix, "conditional");
+        assert_eq!(f.servers[0].upstream.kind, "http");
+        assert!(f.routes.is_empty());
+        let fed = &f.federation;
+        assert_eq!(fed.separator, DEFAULT_FEDERATION_SEPARATOR);
+        assert_eq!(fed.failure_mode, "open");
+        assert_eq!(fed.max_names, DEFAULT_FEDERATION_MAX_NAMES);
+        assert_eq!(fed.max_list_pages, DEFAULT_FEDERATION_MAX_LIST_PAGES);
+        // Without [[server]], the listener is [server] as it always was.
+        let f = FileConfig::from_toml("[server]\nlisten = \"127.0.0.1:1\"\n").unwrap();
+        assert_eq!(f.listener_table, ListenerTable::Server);
+        assert_eq!(f.server.listen, "127.0.0.1:1");
+        assert!(f.servers.is_empty());
+        let f = FileConfig::from_toml("[gateway]\nlisten = \"127.0.0.1:2\"\n").unwrap();
+        assert_eq!(f.listener_table, ListenerTable::Gateway);
+        assert_eq!(f.server.listen, "127.0.0.1:2");
+    }
+
+    #[test]
+    fn federation_keys_are_checked_and_named() {
+        let server = "[[server]]\nname = \"gh\"\nurl = \"http://h/mcp\"\n";
+        for (extra, named) in [
+            ("urll = \"x\"\n", "server.gh: unknown field `urll`"),
+            ("weight = 2\n", "server.gh.weight"),
+            (
+                "tools = { includ = [\"a\"] }\n",
+                "server.gh.tools: unknown field `includ`",
+            ),
+            ("prompts = [\"a\"]\n", "server.gh.prompts"),
+            ("prefix = 1\n", "server.gh.prefix"),
+            (
+                "[[server.replica]]\nurl = \"http://h/\"\nweigth = 1\n",
+                "server.gh.replica: unknown field `weigth`",
+            ),
+            ("[[server.replica]]\nweight = 1\n", "missing field `url`"),
+            (
+                "[[route]]\npath = \"/mcp\"\nserver = [\"gh\"]\n",
+                "unknown field `server`",
+            ),
+            (
+                "[federation]\nseparater = \".\"\n",
+                "unknown field `separater`",
+            ),
+        ] {
+            let e = FileConfig::from_toml(&format!("{server}{extra}")).unwrap_err();
+            assert!(e.0.contains(named), "{extra}: {e}");
+        }
+        let e = FileConfig::from_toml("[[server]]\nurl = \"http://h/mcp\"\n").unwrap_err();
+        assert!(e.0.contains("server[0].name: is required"), "{e}");
+        let e = FileConfig::from_toml("[[server]]\nname = 7\n").unwrap_err();
+        assert!(e.0.contains("server[0].name: must be a string"), "{e}");
+        // An unusable name is named by its place until it is checked.
+        let e = FileConfig::from_toml("[[server]]\nname = \"G H\"\nurll = 1\n").unwrap_err();
+        assert!(e.0.contains("server[0]: unknown field `urll`"), "{e}");
+        let e = FileConfig::from_toml("server = 3\n").unwrap_err();
+        assert!(e.0.contains("[[server]]"), "{e}");
+    }
+
+    #[test]
+    fn one_listener_table() {
+        let e = FileConfig::from_toml("[server]\nshards = 1\n[gateway]\nshards = 2\n").unwrap_err();
+        assert!(e.0.contains("[server] and [gateway]"), "{e}");
+        // TOML itself refuses [server] beside [[server]] (the reason [gateway] exists); the
+        // error says what to write.
+        let e =
+            FileConfig::from_toml("[server]\nshards = 1\n[[server]]\nname = \"a\"\n").unwrap_err();
+        assert!(e.0.contains("write the listener as [gateway]"), "{e}");
+        // The listener's table is read in place: its errors keep their line.
+        let e = FileConfig::from_toml("\n[server]\nlisen = \"x\"\n").unwrap_err();
+        assert!(e.0.contains("lisen") && e.0.contains("line 3"), "{e}");
     }
 }

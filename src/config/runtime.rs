@@ -6,11 +6,15 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
+use super::federation::{FederationConfig, RouteConfig, ServerConfig};
 use super::file::{
-    DegradationSection, FileConfig, LimitsSection, ServerSection, SseSection, TapesSection,
-    TimeoutsSection, UpstreamSection, MAX_SHARDS,
+    DegradationSection, FileConfig, LimitsSection, ServerFileSection, ServerSection, SseSection,
+    TapesSection, TimeoutsSection, UpstreamSection, DEFAULT_ROUTE_PATH, MAX_SHARDS,
 };
 use super::tapes;
+use super::upstream::{
+    HealthConfig, HttpUpstreams, ProbeKind, StdioConfig, Strategy, Upstream, UpstreamConfig,
+};
 
 /// Which io driver the shards run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,68 +41,52 @@ pub struct Config {
     /// server's.
     pub upstream: Upstream,
     /// The named servers (`[[server]]`); without them, `upstream` as one unnamed server.
-    pub servers: Vec<super::federation::ServerConfig>,
+    pub servers: Vec<ServerConfig>,
     /// The paths clients reach and the servers behind each (`[[route]]`); at least one.
-    pub routes: Vec<super::federation::RouteConfig>,
-    pub federation: super::federation::FederationConfig,
+    pub routes: Vec<RouteConfig>,
+    pub federation: FederationConfig,
     /// Recording; `None` when off.
     pub tapes: Option<tapes::TapeConfig>,
     pub auth: super::auth::AuthConfig,
 }
 
-/// The upstream MCP server: over HTTP (one or several), or a program spoken to over stdio.
-#[derive(Debug, Clone)]
-pub enum Upstream {
-    Http(HttpUpstreams),
-    Stdio(StdioConfig),
-}
-
-/// One or several HTTP upstreams serving the same MCP endpoint.
-#[derive(Debug, Clone)]
-pub struct HttpUpstreams {
-    pub targets: Vec<UpstreamConfig>,
-    pub strategy: Strategy,
-}
-
-/// How new sessions and stateless requests are spread over several upstreams. A session always
-/// stays on the upstream it started on (its upstream session lives there).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Strategy {
-    /// Smooth weighted round robin.
-    RoundRobin,
-    /// Fewest requests in flight on this shard, relative to weight.
-    LeastConnections,
-    /// By client address: a client keeps its upstream, for stateless requests too.
-    Sticky,
-}
-
-impl Upstream {
-    /// How the upstream is named in logs.
-    pub fn describe(&self) -> String {
-        match self {
-            Upstream::Http(h) => h
-                .targets
-                .iter()
-                .map(|u| format!("http://{}{}", u.authority, u.path))
-                .collect::<Vec<_>>()
-                .join(", "),
-            Upstream::Stdio(s) => format!("stdio: {} {}", s.command, s.args.join(" ")),
-        }
+impl Config {
+    /// Whether the servers are named (`[[server]]`): requests then go through the federation
+    /// (`upstream::federated`), even to a route of one server.
+    pub fn is_federated(&self) -> bool {
+        self.servers.first().is_some_and(|s| !s.name.is_empty())
     }
-}
 
-#[derive(Debug, Clone)]
-pub struct StdioConfig {
-    pub command: String,
-    pub args: Vec<String>,
-    pub env: Vec<(String, String)>,
-    pub cwd: Option<String>,
-    pub prewarm: usize,
-    pub max_processes: usize,
-    pub stateless_children: usize,
-    pub kill_grace: Duration,
-    pub stderr_lines_per_s: u32,
-    pub stdin_queue_depth: usize,
+    /// The upstreams the gateway serves from: the one upstream, or each server's.
+    fn upstreams(&self) -> impl Iterator<Item = &Upstream> {
+        let servers = self.is_federated().then_some(&self.servers);
+        let one = (!self.is_federated()).then_some(&self.upstream);
+        servers
+            .into_iter()
+            .flatten()
+            .map(|s| &s.upstream)
+            .chain(one)
+    }
+
+    /// HTTP upstreams (replicas) over all servers: their health gauges, in server order.
+    pub fn http_targets(&self) -> usize {
+        self.upstreams()
+            .map(|u| match u {
+                Upstream::Http(h) => h.targets.len(),
+                Upstream::Stdio(_) => 0,
+            })
+            .sum()
+    }
+
+    /// Child processes over all stdio servers (one gate across shards).
+    pub fn max_stdio_processes(&self) -> usize {
+        self.upstreams()
+            .map(|u| match u {
+                Upstream::Stdio(s) => s.max_processes,
+                Upstream::Http(_) => 0,
+            })
+            .sum()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -172,42 +160,6 @@ pub struct Thresholds {
     pub max_pending_events: u64,
 }
 
-#[derive(Debug, Clone)]
-pub struct UpstreamConfig {
-    pub addr: SocketAddr,
-    /// `host:port` as written in the URL, sent as `Host`.
-    pub authority: String,
-    pub path: String,
-    pub authorization: Option<String>,
-    pub pool_max_idle: usize,
-    pub pool_max_connections: usize,
-    pub pool_idle_timeout: Duration,
-    pub weight: u32,
-    pub health: HealthConfig,
-}
-
-/// How an upstream is probed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProbeKind {
-    Mcp,
-    Http,
-    Off,
-}
-
-/// Validated health settings of one HTTP upstream (see `health`).
-#[derive(Debug, Clone)]
-pub struct HealthConfig {
-    pub kind: ProbeKind,
-    pub path: String,
-    pub interval: Duration,
-    pub timeout: Duration,
-    pub healthy_threshold: u32,
-    pub unhealthy_threshold: u32,
-    pub breaker_failures: u32,
-    pub breaker_open: Duration,
-    pub breaker_half_open_requests: u32,
-}
-
 /// Which `Origin` and `Host` values are accepted.
 #[derive(Debug, Clone)]
 pub struct OriginPolicy {
@@ -255,6 +207,7 @@ impl FileConfig {
     pub fn needs_demo(&self, o: &Overrides) -> bool {
         o.upstream.is_none()
             && o.upstream_cmd.is_none()
+            && self.servers.is_empty()
             && self
                 .upstream
                 .iter()
@@ -262,7 +215,16 @@ impl FileConfig {
     }
 
     pub fn from_toml(text: &str) -> Result<FileConfig, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError(format!("invalid config: {e}")))
+        toml::from_str(text).map_err(|e| {
+            // The parser refuses `[server]` beside `[[server]]` before serde sees either.
+            let hint = if e.message().contains("duplicate key `server`") {
+                "\n([server] is the listener and [[server]] the named servers: with [[server]], \
+                 write the listener as [gateway])"
+            } else {
+                ""
+            };
+            ConfigError(format!("invalid config: {e}{hint}"))
+        })
     }
 
     pub fn load(path: &str) -> Result<FileConfig, ConfigError> {
@@ -278,45 +240,32 @@ impl FileConfig {
         demo_addr: Option<SocketAddr>,
     ) -> Result<Config, ConfigError> {
         self.apply(o)?;
-        let listen = resolve_addr("server.listen", &self.server.listen)?;
+        let table = self.listener_table.name();
+        let key = |k: &str| format!("{table}.{k}");
+        let listen = resolve_addr(&key("listen"), &self.server.listen)?;
         let admin = match self.server.admin.as_str() {
             "" | "off" => None,
-            a => Some(resolve_addr("server.admin", a)?),
+            a => Some(resolve_addr(&key("admin"), a)?),
         };
-        let shards = resolve_shards(self.server.shards)?;
-        let driver = driver(&self.server.driver)?;
+        let shards = resolve_shards(self.server.shards, &key("shards"))?;
+        let driver = driver(&self.server.driver, &key("driver"))?;
         let origins = origin_policy(&self.server, listen);
         let limits = validate_limits(&self.limits)?;
         let timeouts = validate_timeouts(&self.timeouts)?;
         let sse = self.sse.validate()?;
         let degradation = self.degradation.validate()?;
-        let upstream = match self.upstream.as_slice() {
-            [] => validate_upstream(&UpstreamSection::default(), demo_addr)?,
-            [u] => validate_upstream(u, demo_addr)?,
-            many => validate_many(many)?,
-        };
+        let federation = self.federation.validate().map_err(ConfigError)?;
+        let (upstream, servers, routes) = self.resolve_servers(demo_addr, &federation)?;
         let tapes = self.tapes.resolve()?;
         let auth = self.auth.validate().map_err(ConfigError)?;
         let listen_backlog = self.server.listen_backlog;
         if listen_backlog == 0 {
-            return err("server.listen_backlog", "must be at least 1");
+            return err(&key("listen_backlog"), "must be at least 1");
         }
-        let servers = vec![super::federation::ServerConfig {
-            name: String::new(),
-            upstream: upstream.clone(),
-            tools: Default::default(),
-            prompts: Default::default(),
-            resources: Default::default(),
-            prefix: Default::default(),
-        }];
-        let routes = vec![super::federation::RouteConfig {
-            path: super::federation::DEFAULT_ROUTE_PATH.into(),
-            servers: vec![0],
-        }];
         Ok(Config {
             servers,
             routes,
-            federation: Default::default(),
+            federation,
             listen,
             admin,
             shards,
@@ -333,10 +282,66 @@ impl FileConfig {
         })
     }
 
+    /// The servers and the routes to them: `[[server]]` and `[[route]]`, or `[upstream]` as
+    /// one unnamed server on `DEFAULT_ROUTE_PATH`. The upstream returned first is the first
+    /// server's (`Config::upstream`).
+    fn resolve_servers(
+        &self,
+        demo: Option<SocketAddr>,
+        federation: &FederationConfig,
+    ) -> Result<(Upstream, Vec<ServerConfig>, Vec<RouteConfig>), ConfigError> {
+        if self.servers.is_empty() {
+            if !self.routes.is_empty() {
+                return err("route", "names [[server]]s, and the file has none");
+            }
+            let upstream = validate_list(&self.upstream, demo, At::UPSTREAM)?;
+            let server = ServerConfig {
+                name: String::new(),
+                upstream: upstream.clone(),
+                tools: Default::default(),
+                prompts: Default::default(),
+                resources: Default::default(),
+                prefix: Default::default(),
+            };
+            let route = RouteConfig {
+                path: DEFAULT_ROUTE_PATH.into(),
+                servers: vec![0],
+            };
+            return Ok((upstream, vec![server], vec![route]));
+        }
+        if !self.upstream.is_empty() {
+            return err(
+                "upstream",
+                "[upstream] and [[server]] exclude each other: write every server as [[server]]",
+            );
+        }
+        let mut servers = Vec::with_capacity(self.servers.len());
+        for i in 0..self.servers.len() {
+            super::federation::check_name(&self.servers, i, &federation.separator)
+                .map_err(ConfigError)?;
+            let s = &self.servers[i];
+            let upstream = server_upstream(s)?;
+            servers.push(s.validate(upstream).map_err(ConfigError)?);
+        }
+        let routes = super::federation::routes(&self.routes, &servers).map_err(ConfigError)?;
+        Ok((servers[0].upstream.clone(), servers, routes))
+    }
+
     /// Writes the command line's overrides over the file's values.
     fn apply(&mut self, o: &Overrides) -> Result<(), ConfigError> {
         if let Some(v) = &o.listen {
             self.server.listen = v.clone();
+        }
+        // With [[server]], a flag naming one upstream would replace them all, silently.
+        let flag = match (&o.upstream, &o.upstream_cmd) {
+            (Some(_), _) => Some("--upstream"),
+            (None, Some(_)) => Some("--upstream-cmd"),
+            (None, None) => None,
+        };
+        if let (Some(flag), false) = (flag, self.servers.is_empty()) {
+            return Err(ConfigError(format!(
+                "invalid {flag}: the file names its servers ([[server]]); set them there"
+            )));
         }
         // A flag names the upstream; the file's other upstream settings (credentials, pool and
         // process bounds) still apply to it.
@@ -372,15 +377,12 @@ impl FileConfig {
     }
 }
 
-fn driver(s: &str) -> Result<Driver, ConfigError> {
+fn driver(s: &str, key: &str) -> Result<Driver, ConfigError> {
     match s {
         "auto" => Ok(Driver::Auto),
         "uring" => Ok(Driver::Uring),
         "legacy" => Ok(Driver::Legacy),
-        other => err(
-            "server.driver",
-            format!("'{other}' is not one of auto, uring, legacy"),
-        ),
+        other => err(key, format!("'{other}' is not one of auto, uring, legacy")),
     }
 }
 
@@ -393,17 +395,14 @@ fn resolve_addr(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
     }
 }
 
-fn resolve_shards(n: usize) -> Result<usize, ConfigError> {
+fn resolve_shards(n: usize, key: &str) -> Result<usize, ConfigError> {
     let n = if n == 0 {
         std::thread::available_parallelism().map_or(1, |p| p.get())
     } else {
         n
     };
     if n > MAX_SHARDS {
-        return err(
-            "server.shards",
-            format!("{n} exceeds the maximum of {MAX_SHARDS}"),
-        );
+        return err(key, format!("{n} exceeds the maximum of {MAX_SHARDS}"));
     }
     Ok(n)
 }
@@ -607,76 +606,183 @@ impl TapesSection {
     }
 }
 
+/// Where an upstream's keys are written, for error messages: `upstream.<key>` for
+/// `[upstream]`, `server.<name>.<key>` for a server, and `server.<name>.replica[<i>].url` (and
+/// `weight`) for the keys each of a server's replicas sets itself.
+#[derive(Debug, Clone, Copy)]
+struct At<'a> {
+    table: &'a str,
+    /// The targets are a server's replicas: `url` and `weight` are written in each.
+    replicas: bool,
+    nth: usize,
+}
+
+impl<'a> At<'a> {
+    const UPSTREAM: At<'static> = At {
+        table: "upstream",
+        replicas: false,
+        nth: 0,
+    };
+
+    fn key(self, name: &str) -> String {
+        match name {
+            "url" | "weight" if self.replicas => {
+                format!("{}.replica[{}].{name}", self.table, self.nth)
+            }
+            _ => format!("{}.{name}", self.table),
+        }
+    }
+
+    /// The `i`th target's keys.
+    fn nth(self, i: usize) -> At<'a> {
+        At { nth: i, ..self }
+    }
+}
+
+/// `[upstream]`, `[[upstream]]`, or a server's replicas: one upstream (none: the demo), or
+/// several balanced HTTP ones.
+fn validate_list(
+    list: &[UpstreamSection],
+    demo: Option<SocketAddr>,
+    at: At,
+) -> Result<Upstream, ConfigError> {
+    match list {
+        [] => validate_upstream(&UpstreamSection::default(), demo, at),
+        [u] => validate_upstream(u, demo, at),
+        many => validate_many(many, at),
+    }
+}
+
+/// A `[[server]]`'s upstream: its `url`, its `[[server.replica]]`s (each the server's keys
+/// with its own `url` and `weight`), or its `command`. No demo stands in for a missing one.
+fn server_upstream(s: &ServerFileSection) -> Result<Upstream, ConfigError> {
+    let table = format!("server.{}", s.name);
+    let at = At {
+        table: &table,
+        replicas: false,
+        nth: 0,
+    };
+    let u = &s.upstream;
+    let (url, replicas) = (!u.url.is_empty(), !s.replica.is_empty());
+    if url && replicas {
+        return err(&at.key("url"), "and [[server.replica]] exclude each other");
+    }
+    if u.kind == "stdio" && (url || replicas) {
+        return err(
+            &at.key("url"),
+            "a stdio server (command) has no url or replicas",
+        );
+    }
+    if u.kind == "http" && !u.command.is_empty() {
+        return err(
+            &at.key("command"),
+            "is a stdio server's, and kind = \"http\"",
+        );
+    }
+    if u.kind == "http" && !url && !replicas {
+        return err(
+            &at.key("url"),
+            "is required: give url, [[server.replica]] or command",
+        );
+    }
+    if !replicas {
+        return validate_upstream(u, None, at);
+    }
+    let list: Vec<UpstreamSection> = s
+        .replica
+        .iter()
+        .map(|r| UpstreamSection {
+            url: r.url.clone(),
+            weight: r.weight,
+            ..u.clone()
+        })
+        .collect();
+    let at = At {
+        replicas: true,
+        ..at
+    };
+    validate_list(&list, None, at)
+}
+
 fn validate_upstream(
     u: &UpstreamSection,
     demo: Option<SocketAddr>,
+    at: At,
 ) -> Result<Upstream, ConfigError> {
     match u.kind.as_str() {
         "http" => Ok(Upstream::Http(HttpUpstreams {
-            targets: vec![validate_http(u, demo, false)?],
-            strategy: strategy(&u.strategy)?,
+            targets: vec![validate_http(u, demo, false, at)?],
+            strategy: strategy(&u.strategy, at)?,
         })),
-        "stdio" => validate_stdio(u).map(Upstream::Stdio),
+        "stdio" => validate_stdio(u, at).map(Upstream::Stdio),
         other => err(
-            "upstream.kind",
+            &at.key("kind"),
             format!("'{other}' is not one of http, stdio"),
         ),
     }
 }
 
-/// Several `[[upstream]]` entries: all http, each with its own URL.
-fn validate_many(many: &[UpstreamSection]) -> Result<Upstream, ConfigError> {
+/// Several `[[upstream]]` entries (or a server's replicas): all http, each with its own URL.
+fn validate_many(many: &[UpstreamSection], at: At) -> Result<Upstream, ConfigError> {
     if many.iter().any(|u| u.kind != "http") {
         return err(
-            "upstream.kind",
+            &at.key("kind"),
             "several upstreams must all be http (one stdio upstream serves alone)",
         );
     }
-    if many.iter().any(|u| u.url.is_empty()) {
-        return err("upstream.url", "is required for each of several upstreams");
+    if let Some(i) = many.iter().position(|u| u.url.is_empty()) {
+        return err(
+            &at.nth(i).key("url"),
+            "is required for each of several upstreams",
+        );
     }
     let targets = many
         .iter()
-        .map(|u| validate_http(u, None, true))
+        .enumerate()
+        .map(|(i, u)| validate_http(u, None, true, at.nth(i)))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Upstream::Http(HttpUpstreams {
         targets,
-        strategy: strategy(&many[0].strategy)?,
+        strategy: strategy(&many[0].strategy, at)?,
     }))
 }
 
-fn strategy(s: &str) -> Result<Strategy, ConfigError> {
+fn strategy(s: &str, at: At) -> Result<Strategy, ConfigError> {
     match s {
         "round_robin" => Ok(Strategy::RoundRobin),
         "least_connections" => Ok(Strategy::LeastConnections),
         "sticky" => Ok(Strategy::Sticky),
         other => err(
-            "upstream.strategy",
+            &at.key("strategy"),
             format!("'{other}' is not one of round_robin, least_connections, sticky"),
         ),
     }
 }
 
-fn validate_stdio(u: &UpstreamSection) -> Result<StdioConfig, ConfigError> {
+fn validate_stdio(u: &UpstreamSection, at: At) -> Result<StdioConfig, ConfigError> {
+    let key = |k: &str| at.key(k);
     if u.command.trim().is_empty() {
-        return err("upstream.command", "is required for kind = \"stdio\"");
+        return err(&key("command"), "is required for kind = \"stdio\"");
     }
     if u.max_processes == 0 {
-        return err("upstream.max_processes", "must be at least 1");
+        return err(&key("max_processes"), "must be at least 1");
     }
     if u.stdin_queue_depth == 0 {
-        return err("upstream.stdin_queue_depth", "must be at least 1");
+        return err(&key("stdin_queue_depth"), "must be at least 1");
     }
     if u.kill_grace_ms == 0 {
-        return err("upstream.kill_grace_ms", "must be at least 1 ms");
+        return err(&key("kill_grace_ms"), "must be at least 1 ms");
     }
     if u.prewarm + u.stateless_children > u.max_processes {
         return err(
-            "upstream.prewarm",
-            "prewarm + stateless_children must not exceed upstream.max_processes",
+            &key("prewarm"),
+            format!(
+                "prewarm + stateless_children must not exceed {}",
+                key("max_processes")
+            ),
         );
     }
-    check_spawnable(u)?;
+    check_spawnable(u, at)?;
     Ok(StdioConfig {
         command: u.command.clone(),
         args: u.args.clone(),
@@ -693,21 +799,21 @@ fn validate_stdio(u: &UpstreamSection) -> Result<StdioConfig, ConfigError> {
 
 /// What the kernel cannot take in a command line or an environment (a NUL ends a C string;
 /// `=` ends a variable's name) fails at load time, not at each spawn.
-fn check_spawnable(u: &UpstreamSection) -> Result<(), ConfigError> {
+fn check_spawnable(u: &UpstreamSection, at: At) -> Result<(), ConfigError> {
     let nul = |v: &str| v.contains('\0');
     if nul(&u.command) {
-        return err("upstream.command", "must not contain a NUL character");
+        return err(&at.key("command"), "must not contain a NUL character");
     }
     if u.args.iter().any(|a| nul(a)) {
-        return err("upstream.args", "must not contain a NUL character");
+        return err(&at.key("args"), "must not contain a NUL character");
     }
     if u.cwd.as_deref().is_some_and(nul) {
-        return err("upstream.cwd", "must not contain a NUL character");
+        return err(&at.key("cwd"), "must not contain a NUL character");
     }
     for (k, v) in &u.env {
         if k.is_empty() || k.contains('=') || nul(k) || nul(v) {
             return err(
-                "upstream.env",
+                &at.key("env"),
                 "names must be non-empty without '=' or NUL, values without NUL",
             );
         }
@@ -757,36 +863,38 @@ fn validate_http(
     u: &UpstreamSection,
     demo: Option<SocketAddr>,
     several: bool,
+    at: At,
 ) -> Result<UpstreamConfig, ConfigError> {
+    let key = |k: &str| at.key(k);
     let (addr, authority, path) = if u.url.is_empty() {
         match demo {
             Some(a) => (a, a.to_string(), "/mcp".to_string()),
-            None => return err("upstream.url", "is required"),
+            None => return err(&key("url"), "is required"),
         }
     } else {
-        parse_http_url(&u.url)?
+        parse_url(&u.url, &key("url"))?
     };
     if u.pool_max_connections == 0 {
-        return err("upstream.pool_max_connections", "must be at least 1");
+        return err(&key("pool_max_connections"), "must be at least 1");
     }
     if u.pool_max_idle > u.pool_max_connections {
         return err(
-            "upstream.pool_max_idle",
-            "must not exceed upstream.pool_max_connections",
+            &key("pool_max_idle"),
+            format!("must not exceed {}", key("pool_max_connections")),
         );
     }
     if u.pool_idle_timeout_ms == 0 {
-        return err("upstream.pool_idle_timeout_ms", "must be at least 1 ms");
+        return err(&key("pool_idle_timeout_ms"), "must be at least 1 ms");
     }
     if u.weight == 0 || u.weight > 1000 {
-        return err("upstream.weight", "must be between 1 and 1000");
+        return err(&key("weight"), "must be between 1 and 1000");
     }
     if let Some(a) = &u.authorization {
         if a.bytes().any(|b| b == b'\r' || b == b'\n') {
-            return err("upstream.authorization", "must be one line");
+            return err(&key("authorization"), "must be one line");
         }
     }
-    let health = validate_health(u, &path, several)?;
+    let health = validate_health(u, &path, several, at)?;
     Ok(UpstreamConfig {
         addr,
         authority,
@@ -804,6 +912,7 @@ fn validate_health(
     u: &UpstreamSection,
     path: &str,
     several: bool,
+    at: At,
 ) -> Result<HealthConfig, ConfigError> {
     let kind = match (u.health_check.as_str(), several) {
         ("auto", true) | ("mcp", _) => ProbeKind::Mcp,
@@ -811,31 +920,31 @@ fn validate_health(
         ("http", _) => ProbeKind::Http,
         (other, _) => {
             return err(
-                "upstream.health_check",
+                &at.key("health_check"),
                 format!("'{other}' is not one of auto, mcp, http, off"),
             )
         }
     };
-    let at_least_1 = |key: &str, v: u64| {
+    let at_least_1 = |k: &str, v: u64| {
         if v == 0 {
-            err(key, "must be at least 1")
+            err(&at.key(k), "must be at least 1")
         } else {
             Ok(())
         }
     };
-    at_least_1("upstream.health_interval_ms", u.health_interval_ms)?;
-    at_least_1("upstream.health_timeout_ms", u.health_timeout_ms)?;
-    at_least_1("upstream.healthy_threshold", u.healthy_threshold.into())?;
-    at_least_1("upstream.unhealthy_threshold", u.unhealthy_threshold.into())?;
-    at_least_1("upstream.breaker_failures", u.breaker_failures.into())?;
-    at_least_1("upstream.breaker_open_ms", u.breaker_open_ms)?;
+    at_least_1("health_interval_ms", u.health_interval_ms)?;
+    at_least_1("health_timeout_ms", u.health_timeout_ms)?;
+    at_least_1("healthy_threshold", u.healthy_threshold.into())?;
+    at_least_1("unhealthy_threshold", u.unhealthy_threshold.into())?;
+    at_least_1("breaker_failures", u.breaker_failures.into())?;
+    at_least_1("breaker_open_ms", u.breaker_open_ms)?;
     at_least_1(
-        "upstream.breaker_half_open_requests",
+        "breaker_half_open_requests",
         u.breaker_half_open_requests.into(),
     )?;
     let probe_path = u.health_path.clone().unwrap_or_else(|| path.to_string());
     if !probe_path.starts_with('/') || probe_path.bytes().any(|b| b <= b' ') {
-        return err("upstream.health_path", "must be a path starting with /");
+        return err(&at.key("health_path"), "must be a path starting with /");
     }
     Ok(HealthConfig {
         kind,
@@ -852,15 +961,20 @@ fn validate_health(
 
 /// Splits `http://host[:port][/path]`. Only plain HTTP: TLS upstreams terminate elsewhere.
 pub fn parse_http_url(url: &str) -> Result<(SocketAddr, String, String), ConfigError> {
+    parse_url(url, "upstream.url")
+}
+
+/// `parse_http_url`, its errors naming `key`.
+fn parse_url(url: &str, key: &str) -> Result<(SocketAddr, String, String), ConfigError> {
     let Some(rest) = url.strip_prefix("http://") else {
-        return err("upstream.url", format!("'{url}' must start with http://"));
+        return err(key, format!("'{url}' must start with http://"));
     };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
     if authority.is_empty() || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
-        return err("upstream.url", format!("'{url}' is not a valid http URL"));
+        return err(key, format!("'{url}' is not a valid http URL"));
     }
     let with_port = if authority
         .rsplit_once(':')
@@ -870,7 +984,7 @@ pub fn parse_http_url(url: &str) -> Result<(SocketAddr, String, String), ConfigE
     } else {
         format!("{authority}:80")
     };
-    let addr = resolve_addr("upstream.url", &with_port)?;
+    let addr = resolve_addr(key, &with_port)?;
     Ok((addr, authority.to_string(), path.to_string()))
 }
 

@@ -24,8 +24,8 @@ use crate::metrics::inc;
 use crate::shard::sse::{SseCtx, Stream, WriteEnd};
 use crate::shard::{ClientConn, Shard};
 use crate::tape::{Dir, Tap};
-use crate::upstream::era::Shaping;
 use crate::upstream::http::{read_body, read_upstream};
+use crate::upstream::Shape;
 use crate::upstream::{Events, HttpAnswer, Source, UpConn};
 
 use super::{respond, stream, Delivery, Outcome};
@@ -77,7 +77,7 @@ pub struct Answer<'a> {
     /// can tell whether it was written (initialize: its session stands or falls by it).
     pub track_answer: bool,
     /// Translates the answer of a handshake-era upstream for a 2026-07-28 client (`era`).
-    pub shape: Option<Box<Shaping>>,
+    pub shape: Option<Box<Shape>>,
     /// Filters list answers by the subject's grant (`authz`).
     pub filter: Option<ListFilter>,
 }
@@ -122,8 +122,16 @@ pub async fn relay(
         conn: up,
         rb: urb,
         shape,
-        ..
+        member,
+        upstream,
     } = ans;
+    let mut d = d;
+    if let (Some(ctx), Some((server, sid))) = (d.sse.as_mut(), member) {
+        // A federated server's stream: reopened on that server, in its session there.
+        ctx.origin.server = server;
+        ctx.origin.upstream = upstream;
+        ctx.origin.upstream_sid = Some(sid);
+    }
     let resp = &resp;
     let (session_header, tap) = (d.session.as_deref(), d.tap);
     let end = match resp.body {
@@ -396,7 +404,7 @@ async fn relay_shaped(
 }
 
 /// How a whole JSON body is rewritten: translated for a 2026-07-28 client, then filtered.
-type Rewrite<'a> = (Option<&'a Shaping>, Option<&'a ListFilter>);
+type Rewrite<'a> = (Option<&'a Shape>, Option<&'a ListFilter>);
 
 /// A 502 for an answer that could not be read whole, before anything was written.
 fn bad_gateway() -> Vec<u8> {

@@ -60,16 +60,16 @@ pub fn post_route<'a>(
             format!("batches are not allowed in protocol version {}", v.as_str()),
         ));
     }
-    if matches!(parsed, mcp::Body::Batch(_)) && shard.up.is_stdio() {
+    if matches!(parsed, mcp::Body::Batch(_)) && shard.up.needs_session() {
         return Err(Error::new(
             Kind::InvalidRequest,
-            "batches are not supported by stdio upstreams",
+            "batches are not supported by stdio upstreams and federated routes",
         ));
     }
     match sid {
         Some(raw) => Ok(PostRoute::InSession(raw)),
         None if parsed.is_initialize() => Ok(PostRoute::Initialize),
-        None if shard.up.is_stdio() => Err(Error::new(Kind::SessionRequired, "")),
+        None if shard.up.needs_session() => Err(Error::new(Kind::SessionRequired, "")),
         None => Ok(PostRoute::Sessionless(v)),
     }
 }

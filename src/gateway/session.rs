@@ -212,6 +212,7 @@ impl SessionRef {
         SseCtx {
             origin: Origin {
                 session: self.id,
+                server: 0,
                 upstream: self.upstream.index(),
                 upstream_sid: self.upstream.sid().cloned(),
                 version: self.version,
@@ -281,9 +282,7 @@ pub fn end_local(shard: &Shard, id: &SessionId, reason: &'static str) -> Option<
     if let Some(cell) = s.client {
         shard.shared.clients.close_session(cell);
     }
-    if let Some(child) = s.upstream.child() {
-        child.end();
-    }
+    s.upstream.end_local();
     shard.shared.sessions.release();
     gauge_add(&shard.stats.sessions, -1);
     inc(&shard.stats.sessions_ended);
@@ -293,17 +292,13 @@ pub fn end_local(shard: &Shard, id: &SessionId, reason: &'static str) -> Option<
 /// Ends a session here and, in the background (bounded by the request timeout), upstream.
 pub fn end_everywhere(shard: &Rc<Shard>, id: &SessionId, reason: &'static str) {
     if let Some(s) = end_local(shard, id, reason) {
-        if let UpSession::Http {
-            upstream,
-            sid: Some(sid),
-        } = s.upstream
-        {
-            let timeout = shard.config().timeouts.upstream_request;
-            let up = shard.up.clone();
-            monoio::spawn(crate::upstream::http::end_quietly(
-                up, sid, upstream, timeout,
-            ));
-        }
+        let timeout = shard.config().timeouts.upstream_request;
+        // Detached: each task ends by itself within the timeout.
+        drop(crate::upstream::end_quietly(
+            &shard.up,
+            &s.upstream,
+            timeout,
+        ));
     }
 }
 
@@ -332,22 +327,18 @@ pub fn expire(shard: &Rc<Shard>, now: Instant) {
 pub async fn end_all(shard: &Rc<Shard>, within: Duration) {
     let ids = shard.sessions.borrow().all();
     let mut tasks = Vec::with_capacity(ids.len());
-    let end = |sid, i| crate::upstream::http::end_quietly(shard.up.clone(), sid, i, within);
     for id in ids {
         if let Some(s) = end_local(shard, &id, "gateway shutdown") {
-            if let UpSession::Http {
-                upstream,
-                sid: Some(sid),
-            } = s.upstream
-            {
-                tasks.push(monoio::spawn(end(sid, upstream)));
-            }
+            tasks.extend(crate::upstream::end_quietly(&shard.up, &s.upstream, within));
         }
     }
     // The gateway's own sessions on handshake-era upstreams (`upstream::era`) end too.
-    for (i, bridge) in shard.up.bridges.iter().enumerate() {
-        if let Some(sid) = bridge.take_session() {
-            tasks.push(monoio::spawn(end(sid, i)));
+    for up in shard.up.each() {
+        for (i, bridge) in up.bridges.iter().enumerate() {
+            if let Some(sid) = bridge.take_session() {
+                let end = crate::upstream::http::end_quietly(up.clone(), sid, i, within);
+                tasks.push(monoio::spawn(end));
+            }
         }
     }
     let n = tasks.len();
@@ -357,9 +348,11 @@ pub async fn end_all(shard: &Rc<Shard>, within: Duration) {
     if n > 0 {
         log::info!("shard {}: ended {n} sessions upstream", shard.id);
     }
-    if let Some(host) = &shard.up.stdio {
-        host.close();
-        host.wait_all_reaped(host.config().kill_grace + Duration::from_secs(1))
-            .await;
+    for up in shard.up.each() {
+        if let Some(host) = &up.stdio {
+            host.close();
+            host.wait_all_reaped(host.config().kill_grace + Duration::from_secs(1))
+                .await;
+        }
     }
 }

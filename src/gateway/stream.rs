@@ -595,7 +595,8 @@ async fn reopen_once(
         .and_then(|id| std::str::from_utf8(id).ok());
     let to = (origin.upstream, sid, origin.version.as_str());
     let (id, no) = (shard.id, stream.no);
-    match crate::upstream::http::reopen(&shard.up, to, last_id).await {
+    let up = shard.up.server(origin.server);
+    match crate::upstream::http::reopen(&up, to, last_id).await {
         Ok((up, urb, head)) => {
             log::info!("shard {id}: SSE stream {no} reconnected upstream (attempt {attempt})");
             Ok((up, urb, head.body, head.keep_alive))

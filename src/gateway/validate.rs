@@ -1,4 +1,4 @@
-//! Validation, before anything reaches an upstream: the endpoint path, Host (DNS-rebinding
+//! Validation, before anything reaches an upstream: the endpoint path (a route's), Host (DNS-rebinding
 //! protection) and Origin, the MCP-Protocol-Version header, what the degradation level still
 //! serves; the per-client request rate (after authentication, which names the client); and
 //! the JSON-RPC classification of a POST's body.
@@ -17,7 +17,7 @@ use crate::shard::{ClientConn, Shard};
 pub fn request(shard: &Shard, head: &RequestHead) -> Result<Option<Version>> {
     let (_, path) = target(&head.path);
     let path = path.split('?').next().unwrap_or("");
-    if path != super::MCP_PATH {
+    if !shard.config().routes.iter().any(|r| r.path == path) {
         return Err(Error::new(Kind::NotFound, format!("no endpoint at {path}")));
     }
     host_and_origin(&shard.config().origins, head)?;

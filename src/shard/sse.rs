@@ -27,7 +27,7 @@ use crate::mcp::{SessionId, Version};
 use crate::metrics::{gauge_add, ShardStats};
 use crate::sync::{LocalEvent, LocalNotify};
 use crate::tape::Tap;
-use crate::upstream::era::Shaping;
+use crate::upstream::Shape;
 
 /// What a session stream was opened by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +48,8 @@ pub(crate) enum Phase {
 #[derive(Debug, Clone)]
 pub struct Origin {
     pub session: SessionId,
+    /// The server the stream comes from (`Upstreams::server`; 0 unless federated).
+    pub server: usize,
     pub upstream: usize,
     pub upstream_sid: Option<Rc<str>>,
     pub version: Version,
@@ -107,7 +109,7 @@ pub struct Stream {
     /// The shard's stats, whose `sse_pending_events` counts this stream's undelivered events.
     pub(crate) stats: Option<Arc<ShardStats>>,
     /// Translates a handshake-era upstream's events for a 2026-07-28 client.
-    pub(crate) shaping: RefCell<Option<Box<Shaping>>>,
+    pub(crate) shaping: RefCell<Option<Box<Shape>>>,
     /// Filters list answers by the subject's grant (`authz`), before they are buffered: a
     /// replayed event is the filtered one.
     pub(crate) filter: RefCell<Option<ListFilter>>,
@@ -209,7 +211,7 @@ impl Stream {
     }
 
     /// Translate the upstream's events for a 2026-07-28 client (`Shaping`).
-    pub fn set_shaping(&self, shaping: Box<Shaping>) {
+    pub fn set_shaping(&self, shaping: Box<Shape>) {
         *self.shaping.borrow_mut() = Some(shaping);
     }
 

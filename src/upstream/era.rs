@@ -517,11 +517,11 @@ async fn send_bridged(
     };
     let mut ans = exchange(up, &req, call.client_cell, call.client).await?;
     let (owner, sid) = (up.clone(), shared.upstream_sid.clone());
-    ans.shape = Some(Box::new(Shaping {
+    ans.shape = Some(Box::new(super::Shape::Era(Shaping {
         method: msg.method.unwrap_or("").into(),
         ids: rewritten.map(|(gw, r)| (gw, r.id, r.token)),
         refuse: Box::new(move |id| refuse(&owner, i, sid.clone(), id)),
-    }));
+    })));
     Ok(ans)
 }
 

@@ -150,10 +150,18 @@ struct Upstream {
 pub struct Health {
     ups: Vec<Upstream>,
     shard: usize,
+    /// Where these upstreams' gauges start in the shard's `upstream_state` (each server of a
+    /// federation has its own `Health`; their gauges follow each other).
+    gauge_base: usize,
 }
 
 impl Health {
     pub fn new(shard: usize, targets: &[UpstreamConfig]) -> Health {
+        Health::at(shard, targets, 0)
+    }
+
+    /// `new`, with the gauges from `gauge_base` on.
+    pub fn at(shard: usize, targets: &[UpstreamConfig], gauge_base: usize) -> Health {
         let ups = targets
             .iter()
             .map(|u| Upstream {
@@ -163,7 +171,11 @@ impl Health {
                 cfg: u.health.clone(),
             })
             .collect();
-        Health { ups, shard }
+        Health {
+            ups,
+            shard,
+            gauge_base,
+        }
     }
 
     /// Whether upstream `i` may be chosen for new work now.
@@ -266,7 +278,7 @@ impl Health {
         } else {
             3
         };
-        if let Some(g) = stats.upstream_state.get(i) {
+        if let Some(g) = stats.upstream_state.get(self.gauge_base + i) {
             g.store(code, Relaxed);
         }
     }

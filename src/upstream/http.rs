@@ -285,6 +285,7 @@ pub(crate) async fn exchange(
         rb,
         upstream,
         shape: None,
+        member: None,
     })
 }
 

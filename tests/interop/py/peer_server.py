@@ -30,6 +30,29 @@ InputRequiredResult (SEP-2322) and finishes when the client retries with the res
 Plus the fixtures the conformance suite's server scenarios name (test_* tools, test://
 resources, test_* prompts, completion, logging/setLevel, resources/(un)subscribe,
 test_reconnection for SSE polling).
+
+Federation (shardcat's tests/federation.rs puts several of these behind one gateway path):
+
+    peer_server.py ... --federation NAME [--page-size N]
+
+--federation NAME (NAME: [a-z0-9_-]+) adds, for a server called NAME (all text results):
+- tools   whoami -> NAME (every federated server has it: an overlapping name, as are echo,
+          sample, progress, notify...); only_NAME -> NAME; secret_NAME -> "secret of NAME"
+          (for an exclude filter to hide); change_tools -> registers the tool added_NAME
+          (-> NAME) if it is not there yet and sends notifications/tools/list_changed on every
+          call (handshake era: on the session's standalone GET stream, as the SDK sends
+          session notifications; 2026-07-28: to subscriptions/listen), "added added_NAME"
+- prompts greet {who?} -> "NAME greets <who>" (overlapping); NAME_prompt -> "prompt of NAME"
+- resources fed://NAME/readme ("readme of NAME"), fed://shared/readme ("shared readme of
+          NAME": the same URI on every federated server, different content; its description
+          "shared readme served by NAME" tells whose it is), and the template
+          fed://NAME/items/{id} ("item <id> of NAME")
+- GET /sessions (HTTP only, not MCP): {"name", "open", "opened"}: Streamable HTTP sessions
+          open now, and opened since start (what a test checks after the gateway's DELETE)
+- capabilities tools.listChanged = true (handshake era)
+--page-size N: tools/list, prompts/list, resources/list and resources/templates/list answer N
+items per page, with an opaque nextCursor (the spec's PaginatedRequest cursor); an unknown
+cursor is -32602. Without it every list is one page, as MCPServer answers.
 """
 
 from __future__ import annotations
@@ -39,6 +62,7 @@ import base64
 import collections
 import io
 import json
+import re
 import socket
 import struct
 import sys
@@ -61,8 +85,10 @@ from mcp.server.mcpserver import (
     Sample,
     UserMessage,
 )
+from mcp.server.lowlevel import NotificationOptions
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.streamable_http import EventMessage, EventStore
+from mcp.shared.exceptions import MCPError
 
 # Logging, sampling and the session-level log call are deprecated by the 2026-07-28 revision
 # (SEP-2577), but every handshake-era wire has them and the gateway must relay them.
@@ -415,6 +441,156 @@ _low.add_request_handler("resources/subscribe", t.SubscribeRequestParams, _subsc
 _low.add_request_handler("resources/unsubscribe", t.UnsubscribeRequestParams, _unsubscribe)
 
 
+# ---- federation (--federation NAME, --page-size N) ---------------------------------------------
+
+FEDERATION_NAME = re.compile(r"[a-z0-9_-]+")
+# This server's federation name (--federation), if any.
+FEDERATED: str | None = None
+# Counts Streamable HTTP sessions the SDK admitted (GET /sessions), from serve_http on.
+SESSIONS_OPENED = 0
+
+
+def install_federation(name: str) -> None:
+    """The tools, prompts and resources of federated server `name` (see the module doc)."""
+    global FEDERATED
+    FEDERATED = name
+
+    def whoami() -> str:
+        return name
+
+    def only() -> str:
+        return name
+
+    def secret() -> str:
+        return f"secret of {name}"
+
+    def added() -> str:
+        return name
+
+    added_name = f"added_{name}"
+
+    async def change_tools(ctx: Context) -> str:
+        if mcp._tool_manager.get_tool(added_name) is None:  # noqa: SLF001
+            mcp.add_tool(added, name=added_name, description=f"Added at run time to {name}.", structured_output=False)
+            log(f"registered {added_name}")
+        # Handshake era: the SDK sends session notifications on the standalone (GET) stream;
+        # dropped when none is open, so it is sent again on every call. 2026-07-28: to
+        # subscriptions/listen streams (none, unless a client listens).
+        await ctx.session.send_tool_list_changed()
+        await ctx.notify_tools_changed()
+        return f"added {added_name}"
+
+    for fn, tool, text in (
+        (whoami, "whoami", "Returns the server's federation name."),
+        (only, f"only_{name}", f"Offered by {name} alone; returns its name."),
+        (secret, f"secret_{name}", "A tool a gateway filter is meant to hide."),
+        (change_tools, "change_tools", f"Registers {added_name} and sends notifications/tools/list_changed."),
+    ):
+        mcp.add_tool(fn, name=tool, description=text, structured_output=False)
+
+    def greet(who: str = "you") -> str:
+        return f"{name} greets {who}"
+
+    def own_prompt() -> str:
+        return f"prompt of {name}"
+
+    mcp.prompt(name="greet", description="Greets `who` (every federated server has it).")(greet)
+    mcp.prompt(name=f"{name}_prompt", description=f"Offered by {name} alone.")(own_prompt)
+
+    def readme() -> str:
+        return f"readme of {name}"
+
+    def shared() -> str:
+        return f"shared readme of {name}"
+
+    def item(id: str) -> str:  # noqa: A002 (the template's variable)
+        return f"item {id} of {name}"
+
+    mcp.resource(f"fed://{name}/readme", name=f"{name}-readme", description=f"readme of {name}", mime_type="text/plain")(readme)
+    mcp.resource(
+        "fed://shared/readme", name="shared-readme", description=f"shared readme served by {name}", mime_type="text/plain"
+    )(shared)
+    mcp.resource(f"fed://{name}/items/{{id}}", name=f"{name}-items", description=f"items of {name}", mime_type="text/plain")(item)
+
+    # tools.listChanged in the handshake-era capabilities (the SDK leaves it false unless told).
+    plain_options = _low.create_initialization_options
+
+    def with_list_changed(notification_options: Any = None, *args: Any, **kwargs: Any) -> Any:
+        return plain_options(notification_options or NotificationOptions(tools_changed=True), *args, **kwargs)
+
+    _low.create_initialization_options = with_list_changed  # type: ignore[method-assign]
+
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+
+    @mcp.custom_route("/sessions", methods=["GET"])
+    async def sessions(request: Request) -> JSONResponse:
+        open_now = len(mcp.session_manager._server_instances)  # noqa: SLF001
+        return JSONResponse({"name": name, "open": open_now, "opened": SESSIONS_OPENED})
+
+
+def count_sessions() -> None:
+    """Counts the sessions the SDK admits (GET /sessions reports it)."""
+    manager = mcp.session_manager
+    admit = manager._admit_session  # noqa: SLF001
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        global SESSIONS_OPENED
+        transport = admit(*args, **kwargs)
+        if transport is not None:
+            SESSIONS_OPENED += 1
+        return transport
+
+    manager._admit_session = counted  # type: ignore[method-assign]  # noqa: SLF001
+
+
+def _cursor(kind: str, offset: int) -> str:
+    return base64.urlsafe_b64encode(f"{kind}:{offset}".encode()).decode()
+
+
+def _page(kind: str, items: list[Any], cursor: str | None, size: int) -> tuple[list[Any], str | None]:
+    """Items [offset, offset + size) and the cursor of the next page (None on the last)."""
+    start = 0
+    if cursor is not None:
+        try:
+            got, offset = base64.urlsafe_b64decode(cursor.encode()).decode().split(":", 1)
+            start = int(offset)
+            if got != kind or not 0 <= start <= len(items):
+                raise ValueError(cursor)
+        except Exception as exc:  # noqa: BLE001 (any malformed cursor is the client's error)
+            raise MCPError(code=t.INVALID_PARAMS, message=f"invalid {kind} cursor {cursor!r}") from exc
+    end = start + size
+    return items[start:end], (_cursor(kind, end) if end < len(items) else None)
+
+
+def install_pagination(size: int) -> None:
+    """Paginated list handlers on the low-level server: MCPServer answers every list in one page."""
+
+    async def tools(ctx: Any, params: t.PaginatedRequestParams) -> t.ListToolsResult:
+        page, nxt = _page("tools", await mcp.list_tools(), params.cursor, size)
+        return t.ListToolsResult(tools=page, next_cursor=nxt)
+
+    async def prompts(ctx: Any, params: t.PaginatedRequestParams) -> t.ListPromptsResult:
+        page, nxt = _page("prompts", await mcp.list_prompts(), params.cursor, size)
+        return t.ListPromptsResult(prompts=page, next_cursor=nxt)
+
+    async def resources(ctx: Any, params: t.PaginatedRequestParams) -> t.ListResourcesResult:
+        page, nxt = _page("resources", await mcp.list_resources(), params.cursor, size)
+        return t.ListResourcesResult(resources=page, next_cursor=nxt)
+
+    async def templates(ctx: Any, params: t.PaginatedRequestParams) -> t.ListResourceTemplatesResult:
+        page, nxt = _page("templates", await mcp.list_resource_templates(), params.cursor, size)
+        return t.ListResourceTemplatesResult(resource_templates=page, next_cursor=nxt)
+
+    for method, handler in (
+        ("tools/list", tools),
+        ("prompts/list", prompts),
+        ("resources/list", resources),
+        ("resources/templates/list", templates),
+    ):
+        _low.add_request_handler(method, t.PaginatedRequestParams, handler)
+
+
 class MemoryEventStore(EventStore):
     """Bounded in-memory event store: gives POST SSE streams a priming event and lets a client
     resume a closed stream with Last-Event-ID (SSE polling). Oldest events fall off past CAP."""
@@ -454,6 +630,8 @@ async def serve_http(host: str, port: int, stateless: bool) -> None:
         retry_interval=None if stateless else 1000,
         host=host,  # 127.0.0.1/localhost: the SDK turns on Host/Origin (DNS rebinding) checks
     )
+    if FEDERATED is not None:
+        count_sessions()
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
@@ -476,7 +654,17 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--stateless", action="store_true")
+    ap.add_argument("--federation", metavar="NAME", help="add the federation tools, prompts and resources of server NAME")
+    ap.add_argument("--page-size", type=int, metavar="N", help="paginate every list, N items a page")
     args = ap.parse_args()
+    if args.federation is not None:
+        if not FEDERATION_NAME.fullmatch(args.federation):
+            ap.error(f"--federation {args.federation!r}: the name must match [a-z0-9_-]+")
+        install_federation(args.federation)
+    if args.page_size is not None:
+        if args.page_size < 1:
+            ap.error("--page-size must be at least 1")
+        install_pagination(args.page_size)
     if args.transport == "stdio":
         anyio.run(mcp.run_stdio_async)
     else:
