@@ -129,6 +129,7 @@ fn health(shared: &Shared) -> String {
             "memory": occupancy.memory,
         },
         "upstreams": upstreams(shared),
+        "routes": routes(shared),
         "shards": shared.stats.len(),
         "connections": shared.connections.current(),
         "max_connections": shared.connections.max(),
@@ -178,36 +179,60 @@ fn render_process(shared: &Shared, format: Format, out: &mut String) {
         header(out, format, name, kind, help);
         let _ = writeln!(out, "{name} {v}");
     }
-    let crate::config::Upstream::Http(h) = &shared.config.upstream else {
+    let targets = http_targets(&shared.config);
+    if targets.is_empty() {
         return;
-    };
+    }
     header(
         out,
         format,
         "shardcat_upstream_info",
         Kind::Info,
-        "A configured HTTP upstream: the upstream label of shardcat_upstream_state and its URL.",
+        "A configured HTTP upstream: the upstream label of shardcat_upstream_state, its URL \
+         and (federation) its server.",
     );
-    for (i, u) in h.targets.iter().enumerate() {
+    for (i, (server, u)) in targets.iter().enumerate() {
         let url = format!("http://{}{}", u.authority, u.path);
+        let server = match server {
+            s if s.is_empty() => String::new(),
+            s => format!(",server=\"{}\"", label_value(s)),
+        };
         let _ = writeln!(
             out,
-            "shardcat_upstream_info{{upstream=\"{i}\",url=\"{}\"}} 1",
+            "shardcat_upstream_info{{upstream=\"{i}\",url=\"{}\"{server}}} 1",
             label_value(&url)
         );
     }
 }
 
+/// Every HTTP upstream (replica) with the server it belongs to, in the order of their health
+/// gauges (`upstream::Upstreams::new`: servers as configured, replicas as listed).
+fn http_targets(config: &crate::config::Config) -> Vec<(&str, &crate::config::UpstreamConfig)> {
+    let servers: Vec<(&str, &crate::config::Upstream)> = if config.is_federated() {
+        config
+            .servers
+            .iter()
+            .map(|s| (s.name.as_str(), &s.upstream))
+            .collect()
+    } else {
+        vec![("", &config.upstream)]
+    };
+    servers
+        .into_iter()
+        .flat_map(|(name, up)| match up {
+            crate::config::Upstream::Http(h) => h.targets.iter().map(|t| (name, t)).collect(),
+            crate::config::Upstream::Stdio(_) => Vec::new(),
+        })
+        .collect()
+}
+
 /// Each HTTP upstream with every shard's view of it. Healthy: in rotation on some shard.
 fn upstreams(shared: &Shared) -> Vec<serde_json::Value> {
-    let crate::config::Upstream::Http(h) = &shared.config.upstream else {
-        return Vec::new();
-    };
     const NAMES: [&str; 4] = ["closed", "open", "half_open", "unhealthy"];
-    h.targets
+    http_targets(&shared.config)
         .iter()
         .enumerate()
-        .map(|(i, u)| {
+        .map(|(i, (server, u))| {
             let codes: Vec<i64> = shared
                 .stats
                 .iter()
@@ -222,10 +247,48 @@ fn upstreams(shared: &Shared) -> Vec<serde_json::Value> {
                 .map(|&c| NAMES.get(c as usize).copied().unwrap_or("unknown"))
                 .collect();
             serde_json::json!({
+                "server": server,
                 "addr": u.addr.to_string(),
                 "breakers": breakers,
                 "healthy": codes.iter().any(|&c| c != 1 && c != 3),
             })
+        })
+        .collect()
+}
+
+/// Each route with its servers and their state (federation): a server is up when one of its
+/// HTTP upstreams is in rotation on some shard (a stdio server: always, its children are
+/// started on demand).
+fn routes(shared: &Shared) -> Vec<serde_json::Value> {
+    let config = &shared.config;
+    if !config.is_federated() {
+        return Vec::new();
+    }
+    let ups = upstreams(shared);
+    config
+        .routes
+        .iter()
+        .map(|r| {
+            let servers: Vec<serde_json::Value> = r
+                .servers
+                .iter()
+                .map(|&i| {
+                    let s = &config.servers[i];
+                    let (kind, up) = match &s.upstream {
+                        crate::config::Upstream::Http(_) => {
+                            let mine = ups.iter().filter(|u| u["server"] == s.name.as_str());
+                            ("http", mine.clone().any(|u| u["healthy"] == true))
+                        }
+                        crate::config::Upstream::Stdio(_) => ("stdio", true),
+                    };
+                    serde_json::json!({
+                        "name": s.name,
+                        "kind": kind,
+                        "state": if up { "up" } else { "down" },
+                    })
+                })
+                .collect();
+            serde_json::json!({ "path": r.path, "servers": servers })
         })
         .collect()
 }

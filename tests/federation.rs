@@ -1207,6 +1207,39 @@ fn two_routes_offer_only_their_own_servers() {
     assert_eq!(st.status, 404, "a path no route names");
     assert_eq!(dev.delete(), 200);
     assert_eq!(all.delete(), 200);
+
+    // /health lists each route with its servers and their state.
+    let health = get(gw.addr("admin"), "/health").json();
+    let routes: Vec<(String, Vec<(String, String, String)>)> = health["routes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("/health has no routes: {health}"))
+        .iter()
+        .map(|r| {
+            let servers = r["servers"].as_array().cloned().unwrap_or_default();
+            let servers = servers
+                .iter()
+                .map(|s| {
+                    let f = |k: &str| s[k].as_str().unwrap_or("").to_string();
+                    (f("name"), f("kind"), f("state"))
+                })
+                .collect();
+            (r["path"].as_str().unwrap_or("").to_string(), servers)
+        })
+        .collect();
+    let up = |n: &str| (n.to_string(), "http".to_string(), "up".to_string());
+    assert_eq!(
+        routes,
+        vec![
+            ("/mcp".to_string(), vec![up("alpha"), up("beta")]),
+            ("/mcp/dev".to_string(), vec![up("alpha")]),
+        ],
+        "{health}"
+    );
+    let servers: Vec<&str> = health["upstreams"]
+        .as_array()
+        .map(|u| u.iter().filter_map(|u| u["server"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(servers, ["alpha", "beta"], "{health}");
 }
 
 // ---------------------------------------------------------------------------------------------
