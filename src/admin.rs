@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
-use crate::metrics::{header, label_value, Format, Kind};
+use crate::metrics::{header, label_value, Format, Kind, ShardStats};
 use crate::shard::Shared;
 
 /// Largest admin request head read.
@@ -88,6 +88,7 @@ fn metrics(shared: &Shared, latest: &[Option<Histogram<u64>>], format: Format) -
     let stats: Vec<_> = shared.stats.iter().map(|s| s.as_ref()).collect();
     crate::metrics::render(&stats, latest, format, &mut out);
     render_process(shared, format, &mut out);
+    render_servers(shared, &stats, format, &mut out);
     shared.auth.render(format, &mut out);
     if let Some(t) = &shared.tape {
         let recorders: Vec<&crate::tape::RecorderStats> =
@@ -202,6 +203,42 @@ fn render_process(shared: &Shared, format: Format, out: &mut String) {
             "shardcat_upstream_info{{upstream=\"{i}\",url=\"{}\"{server}}} 1",
             label_value(&url)
         );
+    }
+}
+
+/// Per federated server and shard: messages sent to it, and those that failed. The `server`
+/// label takes only the configured servers' names.
+fn render_servers(shared: &Shared, stats: &[&ShardStats], format: Format, out: &mut String) {
+    use std::fmt::Write as _;
+    let config = &shared.config;
+    if !config.is_federated() {
+        return;
+    }
+    let families: [(&str, &str, fn(&ShardStats) -> &[std::sync::atomic::AtomicU64]); 2] = [
+        (
+            "shardcat_server_requests_total",
+            "Messages the federation sent to a server (initialize, requests, notifications, answers).",
+            |s| &s.server_requests,
+        ),
+        (
+            "shardcat_server_errors_total",
+            "Messages to a server that failed: not sent, an HTTP error, or (initialize) an error answer.",
+            |s| &s.server_errors,
+        ),
+    ];
+    for (name, help, get) in families {
+        header(out, format, name, Kind::Counter, help);
+        for s in stats {
+            for (i, server) in config.servers.iter().enumerate() {
+                let v = get(s).get(i).map_or(0, |c| c.load(Ordering::Relaxed));
+                let _ = writeln!(
+                    out,
+                    "{name}{{shard=\"{}\",server=\"{}\"}} {v}",
+                    s.shard,
+                    label_value(&server.name)
+                );
+            }
+        }
     }
 }
 

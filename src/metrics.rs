@@ -156,6 +156,11 @@ pub struct ShardStats {
     pub stdio_stderr_suppressed: AtomicU64,
     /// Requests of handshake-era servers refused on a 2026-07-28 client's behalf (`era`).
     pub era_refused_requests: AtomicU64,
+    /// Per federated server (`[[server]]`, in config order): messages sent to it, and those
+    /// that failed (no answer, an error status, a JSON-RPC error from it). Bounded by the
+    /// configured servers.
+    pub server_requests: Vec<AtomicU64>,
+    pub server_errors: Vec<AtomicU64>,
 }
 
 impl ShardStats {
@@ -164,6 +169,33 @@ impl ShardStats {
         let mut s = ShardStats::new(shard);
         s.upstream_state = (0..upstreams).map(|_| AtomicI64::new(0)).collect();
         s
+    }
+
+    /// `self` with counters for `servers` federated servers.
+    pub fn with_servers(mut self, servers: usize) -> ShardStats {
+        self.server_requests = (0..servers).map(|_| AtomicU64::new(0)).collect();
+        self.server_errors = (0..servers).map(|_| AtomicU64::new(0)).collect();
+        self
+    }
+
+    /// Counts a failure of federated server `server` found after it answered (an error in
+    /// the answer's body).
+    pub fn count_server_error(&self, server: usize) {
+        if let Some(c) = self.server_errors.get(server) {
+            inc(c);
+        }
+    }
+
+    /// Counts a message sent to federated server `server`, and whether it failed.
+    pub fn count_server(&self, server: usize, failed: bool) {
+        if let Some(c) = self.server_requests.get(server) {
+            inc(c);
+        }
+        if failed {
+            if let Some(c) = self.server_errors.get(server) {
+                inc(c);
+            }
+        }
     }
 
     pub fn new(shard: usize) -> ShardStats {
@@ -200,6 +232,8 @@ impl ShardStats {
             health_probes: AtomicU64::new(0),
             health_probe_failures: AtomicU64::new(0),
             upstream_state: Vec::new(),
+            server_requests: Vec::new(),
+            server_errors: Vec::new(),
             sse_upstream_streams: AtomicI64::new(0),
             sse_resumed: AtomicU64::new(0),
             sse_replay_gaps: AtomicU64::new(0),

@@ -132,7 +132,14 @@ pub fn shared(
         level_changes: std::sync::atomic::AtomicU64::new(0),
         occupancy_permille: std::sync::atomic::AtomicU64::new(0),
         stats: (0..n)
-            .map(|i| Arc::new(ShardStats::with_upstreams(i, http_upstreams)))
+            .map(|i| {
+                let servers = if config.is_federated() {
+                    config.servers.len()
+                } else {
+                    0
+                };
+                Arc::new(ShardStats::with_upstreams(i, http_upstreams).with_servers(servers))
+            })
             .collect(),
         hists: (0..n).map(|_| crossbeam_channel::bounded(1)).collect(),
         mailboxes,

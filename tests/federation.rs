@@ -1134,6 +1134,16 @@ fn failure_mode_open_leaves_a_dead_server_out() {
     assert_eq!(second.call_text(whoami, json!({})), "alpha");
     // The session opened before the failure still reaches alpha.
     assert_eq!(first.call_text("only_alpha", json!({})), "alpha");
+    // The dead server's failed initialize is counted against it, and only against it.
+    let admin = gw.addr("admin");
+    let failed = |s: &str| {
+        metric(
+            admin,
+            &format!("shardcat_server_errors_total{{server=\"{s}\"}}"),
+        )
+    };
+    assert!(failed("beta") >= 1.0, "beta's failures");
+    assert_eq!(failed("alpha"), 0.0, "alpha's failures");
 }
 
 #[test]
@@ -1240,6 +1250,22 @@ fn two_routes_offer_only_their_own_servers() {
         .map(|u| u.iter().filter_map(|u| u["server"].as_str()).collect())
         .unwrap_or_default();
     assert_eq!(servers, ["alpha", "beta"], "{health}");
+
+    // Per-server counters: each server was asked (initialize, lists, a call), none failed; a
+    // name refused by the gateway cost no server a request.
+    let admin = gw.addr("admin");
+    for server in ["alpha", "beta"] {
+        let sent = metric(
+            admin,
+            &format!("shardcat_server_requests_total{{server=\"{server}\"}}"),
+        );
+        assert!(sent >= 3.0, "{server}: {sent} requests");
+        let failed = metric(
+            admin,
+            &format!("shardcat_server_errors_total{{server=\"{server}\"}}"),
+        );
+        assert_eq!(failed, 0.0, "{server}: failures");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

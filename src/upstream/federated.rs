@@ -159,13 +159,7 @@ pub async fn open_session(
 ) -> Result<(Source, Option<UpSession>)> {
     let r = fed.route_of(call)?;
     let route = &fed.routes[r];
-    let opened = join_all(
-        route
-            .members
-            .iter()
-            .map(|&s| open_one(&fed.servers[s], call)),
-    )
-    .await;
+    let opened = join_all(route.members.iter().map(|&s| open_one(fed, s, call))).await;
     let mut members = Vec::with_capacity(opened.len());
     let mut answers = Vec::with_capacity(opened.len());
     for o in opened {
@@ -254,12 +248,19 @@ fn end_members(fed: &Rc<Federation>, session: &FedSession, _call: &Call<'_>) {
 
 /// initialize on one server: its session and its result object.
 async fn open_one(
-    up: &Rc<Upstreams>,
+    fed: &Federation,
+    server: usize,
     call: &Call<'_>,
 ) -> Result<(Option<UpSession>, serde_json::Value)> {
-    let (src, session) = up.open_session(call).await?;
+    let up = &fed.servers[server];
+    let opened = up.open_session(call).await;
+    up.stats.count_server(server, opened.is_err());
+    let (src, session) = opened?;
     let answer = collect(up, src).await;
     let result = answer.and_then(|a| result_of(a, "initialize"));
+    if result.is_err() {
+        up.stats.count_server_error(server);
+    }
     match result {
         Ok(r) => Ok((session, r)),
         Err(e) => {
@@ -341,11 +342,7 @@ pub async fn send(fed: &Rc<Federation>, s: &FedSession, call: &Call<'_>) -> Resu
         _ if msg.named.is_some() => named(fed, s, msg, call).await,
         _ => match only_member(s) {
             // One server: what the gateway does not know goes to it as it is.
-            Some((server, up)) => Ok(from_member(
-                fed.servers[server].send(up, call).await?,
-                server,
-                up,
-            )),
+            Some((server, up)) => send_to(fed, server, up, call).await,
             None => Err(Error::new(
                 Kind::MethodNotFound,
                 format!(
@@ -377,7 +374,7 @@ fn result_message(msg: &mcp::Message<'_>, result: &str) -> Source {
 async fn to_every_member(fed: &Rc<Federation>, s: &FedSession, call: &Call<'_>) {
     let sent = s.members().map(|(server, up)| async move {
         let ups = &fed.servers[server];
-        let r = match ups.send(up, call).await {
+        let r = match send_to(fed, server, up, call).await {
             Ok(src) => collect(ups, src).await.map(|_| ()),
             Err(e) => Err(e),
         };
@@ -464,8 +461,26 @@ async fn forward(
         client_cell: call.client_cell,
         subject: call.subject,
     };
-    let src = fed.servers[server].send(up, &member_call).await?;
-    Ok(from_member(src, server, up))
+    send_to(fed, server, up, &member_call).await
+}
+
+/// Sends `call` to `server` in its session `up`, counted (`shardcat_server_requests_total`,
+/// and `..._errors_total` when it fails or the server answers with an HTTP error).
+async fn send_to(
+    fed: &Federation,
+    server: usize,
+    up: &UpSession,
+    call: &Call<'_>,
+) -> Result<Source> {
+    let ups = &fed.servers[server];
+    let sent = ups.send(up, call).await;
+    let failed = match &sent {
+        Ok(Source::Http(ans)) => ans.head.status >= 400,
+        Ok(_) => false,
+        Err(_) => true,
+    };
+    ups.stats.count_server(server, failed);
+    Ok(from_member(sent?, server, up))
 }
 
 /// `src`, an answer from `server` in its session `up`, marked with where it came from, so its
@@ -511,11 +526,7 @@ async fn answer_to_server(
     let server = s.servers[member];
     match body {
         Some(body) => forward(fed, server, up, call, &body).await,
-        None => Ok(from_member(
-            fed.servers[server].send(up, call).await?,
-            server,
-            up,
-        )),
+        None => send_to(fed, server, up, call).await,
     }
 }
 
