@@ -194,8 +194,8 @@ fn render_process(shared: &Shared, format: Format, out: &mut String) {
     );
     for (i, (server, u)) in targets.iter().enumerate() {
         let url = format!("http://{}{}", u.authority, u.path);
-        let server = match server {
-            s if s.is_empty() => String::new(),
+        let server = match *server {
+            "" => String::new(),
             s => format!(",server=\"{}\"", label_value(s)),
         };
         let _ = writeln!(
@@ -214,7 +214,8 @@ fn render_servers(shared: &Shared, stats: &[&ShardStats], format: Format, out: &
     if !config.is_federated() {
         return;
     }
-    let families: [(&str, &str, fn(&ShardStats) -> &[std::sync::atomic::AtomicU64]); 2] = [
+    type Counters = fn(&ShardStats) -> &[std::sync::atomic::AtomicU64];
+    let families: [(&str, &str, Counters); 2] = [
         (
             "shardcat_server_requests_total",
             "Messages the federation sent to a server (initialize, requests, notifications, answers).",
