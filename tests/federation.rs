@@ -1220,7 +1220,8 @@ fn two_routes_offer_only_their_own_servers() {
 
     // /health lists each route with its servers and their state.
     let health = get(gw.addr("admin"), "/health").json();
-    let routes: Vec<(String, Vec<(String, String, String)>)> = health["routes"]
+    type Served = (String, String, String);
+    let routes: Vec<(String, Vec<Served>)> = health["routes"]
         .as_array()
         .unwrap_or_else(|| panic!("/health has no routes: {health}"))
         .iter()
