@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+mod tools;
+
 use shardcat::config::{FileConfig, Overrides};
 use shardcat::demo::{self, DemoConfig};
 use shardcat::{runtime, shard};
@@ -39,6 +41,16 @@ enum Command {
     Tape(shardcat::tape::cli::TapeArgs),
     /// Serve a recorded session as an MCP server.
     Replay(shardcat::tape::cli::ReplayArgs),
+    /// Print each route's tools as clients see them (after filters and prefixes): starts the
+    /// gateway with the config on a loopback port and lists them as a client.
+    Tools {
+        /// TOML config file.
+        #[arg(long)]
+        config: String,
+        /// Sent as the Authorization header (a gateway with [auth] on).
+        #[arg(long)]
+        authorization: Option<String>,
+    },
     /// Read an API key on stdin; print the [[auth.api_keys]] entry (its SHA-256) to paste.
     HashKey {
         /// The subject the key authenticates as.
@@ -123,6 +135,10 @@ fn main() {
         Some(Command::Tape(a)) => shardcat::tape::cli::run_tape(a),
         Some(Command::Replay(a)) => shardcat::tape::cli::run_replay(a),
         Some(Command::HashKey { name }) => run_hash_key(&name),
+        Some(Command::Tools {
+            config,
+            authorization,
+        }) => tools::run(&config, authorization.as_deref()),
         None => run_serve(cli.serve),
     };
     std::process::exit(code);

@@ -1252,6 +1252,43 @@ fn two_routes_offer_only_their_own_servers() {
         .unwrap_or_default();
     assert_eq!(servers, ["alpha", "beta"], "{health}");
 
+    // `shardcat tools` prints each route's list as its clients see it.
+    let path = std::env::temp_dir().join(format!("shardcat-fed-tools-{}.toml", unique()));
+    std::fs::write(&path, &toml).expect("write config");
+    let out = std::process::Command::new(BIN)
+        .args(["tools", "--config", &path.display().to_string()])
+        .output()
+        .expect("run shardcat tools");
+    let _ = std::fs::remove_file(&path);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "shardcat tools: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut printed: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut at = String::new();
+    for line in text.lines() {
+        match line.strip_prefix("  ") {
+            Some(tool) => {
+                let name = tool.split_whitespace().next().unwrap_or("").to_string();
+                printed.entry(at.clone()).or_default().insert(name);
+            }
+            None => at = line.trim().to_string(),
+        }
+    }
+    let want_all: BTreeSet<String> = listed.iter().cloned().collect();
+    assert_eq!(
+        printed.get("/mcp/dev"),
+        Some(&direct),
+        "tools of /mcp/dev: {text}"
+    );
+    assert_eq!(
+        printed.get("/mcp"),
+        Some(&want_all),
+        "tools of /mcp: {text}"
+    );
+
     // Per-server counters: each server was asked (initialize, lists, a call), none failed; a
     // name refused by the gateway cost no server a request.
     let admin = gw.addr("admin");
