@@ -21,6 +21,10 @@ use super::file::{
 };
 use super::upstream::Upstream;
 
+/// Servers on one route at most (the federation's name tables hold member sets as 64-bit
+/// masks).
+pub const MAX_ROUTE_SERVERS: usize = 64;
+
 /// A configuration error naming the key at fault (`runtime` makes it a `ConfigError`).
 type ConfigError = String;
 
@@ -284,6 +288,15 @@ fn route_servers(
 ) -> Result<Vec<usize>, ConfigError> {
     if r.servers.is_empty() {
         return err(key, format!("route '{}' names no server", r.path));
+    }
+    if r.servers.len() > MAX_ROUTE_SERVERS {
+        return err(
+            key,
+            format!(
+                "route '{}' names more than {MAX_ROUTE_SERVERS} servers",
+                r.path
+            ),
+        );
     }
     let mut out = Vec::with_capacity(r.servers.len());
     for name in &r.servers {
@@ -680,10 +693,50 @@ max_list_pages = 4
                 "route: names [[server]]s",
             ),
         ]);
+        // A route holds at most MAX_ROUTE_SERVERS servers (the name tables' masks).
+        let many = |n: usize| {
+            let servers: String = (0..n)
+                .map(|i| {
+                    format!(
+                        "[[server]]\nname = \"s{i}\"\nurl = \"http://127.0.0.1:{}/mcp\"\n",
+                        1000 + i
+                    )
+                })
+                .collect();
+            let names: Vec<String> = (0..n).map(|i| format!("\"s{i}\"")).collect();
+            format!(
+                "{servers}[[route]]\npath = \"/mcp\"\nservers = [{}]\n",
+                names.join(", ")
+            )
+        };
+        assert!(resolve(&many(MAX_ROUTE_SERVERS)).is_ok());
+        refused(&[(
+            many(MAX_ROUTE_SERVERS + 1),
+            "route[0].servers: route '/mcp' names more than 64 servers",
+        )]);
         for path in ["/", "/mcp/dev", "/.well-knownx", "/a%20b", "/mcp/"] {
             let c = resolve(&route(path, both)).unwrap_or_else(|e| panic!("{path}: {e}"));
             assert_eq!(c.routes[0].path, path);
         }
+    }
+
+    /// The README's federation example (its Federation section) loads.
+    #[test]
+    fn readme_example_loads() {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"));
+        let block = readme
+            .split("## Federation\n")
+            .nth(1)
+            .and_then(|s| s.split("```toml\n").nth(1))
+            .and_then(|s| s.split("```").next())
+            .expect("the README's federation example");
+        let c = FileConfig::from_toml(block)
+            .and_then(|f| f.resolve(&Overrides::default(), None))
+            .unwrap_or_else(|e| panic!("the README's federation example: {e}"));
+        let names: Vec<&str> = c.servers.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["alpha", "beta", "files"]);
+        assert_eq!(c.routes.len(), 2);
+        assert!(c.servers[0].tools.allows("echo") && !c.servers[0].tools.allows("secret_x"));
     }
 
     /// The README's federation keys load, and say the defaults.
@@ -691,7 +744,7 @@ max_list_pages = 4
     fn readme_keys_hold_the_defaults() {
         let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"));
         let block = readme
-            .split("Federation (being built")
+            .split("Federation (see [Federation](#federation))")
             .nth(1)
             .and_then(|s| s.split("```toml\n").nth(1))
             .and_then(|s| s.split("```").next())

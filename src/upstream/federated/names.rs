@@ -48,8 +48,8 @@ use crate::mcp;
 pub const DEFAULT_MAX_NAMES: usize = 10_000;
 /// The longest name (or URI) the table records; a longer one is shown prefixed.
 pub const DEFAULT_MAX_NAME_BYTES: usize = 2048;
-/// Servers on one route: member sets are 64-bit masks.
-pub const MAX_ROUTE_SERVERS: usize = 64;
+/// Servers on one route: member sets are 64-bit masks (config refuses more).
+pub use crate::config::MAX_ROUTE_SERVERS;
 
 /// The kinds of names, each a namespace of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
