@@ -73,9 +73,9 @@ r = json.load(open(sys.argv[2]))
 w = r["windows"][-1] if "windows" in r else r
 rps = w.get("rps") or w.get("req_per_s")
 cpu = w.get("cpu_us_per_req") or (r.get("watch") or {}).get("cpu_us_per_req") or 0.0
-lat = w.get("latency_ms") or r.get("latency_ms") or {}
+lat = r.get("latency") or {}
 print(f"{sys.argv[1]:<5} {rps:>9.0f} req/s {cpu:>7.2f} cpu-us/req "
-      f"p50 {lat.get('p50', 0):.2f} ms p99 {lat.get('p99', 0):.2f} ms errors {w.get('errors', 0)}")
+      f"p50 {lat.get('p50_ms', 0):.2f} ms p99 {lat.get('p99_ms', 0):.2f} ms errors {r.get('errors', 0)}")
 PY
 }
 

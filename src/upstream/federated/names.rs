@@ -442,7 +442,7 @@ impl Names {
 
     /// A template is shown bare when each URI it can expand to resolves to `member`: no rival
     /// has a template that may overlap it or a resource it matches. The rivals of a
-    /// `conditional` member are all other members that can be bare; those of a `never` member
+    /// `conditional` member are all other members (an `always` one's offer counts, as in `claim`); those of a `never` member
     /// only the earlier `never` members (it wins over the others, `claim`). A template that
     /// clashes is marked, even for a `never` member: unlike a duplicate name, an overlapping
     /// template has URIs of its own that only the mark can reach.
@@ -453,7 +453,9 @@ impl Names {
         let rivals = if self.never & bit(member) != 0 {
             self.never & (bit(member) - 1)
         } else {
-            self.bare_ok & !bit(member)
+            // Any other member, whatever its mode: under `conditional` an `always` member's
+            // offer is a collision too (`claim`).
+            !bit(member)
         };
         let clash = || {
             let templates = self.tables[Kind::Template.index()].iter();
