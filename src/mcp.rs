@@ -432,6 +432,22 @@ pub fn decode_header_value(v: &str) -> Option<String> {
     }
 }
 
+/// An `Mcp-Name`/`Mcp-Param-*` value for `v`: as it is when it is visible ASCII with inner
+/// spaces only, else in the `=?base64?…?=` form (which `decode_header_value` reads back).
+pub fn encode_header_value(v: &str) -> String {
+    use base64::Engine as _;
+    let visible = v.bytes().all(|b| (0x20..0x7f).contains(&b));
+    let padded = v.starts_with(' ') || v.ends_with(' ');
+    // A plain value that reads as the encoded form would decode to something else.
+    let looks_encoded = v.starts_with("=?") && v.ends_with("?=");
+    let plain = visible && !padded && !looks_encoded;
+    if plain {
+        return v.to_string();
+    }
+    let b64 = base64::engine::general_purpose::STANDARD.encode(v.as_bytes());
+    format!("=?base64?{b64}?=")
+}
+
 fn base64_decode(s: &str) -> Option<Vec<u8>> {
     fn val(c: u8) -> Option<u32> {
         Some(match c {
@@ -555,6 +571,24 @@ pub fn envelope_version(body: &[u8]) -> Option<String> {
         .version
 }
 
+/// The 2026-07-28 envelope of a message (its `params._meta` keys of `ENVELOPE_KEYS`), as the
+/// JSON text of an object, for a request the gateway makes on the client's behalf (a
+/// federated route learning its servers' lists). `None` when the message has none.
+pub fn envelope_meta(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Params {
+        #[serde(rename = "_meta")]
+        meta: Option<serde_json::Map<String, serde_json::Value>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct M {
+        params: Option<Params>,
+    }
+    let mut meta = serde_json::from_slice::<M>(body).ok()?.params?.meta?;
+    meta.retain(|k, _| ENVELOPE_KEYS.contains(&k.as_str()));
+    (!meta.is_empty()).then(|| serde_json::Value::Object(meta).to_string())
+}
+
 /// A 2026-07-28 message without its envelope, for a server initialized in the handshake era:
 /// the envelope's `_meta` keys are removed (and `_meta` itself when nothing else is left, such
 /// as a progress token). `None` when there is nothing to remove or the body is not an object.
@@ -596,6 +630,46 @@ pub fn modern_result(line: &[u8], method: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_values_round_trip() {
+        for v in [
+            "echo",
+            "a b",
+            "",
+            "é",
+            " lead",
+            "trail ",
+            "=?base64?eA==?=",
+            "tab\t",
+            "a\u{7f}",
+        ] {
+            let e = encode_header_value(v);
+            assert!(
+                e.bytes().all(|b| (0x20..0x7f).contains(&b)),
+                "{v:?} -> {e:?}"
+            );
+            assert_eq!(
+                decode_header_value(&e).as_deref(),
+                Some(v),
+                "{v:?} -> {e:?}"
+            );
+        }
+        assert_eq!(encode_header_value("alpha__echo"), "alpha__echo");
+        assert_eq!(encode_header_value("é"), "=?base64?w6k=?=");
+    }
+
+    #[test]
+    fn the_envelope_alone() {
+        let body = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","progressToken":3}}}"#;
+        assert_eq!(
+            envelope_meta(body).as_deref(),
+            Some(r#"{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}"#)
+        );
+        let none =
+            br#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"_meta":{"progressToken":3}}}"#;
+        assert_eq!(envelope_meta(none), None);
+    }
 
     #[test]
     fn classifies_kinds() {

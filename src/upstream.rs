@@ -230,7 +230,7 @@ impl Shape {
     pub fn event(&self, raw: Bytes) -> Option<Bytes> {
         match self {
             Shape::Era(s) => s.event(raw),
-            Shape::Tag(t) => Some(t.event(raw)),
+            Shape::Tag(t) => t.event(raw),
         }
     }
 
@@ -238,7 +238,7 @@ impl Shape {
     pub fn body(&self, body: &[u8]) -> Option<Vec<u8>> {
         match self {
             Shape::Era(s) => s.body(body),
-            Shape::Tag(_) => None,
+            Shape::Tag(t) => t.body(body),
         }
     }
 }
@@ -263,10 +263,12 @@ impl Events {
             Events::Request(r) => r.next().await,
             Events::Session(s) => s.next().await,
             Events::Merged(m) => m.next().await,
-            Events::Tagged(inner, tag) => {
+            Events::Tagged(inner, tag) => loop {
                 let raw = Box::pin(inner.next()).await?;
-                Some(tag.event(raw))
-            }
+                if let Some(ev) = tag.event(raw) {
+                    break Some(ev);
+                }
+            },
         }
     }
 }

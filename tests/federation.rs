@@ -857,6 +857,10 @@ fn three_servers_on_one_route_are_one_server() {
             format!("shared readme of {who}"),
             "{uri}"
         );
+        // The contents name the resource as the client knows it (marked where it is marked),
+        // so a client that reads `contents[].uri` again reaches the same server.
+        let r = c.result("resources/read", json!({ "uri": uri }));
+        assert_eq!(r["contents"][0]["uri"], uri.as_str(), "{r}");
         shared.push(uri);
     }
     assert_ne!(shared[0], shared[1], "the shared URI must be told apart");
@@ -1082,6 +1086,9 @@ fn a_tools_list_changed_from_one_server_reaches_the_client() {
     c.initialize();
     assert!(!c.tools().contains(&"added_beta".to_string()));
     await_list_changed(&mut c, "beta__change_tools", &gw);
+    // The notification made the route learn the lists again: the new name resolves before
+    // the client lists anew (a shard that had learnt the lists would otherwise refuse it).
+    assert_eq!(c.call_text("added_beta", json!({})), "beta");
     let listed = c.tools();
     assert!(
         listed.contains(&"added_beta".to_string()),
@@ -1323,7 +1330,9 @@ fn python_sdk_clients_use_a_route_of_three_servers() {
     let gw = gateway_config(2, &toml);
     let url = format!("http://{}/mcp", gw.addr("listen"));
     let p = peers();
-    for mode in ["legacy", "auto"] {
+    // `auto` probes server/discover first: on a federated route that is answered, so it and
+    // `2026-07-28` take the stateless path (each request to the one server it names).
+    for mode in ["legacy", "auto", "2026-07-28"] {
         let label = format!("python {mode} -> alpha+beta+gamma");
         let cmd = [
             p.python.display().to_string(),
@@ -1366,6 +1375,225 @@ fn python_sdk_clients_use_a_route_of_three_servers() {
         opened >= SESSIONS as u64,
         "alpha saw {opened} sessions for {SESSIONS} client sessions and more"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7b. 2026-07-28 (no session) on a federated route, in raw bytes.
+
+/// The 2026-07-28 envelope every request of that version carries in `params._meta`.
+fn envelope() -> Value {
+    json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "federation-test", "version": "1"}
+    })
+}
+
+/// One 2026-07-28 request on `path` (its `Mcp-Method`, and `Mcp-Name` when given): the HTTP
+/// status and the JSON-RPC response (read from JSON or SSE; for an error status, the body).
+fn stateless(
+    addr: SocketAddr,
+    path: &str,
+    method: &str,
+    mut params: Value,
+    name: Option<&str>,
+) -> (u16, Value) {
+    params["_meta"] = envelope();
+    let body = json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": params}).to_string();
+    let mut head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\naccept: application/json, text/event-stream\r\n\
+         connection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         mcp-protocol-version: 2026-07-28\r\nmcp-method: {method}\r\n",
+        body.len()
+    );
+    if let Some(n) = name {
+        head.push_str(&format!("mcp-name: {n}\r\n"));
+    }
+    let req = format!("{head}\r\n{body}");
+    let mut st = Stream::open(addr, &req);
+    if st.status != 200 {
+        let text = st.rest_text();
+        let v = serde_json::from_str(&text).unwrap_or_else(|_| json!({ "body": text }));
+        return (st.status, v);
+    }
+    let mut msgs = st.until_response(&json!(7), EXCHANGE);
+    (200, msgs.pop().expect("a response"))
+}
+
+/// The result of a 2026-07-28 request that must succeed.
+fn stateless_result(addr: SocketAddr, path: &str, method: &str, params: Value) -> Value {
+    let name = params["name"].as_str().or(params["uri"].as_str());
+    let name = name.filter(|_| method != "tools/list").map(String::from);
+    let (status, m) = stateless(addr, path, method, params.clone(), name.as_deref());
+    assert!(
+        status == 200 && m.get("result").is_some(),
+        "{method} {params} on {path}: HTTP {status} {m}"
+    );
+    assert_eq!(m["result"]["resultType"], "complete", "{method}: {m}");
+    m["result"].clone()
+}
+
+/// Every item of a 2026-07-28 list, following nextCursor; each page is cacheable as that
+/// version's schema wants (`ttlMs`, `cacheScope`).
+fn stateless_list(addr: SocketAddr, path: &str, method: &str, key: &str) -> Vec<Value> {
+    let mut items = Vec::new();
+    let mut params = json!({});
+    for _ in 0..MAX_PAGES {
+        let page = stateless_result(addr, path, method, params);
+        assert!(
+            page["ttlMs"].is_u64() && page["cacheScope"].is_string(),
+            "{method}: a page without ttlMs/cacheScope: {page}"
+        );
+        items.extend(page[key].as_array().expect("items").iter().cloned());
+        match page["nextCursor"].as_str() {
+            None => return items,
+            Some(c) => params = json!({ "cursor": c }),
+        }
+    }
+    panic!("{method}: still a nextCursor after {MAX_PAGES} pages");
+}
+
+fn error_code(m: &Value) -> i64 {
+    m["error"]["code"].as_i64().unwrap_or(0)
+}
+
+/// A URL where nothing listens (a port bound, then released).
+fn dead_url() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    drop(l);
+    format!("http://127.0.0.1:{port}/mcp")
+}
+
+#[test]
+fn stateless_requests_go_to_the_server_they_name() {
+    let alpha = python("alpha", Some(3));
+    let want = merged(&[
+        ("alpha", without_secrets(tools_of(&alpha))),
+        ("gamma", rmcp_tools()),
+    ]);
+    let dead = format!("[[server]]\nname = \"dead\"\nurl = \"{}\"\n\n", dead_url());
+    let toml = |mode: &str| {
+        [
+            http_server("alpha", &alpha, HIDE_SECRETS),
+            stdio_server("gamma", ""),
+            dead.clone(),
+            route("/mcp", &["alpha", "gamma"]),
+            route("/withdead", &["alpha", "gamma", "dead"]),
+            federation(mode),
+        ]
+        .concat()
+    };
+    // One shard: "no server round trip for a refused name" is counted on the shard that
+    // learnt the names (the Python SDK test runs 2026-07-28 sessions over 2 shards).
+    let gw = gateway_config(1, &toml("open"));
+    let addr = gw.addr("listen");
+
+    // server/discover: the merged result, in that version's shape.
+    let d = stateless_result(addr, "/mcp", "server/discover", json!({}));
+    let versions = d["supportedVersions"]
+        .as_array()
+        .expect("supportedVersions");
+    assert!(versions.contains(&json!("2026-07-28")), "{d}");
+    assert!(d["capabilities"]["tools"].is_object(), "{d}");
+    assert!(d["ttlMs"].is_u64() && d["cacheScope"].is_string(), "{d}");
+
+    // The merged list, paged, as a session sees it: filtered and prefixed.
+    let listed: Vec<String> = stateless_list(addr, "/mcp", "tools/list", "tools")
+        .iter()
+        .map(|t| t["name"].as_str().expect("name").to_string())
+        .collect();
+    assert_eq!(dups(&listed), Vec::<String>::new(), "listed twice");
+    assert_eq!(listed.iter().cloned().collect::<BTreeSet<_>>(), want);
+
+    // Calls go to the server the name says, with Mcp-Name rewritten to the server's own name
+    // (a server checks the header against the body: a mismatch would be its 400).
+    for (name, text) in [
+        (format!("alpha{SEP}echo"), "a1"),
+        (format!("gamma{SEP}echo"), "g1"),
+    ] {
+        let args = json!({"name": name, "arguments": {"text": text}});
+        let r = stateless_result(addr, "/mcp", "tools/call", args);
+        assert_eq!(content_text(&r["content"]), text, "{name}: {r}");
+    }
+    let r = stateless_result(addr, "/mcp", "tools/call", json!({"name": "whoami"}));
+    assert_eq!(content_text(&r["content"]), "alpha", "{r}");
+
+    // A header that does not match the body: 400 with -32020, from the gateway.
+    let args = json!({"name": format!("alpha{SEP}echo"), "arguments": {"text": "x"}});
+    let (status, m) = stateless(addr, "/mcp", "tools/call", args, Some("gamma__echo"));
+    assert_eq!((status, error_code(&m)), (400, -32020), "{m}");
+
+    // Hidden and unknown names: a JSON-RPC error, and no server was asked.
+    let asked = || {
+        metric(
+            gw.addr("admin"),
+            "shardcat_server_requests_total{server=\"alpha\"}",
+        )
+    };
+    let before = asked();
+    for name in ["secret_alpha", "no_such_tool"] {
+        let (status, m) = stateless(
+            addr,
+            "/mcp",
+            "tools/call",
+            json!({"name": name}),
+            Some(name),
+        );
+        assert_eq!((status, error_code(&m)), (200, -32602), "{name}: {m}");
+    }
+    assert_eq!(asked(), before, "a refused name cost alpha a request");
+
+    // ping is answered by the gateway, in that version's shape.
+    let (status, m) = stateless(addr, "/mcp", "ping", json!({}), None);
+    assert_eq!(
+        (status, &m["result"]),
+        (200, &json!({"resultType": "complete"}))
+    );
+
+    // A resource of one server, read by its listed URI.
+    let res = stateless_list(addr, "/mcp", "resources/list", "resources");
+    let uri = res[0]["uri"].as_str().expect("uri").to_string();
+    let r = stateless_result(addr, "/mcp", "resources/read", json!({ "uri": uri }));
+    assert!(
+        r["contents"].as_array().is_some_and(|c| !c.is_empty()),
+        "{r}"
+    );
+
+    // failure_mode = "open": a dead server is left out of discover, named in _meta; its
+    // route still serves the others.
+    let d = stateless_result(addr, "/withdead", "server/discover", json!({}));
+    let left: Vec<&str> = d["_meta"]["dev.shardcat/left_out"]
+        .as_array()
+        .map(|l| l.iter().filter_map(|x| x["server"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(left, ["dead"], "{d}");
+    let r = stateless_result(addr, "/withdead", "tools/call", json!({"name": "whoami"}));
+    assert_eq!(content_text(&r["content"]), "alpha", "{r}");
+    drop(gw);
+
+    // failure_mode = "closed": discover fails naming the dead server.
+    let gw = gateway_config(1, &toml("closed"));
+    let (status, m) = stateless(
+        gw.addr("listen"),
+        "/withdead",
+        "server/discover",
+        json!({}),
+        None,
+    );
+    let text = m.to_string();
+    assert!(
+        status >= 500 && text.contains("dead"),
+        "HTTP {status} {text}"
+    );
+    let (status, m) = stateless(
+        gw.addr("listen"),
+        "/mcp",
+        "server/discover",
+        json!({}),
+        None,
+    );
+    assert_eq!(status, 200, "{m}");
 }
 
 // ---------------------------------------------------------------------------------------------

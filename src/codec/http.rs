@@ -138,6 +138,34 @@ impl Headers {
             .map(str::trim)
     }
 
+    /// These fields with `name`'s value replaced (`Some`) or the field taken out (`None`),
+    /// every other field as it was, in order; `None` when the fields would not fit a head's
+    /// offsets. For a request the gateway sends on in another form (a federated server's own
+    /// name in `Mcp-Name`).
+    pub fn with(&self, name: &str, value: Option<&[u8]>) -> Option<Headers> {
+        let mut raw = Vec::with_capacity(self.raw.len() + value.map_or(0, <[u8]>::len));
+        let mut fields = Vec::with_capacity(self.fields.len());
+        for (n, v) in self.iter_raw() {
+            let v = match (n.eq_ignore_ascii_case(name.as_bytes()), value) {
+                (false, _) => v,
+                (true, Some(new)) => new,
+                (true, None) => continue,
+            };
+            let at = u16::try_from(raw.len()).ok()?;
+            raw.extend_from_slice(n);
+            raw.extend_from_slice(b": ");
+            let v_at = u16::try_from(raw.len()).ok()?;
+            raw.extend_from_slice(v);
+            raw.extend_from_slice(b"\r\n");
+            u16::try_from(raw.len()).ok()?;
+            fields.push((at, n.len() as u16, v_at, v.len() as u16));
+        }
+        Some(Headers {
+            raw: Bytes::from(raw),
+            fields,
+        })
+    }
+
     pub fn len(&self) -> usize {
         self.fields.len()
     }
@@ -834,6 +862,30 @@ pub fn is_event_stream(content_type: Option<&[u8]>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn headers_with_one_value_replaced_or_taken_out() {
+        let raw =
+            b"POST /mcp HTTP/1.1\r\nHost: a\r\nMcp-Name: a__echo\r\nMcp-Method: tools/call\r\n\r\n";
+        let head = parse_request(raw, HeadLimits::default()).unwrap().unwrap();
+        let h = head.headers.with("mcp-name", Some(b"echo")).unwrap();
+        let got: Vec<(&str, &[u8])> = h.iter().collect();
+        assert_eq!(
+            got,
+            [
+                ("Host", &b"a"[..]),
+                ("Mcp-Name", b"echo"),
+                ("Mcp-Method", b"tools/call")
+            ]
+        );
+        let h = h.with("MCP-NAME", None).unwrap();
+        assert_eq!(h.get("mcp-name"), None);
+        assert_eq!(h.get_str("mcp-method"), Some("tools/call"));
+        assert_eq!(h.len(), 2);
+        // Offsets are u16: a value that would push them past it is refused, not wrapped.
+        let huge = vec![b'x'; 70_000];
+        assert!(head.headers.with("mcp-name", Some(&huge)).is_none());
+    }
 
     fn req(raw: &str) -> Result<Option<RequestHead>, HttpError> {
         parse_request(raw.as_bytes(), HeadLimits::default())

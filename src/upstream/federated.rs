@@ -15,6 +15,11 @@
 //! - `ping` is answered here; notifications and `logging/setLevel` go to every server; the
 //!   client's answers to a server's requests go back to that server (`rewrite::untag_id`).
 //! - DELETE, expiry and shutdown end every server's session.
+//! - 2026-07-28 (no session): `server/discover` asks every server and merges their results;
+//!   lists and named requests go as in a session, each server reached with no session of its
+//!   own, the `Mcp-Method`/`Mcp-Name` headers following the rewritten body.
+//! - the resource URIs in a named request's response are marked as the route shows them
+//!   (`Tag`); a server's `list_changed` makes the route learn that kind's lists again.
 //!
 //! The pure logic, no I/O:
 //! - `names`   — a route's name table: the client-visible name of each tool, prompt and
@@ -53,6 +58,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use futures_util::future::join_all;
 
+use crate::codec::http::RequestHead;
 use crate::config::{Config, FailureMode, ServerConfig};
 use crate::error::{Error, Kind, Result};
 use crate::mcp;
@@ -76,12 +82,12 @@ struct Route {
     path: String,
     /// Server indexes, in route order ("members").
     members: Vec<usize>,
-    table: RefCell<names::Names>,
+    table: Rc<RefCell<names::Names>>,
     /// What the route's cursors are bound to.
     binding: cursor::Binding,
     /// Per list kind: every member's list was read to its end once on this shard, so the
-    /// table knows where names collide.
-    learned: [std::cell::Cell<bool>; 4],
+    /// table knows where names collide. A member's `list_changed` clears its kind (`Tag`).
+    learned: Rc<Learned>,
 }
 
 /// A client session's upstream half on a federated route: per member, its session on that
@@ -124,7 +130,7 @@ impl Federation {
                     learned: Default::default(),
                     path: r.path.clone(),
                     members: r.servers.clone(),
-                    table: RefCell::new(table),
+                    table: Rc::new(RefCell::new(table)),
                 }
             })
             .collect();
@@ -315,6 +321,48 @@ fn mcp_requested_version(body: &[u8]) -> String {
         .unwrap_or_else(|| mcp::DEFAULT_ASSUMED_VERSION.into())
 }
 
+/// How the gateway reaches a route's servers for one request: through a client session's
+/// member sessions, or (2026-07-28) with no session at all.
+#[derive(Clone, Copy)]
+enum Reach<'a> {
+    Session(&'a FedSession),
+    Stateless { route: usize },
+}
+
+/// How one member server is reached.
+#[derive(Clone, Copy)]
+enum Via<'a> {
+    /// In the client session's own session on that server.
+    Session(&'a UpSession),
+    /// As a 2026-07-28 request of no session.
+    Stateless,
+}
+
+impl<'a> Reach<'a> {
+    fn route(self) -> usize {
+        match self {
+            Reach::Session(s) => s.route,
+            Reach::Stateless { route } => route,
+        }
+    }
+
+    /// Member `member`'s way in; `None`: it was left out of the session.
+    fn via(self, member: usize) -> Option<Via<'a>> {
+        match self {
+            Reach::Session(s) => s.members.get(member)?.as_ref().map(Via::Session),
+            Reach::Stateless { .. } => Some(Via::Stateless),
+        }
+    }
+}
+
+/// The empty result of `ping` and `logging/setLevel`, in the shape of the request's version.
+fn empty_result(reach: Reach<'_>) -> &'static str {
+    match reach {
+        Reach::Session(_) => "{}",
+        Reach::Stateless { .. } => r#"{"resultType":"complete"}"#,
+    }
+}
+
 /// A POST in a federated session.
 pub async fn send(fed: &Rc<Federation>, s: &FedSession, call: &Call<'_>) -> Result<Source> {
     if fed.route_of(call)? != s.route {
@@ -327,22 +375,48 @@ pub async fn send(fed: &Rc<Federation>, s: &FedSession, call: &Call<'_>) -> Resu
     let msg = call
         .msg
         .ok_or_else(|| Error::new(Kind::InvalidRequest, "one message per POST"))?;
+    match msg.kind {
+        mcp::Kind::Response => answer_to_server(fed, s, msg, call).await,
+        _ => request(fed, Reach::Session(s), msg, call).await,
+    }
+}
+
+/// A 2026-07-28 request on a federated route: `server/discover` asks every server and merges
+/// their answers; everything else goes as it would in a session, each member reached with no
+/// session of its own.
+pub async fn stateless(fed: &Rc<Federation>, call: &Call<'_>) -> Result<Source> {
+    let route = fed.route_of(call)?;
+    let msg = call
+        .msg
+        .ok_or_else(|| Error::new(Kind::InvalidRequest, "one message per POST"))?;
+    if msg.kind == mcp::Kind::Request && msg.method == Some("server/discover") {
+        return discover(fed, route, msg, call).await;
+    }
+    request(fed, Reach::Stateless { route }, msg, call).await
+}
+
+/// A client's request or notification, on either reach.
+async fn request(
+    fed: &Rc<Federation>,
+    reach: Reach<'_>,
+    msg: &mcp::Message<'_>,
+    call: &Call<'_>,
+) -> Result<Source> {
     match (msg.kind, msg.method) {
-        (mcp::Kind::Response, _) => answer_to_server(fed, s, msg, call).await,
         (mcp::Kind::Notification, _) => {
-            to_every_member(fed, s, call).await;
+            to_every_member(fed, reach, call).await;
             Ok(Source::Status(202))
         }
-        (_, Some("ping")) => Ok(result_message(msg, "{}")),
+        (_, Some("ping")) => Ok(result_message(msg, empty_result(reach))),
         (_, Some("logging/setLevel")) => {
-            to_every_member(fed, s, call).await;
-            Ok(result_message(msg, "{}"))
+            to_every_member(fed, reach, call).await;
+            Ok(result_message(msg, empty_result(reach)))
         }
-        (_, Some(method)) if list_kind(method).is_some() => list(fed, s, msg, call).await,
-        _ if msg.named.is_some() => named(fed, s, msg, call).await,
-        _ => match only_member(s) {
+        (_, Some(method)) if list_kind(method).is_some() => list(fed, reach, msg, call).await,
+        _ if msg.named.is_some() => named(fed, reach, msg, call).await,
+        _ => match only_member(fed, reach) {
             // One server: what the gateway does not know goes to it as it is.
-            Some((server, up)) => send_to(fed, server, up, call).await,
+            Some((server, via)) => send_to(fed, server, via, call).await,
             None => Err(Error::new(
                 Kind::MethodNotFound,
                 format!(
@@ -354,11 +428,11 @@ pub async fn send(fed: &Rc<Federation>, s: &FedSession, call: &Call<'_>) -> Resu
     }
 }
 
-/// The session's one member, on a route of one server.
-fn only_member(s: &FedSession) -> Option<(usize, &UpSession)> {
-    let mut m = s.members();
-    let first = m.next()?;
-    (s.servers.len() == 1).then_some(first)
+/// The route's one member, on a route of one server.
+fn only_member<'a>(fed: &Federation, reach: Reach<'a>) -> Option<(usize, Via<'a>)> {
+    let route = &fed.routes[reach.route()];
+    (route.members.len() == 1).then_some(())?;
+    Some((route.members[0], reach.via(0)?))
 }
 
 /// A JSON-RPC result for `msg`, from the gateway.
@@ -369,24 +443,77 @@ fn result_message(msg: &mcp::Message<'_>, result: &str) -> Source {
     )))
 }
 
-/// Sends `call` to every member at once and reads each answer; failures are logged, not
-/// returned (a notification has no answer to fail).
-async fn to_every_member(fed: &Rc<Federation>, s: &FedSession, call: &Call<'_>) {
-    let sent = s.members().map(|(server, up)| async move {
+/// `server/discover` (2026-07-28) on every server of the route at once, the results merged;
+/// `failure_mode` decides what a server that fails (or speaks another version) does to the
+/// whole, as for initialize.
+async fn discover(
+    fed: &Rc<Federation>,
+    route: usize,
+    msg: &mcp::Message<'_>,
+    call: &Call<'_>,
+) -> Result<Source> {
+    let r = &fed.routes[route];
+    let answers = join_all(r.members.iter().map(|&server| async move {
         let ups = &fed.servers[server];
-        let r = match send_to(fed, server, up, call).await {
-            Ok(src) => collect(ups, src).await.map(|_| ()),
+        let got = match ups.stateless(call).await {
+            Ok(src) => collect(ups, src)
+                .await
+                .and_then(|a| result_of(a, "server/discover")),
             Err(e) => Err(e),
         };
-        if let Err(e) = r {
-            log::info!(
-                "shard {}: server {}: {} not delivered: {e}",
-                ups.shard,
-                fed.server_name(server),
-                call.msg.and_then(|m| m.method).unwrap_or("message")
-            );
+        ups.stats.count_server(server, got.is_err());
+        got.map_err(|e| e.to_string())
+    }))
+    .await;
+    let members: Vec<&ServerConfig> = r.members.iter().map(|&i| &fed.configs[i]).collect();
+    let named = |left_out: &[(usize, String)]| -> String {
+        let why: Vec<String> = left_out
+            .iter()
+            .map(|(m, w)| format!("{}: {w}", members[*m].name))
+            .collect();
+        why.join("; ")
+    };
+    let merged = merge::merge_discover(&r.path, &members, &answers, mcp::STATELESS_VERSION)
+        .map_err(|left_out| {
+            let what = format!("no server of this route answered: {}", named(&left_out));
+            Error::new(Kind::UpstreamConnect, what)
+        })?;
+    if !merged.left_out.is_empty() {
+        if fed.failure_mode == FailureMode::Closed {
+            let what = format!("servers of this route failed: {}", named(&merged.left_out));
+            return Err(Error::new(Kind::UpstreamConnect, what));
         }
-    });
+        log::warn!(
+            "shard {}: route {}: server/discover left out {}",
+            fed.servers[r.members[0]].shard,
+            r.path,
+            named(&merged.left_out)
+        );
+    }
+    Ok(result_message(msg, &merged.result.to_string()))
+}
+
+/// Sends `call` to every member at once and reads each answer; failures are logged, not
+/// returned (a notification has no answer to fail).
+async fn to_every_member(fed: &Rc<Federation>, reach: Reach<'_>, call: &Call<'_>) {
+    let route = &fed.routes[reach.route()];
+    let sent = (0..route.members.len())
+        .filter_map(|m| Some((route.members[m], reach.via(m)?)))
+        .map(|(server, via)| async move {
+            let ups = &fed.servers[server];
+            let r = match send_to(fed, server, via, call).await {
+                Ok(src) => collect(ups, src).await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = r {
+                log::info!(
+                    "shard {}: server {}: {} not delivered: {e}",
+                    ups.shard,
+                    fed.server_name(server),
+                    call.msg.and_then(|m| m.method).unwrap_or("message")
+                );
+            }
+        });
     join_all(sent).await;
 }
 
@@ -394,17 +521,23 @@ async fn to_every_member(fed: &Rc<Federation>, s: &FedSession, call: &Call<'_>) 
 /// to the member's own name; its answer as the member sent it.
 async fn named(
     fed: &Rc<Federation>,
-    s: &FedSession,
+    reach: Reach<'_>,
     msg: &mcp::Message<'_>,
     call: &Call<'_>,
 ) -> Result<Source> {
-    let route = &fed.routes[s.route];
+    let route = &fed.routes[reach.route()];
     let kind = names::Kind::from(msg.named.unwrap_or(mcp::Named::Tool));
     let client_name = msg.name.as_deref().unwrap_or("");
     let mut resolved = resolve(route, kind, client_name);
+    // A name this shard has not seen: learn the lists that hold it, once (later lists the
+    // clients ask for keep the table current, and a list_changed forgets what was learnt).
+    // Once learnt, an unknown name is refused with no server round trip.
     if matches!(resolved, Err(names::Resolution::Unknown)) {
-        for &list in lists_of(kind) {
-            learn(fed, s, list, call).await;
+        let unlearnt = lists_of(kind)
+            .iter()
+            .filter(|&&l| !route.learned[l as usize].get());
+        for &list in unlearnt {
+            learn(fed, reach, list, call).await;
         }
         resolved = resolve(route, kind, client_name);
     }
@@ -413,7 +546,7 @@ async fn named(
         Error::new(Kind::InvalidParams, why)
     })?;
     let server = route.members[member];
-    let up = s.members[member].as_ref().ok_or_else(|| {
+    let via = reach.via(member).ok_or_else(|| {
         Error::new(
             Kind::InvalidParams,
             format!("server {} is not in this session", fed.server_name(server)),
@@ -423,8 +556,14 @@ async fn named(
     let named = msg.named.unwrap_or(mcp::Named::Tool);
     let body = rewrite::rename_request(call.body, named, method, &own)
         .ok_or_else(|| Error::new(Kind::InvalidParams, "the name is not a string"))?;
-    let src = forward(fed, server, up, call, &body).await?;
-    Ok(tagged(src, member, s.servers.len() > 1))
+    let src = forward(fed, server, via, call, &body).await?;
+    let mut tag = match reach {
+        Reach::Session(s) => route.tag(member, s),
+        // No session: a server has no way to ask the client anything but in its answer.
+        Reach::Stateless { .. } => route.tag_of(member, false),
+    };
+    tag.mark = Mark::of(method, named, client_name, &route.table);
+    Ok(tagged(src, tag))
 }
 
 /// What `client_name` resolves to in the route's table: the member and its own name.
@@ -441,11 +580,12 @@ fn resolve(
     }
 }
 
-/// Sends `body` (the client's request rewritten for `server`) in the member session `up`.
+/// Sends `body` (the client's request rewritten for `server`) to the member; the routing
+/// headers of a 2026-07-28 request follow the body (`member_head`).
 async fn forward(
     fed: &Rc<Federation>,
     server: usize,
-    up: &UpSession,
+    via: Via<'_>,
     call: &Call<'_>,
     body: &[u8],
 ) -> Result<Source> {
@@ -453,34 +593,80 @@ async fn forward(
     let mcp::Body::Single(m) = &parsed else {
         return Err(Error::new(Kind::Internal, "rewritten body"));
     };
+    let head = member_head(call.head, m)?;
     let member_call = Call {
-        head: call.head,
+        head: head.as_ref().unwrap_or(call.head),
         body,
         msg: Some(m),
         client: call.client,
         client_cell: call.client_cell,
         subject: call.subject,
     };
-    send_to(fed, server, up, &member_call).await
+    send_to(fed, server, via, &member_call).await
 }
 
-/// Sends `call` to `server` in its session `up`, counted (`shardcat_server_requests_total`,
-/// and `..._errors_total` when it fails or the server answers with an HTTP error).
-async fn send_to(
-    fed: &Federation,
-    server: usize,
-    up: &UpSession,
-    call: &Call<'_>,
-) -> Result<Source> {
+/// The client's head for a member that gets the rewritten message `m`: the `Mcp-Method` and
+/// `Mcp-Name` the client sent (2026-07-28 routing headers, which a server checks against the
+/// body) name what `m` names now; a name `m` lacks is taken out. `None`: unchanged.
+fn member_head(head: &RequestHead, m: &mcp::Message<'_>) -> Result<Option<RequestHead>> {
+    let mut out: Option<RequestHead> = None;
+    let method = m.method.unwrap_or("");
+    if head
+        .headers
+        .get_str("mcp-method")
+        .is_some_and(|h| h != method)
+    {
+        edit_header(&mut out, head, "mcp-method", Some(method))?;
+    }
+    if let Some(h) = head.headers.get_str("mcp-name") {
+        let sent = mcp::decode_header_value(h);
+        match m.name.as_deref() {
+            Some(want) if sent.as_deref() == Some(want) => {}
+            Some(want) => {
+                let value = mcp::encode_header_value(want);
+                edit_header(&mut out, head, "mcp-name", Some(&value))?;
+            }
+            None => edit_header(&mut out, head, "mcp-name", None)?,
+        }
+    }
+    Ok(out)
+}
+
+fn edit_header(
+    out: &mut Option<RequestHead>,
+    head: &RequestHead,
+    name: &str,
+    value: Option<&str>,
+) -> Result<()> {
+    let base = out.as_ref().unwrap_or(head);
+    let headers = base
+        .headers
+        .with(name, value.map(str::as_bytes))
+        .ok_or_else(|| Error::new(Kind::InvalidRequest, "request head too large to rewrite"))?;
+    let mut edited = base.clone();
+    edited.headers = headers;
+    *out = Some(edited);
+    Ok(())
+}
+
+/// Sends `call` to `server`, counted (`shardcat_server_requests_total`, and
+/// `..._errors_total` when it fails or the server answers with an HTTP error).
+async fn send_to(fed: &Federation, server: usize, via: Via<'_>, call: &Call<'_>) -> Result<Source> {
     let ups = &fed.servers[server];
-    let sent = ups.send(up, call).await;
+    let sent = match via {
+        Via::Session(up) => ups.send(up, call).await,
+        Via::Stateless => ups.stateless(call).await,
+    };
     let failed = match &sent {
         Ok(Source::Http(ans)) => ans.head.status >= 400,
         Ok(_) => false,
         Err(_) => true,
     };
     ups.stats.count_server(server, failed);
-    Ok(from_member(sent?, server, up))
+    Ok(match via {
+        Via::Session(up) => from_member(sent?, server, up),
+        Via::Stateless => sent?,
+    })
 }
 
 /// `src`, an answer from `server` in its session `up`, marked with where it came from, so its
@@ -525,8 +711,8 @@ async fn answer_to_server(
         })?;
     let server = s.servers[member];
     match body {
-        Some(body) => forward(fed, server, up, call, &body).await,
-        None => send_to(fed, server, up, call).await,
+        Some(body) => forward(fed, server, Via::Session(up), call, &body).await,
+        None => send_to(fed, server, Via::Session(up), call).await,
     }
 }
 
@@ -538,15 +724,16 @@ pub async fn open_stream(fed: &Rc<Federation>, s: &FedSession, call: &Call<'_>) 
             "a session of another route",
         ));
     }
-    if let Some((server, up)) = only_member(s) {
+    let route = &fed.routes[s.route];
+    if let Some((server, Via::Session(up))) = only_member(fed, Reach::Session(s)) {
         let src = fed.servers[server].open_stream(up, call).await?;
-        return Ok(from_member(src, server, up));
+        return Ok(tagged(from_member(src, server, up), route.tag(0, s)));
     }
     let opened = join_all(s.servers.iter().zip(&s.members).enumerate().map(
         |(member, (&server, up))| async move {
             let up = up.as_ref()?;
             match fed.servers[server].open_stream(up, call).await {
-                Ok(src) => Some((src, Tag { member })),
+                Ok(src) => Some((src, route.tag(member, s))),
                 Err(e) => {
                     log::info!(
                         "shard {}: server {}: no server stream: {e}",
@@ -597,15 +784,6 @@ pub async fn end_session(fed: &Rc<Federation>, s: &FedSession, call: &Call<'_>) 
     Ok(Source::Status(200))
 }
 
-/// 2026-07-28 on a federated route: not yet.
-pub async fn stateless(fed: &Rc<Federation>, call: &Call<'_>) -> Result<Source> {
-    fed.route_of(call)?;
-    Err(Error::new(
-        Kind::UnsupportedVersion,
-        "federated routes serve the session protocol versions (2025-11-25 and before) for now",
-    ))
-}
-
 /// The list a method asks for.
 fn list_kind(method: &str) -> Option<merge::ListKind> {
     match method {
@@ -621,24 +799,22 @@ fn list_kind(method: &str) -> Option<merge::ListKind> {
 /// member stands.
 async fn list(
     fed: &Rc<Federation>,
-    s: &FedSession,
+    reach: Reach<'_>,
     msg: &mcp::Message<'_>,
     call: &Call<'_>,
 ) -> Result<Source> {
     let method = msg.method.unwrap_or("");
     let kind = list_kind(method).ok_or_else(|| Error::new(Kind::Internal, "not a list"))?;
-    let route = &fed.routes[s.route];
-    let n = route.members.len();
+    let route = &fed.routes[reach.route()];
     let cursor = match cursor_of(call.body) {
         Some(c) => cursor::Cursor::decode(&c, route.binding)
             .map_err(|e| Error::new(Kind::InvalidParams, format!("cursor: {e}")))?,
         None => cursor::Cursor::start(route.binding),
     };
-    let _ = n;
     if !route.learned[kind as usize].get() && route.members.len() > 1 {
-        learn(fed, s, kind, call).await;
+        learn(fed, reach, kind, call).await;
     }
-    let merged = merged_page(fed, s, call, call.body, kind, &cursor).await?;
+    let merged = merged_page(fed, reach, call, call.body, kind, &cursor).await?;
     let result =
         String::from_utf8(merged.result).map_err(|_| Error::new(Kind::Internal, "merged list"))?;
     Ok(result_message(msg, &result))
@@ -660,22 +836,28 @@ fn cursor_of(body: &[u8]) -> Option<String> {
 /// Lists `kind` of every member to its end (at most `federation.max_list_pages` pages each),
 /// so the route's table knows all their names before it shows one: a name shown bare must not
 /// meet a second owner on a later page. Also when a client names something this shard has not
-/// seen listed (listed on another shard, or remembered).
-async fn learn(fed: &Rc<Federation>, s: &FedSession, list: merge::ListKind, call: &Call<'_>) {
+/// seen listed (listed on another shard, or remembered). A 2026-07-28 client's envelope goes
+/// with these requests: a server of no session learns who asks from it.
+async fn learn(fed: &Rc<Federation>, reach: Reach<'_>, list: merge::ListKind, call: &Call<'_>) {
     let method = match list {
         merge::ListKind::Tools => "tools/list",
         merge::ListKind::Prompts => "prompts/list",
         merge::ListKind::Resources => "resources/list",
         merge::ListKind::ResourceTemplates => "resources/templates/list",
     };
+    let meta = match reach {
+        Reach::Stateless { .. } => mcp::envelope_meta(call.body),
+        Reach::Session(_) => None,
+    };
+    let meta = meta.map_or(String::new(), |m| format!(r#""_meta":{m},"#));
     // A cursor to replace (or take out, for a first page): `rewrite::with_cursor` adds none.
     let body = format!(
-        r#"{{"jsonrpc":"2.0","id":"shardcat-names","method":"{method}","params":{{"cursor":""}}}}"#
+        r#"{{"jsonrpc":"2.0","id":"shardcat-names","method":"{method}","params":{{{meta}"cursor":""}}}}"#
     );
-    let route = &fed.routes[s.route];
+    let route = &fed.routes[reach.route()];
     let mut cursor = cursor::Cursor::start(route.binding);
     for _ in 0..fed.max_list_pages {
-        match merged_page(fed, s, call, body.as_bytes(), list, &cursor).await {
+        match merged_page(fed, reach, call, body.as_bytes(), list, &cursor).await {
             Ok(merge::MergedList { next: Some(c), .. }) => cursor = c,
             _ => break,
         }
@@ -699,24 +881,24 @@ fn lists_of(kind: names::Kind) -> &'static [merge::ListKind] {
 /// `cursor`, the answers merged (and their names learnt).
 async fn merged_page(
     fed: &Rc<Federation>,
-    s: &FedSession,
+    reach: Reach<'_>,
     call: &Call<'_>,
     body: &[u8],
     kind: merge::ListKind,
     cursor: &cursor::Cursor,
 ) -> Result<merge::MergedList> {
-    let route = &fed.routes[s.route];
+    let route = &fed.routes[reach.route()];
     let n = route.members.len();
     let pages = join_all((0..n).map(|m| {
         let pos = cursor.position(m);
         async move {
-            let up = s.members[m].as_ref()?;
+            let via = reach.via(m)?;
             let at = match pos {
                 cursor::Position::Done => return None,
                 cursor::Position::Start => None,
                 cursor::Position::At(c) => Some(c.as_str()),
             };
-            page(fed, route.members[m], up, (call, body), at).await
+            page(fed, route.members[m], via, (call, body), at).await
         }
     }))
     .await;
@@ -739,13 +921,13 @@ async fn merged_page(
 async fn page(
     fed: &Rc<Federation>,
     server: usize,
-    up: &UpSession,
+    via: Via<'_>,
     (call, body): (&Call<'_>, &[u8]),
     cursor: Option<&str>,
 ) -> Option<Vec<u8>> {
     let ups = &fed.servers[server];
     let body = rewrite::with_cursor(body, cursor)?;
-    let got = match forward(fed, server, up, call, &body).await {
+    let got = match forward(fed, server, via, call, &body).await {
         Ok(src) => collect(ups, src).await.and_then(|a| result_of(a, "list")),
         Err(e) => Err(e),
     }
@@ -784,25 +966,135 @@ fn merge_initialize(
     }
 }
 
-/// Gives the requests a member server sends (sampling, elicitation, roots) ids that name the
-/// member, so two servers' ids never meet at the client, and its answer finds its way back
-/// (`answer_to_server`). Everything else passes as it came.
+/// A route's "every member's list of this kind was read to its end" flags, per
+/// `merge::ListKind`, shared with the tags of its sessions' streams.
+type Learned = [std::cell::Cell<bool>; 4];
+
+/// What a member server's messages to the client go through on a session's streams:
+/// - on a route of several servers, the requests it sends (sampling, elicitation, roots) get
+///   ids that name the member, so two servers' ids never meet at the client, and its answer
+///   finds its way back (`answer_to_server`);
+/// - a `notifications/*/list_changed` makes the route learn that kind's lists again (the new
+///   names, and where they collide) before it resolves a name it does not know. The
+///   notification itself reaches the client as it came: the merged list changed.
+///
+/// Everything else passes as it came.
 pub struct Tag {
     pub member: usize,
+    several: bool,
+    learned: Rc<Learned>,
+    /// The resource URIs of the response, marked as the client must see them.
+    mark: Option<Mark>,
+    /// What the member's own kind made of the answer first (a handshake-era server's answer
+    /// to a 2026-07-28 client gets that version's shape).
+    inner: Option<Box<super::Shape>>,
+}
+
+/// A named request's response, whose resource URIs (`resources/read` contents, a tool's
+/// resource links) the client must see as the route shows them (`rewrite::result_for_client`),
+/// so that reading one later routes back to the member that sent it.
+struct Mark {
+    method: &'static str,
+    /// The client named the resource in its marked form: the contents answer in that form.
+    marked: bool,
+    table: Rc<RefCell<names::Names>>,
+}
+
+impl Mark {
+    fn of(
+        method: &str,
+        named: mcp::Named,
+        client_name: &str,
+        table: &Rc<RefCell<names::Names>>,
+    ) -> Option<Mark> {
+        let method = match method {
+            "tools/call" => "tools/call",
+            "prompts/get" => "prompts/get",
+            "resources/read" => "resources/read",
+            _ => return None,
+        };
+        Some(Mark {
+            method,
+            marked: named == mcp::Named::Resource && uri::looks_marked(client_name),
+            table: table.clone(),
+        })
+    }
+}
+
+impl Route {
+    fn tag(&self, member: usize, s: &FedSession) -> Tag {
+        self.tag_of(member, s.servers.len() > 1)
+    }
+
+    fn tag_of(&self, member: usize, several: bool) -> Tag {
+        Tag {
+            member,
+            several,
+            learned: self.learned.clone(),
+            mark: None,
+            inner: None,
+        }
+    }
 }
 
 impl Tag {
-    pub fn event(&self, raw: Bytes) -> Bytes {
+    /// One SSE event as the client gets it; `None` drops it (the member's kind dropped it).
+    pub fn event(&self, raw: Bytes) -> Option<Bytes> {
+        let raw = match &self.inner {
+            Some(inner) => inner.event(raw)?,
+            None => raw,
+        };
         let ev = crate::codec::sse::parse_sse_event(&raw);
         let Ok(mcp::Body::Single(m)) = mcp::classify(&ev.data) else {
-            return raw;
+            return Some(raw);
         };
-        if m.kind == mcp::Kind::Response {
-            return raw;
-        }
-        match rewrite::tag_message(self.member, &ev.data) {
+        let edited = match (m.kind, m.method) {
+            (mcp::Kind::Response, _) => self.marked(&ev.data),
+            (mcp::Kind::Notification, Some(method)) => {
+                self.changed(method);
+                let table = self.mark.as_ref().map(|m| m.table.borrow());
+                table.and_then(|t| {
+                    rewrite::notification_for_client(&ev.data, &t, self.member, false)
+                })
+            }
+            _ if !self.several => None,
+            _ => rewrite::tag_message(self.member, &ev.data),
+        };
+        Some(match edited {
             Some(data) => Bytes::from(sse_message(ev.id.as_deref(), &data)),
             None => raw,
+        })
+    }
+
+    /// A whole JSON answer as the client gets it; `None`: unchanged.
+    pub fn body(&self, body: &[u8]) -> Option<Vec<u8>> {
+        let inner = self.inner.as_ref().and_then(|s| s.body(body));
+        let marked = self.marked(inner.as_deref().unwrap_or(body));
+        marked.or(inner)
+    }
+
+    /// The response with its resource URIs as the client must see them; `None`: unchanged.
+    fn marked(&self, response: &[u8]) -> Option<Vec<u8>> {
+        let m = self.mark.as_ref()?;
+        let table = m.table.borrow();
+        rewrite::result_for_client(m.method, response, &table, self.member, m.marked)
+    }
+}
+
+impl Tag {
+    /// A member's list of some kind changed: the route learns that kind again.
+    fn changed(&self, method: &str) {
+        let kinds: &[merge::ListKind] = match method {
+            "notifications/tools/list_changed" => &[merge::ListKind::Tools],
+            "notifications/prompts/list_changed" => &[merge::ListKind::Prompts],
+            "notifications/resources/list_changed" => &[
+                merge::ListKind::Resources,
+                merge::ListKind::ResourceTemplates,
+            ],
+            _ => return,
+        };
+        for &k in kinds {
+            self.learned[k as usize].set(false);
         }
     }
 }
@@ -822,17 +1114,19 @@ fn sse_message(id: Option<&str>, data: &[u8]) -> Vec<u8> {
     out
 }
 
-/// `src` from member `member` of a route of several servers, with its server requests tagged.
-fn tagged(src: Source, member: usize, several: bool) -> Source {
-    if !several {
-        return src;
-    }
+/// `src` from a member, its events through `tag`.
+fn tagged(src: Source, mut tag: Tag) -> Source {
     match src {
+        Source::Message(line) => match tag.body(&line) {
+            Some(edited) => Source::Message(Bytes::from(edited)),
+            None => Source::Message(line),
+        },
         Source::Http(mut ans) => {
-            ans.shape = Some(Box::new(super::Shape::Tag(Tag { member })));
+            tag.inner = ans.shape.take();
+            ans.shape = Some(Box::new(super::Shape::Tag(tag)));
             Source::Http(ans)
         }
-        Source::Events(ev) => Source::Events(super::Events::Tagged(Box::new(ev), Tag { member })),
+        Source::Events(ev) => Source::Events(super::Events::Tagged(Box::new(ev), tag)),
         other => other,
     }
 }

@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use crate::codec::sse;
 use crate::error::{Error, Kind, Result};
-use crate::upstream::{http as up_http, Source, Upstreams};
+use crate::upstream::{http as up_http, Shape, Source, Upstreams};
 
 /// What a member answered.
 pub enum Answer {
@@ -51,7 +51,7 @@ pub async fn collect(up: &Upstreams, src: Source) -> Result<Answer> {
                     "the answer broke off or was too large",
                 )
             })?;
-            match response_in(&body) {
+            match response_in(&body, ans.shape.as_deref()) {
                 Some(r) => Ok(Answer::Response(Bytes::from(r))),
                 None if (200..300).contains(&status) => Ok(Answer::Status(status)),
                 None => Err(Error::new(
@@ -64,10 +64,13 @@ pub async fn collect(up: &Upstreams, src: Source) -> Result<Answer> {
 }
 
 /// The JSON-RPC response a body holds: the body itself (JSON), or the first SSE event whose
-/// data is a response.
-fn response_in(body: &[u8]) -> Option<Vec<u8>> {
+/// data is a response; as `shape` gives it to a client (a handshake-era server's answer to a
+/// 2026-07-28 request gets the client's id back and that version's shape).
+fn response_in(body: &[u8], shape: Option<&Shape>) -> Option<Vec<u8>> {
     let start = body.iter().position(|b| !b.is_ascii_whitespace())?;
     if body[start] == b'{' {
+        let shaped = shape.and_then(|s| s.body(body));
+        let body = shaped.as_deref().unwrap_or(body);
         return is_response(body).then(|| body.to_vec());
     }
     let mut split = sse::SseSplitter::new(body.len() + 2);
@@ -75,6 +78,13 @@ fn response_in(body: &[u8]) -> Option<Vec<u8>> {
     // The body is whole: a last event without its blank line still counts.
     split.push(b"\n\n");
     while let Ok(Some(ev)) = split.next_event() {
+        let ev = match shape {
+            Some(s) => match s.event(ev) {
+                Some(ev) => ev,
+                None => continue,
+            },
+            None => ev,
+        };
         let data = sse::parse_sse_event(&ev).data;
         if is_response(&data) {
             return Some(data);
@@ -98,15 +108,15 @@ mod tests {
     #[test]
     fn finds_the_response_in_json_and_sse() {
         let json = br#" {"jsonrpc":"2.0","id":1,"result":{}}"#;
-        assert_eq!(response_in(json).as_deref(), Some(&json[..]));
+        assert_eq!(response_in(json, None).as_deref(), Some(&json[..]));
         let sse = b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{}}\n\n\
                     id: 7\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"x\":1}}";
         assert_eq!(
-            response_in(sse).as_deref(),
+            response_in(sse, None).as_deref(),
             Some(&br#"{"jsonrpc":"2.0","id":1,"result":{"x":1}}"#[..])
         );
         let request = br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
-        assert_eq!(response_in(request), None);
-        assert_eq!(response_in(b""), None);
+        assert_eq!(response_in(request, None), None);
+        assert_eq!(response_in(b"", None), None);
     }
 }

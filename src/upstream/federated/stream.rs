@@ -104,7 +104,8 @@ async fn read(
         match src {
             Source::Events(mut ev) => {
                 while let Some(raw) = ev.next().await {
-                    if q.push(tag.event(raw)).await.is_err() {
+                    let Some(ev) = tag.event(raw) else { continue };
+                    if q.push(ev).await.is_err() {
                         return;
                     }
                 }
@@ -134,7 +135,8 @@ async fn read_http(
         loop {
             match split.next_event() {
                 Ok(Some(ev)) => {
-                    if q.push(tag.event(ev)).await.is_err() {
+                    let Some(ev) = tag.event(ev) else { continue };
+                    if q.push(ev).await.is_err() {
                         return;
                     }
                 }
