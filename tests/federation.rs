@@ -103,6 +103,20 @@ fn rmcp_http() -> Server {
     Server::start(&format!("fed-rmcp-{}", unique()), &cmd)
 }
 
+/// Python SDK servers `alpha` and `beta` (paged by `page_size`) and the config naming them
+/// (`extra`: each one's further `[[server]]` lines), then `more` (servers, routes,
+/// `[federation]`). The servers live as long as the handles.
+fn alpha_and_beta(
+    page_size: Option<usize>,
+    extra: [&str; 2],
+    more: &[String],
+) -> (Server, Server, String) {
+    let (alpha, beta) = (python("alpha", page_size), python("beta", page_size));
+    let mut toml = http_server("alpha", &alpha, extra[0]) + &http_server("beta", &beta, extra[1]);
+    toml.extend(more.iter().map(String::as_str));
+    (alpha, beta, toml)
+}
+
 fn addr_of(server: &Server) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], server.port))
 }
@@ -904,13 +918,11 @@ fn three_servers_on_one_route_are_one_server() {
 
 #[test]
 fn prefix_always_prefixes_every_name_of_its_server() {
-    let (alpha, beta) = (python("alpha", None), python("beta", None));
-    let toml = [
-        http_server("alpha", &alpha, "prefix = \"always\""),
-        http_server("beta", &beta, ""),
-        route("/mcp", &["alpha", "beta"]),
-    ]
-    .concat();
+    let (_alpha, _beta, toml) = alpha_and_beta(
+        None,
+        ["prefix = \"always\"", ""],
+        &[route("/mcp", &["alpha", "beta"])],
+    );
     let gw = gateway_config(1, &toml);
     let mut c = Mcp::on(&gw, "/mcp");
     c.initialize();
@@ -937,13 +949,11 @@ fn prefix_always_prefixes_every_name_of_its_server() {
 
 #[test]
 fn prefix_never_keeps_its_names_bare_and_the_other_server_yields() {
-    let (alpha, beta) = (python("alpha", None), python("beta", None));
-    let toml = [
-        http_server("alpha", &alpha, "prefix = \"never\""),
-        http_server("beta", &beta, ""),
-        route("/mcp", &["alpha", "beta"]),
-    ]
-    .concat();
+    let (_alpha, _beta, toml) = alpha_and_beta(
+        None,
+        ["prefix = \"never\"", ""],
+        &[route("/mcp", &["alpha", "beta"])],
+    );
     let gw = gateway_config(1, &toml);
     let mut c = Mcp::on(&gw, "/mcp");
     c.initialize();
@@ -1014,14 +1024,14 @@ fn sample_through(c: &mut Mcp, tool: &str, gw: &Proc) {
 
 #[test]
 fn a_sampling_request_from_one_server_is_answered_by_the_client() {
-    let (alpha, beta) = (python("alpha", None), python("beta", None));
-    let toml = [
-        http_server("alpha", &alpha, ""),
-        http_server("beta", &beta, ""),
-        stdio_server("gamma", ""),
-        route("/mcp", &["alpha", "beta", "gamma"]),
-    ]
-    .concat();
+    let (_alpha, _beta, toml) = alpha_and_beta(
+        None,
+        ["", ""],
+        &[
+            stdio_server("gamma", ""),
+            route("/mcp", &["alpha", "beta", "gamma"]),
+        ],
+    );
     let gw = gateway_config(2, &toml);
     let mut c = Mcp::on(&gw, "/mcp");
     c.initialize();
@@ -1074,13 +1084,8 @@ fn await_list_changed(c: &mut Mcp, tool: &str, gw: &Proc) {
 
 #[test]
 fn a_tools_list_changed_from_one_server_reaches_the_client() {
-    let (alpha, beta) = (python("alpha", Some(3)), python("beta", Some(3)));
-    let toml = [
-        http_server("alpha", &alpha, ""),
-        http_server("beta", &beta, ""),
-        route("/mcp", &["alpha", "beta"]),
-    ]
-    .concat();
+    let (_alpha, _beta, toml) =
+        alpha_and_beta(Some(3), ["", ""], &[route("/mcp", &["alpha", "beta"])]);
     let gw = gateway_config(2, &toml);
     let mut c = Mcp::on(&gw, "/mcp");
     c.initialize();
@@ -1104,14 +1109,11 @@ fn a_tools_list_changed_from_one_server_reaches_the_client() {
 
 #[test]
 fn failure_mode_open_leaves_a_dead_server_out() {
-    let (alpha, beta) = (python("alpha", None), python("beta", None));
-    let toml = [
-        http_server("alpha", &alpha, HIDE_SECRETS),
-        http_server("beta", &beta, HIDE_SECRETS),
-        route("/mcp", &["alpha", "beta"]),
-        federation("open"),
-    ]
-    .concat();
+    let (_alpha, beta, toml) = alpha_and_beta(
+        None,
+        [HIDE_SECRETS, HIDE_SECRETS],
+        &[route("/mcp", &["alpha", "beta"]), federation("open")],
+    );
     let gw = gateway_config(1, &toml);
     let mut first = Mcp::on(&gw, "/mcp");
     first.initialize();
@@ -1155,14 +1157,11 @@ fn failure_mode_open_leaves_a_dead_server_out() {
 
 #[test]
 fn failure_mode_closed_fails_initialize_naming_the_dead_server() {
-    let (alpha, beta) = (python("alpha", None), python("beta", None));
-    let toml = [
-        http_server("alpha", &alpha, ""),
-        http_server("beta", &beta, ""),
-        route("/mcp", &["alpha", "beta"]),
-        federation("closed"),
-    ]
-    .concat();
+    let (_alpha, beta, toml) = alpha_and_beta(
+        None,
+        ["", ""],
+        &[route("/mcp", &["alpha", "beta"]), federation("closed")],
+    );
     let gw = gateway_config(1, &toml);
     let mut first = Mcp::on(&gw, "/mcp");
     first.initialize();
@@ -1183,14 +1182,14 @@ fn failure_mode_closed_fails_initialize_naming_the_dead_server() {
 
 #[test]
 fn two_routes_offer_only_their_own_servers() {
-    let (alpha, beta) = (python("alpha", None), python("beta", None));
-    let toml = [
-        http_server("alpha", &alpha, ""),
-        http_server("beta", &beta, ""),
-        route("/mcp", &["alpha", "beta"]),
-        route("/mcp/dev", &["alpha"]),
-    ]
-    .concat();
+    let (alpha, _beta, toml) = alpha_and_beta(
+        None,
+        ["", ""],
+        &[
+            route("/mcp", &["alpha", "beta"]),
+            route("/mcp/dev", &["alpha"]),
+        ],
+    );
     let gw = gateway_config(2, &toml);
     let mut dev = Mcp::on(&gw, "/mcp/dev");
     dev.initialize();
@@ -1319,14 +1318,14 @@ fn two_routes_offer_only_their_own_servers() {
 #[test]
 fn python_sdk_clients_use_a_route_of_three_servers() {
     const SESSIONS: usize = 20;
-    let (alpha, beta) = (python("alpha", Some(3)), python("beta", Some(3)));
-    let toml = [
-        http_server("alpha", &alpha, HIDE_SECRETS),
-        http_server("beta", &beta, HIDE_SECRETS),
-        stdio_server("gamma", ""),
-        route("/mcp", &["alpha", "beta", "gamma"]),
-    ]
-    .concat();
+    let (alpha, beta, toml) = alpha_and_beta(
+        Some(3),
+        [HIDE_SECRETS, HIDE_SECRETS],
+        &[
+            stdio_server("gamma", ""),
+            route("/mcp", &["alpha", "beta", "gamma"]),
+        ],
+    );
     let gw = gateway_config(2, &toml);
     let url = format!("http://{}/mcp", gw.addr("listen"));
     let p = peers();

@@ -337,7 +337,7 @@ fn check_path(key: &str, path: &str) -> Result<(), ConfigError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::{Config, FileConfig, Overrides, ProbeKind, Strategy};
 
@@ -347,7 +347,9 @@ mod tests {
             .map_err(|e| e.0)
     }
 
-    const THREE: &str = r#"
+    /// Three servers (HTTP, replicas, stdio) on two routes, every federation key set; the
+    /// file-schema tests (`config::file`) read it too.
+    pub(crate) const THREE: &str = r#"
 [gateway]
 listen = "127.0.0.1:7000"
 

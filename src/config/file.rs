@@ -847,49 +847,8 @@ mod tests {
         assert!(e.0.contains("max_conections"), "{e}");
     }
 
-    const FEDERATED: &str = r#"
-[gateway]
-listen = "127.0.0.1:7000"
-
-[[server]]
-name = "github"
-url = "http://127.0.0.1:9001/mcp"
-authorization = "Bearer t"
-prefix = "always"
-tools = { include = ["search_*", "get_*"], exclude = ["get_secret"] }
-
-[[server]]
-name = "search"
-strategy = "least_connections"
-pool_max_idle = 16
-[[server.replica]]
-url = "http://127.0.0.1:9002/mcp"
-weight = 3
-[[server.replica]]
-url = "http://127.0.0.1:9003/mcp"
-
-[[server]]
-name = "files"
-command = "mcp-files"
-args = ["--root", "/srv"]
-prompts = { exclude = ["*"] }
-[server.env]
-K = "v"
-
-[[route]]
-path = "/mcp"
-servers = ["github", "search"]
-
-[[route]]
-path = "/mcp/dev"
-servers = ["files", "github"]
-
-[federation]
-separator = "."
-failure_mode = "closed"
-max_names = 1000
-max_list_pages = 4
-"#;
+    /// The federated config the resolved-config tests read too.
+    use crate::config::federation::tests::THREE as FEDERATED;
 
     #[test]
     fn servers_routes_and_federation_are_read() {
@@ -918,7 +877,7 @@ max_list_pages = 4
             replicas,
             [
                 ("http://127.0.0.1:9002/mcp", 3),
-                ("http://127.0.0.1:9003/mcp", 1)
+                ("http://127.0.0.1:9003/other", 1)
             ]
         );
         // `command` without `kind` is a stdio server.
