@@ -1704,3 +1704,123 @@ fn the_raw_flows_hold_through_a_single_server_gateway() {
     assert_eq!(c.delete(), 200);
     assert_no_sessions_left(&gw, &[&alpha], "after DELETE");
 }
+
+// ---------------------------------------------------------------------------------------------
+// 9. The official TypeScript SDK client on a route of three servers (the second SDK of 7.).
+
+/// The route of test 7: alpha and beta (Python SDK, pages of 3, `secret_*` filtered out) and
+/// gamma (the rmcp fixture over stdio), with `extra` TOML first.
+fn three_server_route(alpha: &Server, beta: &Server, extra: &str) -> String {
+    [
+        extra.to_string(),
+        http_server("alpha", alpha, HIDE_SECRETS),
+        http_server("beta", beta, HIDE_SECRETS),
+        stdio_server("gamma", ""),
+        route("/mcp", &["alpha", "beta", "gamma"]),
+    ]
+    .concat()
+}
+
+/// `tests/interop/ts/fed_client.mjs` against `url` with the servers, --require and --forbid of
+/// test 7 (the TypeScript client lists what the Python one does: both speak the handshake era
+/// and see the same merged names), and `extra` flags.
+fn ts_fed_client(url: &str, sessions: usize, label: &str, extra: &[&str]) -> Vec<String> {
+    let p = peers();
+    let mut cmd = vec![
+        p.node.display().to_string(),
+        p.ts("fed_client.mjs"),
+        "--url".into(),
+        url.into(),
+        "--sessions".into(),
+        sessions.to_string(),
+        "--label".into(),
+        label.into(),
+        "--timeout-s".into(),
+        "150".into(),
+        "--servers".into(),
+        "alpha,beta,gamma".into(),
+        "--require".into(),
+        "alpha__whoami,beta__whoami,alpha__echo,beta__echo,gamma__echo,alpha__sample,gamma__sample,only_alpha,only_beta,pid,add".into(),
+        "--forbid".into(),
+        "whoami,echo,sample,secret_alpha,secret_beta".into(),
+    ];
+    cmd.extend(extra.iter().map(|x| x.to_string()));
+    cmd
+}
+
+/// Runs one fed_client.mjs process and asserts that every session passed.
+fn run_ts_fed_client(gw: &Proc, cmd: &[String], label: &str) {
+    let cell = run_client(label, cmd, Duration::from_secs(200));
+    assert!(
+        cell.ok(),
+        "{label}: {}/{} sessions passed: {}\nskipped: {:?}\n{}",
+        cell.passed,
+        cell.sessions,
+        cell.failures.join(" | "),
+        cell.skipped,
+        tail(&gw.stderr(), 4000)
+    );
+    eprintln!(
+        "{label}: {}/{} in {:.1} s, versions {:?}, skipped {:?}",
+        cell.passed, cell.sessions, cell.secs, cell.versions, cell.skipped
+    );
+}
+
+/// gamma's stdio children the gateway still runs, waited for until at most `max` are left.
+fn assert_stdio_children_at_most(gw: &Proc, max: usize, what: &str) {
+    let ok = eventually(SETTLE, || children_of(gw.pid()).len() <= max);
+    assert!(
+        ok,
+        "{what}: gamma's stdio children left: {:?}",
+        children_of(gw.pid())
+    );
+}
+
+#[test]
+fn typescript_sdk_clients_use_a_route_of_three_servers() {
+    const SESSIONS: usize = 20;
+    let (alpha, beta) = (python("alpha", Some(3)), python("beta", Some(3)));
+    let gw = gateway_config(2, &three_server_route(&alpha, &beta, ""));
+    let url = format!("http://{}/mcp", gw.addr("listen"));
+    let label = "typescript -> alpha+beta+gamma";
+    run_ts_fed_client(&gw, &ts_fed_client(&url, SESSIONS, label, &[]), label);
+    assert_no_sessions_left(&gw, &[&alpha, &beta], label);
+    assert_stdio_children_at_most(&gw, 2, label);
+    let (_, opened) = sessions_of(&alpha);
+    assert!(
+        opened >= SESSIONS as u64,
+        "alpha saw {opened} sessions for {SESSIONS} client sessions and more"
+    );
+}
+
+/// 20 TypeScript SDK sessions that end without DELETE: a third mid-call (after the first
+/// progress notification), a third as soon as their call is sent, a third after the answer
+/// (fed_client.mjs --close-early). Fresh sessions are then served in full while those linger,
+/// and once they expire (`session_idle_timeout_ms`) no session is left anywhere.
+#[test]
+fn typescript_sdk_sessions_closed_early_leave_nothing_behind() {
+    const SESSIONS: usize = 20;
+    const FRESH: usize = 5;
+    let (alpha, beta) = (python("alpha", Some(3)), python("beta", Some(3)));
+    let idle = "[timeouts]\nsession_idle_timeout_ms = 3000\n";
+    let gw = gateway_config(2, &three_server_route(&alpha, &beta, idle));
+    let url = format!("http://{}/mcp", gw.addr("listen"));
+    let (_, opened_before) = sessions_of(&alpha);
+
+    let label = "typescript closing early -> alpha+beta+gamma";
+    let cmd = ts_fed_client(&url, SESSIONS, label, &["--close-early"]);
+    run_ts_fed_client(&gw, &cmd, label);
+    let (_, opened) = sessions_of(&alpha);
+    assert!(
+        opened >= opened_before + SESSIONS as u64,
+        "alpha saw {} sessions for {SESSIONS} abandoned client sessions",
+        opened - opened_before
+    );
+
+    let label = "typescript after the early closes -> alpha+beta+gamma";
+    run_ts_fed_client(&gw, &ts_fed_client(&url, FRESH, label, &[]), label);
+    assert_no_sessions_left(&gw, &[&alpha, &beta], label);
+    assert_stdio_children_at_most(&gw, 2, label);
+    let expired = metric(gw.addr("admin"), "shardcat_sessions_expired_total");
+    eprintln!("{label}: {expired} sessions expired");
+}
