@@ -304,6 +304,31 @@ fn result_of(answer: Answer, what: &str) -> Result<serde_json::Value> {
         .unwrap_or_default())
 }
 
+/// The `result` of a server's JSON-RPC response as its raw JSON text (a list page, which the
+/// merge reads borrowed: no tree built and written out again); its `error` as an `Error`.
+fn raw_result_of(answer: Answer, what: &str) -> Result<Vec<u8>> {
+    #[derive(serde::Deserialize)]
+    struct Response<'a> {
+        #[serde(borrow)]
+        result: Option<&'a serde_json::value::RawValue>,
+        #[serde(borrow)]
+        error: Option<&'a serde_json::value::RawValue>,
+    }
+    let Answer::Response(raw) = &answer else {
+        return Err(Error::new(
+            Kind::UpstreamProtocol,
+            format!("{what}: no response"),
+        ));
+    };
+    let r: Response<'_> = serde_json::from_slice(raw)
+        .map_err(|e| Error::new(Kind::UpstreamProtocol, format!("{what}: {e}")))?;
+    match (r.result, r.error) {
+        (Some(result), None) => Ok(result.get().as_bytes().to_vec()),
+        // An error, or neither: as `result_of` says it.
+        _ => result_of(answer, what).map(|v| v.to_string().into_bytes()),
+    }
+}
+
 /// The protocol version an initialize asks for.
 fn mcp_requested_version(body: &[u8]) -> String {
     #[derive(serde::Deserialize)]
@@ -928,10 +953,11 @@ async fn page(
     let ups = &fed.servers[server];
     let body = rewrite::with_cursor(body, cursor)?;
     let got = match forward(fed, server, via, call, &body).await {
-        Ok(src) => collect(ups, src).await.and_then(|a| result_of(a, "list")),
+        Ok(src) => collect(ups, src)
+            .await
+            .and_then(|a| raw_result_of(a, "list")),
         Err(e) => Err(e),
-    }
-    .and_then(|v| serde_json::to_vec(&v).map_err(|e| Error::new(Kind::Internal, e.to_string())));
+    };
     got.inspect_err(|e| {
         log::info!(
             "shard {}: server {}: list failed: {e}",
