@@ -14,7 +14,10 @@
 //! `never` prefix modes; a sampling request from one server answered by the client; a
 //! `tools/list_changed` from one server; a server killed mid-session (failure mode open and
 //! closed); two routes with different servers; 20 concurrent sessions of the official Python
-//! SDK client over 2 shards; and the conformance suite on a route of one server.
+//! SDK client over 2 shards (modes legacy, auto and 2026-07-28) and of the official TypeScript
+//! SDK client, with 20 more TypeScript sessions that end early; 2026-07-28 requests in raw
+//! bytes (discover merged, routing by name with `Mcp-Name` rewritten, refusals, both failure
+//! modes); and the conformance suite on a route of one server.
 //!
 //! Every test starts its own gateway and servers on port 0 (loopback only).
 
