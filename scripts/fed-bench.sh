@@ -4,8 +4,10 @@
 # over three servers against one.
 #   - Three built-in demo servers (a, b, c: each offers `echo`); `a` has prefix = "never", so a
 #     bare `echo` on /mcp goes to `a`, as it does on /one. Same upstream, same tool, same bytes.
-#   - loadgen --workload call (tools/call echo in a session set up once per user), closed loop,
-#     CONNS connections; ROUNDS rounds of /mcp then /one, WARMUP then DURATION seconds each.
+#   - loadgen --workload call (tools/call echo in a session set up once per user) and
+#     --workload stateless (2026-07-28 tools/call echo, no session: each request reaches the
+#     server with no session of its own), closed loop, CONNS connections; ROUNDS rounds of
+#     /mcp then /one for each, WARMUP then DURATION seconds each.
 #   - initialize: INITS sequential initialize + DELETE on one connection per route, timed by
 #     the client (python3), median and p90.
 # Pinning: gateway (1 shard) on core 0; demo servers and loadgen on core 1.
@@ -61,20 +63,20 @@ for _ in $(seq 1 100); do grep -q READY "$TMP/gw.out" && break; sleep 0.05; done
 LISTEN="$(sed -n 's/^READY listen=\([^ ]*\).*/\1/p' "$TMP/gw.out")"
 [ -n "$LISTEN" ] || die "gateway did not start: $(tail -3 "$TMP/gw.err")"
 
-calls() { # $1: route path; prints "path req/s cpu-us/req p50 p99"
-    local name; name="$(echo "$1" | tr -d /)"
-    local lg=(taskset -c 1 "$LG" --target "http://$LISTEN$1" --workload call --connections "$CONNS")
+calls() { # $1: route path, $2: loadgen workload; prints "path workload req/s cpu-us/req p50 p99"
+    local name; name="$(echo "$1" | tr -d /)-$2"
+    local lg=(taskset -c 1 "$LG" --target "http://$LISTEN$1" --workload "$2" --connections "$CONNS")
     "${lg[@]}" --duration-s "$WARMUP" >/dev/null 2>&1 || true
     "${lg[@]}" --duration-s "$DURATION" --watch-pid "$GW" --json "$TMP/$name.json" \
         >"$TMP/$name.log" 2>&1 || die "loadgen failed on $1: $(tail -5 "$TMP/$name.log")"
-    python3 - "$1" "$TMP/$name.json" <<'PY'
+    python3 - "$1 $2" "$TMP/$name.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[2]))
 w = r["windows"][-1] if "windows" in r else r
 rps = w.get("rps") or w.get("req_per_s")
 cpu = w.get("cpu_us_per_req") or (r.get("watch") or {}).get("cpu_us_per_req") or 0.0
 lat = r.get("latency") or {}
-print(f"{sys.argv[1]:<5} {rps:>9.0f} req/s {cpu:>7.2f} cpu-us/req "
+print(f"{sys.argv[1]:<15} {rps:>9.0f} req/s {cpu:>7.2f} cpu-us/req "
       f"p50 {lat.get('p50_ms', 0):.2f} ms p99 {lat.get('p99_ms', 0):.2f} ms errors {r.get('errors', 0)}")
 PY
 }
@@ -107,8 +109,10 @@ PY
 
 for r in $(seq 1 "$ROUNDS"); do
     log "round $r"
-    calls /mcp
-    calls /one
+    for w in call stateless; do
+        calls /mcp "$w"
+        calls /one "$w"
+    done
 done
 inits /mcp
 inits /one
