@@ -279,9 +279,9 @@ impl Exchange {
         if let Some(session) = shard.new_tape_session() {
             let subject = self.subject_name();
             shard
-                .record_start(session, version, &peer(conn), subject)
+                .record_start(session, version, (&peer(conn), subject), None)
                 .await;
-            self.tap = Some(Tap { session, stream: 1 });
+            self.tap = Some(Tap::new(session));
             self.one_off = Some(session);
         }
     }

@@ -76,6 +76,8 @@ struct Route {
     path: String,
     /// Server indexes, in route order ("members").
     members: Vec<usize>,
+    /// The members' names, in route order, as a JSON array (for tapes).
+    servers_json: String,
     table: RefCell<names::Names>,
     /// What the route's cursors are bound to.
     binding: cursor::Binding,
@@ -119,7 +121,9 @@ impl Federation {
                     names::Names::new(&members, &f.separator, f.max_names).unwrap_or_else(|e| {
                         panic!("route {}: {e} (config validation missed it)", r.path)
                     });
+                let names: Vec<&str> = members.iter().map(|s| s.name.as_str()).collect();
                 Route {
+                    servers_json: serde_json::Value::from(names).to_string(),
                     binding: cursor::Binding::new(&r.path, &members),
                     learned: Default::default(),
                     path: r.path.clone(),
@@ -144,6 +148,13 @@ impl Federation {
             .iter()
             .position(|r| r.path == path)
             .ok_or_else(|| Error::new(Kind::NotFound, format!("no route at {path}")))
+    }
+
+    /// The server names of the route at `path` (route order) as a JSON array.
+    pub fn servers_json(&self, path: &str) -> Option<&str> {
+        let path = path.split('?').next().unwrap_or("");
+        let r = self.routes.iter().find(|r| r.path == path)?;
+        Some(&r.servers_json)
     }
 
     fn server_name(&self, server: usize) -> &str {
@@ -342,7 +353,10 @@ pub async fn send(fed: &Rc<Federation>, s: &FedSession, call: &Call<'_>) -> Resu
         _ if msg.named.is_some() => named(fed, s, msg, call).await,
         _ => match only_member(s) {
             // One server: what the gateway does not know goes to it as it is.
-            Some((server, up)) => send_to(fed, server, up, call).await,
+            Some((server, up)) => {
+                call.routed_to.set(Some(0));
+                send_to(fed, server, up, call).await
+            }
             None => Err(Error::new(
                 Kind::MethodNotFound,
                 format!(
@@ -419,6 +433,7 @@ async fn named(
             format!("server {} is not in this session", fed.server_name(server)),
         )
     })?;
+    call.routed_to.set(Some(member));
     let method = msg.method.unwrap_or("");
     let named = msg.named.unwrap_or(mcp::Named::Tool);
     let body = rewrite::rename_request(call.body, named, method, &own)
@@ -460,6 +475,7 @@ async fn forward(
         client: call.client,
         client_cell: call.client_cell,
         subject: call.subject,
+        routed_to: std::cell::Cell::new(None),
     };
     send_to(fed, server, up, &member_call).await
 }
@@ -524,6 +540,7 @@ async fn answer_to_server(
             )
         })?;
     let server = s.servers[member];
+    call.routed_to.set(Some(member));
     match body {
         Some(body) => forward(fed, server, up, call, &body).await,
         None => send_to(fed, server, up, call).await,
@@ -539,6 +556,7 @@ pub async fn open_stream(fed: &Rc<Federation>, s: &FedSession, call: &Call<'_>) 
         ));
     }
     if let Some((server, up)) = only_member(s) {
+        call.routed_to.set(Some(0));
         let src = fed.servers[server].open_stream(up, call).await?;
         return Ok(from_member(src, server, up));
     }
