@@ -15,6 +15,9 @@
 //! - `ping` is answered here; notifications and `logging/setLevel` go to every server; the
 //!   client's answers to a server's requests go back to that server (`rewrite::untag_id`).
 //! - DELETE, expiry and shutdown end every server's session.
+//! - the one server a request went to (a named request, an answer to a server, anything on a
+//!   route of one server) is told back in `Call::routed_to`, for the pipeline's tapes; a merged
+//!   GET stream tells each event's server (`Merged::last_member`).
 //!
 //! The pure logic, no I/O:
 //! - `names`   — a route's name table: the client-visible name of each tool, prompt and
