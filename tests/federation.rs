@@ -1566,7 +1566,11 @@ fn tape_frames_name_the_server_of_a_federated_route() {
         .iter()
         .find(|f| f["kind"] == "session_start")
         .expect("a session start");
-    assert_eq!(start["json"]["servers"], json!(["alpha", "beta"]), "{start}");
+    assert_eq!(
+        start["json"]["servers"],
+        json!(["alpha", "beta"]),
+        "{start}"
+    );
     for (tool, server, index) in [("only_alpha", "alpha", 0), ("only_beta", "beta", 1)] {
         let (request, response) = call_frames(&frames, tool);
         for f in [request, response] {
@@ -1579,12 +1583,16 @@ fn tape_frames_name_the_server_of_a_federated_route() {
             .iter()
             .find(|f| {
                 f["dir"] == dir
-                    && (f["json"]["method"] == "tools/list" || f["json"]["result"]["tools"].is_array())
+                    && (f["json"]["method"] == "tools/list"
+                        || f["json"]["result"]["tools"].is_array())
             })
             .unwrap_or_else(|| panic!("no {dir} tools/list frame: {frames:#?}"))
     };
     for f in [list("c2s"), list("s2c")] {
-        assert!(f.get("server").is_none(), "a merged list names no server: {f}");
+        assert!(
+            f.get("server").is_none(),
+            "a merged list names no server: {f}"
+        );
     }
     let id = start["session"].as_str().expect("session id");
     let shown = tape_tool(&["show", &d, id, "--width", "0"]);
