@@ -43,6 +43,7 @@ fn fresh_dir(name: &str) -> PathBuf {
 
 fn frame(session: u64, n: u64) -> Frame {
     Frame {
+        server: None,
         session,
         ts_us: 1_763_800_000_000_000 + n,
         dir: Dir::ServerToClient,

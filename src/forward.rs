@@ -72,6 +72,7 @@ impl TapeSink {
 
     fn frame(&self, dir: Dir, kind: FrameKind, payload: Vec<u8>) {
         let frame = Frame {
+            server: None,
             session: self.session,
             ts_us: tape::now_us(),
             dir,

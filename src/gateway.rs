@@ -275,13 +275,19 @@ impl Exchange {
     }
 
     /// Opens a tape session for this exchange alone.
-    pub async fn open_one_off(&mut self, shard: &Shard, conn: &ClientConn, version: &str) {
+    pub async fn open_one_off(
+        &mut self,
+        shard: &Shard,
+        conn: &ClientConn,
+        version: &str,
+        servers: Option<&str>,
+    ) {
         if let Some(session) = shard.new_tape_session() {
             let subject = self.subject_name();
             shard
-                .record_start(session, version, &peer(conn), subject)
+                .record_start(session, version, (&peer(conn), subject), servers)
                 .await;
-            self.tap = Some(Tap { session, stream: 1 });
+            self.tap = Some(Tap::new(session));
             self.one_off = Some(session);
         }
     }

@@ -31,8 +31,16 @@
 //! frame_header =
 //!   u64 session | u64 ts_us (unix µs) | u8 dir (0 c2s, 1 s2c, 2 gateway)
 //!   | u8 kind (0 session_start, 1 session_end, 2 message, 3 status) | u8 flags (bit 0: sse)
-//!   | u8 reserved | u16 status | u16 event_id_len | u32 stream
+//!   | u8 server | u16 status | u16 event_id_len | u32 stream
 //! ```
+//!
+//! `server` names the federated server a frame went to or came from: its index among the
+//! route's servers plus one, the names in that order being the session start's `"servers"`;
+//! 0 is none (an unfederated session; an answer the gateway made itself, such as a merged
+//! list, `ping` or the initialize fan-out; a message sent to every server, such as a
+//! notification or `logging/setLevel`; a gateway frame). The byte was reserved and always
+//! written 0 before, and readers never looked at it: version 1 stands, old tapes read as
+//! naming no server, and older readers read new tapes (without the servers).
 //!
 //! A record whose length runs past the end of the file, or whose CRC fails with no intact record
 //! after it, is a torn tail: skipped. A bad record followed by intact ones is mid-file
@@ -61,11 +69,39 @@ use crate::metrics::{header, Format, Kind};
 // The recording settings and their bounds live with the configuration.
 pub use crate::config::tapes::*;
 
-/// Where a frame belongs: the tape session and the HTTP exchange within it.
+/// Where a frame belongs: the tape session, the HTTP exchange within it, and, on a federated
+/// route, the server it went to or came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tap {
     pub session: u64,
     pub stream: u32,
+    /// `Frame::server`.
+    pub server: Option<u8>,
+}
+
+impl Tap {
+    /// The first exchange of tape session `session`.
+    pub fn new(session: u64) -> Tap {
+        Tap {
+            session,
+            stream: 1,
+            server: None,
+        }
+    }
+
+    /// A tap of the exchange whose frames went to or came from member `member` of the
+    /// session's route (`None`: the gateway answered, or the route is not federated).
+    pub fn via(self, member: Option<usize>) -> Tap {
+        Tap {
+            server: server_of(member),
+            ..self
+        }
+    }
+}
+
+/// `Frame::server` for member `member` of a route (a route has at most 64 servers).
+pub fn server_of(member: Option<usize>) -> Option<u8> {
+    member.and_then(|m| u8::try_from(m).ok())
 }
 
 /// Which way a frame crossed the gateway.
@@ -80,8 +116,10 @@ pub enum Dir {
 /// What a frame records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FrameKind {
-    /// Payload: JSON `{"upstream", "protocol_version", "client", "shard", "gateway_session"}`;
-    /// `gateway_session` is the id's routing prefix, never its secret part.
+    /// Payload: JSON `{"upstream", "protocol_version", "client", "shard", "gateway_session"}`,
+    /// and on a federated route `"servers"`: the route's server names, in route order (what
+    /// `Frame::server` indexes); `gateway_session` is the id's routing prefix, never its
+    /// secret part.
     SessionStart,
     /// Payload: JSON `{"reason"}`.
     SessionEnd,
@@ -110,6 +148,10 @@ pub struct Frame {
     /// Microseconds since the Unix epoch.
     pub ts_us: u64,
     pub dir: Dir,
+    /// On a federated route, the server the frame went to or came from: its index among the
+    /// route's servers (the session start's `servers`). `None`: no one server (the gateway
+    /// answered, the message went to every server, or the session is not federated).
+    pub server: Option<u8>,
     pub kind: FrameKind,
     pub payload: Bytes,
 }

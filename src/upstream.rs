@@ -171,6 +171,12 @@ impl Upstreams {
         self.stdio.is_some() || self.federation.is_some()
     }
 
+    /// The server names of the route at `path`, in route order, as a JSON array (what a tape's
+    /// session start records); `None` when not federated or no route is there.
+    pub fn route_servers_json(&self, path: &str) -> Option<&str> {
+        self.federation.as_ref()?.servers_json(path)
+    }
+
     /// Server `i`'s upstreams (`each`); itself when not federated.
     pub fn server(self: &Rc<Self>, i: usize) -> Rc<Upstreams> {
         match &self.federation {
@@ -254,6 +260,18 @@ pub enum Events {
     Tagged(Box<Events>, federated::Tag),
     /// A federated session's server streams, merged (`federated::stream`).
     Merged(federated::Merged),
+}
+
+impl Events {
+    /// The member of a federated route (its index among the route's servers) the last event
+    /// came from, when one did (what the pipeline records with it).
+    pub fn member(&self) -> Option<usize> {
+        match self {
+            Events::Tagged(_, tag) => Some(tag.member),
+            Events::Merged(m) => m.last_member(),
+            Events::Request(_) | Events::Session(_) => None,
+        }
+    }
 }
 
 impl Events {
@@ -366,6 +384,12 @@ pub struct Call<'a> {
     /// The header naming the authenticated subject upstream, and the name
     /// (`auth.forward_subject_header`); `None`: not sent.
     pub subject: Option<(&'a str, &'a str)>,
+    /// Set by a federated route once it chose the one server the request goes to: that
+    /// server's index among the route's (the pipeline records it with the request and its
+    /// answer). A cell because the kinds take `&Call`; set before the send, so a failed send
+    /// still names it. Stays `None` when no one server was chosen (the gateway answered, or
+    /// every server got the message).
+    pub routed_to: std::cell::Cell<Option<usize>>,
 }
 
 impl Upstreams {

@@ -1827,3 +1827,176 @@ fn typescript_sdk_sessions_closed_early_leave_nothing_behind() {
     let expired = metric(gw.addr("admin"), "shardcat_sessions_expired_total");
     eprintln!("{label}: {expired} sessions expired");
 }
+
+// ---------------------------------------------------------------------------------------------
+// 10. Tapes of a federated session.
+
+/// `shardcat tape ARGS`: its stdout, which must have succeeded.
+fn tape_tool(args: &[&str]) -> String {
+    let out = std::process::Command::new(BIN)
+        .arg("tape")
+        .args(args)
+        .output()
+        .expect("run shardcat tape");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "shardcat tape {args:?}: {text}");
+    text
+}
+
+/// The one tape session in `dir` that holds messages, exported: one JSON object per frame.
+fn exported_session(dir: &str) -> Vec<Value> {
+    let listed = tape_tool(&["list", dir]);
+    let ids: Vec<&str> = listed
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let msgs: u64 = f.get(3)?.parse().ok()?;
+            (msgs > 0).then_some(f[0])
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "one session with messages: {listed}");
+    tape_tool(&["export", dir, ids[0], "--format", "jsonl"])
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("an export line is JSON"))
+        .collect()
+}
+
+/// The request frame of the `tools/call` of `tool`, and the response frame answering it.
+fn call_frames<'a>(frames: &'a [Value], tool: &str) -> (&'a Value, &'a Value) {
+    let request = frames
+        .iter()
+        .find(|f| {
+            f["dir"] == "c2s"
+                && f["json"]["method"] == "tools/call"
+                && f["json"]["params"]["name"] == tool
+        })
+        .unwrap_or_else(|| panic!("no tools/call of {tool} on the tape: {frames:#?}"));
+    let id = &request["json"]["id"];
+    let response = frames
+        .iter()
+        .find(|f| f["dir"] == "s2c" && f["json"]["id"] == *id && f["json"].get("result").is_some())
+        .unwrap_or_else(|| panic!("no response to the call of {tool}: {frames:#?}"));
+    (request, response)
+}
+
+/// A tape of a session on a route of two servers names, per frame, the server it went to or
+/// came from: each tools/call and its answer their own server, the merged tools/list none; its
+/// start frame lists the route's servers, and `show` marks the frames with them.
+#[test]
+fn tape_frames_name_the_server_of_a_federated_route() {
+    let (alpha, beta) = (python("alpha", None), python("beta", None));
+    let dir = std::env::temp_dir().join(format!(
+        "shardcat-fed-tape-{}-{}",
+        std::process::id(),
+        unique()
+    ));
+    let d = dir.display().to_string();
+    let toml = [
+        http_server("alpha", &alpha, ""),
+        http_server("beta", &beta, ""),
+        route("/mcp", &["alpha", "beta"]),
+        federation("open"),
+        format!("[tapes]\ndir = \"{d}\"\n"),
+    ]
+    .concat();
+    let mut gw = gateway_config(1, &toml);
+    let mut c = Mcp::on(&gw, "/mcp");
+    c.initialize();
+    let tools = c.tools();
+    assert!(tools.contains(&"only_beta".to_string()), "{tools:?}");
+    assert_eq!(c.call_text("only_beta", json!({})), "beta");
+    assert_eq!(c.call_text("only_alpha", json!({})), "alpha");
+    assert_eq!(c.delete(), 200);
+    // Shutdown writes every frame still queued.
+    assert_eq!(gw.terminate(Duration::from_secs(10)), Some(0));
+
+    let frames = exported_session(&d);
+    let start = frames
+        .iter()
+        .find(|f| f["kind"] == "session_start")
+        .expect("a session start");
+    assert_eq!(
+        start["json"]["servers"],
+        json!(["alpha", "beta"]),
+        "{start}"
+    );
+    for (tool, server, index) in [("only_alpha", "alpha", 0), ("only_beta", "beta", 1)] {
+        let (request, response) = call_frames(&frames, tool);
+        for f in [request, response] {
+            assert_eq!(f["server"], server, "{tool}: {f}");
+            assert_eq!(f["server_index"], index, "{tool}: {f}");
+        }
+    }
+    let list = |dir: &str| {
+        frames
+            .iter()
+            .find(|f| {
+                f["dir"] == dir
+                    && (f["json"]["method"] == "tools/list"
+                        || f["json"]["result"]["tools"].is_array())
+            })
+            .unwrap_or_else(|| panic!("no {dir} tools/list frame: {frames:#?}"))
+    };
+    for f in [list("c2s"), list("s2c")] {
+        assert!(
+            f.get("server").is_none(),
+            "a merged list names no server: {f}"
+        );
+    }
+    let id = start["session"].as_str().expect("session id");
+    let shown = tape_tool(&["show", &d, id, "--width", "0"]);
+    let marked = |tool: &str, server: &str| {
+        shown
+            .lines()
+            .any(|l| l.contains("request tools/call") && l.contains(tool) && l.contains(server))
+    };
+    assert!(marked("only_alpha", "@alpha"), "{shown}");
+    assert!(marked("only_beta", "@beta"), "{shown}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A 2026-07-28 call on a federated route is a tape session of its own whose start lists the
+/// route's servers, and whose request and answer name the server the call went to.
+#[test]
+fn tape_frames_of_a_stateless_call_name_its_server() {
+    let (_alpha, _beta, toml) =
+        alpha_and_beta(None, ["", ""], &[route("/mcp", &["alpha", "beta"])]);
+    let dir = std::env::temp_dir().join(format!(
+        "shardcat-fed-tape-stateless-{}-{}",
+        std::process::id(),
+        unique()
+    ));
+    let d = dir.display().to_string();
+    let mut gw = gateway_config(1, &format!("{toml}[tapes]\ndir = \"{d}\"\n"));
+    let (status, m) = stateless(
+        gw.addr("listen"),
+        "/mcp",
+        "tools/call",
+        json!({"name": "only_beta"}),
+        Some("only_beta"),
+    );
+    assert_eq!(status, 200, "{m}");
+    assert_eq!(content_text(&m["result"]["content"]), "beta", "{m}");
+    assert_eq!(gw.terminate(Duration::from_secs(10)), Some(0));
+
+    let frames = exported_session(&d);
+    let start = frames
+        .iter()
+        .find(|f| f["kind"] == "session_start")
+        .expect("a session start");
+    assert_eq!(
+        start["json"]["servers"],
+        json!(["alpha", "beta"]),
+        "{start}"
+    );
+    let (request, response) = call_frames(&frames, "only_beta");
+    for f in [request, response] {
+        assert_eq!(
+            (&f["server"], &f["server_index"]),
+            (&json!("beta"), &json!(1)),
+            "{f}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

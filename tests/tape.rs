@@ -39,6 +39,7 @@ impl Script {
     fn push(&mut self, dir: Dir, kind: FrameKind, payload: Value) {
         self.ts += 1500;
         self.frames.push(Frame {
+            server: None,
             session: self.session,
             ts_us: self.ts,
             dir,

@@ -28,6 +28,7 @@ struct AnyFrame {
     status: u16,
     sse: bool,
     stream: u32,
+    server: Option<u8>,
     event_id: Option<Vec<u8>>,
     payload: Vec<u8>,
 }
@@ -54,6 +55,8 @@ impl AnyFrame {
             _ => Dir::Gateway,
         };
         Frame {
+            // A record holds server indexes up to 254 (routes have at most 64 servers).
+            server: self.server.map(|m| m % u8::MAX),
             session: self.session,
             ts_us: self.ts_us,
             dir,

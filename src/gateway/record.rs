@@ -11,7 +11,10 @@
 //! Under the `recording_shed` degradation level, message and status frames are dropped and
 //! counted (`shardcat_tape_frames_shed_total`); session start and end frames are kept.
 //!
-//! Invariant: per session, frames are offered in the order they crossed the gateway.
+//! Invariant: per session, frames are offered in the order they crossed the gateway, with one
+//! exception: a request in a federated session is held until the route chose its server
+//! (`hold_request`), then offered, stamped with its arrival time, before its answer; frames of
+//! the session's other exchanges may be offered meanwhile.
 
 use std::time::Duration;
 
@@ -120,7 +123,23 @@ impl Shard {
             stream: tap.stream,
             event_id: sse.and_then(|s| s.event_id),
         };
-        self.record(frame(tap.session, dir, kind, payload)).await;
+        self.record(frame(tap, dir, kind, payload)).await;
+    }
+
+    /// Holds a client's message until the server it goes to is known (a federated session:
+    /// the route picks the server while the upstream call runs). `Held::record` records it
+    /// then, stamped with its arrival time; an exchange dropped first records it from `Drop`.
+    pub fn hold_request(&self, tap: Option<Tap>, payload: Bytes) -> Held<'_> {
+        let frame = tap.filter(|_| !self.shedding()).map(|tap| {
+            let kind = FrameKind::Message {
+                status: 0,
+                sse: false,
+                stream: tap.stream,
+                event_id: None,
+            };
+            frame(tap, Dir::ClientToServer, kind, payload)
+        });
+        Held { shard: self, frame }
     }
 
     /// Records a response that carried no JSON-RPC message (202, DELETE's 200, an empty 404).
@@ -133,30 +152,34 @@ impl Shard {
             status,
             stream: tap.stream,
         };
-        self.record(frame(tap.session, Dir::ServerToClient, kind, Bytes::new()))
+        self.record(frame(tap, Dir::ServerToClient, kind, Bytes::new()))
             .await;
     }
 
     /// Records the start of a session, with the authenticated subject's name (never its
-    /// credential) when auth is on.
+    /// credential) when auth is on, and on a federated route its servers' names in route
+    /// order (`servers`: a JSON array, which `Frame::server` indexes).
     pub async fn record_start(
         &self,
         session: u64,
         version: &str,
-        client: &str,
-        subject: Option<&str>,
+        (client, subject): (&str, Option<&str>),
+        servers: Option<&str>,
     ) {
         // Built by hand: this runs per stateless request. `upstream_json` is escaped once;
         // versions and socket addresses need no escaping; a subject's name may.
         let subject = subject
             .map(|s| format!(",\"subject\":{}", serde_json::Value::from(s)))
             .unwrap_or_default();
+        let servers = servers
+            .map(|s| format!(",\"servers\":{s}"))
+            .unwrap_or_default();
         let payload = Bytes::from(format!(
-            "{{\"upstream\":{},\"protocol_version\":\"{version}\",\"client\":\"{client}\",\"shard\":{}{subject}}}",
+            "{{\"upstream\":{},\"protocol_version\":\"{version}\",\"client\":\"{client}\",\"shard\":{}{subject}{servers}}}",
             self.shared.upstream_json, self.id
         ));
         self.record(frame(
-            session,
+            Tap::new(session),
             Dir::Gateway,
             FrameKind::SessionStart,
             payload,
@@ -174,13 +197,42 @@ impl Shard {
             "reason must need no JSON escaping"
         );
         let payload = Bytes::from(format!("{{\"reason\":\"{reason}\"}}"));
-        self.record_later(frame(session, Dir::Gateway, FrameKind::SessionEnd, payload));
+        let tap = Tap::new(session);
+        self.record_later(frame(tap, Dir::Gateway, FrameKind::SessionEnd, payload));
     }
 }
 
-fn frame(session: u64, dir: Dir, kind: FrameKind, payload: Bytes) -> Frame {
+/// A client's message waiting for its server (`Shard::hold_request`). It is recorded exactly
+/// once, whatever happens to the exchange: by `record`, or without waiting when dropped
+/// unrecorded (the exchange was cancelled), so no frame goes missing uncounted.
+pub struct Held<'a> {
+    shard: &'a Shard,
+    frame: Option<Frame>,
+}
+
+impl Held<'_> {
+    /// Records the message as sent to member `member` of the session's route (`None`: to no
+    /// one server: every server, or the gateway answered it).
+    pub async fn record(mut self, member: Option<usize>) {
+        if let Some(mut f) = self.frame.take() {
+            f.server = tape::server_of(member);
+            self.shard.record(f).await;
+        }
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if let Some(f) = self.frame.take() {
+            self.shard.record_later(f);
+        }
+    }
+}
+
+fn frame(tap: Tap, dir: Dir, kind: FrameKind, payload: Bytes) -> Frame {
     Frame {
-        session,
+        server: tap.server,
+        session: tap.session,
         ts_us: tape::now_us(),
         dir,
         kind,

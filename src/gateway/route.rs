@@ -120,7 +120,7 @@ pub async fn sessionless(
     ex: &mut Exchange,
     v: Version,
 ) -> Result<Outcome> {
-    ex.open_one_off(shard, conn, v.as_str()).await;
+    ex.open_one_off(shard, conn, v.as_str(), None).await;
     ex.record_request(shard, body).await;
     let call = call(shard, (conn, ex), head, body, single(parsed));
     let src = shard.up.sessionless(&call).await?;
@@ -143,6 +143,7 @@ fn call<'a>(
         client: Some(&conn.stream),
         client_cell: balancer_cell(shard, conn),
         subject: session::forwarded_subject(shard, ex.subject_name()),
+        routed_to: std::cell::Cell::new(None),
     }
 }
 
@@ -154,9 +155,19 @@ pub async fn stateless(
     (head, body, parsed): (&RequestHead, &Bytes, &mcp::Body<'_>),
     ex: &mut Exchange,
 ) -> Result<Outcome> {
-    ex.open_one_off(shard, conn, mcp::STATELESS_VERSION).await;
-    ex.record_request(shard, body).await;
-    let d = delivery(ex, parsed);
+    // On a federated route the request is recorded once the route chose its server, as in a
+    // session (`in_session`), and the tape's start names the route's servers.
+    let servers = shard.up.route_servers_json(&head.path);
+    ex.open_one_off(shard, conn, mcp::STATELESS_VERSION, servers)
+        .await;
+    let held = match servers {
+        Some(_) => Some(shard.hold_request(ex.tap, body.clone())),
+        None => {
+            ex.record_request(shard, body).await;
+            None
+        }
+    };
+    let mut d = delivery(ex, parsed);
     let mcp::Body::Single(msg) = parsed else {
         return Err(Error::new(
             Kind::InvalidRequest,
@@ -170,7 +181,13 @@ pub async fn stateless(
     )
     .map_err(|why| Error::new(Kind::HeaderMismatch, why))?;
     let call = call(shard, (conn, ex), head, body, Some(msg));
-    let src = shard.up.stateless(&call).await?;
+    let sent = shard.up.stateless(&call).await;
+    let member = call.routed_to.get();
+    if let Some(held) = held {
+        held.record(member).await;
+    }
+    let src = sent?;
+    d.tap = d.tap.map(|t| t.via(member));
     relay::relay(shard, conn, src, d).await
 }
 
@@ -186,10 +203,12 @@ pub async fn initialize(
     let tape = match shard.new_tape_session() {
         Some(session) => {
             let version = session::requested_version(body);
+            let servers = shard.up.route_servers_json(&head.path);
+            let client = (&*peer(conn), ex.subject_name());
             shard
-                .record_start(session, version.as_str(), &peer(conn), ex.subject_name())
+                .record_start(session, version.as_str(), client, servers)
                 .await;
-            ex.tap = Some(Tap { session, stream: 1 });
+            ex.tap = Some(Tap::new(session));
             ex.record_request(shard, body).await;
             Some(session)
         }
@@ -214,7 +233,9 @@ pub async fn initialize(
     out
 }
 
-/// A POST in a session. An upstream that no longer knows the session ends it here too.
+/// A POST in a session. An upstream that no longer knows the session ends it here too. In a
+/// federated session the request is recorded once the route chose its server (`routed_to`),
+/// and the frames of its answer name that server.
 pub async fn in_session(
     shard: &Rc<Shard>,
     conn: &mut ClientConn,
@@ -225,20 +246,32 @@ pub async fn in_session(
     let msg = single(parsed);
     let sref = session::lookup(shard, raw, true, ex.subject_name())?;
     ex.tap = sref.tap;
-    ex.record_request(shard, body).await;
+    let held = match sref.upstream {
+        UpSession::Federated(_) => Some(shard.hold_request(ex.tap, body.clone())),
+        _ => {
+            ex.record_request(shard, body).await;
+            None
+        }
+    };
     let requests = parsed
         .messages()
         .iter()
         .filter(|m| m.kind == mcp::Kind::Request)
         .count();
     let call = call(shard, (conn, ex), head, body, msg);
-    let src = shard.up.send(&sref.upstream, &call).await?;
+    let sent = shard.up.send(&sref.upstream, &call).await;
+    let member = call.routed_to.get();
+    if let Some(held) = held {
+        held.record(member).await;
+    }
+    let src = sent?;
     if let Source::Http(ans) = &src {
         if ans.head.status == 404 {
             session::end_local(shard, &sref.id, "upstream forgot the session");
         }
     }
     let mut d = delivery(ex, parsed);
+    d.tap = d.tap.map(|t| t.via(member));
     d.sse = Some(sref.sse_ctx(StreamKind::Post, requests));
     relay::relay(shard, conn, src, d).await
 }
@@ -266,7 +299,8 @@ pub async fn get(
     }
     let call = call(shard, (conn, ex), head, b"", None);
     let src = shard.up.open_stream(&sref.upstream, &call).await?;
-    let mut d = Delivery::to(ex.tap);
+    // A merged stream of several servers names each event's server itself (`Events::member`).
+    let mut d = Delivery::to(ex.tap.map(|t| t.via(call.routed_to.get())));
     d.sse = Some(sref.sse_ctx(StreamKind::Get, 0));
     relay::relay(shard, conn, src, d).await
 }

@@ -114,6 +114,7 @@ pub async fn open(
         client: None,
         client_cell: balancer_cell(shard, conn),
         subject: forwarded_subject(shard, subject),
+        routed_to: std::cell::Cell::new(None),
     };
     let release = || {
         shard.shared.sessions.release();
@@ -261,6 +262,7 @@ pub fn lookup(shard: &Shard, raw: &[u8], limit: bool, subject: Option<&str>) -> 
         Tap {
             session,
             stream: s.streams,
+            server: None,
         }
     });
     Ok(SessionRef {

@@ -226,7 +226,7 @@ pub async fn pump(
 pub async fn pump_events(shard: Rc<Shard>, stream: Rc<Stream>, mut events: Events) {
     reader_started(&shard, &stream);
     while let Some(Some(ev)) = guard(&shard, &stream, events.next()).await {
-        if !feed(&shard, &stream, ev).await {
+        if !feed_from(&shard, &stream, ev, events.member()).await {
             break;
         }
     }
@@ -278,7 +278,13 @@ pub fn reader_done(shard: &Shard, stream: &Stream, clean: Option<bool>) {
 /// Appends one raw SSE event from a producer, waiting for room. False when the stream must
 /// stop instead (stopped, shutdown, or not resumed in time).
 pub async fn feed(shard: &Shard, stream: &Stream, raw: Bytes) -> bool {
-    offer(shard, stream, raw).await.is_none()
+    offer(shard, stream, raw, None).await.is_none()
+}
+
+/// `feed`, for an event from member `member` of a federated route (`Events::member`): it is
+/// recorded as that server's (a merged GET stream carries several servers' events).
+async fn feed_from(shard: &Shard, stream: &Stream, raw: Bytes, member: Option<usize>) -> bool {
+    offer(shard, stream, raw, member).await.is_none()
 }
 
 /// Runs `fut` unless the stream is stopped, the shard shuts down, or a detached stream is not
@@ -351,7 +357,7 @@ async fn read_body(
             match split.next_event() {
                 Ok(Some(ev)) => {
                     last_event = Instant::now();
-                    if let Some(end) = offer(shard, stream, ev).await {
+                    if let Some(end) = offer(shard, stream, ev, None).await {
                         return finish(shard, up, urb, end, false);
                     }
                 }
@@ -362,7 +368,7 @@ async fn read_body(
         if done {
             let rest = split.take_rest();
             if !rest.is_empty() {
-                if let Some(end) = offer(shard, stream, rest).await {
+                if let Some(end) = offer(shard, stream, rest, None).await {
                     return finish(shard, up, urb, end, false);
                 }
             }
@@ -401,8 +407,14 @@ fn finish(shard: &Shard, mut up: UpConn, urb: ReadBuf, end: BodyEnd, keep_alive:
 }
 
 /// Appends an event, first waiting for room while `max_pending_events` are undelivered.
-/// `Some(end)` when the stream must stop instead.
-async fn offer(shard: &Shard, stream: &Stream, raw: Bytes) -> Option<BodyEnd> {
+/// `Some(end)` when the stream must stop instead. `member`: the federated server it came
+/// from, when the stream's tap does not say (`None`: as the tap says).
+async fn offer(
+    shard: &Shard,
+    stream: &Stream,
+    raw: Bytes,
+    member: Option<usize>,
+) -> Option<BodyEnd> {
     let limits = &shard.config().limits;
     let cap = limits.max_pending_events as u64;
     let cap_bytes = limits.max_pending_bytes;
@@ -434,7 +446,7 @@ async fn offer(shard: &Shard, stream: &Stream, raw: Bytes) -> Option<BodyEnd> {
         stream.changed.notify_all();
     }
     if let Some(event) = copy {
-        record(shard, stream, &event).await;
+        record(shard, stream, &event, member).await;
     }
     None
 }
@@ -524,10 +536,13 @@ async fn read_more(
 }
 
 /// Records an event carrying data (comments and priming events are not messages).
-async fn record(shard: &Shard, stream: &Stream, event: &[u8]) {
-    let Some((tap, status)) = stream.tap else {
+async fn record(shard: &Shard, stream: &Stream, event: &[u8], member: Option<usize>) {
+    let Some((mut tap, status)) = stream.tap else {
         return;
     };
+    if member.is_some() {
+        tap = tap.via(member);
+    }
     let f = sse::parse_sse_event(event);
     if f.data.is_empty() {
         return;

@@ -156,6 +156,7 @@ fn load_produce(rec: &super::Recorder, frames: u64, stop: &std::sync::atomic::At
             session = rec.new_session_id();
         }
         let mut f = Frame {
+            server: None,
             session,
             ts_us: super::now_us(),
             dir: Dir::ServerToClient,

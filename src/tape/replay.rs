@@ -516,6 +516,7 @@ mod tests {
 
     fn msg(dir: Dir, stream: u32, sse: bool, ts: u64, v: Value) -> Frame {
         Frame {
+            server: None,
             session: 1,
             ts_us: ts,
             dir,

@@ -100,10 +100,40 @@ fn list_line(s: &SessionSummary) -> String {
     )
 }
 
+/// The server names a federated session's start frame lists (route order: what
+/// `Frame::server` indexes); empty when there is none.
+pub fn servers(frames: &[Frame]) -> Vec<String> {
+    let start = frames
+        .iter()
+        .find(|f| f.kind == FrameKind::SessionStart && f.dir == Dir::Gateway);
+    let names = start.and_then(|f| {
+        let v: Value = serde_json::from_slice(&f.payload).ok()?;
+        let names = v.get("servers")?.as_array()?.iter();
+        Some(
+            names
+                .map(|n| n.as_str().unwrap_or("").to_string())
+                .collect(),
+        )
+    });
+    names.unwrap_or_default()
+}
+
+/// The name of the server a frame names, from the session's `servers`; `#N` (its index) when
+/// the tape does not name it (the start frame is missing).
+pub fn server_name(server: Option<u8>, servers: &[String]) -> Option<String> {
+    let m = server?;
+    Some(match servers.get(usize::from(m)) {
+        Some(name) => name.clone(),
+        None => format!("#{m}"),
+    })
+}
+
 /// `show`: a timeline with relative milliseconds, an arrow for the direction, what the message
-/// is, and its payload cut to `width` characters (0: whole).
+/// is (and `@server` on a federated route), and its payload cut to `width` characters (0:
+/// whole).
 pub fn show(dir: &Path, session: u64, width: usize, out: &mut dyn Write) -> io::Result<()> {
     let frames = session_frames(dir, session)?;
+    let names = servers(&frames);
     let t0 = frames.iter().map(|f| f.ts_us).min().unwrap_or(0);
     writeln!(out, "session {session:016x}, started {}", fmt_utc(t0))?;
     for f in &frames {
@@ -115,7 +145,11 @@ pub fn show(dir: &Path, session: u64, width: usize, out: &mut dyn Write) -> io::
         };
         let text = String::from_utf8_lossy(&f.payload);
         let text = truncate(text.trim(), width);
-        writeln!(out, "{rel:>12.3} ms  {arrow}  {:<44}  {text}", describe(f))?;
+        let mut what = describe(f);
+        if let Some(name) = server_name(f.server, &names) {
+            let _ = write!(what, " @{name}");
+        }
+        writeln!(out, "{rel:>12.3} ms  {arrow}  {what:<44}  {text}")?;
     }
     Ok(())
 }
@@ -183,9 +217,10 @@ fn describe_message(m: &Value) -> String {
 /// `export --format jsonl`: one JSON object per frame (schema in the README, section Tapes).
 pub fn export_jsonl(dir: &Path, session: u64, out: &mut dyn Write) -> io::Result<()> {
     let frames = session_frames(dir, session)?;
+    let names = servers(&frames);
     let t0 = frames.first().map_or(0, |f| f.ts_us);
     for (seq, f) in frames.iter().enumerate() {
-        let line = export_line(seq, t0, f).map_err(io::Error::other)?;
+        let line = export_line(seq, t0, f, &names).map_err(io::Error::other)?;
         out.write_all(line.as_bytes())?;
         out.write_all(b"\n")?;
     }
@@ -221,13 +256,19 @@ struct ExportLine<'a> {
     sse: bool,
     stream: u32,
     event_id: Option<String>,
+    /// The federated server's name (absent: no one server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    server: Option<String>,
+    /// Its index among the route's servers (`Frame::server`): what replay reads back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    server_index: Option<u8>,
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     json: Option<&'a RawValue>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     text: Option<String>,
 }
 
-fn export_line(seq: usize, t0: u64, f: &Frame) -> serde_json::Result<String> {
+fn export_line(seq: usize, t0: u64, f: &Frame, servers: &[String]) -> serde_json::Result<String> {
     let (status, sse, stream, event_id) = match &f.kind {
         FrameKind::Message {
             status,
@@ -251,6 +292,8 @@ fn export_line(seq: usize, t0: u64, f: &Frame) -> serde_json::Result<String> {
         sse,
         stream,
         event_id: event_id.map(|e| String::from_utf8_lossy(e).into_owned()),
+        server: server_name(f.server, servers),
+        server_index: f.server,
         json,
         text: (json.is_none() && !f.payload.is_empty())
             .then(|| String::from_utf8_lossy(&f.payload).into_owned()),
@@ -293,6 +336,7 @@ pub fn frames_from_jsonl(text: &str) -> Result<Vec<Frame>, String> {
             (None, None) => Bytes::new(),
         };
         frames.push(Frame {
+            server: l.server_index,
             session: parse_id(&l.session).unwrap_or(0),
             ts_us: l.ts_us,
             dir,

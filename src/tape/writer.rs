@@ -565,6 +565,7 @@ mod tests {
 
     fn frame(session: u64, n: u64, text: &str) -> Frame {
         Frame {
+            server: None,
             session,
             ts_us: 1_000_000 + n,
             dir: if n % 2 == 0 {

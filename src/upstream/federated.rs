@@ -20,6 +20,9 @@
 //!   own, the `Mcp-Method`/`Mcp-Name` headers following the rewritten body.
 //! - the resource URIs in a named request's response are marked as the route shows them
 //!   (`Tag`); a server's `list_changed` makes the route learn that kind's lists again.
+//! - the one server a request went to (a named request, an answer to a server, anything on a
+//!   route of one server) is told back in `Call::routed_to`, for the pipeline's tapes; a merged
+//!   GET stream tells each event's server (`Merged::last_member`).
 //!
 //! The pure logic, no I/O:
 //! - `names`   — a route's name table: the client-visible name of each tool, prompt and
@@ -82,6 +85,8 @@ struct Route {
     path: String,
     /// Server indexes, in route order ("members").
     members: Vec<usize>,
+    /// The members' names, in route order, as a JSON array (for tapes).
+    servers_json: String,
     table: Rc<RefCell<names::Names>>,
     /// What the route's cursors are bound to.
     binding: cursor::Binding,
@@ -125,7 +130,9 @@ impl Federation {
                     names::Names::new(&members, &f.separator, f.max_names).unwrap_or_else(|e| {
                         panic!("route {}: {e} (config validation missed it)", r.path)
                     });
+                let names: Vec<&str> = members.iter().map(|s| s.name.as_str()).collect();
                 Route {
+                    servers_json: serde_json::Value::from(names).to_string(),
                     binding: cursor::Binding::new(&r.path, &members),
                     learned: Default::default(),
                     path: r.path.clone(),
@@ -150,6 +157,13 @@ impl Federation {
             .iter()
             .position(|r| r.path == path)
             .ok_or_else(|| Error::new(Kind::NotFound, format!("no route at {path}")))
+    }
+
+    /// The server names of the route at `path` (route order) as a JSON array.
+    pub fn servers_json(&self, path: &str) -> Option<&str> {
+        let path = path.split('?').next().unwrap_or("");
+        let r = self.routes.iter().find(|r| r.path == path)?;
+        Some(&r.servers_json)
     }
 
     fn server_name(&self, server: usize) -> &str {
@@ -441,7 +455,10 @@ async fn request(
         _ if msg.named.is_some() => named(fed, reach, msg, call).await,
         _ => match only_member(fed, reach) {
             // One server: what the gateway does not know goes to it as it is.
-            Some((server, via)) => send_to(fed, server, via, call).await,
+            Some((server, via)) => {
+                call.routed_to.set(Some(0));
+                send_to(fed, server, via, call).await
+            }
             None => Err(Error::new(
                 Kind::MethodNotFound,
                 format!(
@@ -577,6 +594,7 @@ async fn named(
             format!("server {} is not in this session", fed.server_name(server)),
         )
     })?;
+    call.routed_to.set(Some(member));
     let method = msg.method.unwrap_or("");
     let named = msg.named.unwrap_or(mcp::Named::Tool);
     let body = rewrite::rename_request(call.body, named, method, &own)
@@ -626,6 +644,7 @@ async fn forward(
         client: call.client,
         client_cell: call.client_cell,
         subject: call.subject,
+        routed_to: std::cell::Cell::new(None),
     };
     send_to(fed, server, via, &member_call).await
 }
@@ -735,6 +754,7 @@ async fn answer_to_server(
             )
         })?;
     let server = s.servers[member];
+    call.routed_to.set(Some(member));
     match body {
         Some(body) => forward(fed, server, Via::Session(up), call, &body).await,
         None => send_to(fed, server, Via::Session(up), call).await,
@@ -751,6 +771,7 @@ pub async fn open_stream(fed: &Rc<Federation>, s: &FedSession, call: &Call<'_>) 
     }
     let route = &fed.routes[s.route];
     if let Some((server, Via::Session(up))) = only_member(fed, Reach::Session(s)) {
+        call.routed_to.set(Some(0));
         let src = fed.servers[server].open_stream(up, call).await?;
         return Ok(tagged(from_member(src, server, up), route.tag(0, s)));
     }

@@ -26,6 +26,10 @@ pub const DEFAULT_MEMBER_QUEUE_EVENTS: usize = 16;
 /// The merged stream.
 pub struct Merged {
     queues: Vec<LocalQueue<Bytes>>,
+    /// Per queue, the member (index among the route's servers) whose stream fills it.
+    members: Vec<usize>,
+    /// The member the last event came from.
+    last: Cell<Option<usize>>,
     stop: Rc<LocalEvent>,
     /// Where the next poll starts, so no member's events starve the others'.
     next: Cell<usize>,
@@ -48,6 +52,7 @@ impl Merged {
         idle: std::time::Duration,
     ) -> Merged {
         let stop = Rc::new(LocalEvent::default());
+        let members = streams.iter().map(|(_, tag)| tag.member).collect();
         let queues = streams
             .into_iter()
             .map(|(src, tag)| {
@@ -60,9 +65,16 @@ impl Merged {
             .collect();
         Merged {
             queues,
+            members,
+            last: Cell::new(None),
             stop,
             next: Cell::new(0),
         }
+    }
+
+    /// The member the last event `next` returned came from.
+    pub fn last_member(&self) -> Option<usize> {
+        self.last.get()
     }
 
     /// The next event of any member; `None` once every member's stream is over.
@@ -76,6 +88,7 @@ impl Merged {
                 match self.queues[i].poll_pop(cx) {
                     Poll::Ready(Some(ev)) => {
                         self.next.set((i + 1) % n);
+                        self.last.set(Some(self.members[i]));
                         return Poll::Ready(Some(ev));
                     }
                     Poll::Ready(None) => {}
