@@ -95,6 +95,30 @@ write("stdio_lines", "small-bound", b"\x20\x00" + LINES)
 
 write("session_id", "valid", SID)
 write("session_id", "upper", SID.upper())
+# cluster_seal: mode byte (0 token, 1 claims to seal, 2 claims plaintext), then the data. The
+# tokens were sealed under fuzz/checks/cluster_seal.rs's keys (CURRENT, then PREVIOUS).
+TOKENS = {
+    "one-member": b"AQIBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEud2eROrjiwdFF3LQ4BWsDGx3LD8JHyRLJBsCz2cXIF-HTdh6-cKoDDAAbsJrcvmUm1SDWMMRXuA38NbmSkw8rB7ezayE",
+    "three-subject": b"AQICAgICAgICAgICAgICAgICAgICAgICAgKiVxW1RGlfvyO9Kd-40tbtnnlmFWn7tnTs0EXWtIZwUaTm2aUeNi4u8SON4sJlR3b-hC5w9gy6MET-VnP8o1aEOjK-Xg",
+    "previous-key": b"AZ8DAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwO9RGhITbggjpQ6x6sK7YTAy8Ffu0tZ8RKRVhDfbk0",
+    "pinned": b"gw-1." + SID,
+    "plain": SID,
+}
+for name, t in TOKENS.items():
+    write("cluster_seal", name, b"\x00" + t)
+
+
+def claims(node, shard, version, issued, subject, members):
+    opt = lambda v: b"\x00" if v is None else b"\x01" + bytes([len(v)]) + v
+    out = bytes([len(node)]) + node + bytes([shard, version]) + struct.pack("<Q", issued)
+    out += opt(subject) + bytes([len(members)])
+    return out + b"".join(bytes([srv, up]) + opt(sid) for srv, up, sid in members)
+
+
+write("cluster_seal", "plain-one", b"\x02" + claims(b"gw-1", 1, 2, 1796000000, None, [(0, 0, b"8f2b6c1e4d3a4b5c9e7f0a1b2c3d4e5f")]))
+write("cluster_seal", "plain-three", b"\x02" + claims(b"gw-eu-2", 0, 4, 7, b"alice", [(0, 0, b"a1"), (1, 0, None), (2, 1, b"x")]))
+write("cluster_seal", "seal-bytes", b"\x01" + bytes(range(0, 256, 5)))
+write("cluster_seal", "seal-many", b"\x01\x00\x04\x00\x01\x02\x03\x40" + bytes([1, 2, 1, 0, 32] + [7] * 32) * 8)
 for name, v in {"plain": b"3-9", "spaces": b" 12-0 ", "big": b"4294967295-18446744073709551615", "foreign": b"17"}.items():
     write("last_event_id", name, v)
 

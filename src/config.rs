@@ -7,7 +7,8 @@
 //!
 //! `tapes` holds the `[tapes]` bounds and the validated recording config; `auth` the validated
 //! `[auth]` slice; `upstream` the validated upstream types (HTTP targets, stdio programs);
-//! `federation` the named servers, routes and `[federation]`.
+//! `federation` the named servers, routes and `[federation]`; `cluster` the node's name and
+//! the session keys of `[cluster]` (read from their files at load).
 //!
 //! Invariant: every bound the gateway enforces is a named `DEFAULT_*` constant (in `file`, or in
 //! `tapes` for recording) with a key in the file schema; nothing else in the crate invents a
@@ -16,9 +17,10 @@
 //! config.
 //!
 //! `file` depends only on constants (`tapes`, `codec::http`); `runtime` reads `file`. Neither
-//! imports a serving module. Both layers are re-exported here: every item is `config::X`.
+//! imports a serving module; `cluster` uses the pure token codec (`crate::cluster`). Both layers are re-exported here: every item is `config::X`.
 
 mod auth;
+mod cluster;
 mod federation;
 mod file;
 mod runtime;
@@ -26,6 +28,7 @@ pub mod tapes;
 mod upstream;
 
 pub use auth::*;
+pub use cluster::*;
 pub use federation::*;
 pub use file::*;
 pub use runtime::*;

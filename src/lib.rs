@@ -31,7 +31,8 @@
 //! - the ground: `codec/` (`http`: HTTP/1.1 heads, framing, chunked coding; `sse`: event
 //!   splitting and fields), `mcp` (JSON-RPC classification, versions, session ids), `config/`
 //!   (`file`: the TOML schema with every bound; `runtime`: the validated config), `authz`
-//!   (authorization rules: globs, per-subject grants, request checks, list filtering), `limits`
+//!   (authorization rules: globs, per-subject grants, request checks, list filtering), `cluster`
+//!   (scale-out: the sealed session token any node of a cluster opens, pinned ids), `limits`
 //!   (per-client limits), `metrics` (per-shard counters and histograms), `error` (the one
 //!   error type and its mapping to HTTP status and JSON-RPC error), `sync` (shard-local queue,
 //!   event, buffer cache).
@@ -47,6 +48,7 @@ pub mod admin;
 pub mod admission;
 pub mod auth;
 pub mod authz;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod degrade;

@@ -57,6 +57,8 @@ enum Command {
         #[arg(long, default_value = "client")]
         name: String,
     },
+    /// Print a new cluster session key ([cluster] session_key_file): 64 hex characters.
+    GenKey,
 }
 
 #[derive(Subcommand)]
@@ -135,6 +137,7 @@ fn main() {
         Some(Command::Tape(a)) => shardcat::tape::cli::run_tape(a),
         Some(Command::Replay(a)) => shardcat::tape::cli::run_replay(a),
         Some(Command::HashKey { name }) => run_hash_key(&name),
+        Some(Command::GenKey) => run_gen_key(),
         Some(Command::Tools {
             config,
             authorization,
@@ -197,6 +200,19 @@ fn run_hash_key(name: &str) -> i32 {
         shardcat::auth::api_key::toml_entry(name, key.as_bytes())
     );
     0
+}
+
+fn run_gen_key() -> i32 {
+    match shardcat::cluster::generate_key() {
+        Ok(key) => {
+            println!("{}", shardcat::cluster::key_hex(&key));
+            0
+        }
+        Err(e) => {
+            eprintln!("shardcat gen-key: no random bytes from the OS: {e}");
+            1
+        }
+    }
 }
 
 fn run_demo(a: DemoArgs) -> i32 {

@@ -19,6 +19,8 @@ mod authz_glob;
 mod body;
 #[path = "../fuzz/checks/chunked.rs"]
 mod chunked;
+#[path = "../fuzz/checks/cluster_seal.rs"]
+mod cluster_seal;
 #[path = "../fuzz/checks/config.rs"]
 mod config;
 #[path = "../fuzz/checks/federation.rs"]
@@ -67,6 +69,7 @@ replays!(
     authz_filter,
     auth,
     federation,
+    cluster_seal,
 );
 
 /// Runs `check` on every input saved for `target`; each failure names its file.

@@ -4,8 +4,9 @@
 //!   `upstream/`, are one module), and none between sibling files within a folder;
 //! - the upstream kinds import neither the pipeline (`gateway`) nor the shard context;
 //! - the codec knows no sessions, upstreams or pipeline;
-//! - configuration imports no runtime module (only the codec's constants and `authz`'s rule
-//!   schema);
+//! - configuration imports no runtime module (only the codec's constants, `authz`'s rule
+//!   schema and `cluster`'s session keys);
+//! - the session token codec (`cluster`) sits on the ground: nothing above `mcp`;
 //! - authorization (`authz`) sits on the ground: the codec and `mcp`, nothing above;
 //! - the shard context imports no pipeline;
 //! - no module on the request path (`shard`, `gateway`, `upstream`) takes a lock.
@@ -328,7 +329,7 @@ fn imported_by(g: &BTreeMap<Module, BTreeSet<Module>>, module: &str) -> BTreeSet
 #[test]
 fn layers_look_only_down() {
     let (_, g) = graph();
-    let rules: [(&str, &[&str]); 6] = [
+    let rules: [(&str, &[&str]); 7] = [
         (
             "authz",
             &["shard", "gateway", "upstream", "runtime", "admin", "config"],
@@ -341,6 +342,10 @@ fn layers_look_only_down() {
         ("shard", &["gateway", "runtime", "admin"]),
         ("gateway", &["runtime", "admin"]),
         ("mcp", &["shard", "gateway", "upstream"]),
+        (
+            "cluster",
+            &["shard", "gateway", "upstream", "runtime", "admin", "config"],
+        ),
     ];
     for (module, forbidden) in rules {
         let deps = imported_by(&g, module);
@@ -348,12 +353,16 @@ fn layers_look_only_down() {
             assert!(!deps.contains(*f), "{module} imports {f}: {deps:?}");
         }
     }
-    // `[[auth.rules]]` is `authz::RuleFile`, validated into `authz::Rules`: authz is on the
-    // ground too (checked above), so the configuration may embed it.
+    // `[[auth.rules]]` is `authz::RuleFile`, validated into `authz::Rules`; `[cluster]` holds
+    // `cluster::SessionKeys`: both are on the ground too (checked above), so the
+    // configuration may embed them.
     let config = imported_by(&g, "config");
     assert!(
-        config.iter().all(|d| d == "codec" || d == "authz"),
-        "configuration imports only the codec's constants and the rule schema: {config:?}"
+        config
+            .iter()
+            .all(|d| d == "codec" || d == "authz" || d == "cluster"),
+        "configuration imports only the codec's constants, the rule schema and the session \
+         keys: {config:?}"
     );
     assert!(!imported_by(&g, "gateway").is_empty());
 }

@@ -183,6 +183,8 @@ pub struct FileConfig {
     /// `[[route]]`: the paths clients reach and the servers behind each.
     pub routes: Vec<RouteSection>,
     pub federation: FederationSection,
+    /// `[cluster]`: this node's part in a cluster of gateways; absent: a gateway alone.
+    pub cluster: Option<ClusterSection>,
 }
 
 /// Where the gateway's listener keys are written.
@@ -219,6 +221,7 @@ struct FileTables {
     auth: AuthSection,
     route: Vec<RouteSection>,
     federation: FederationSection,
+    cluster: Option<ClusterSection>,
 }
 
 impl TryFrom<FileTables> for FileConfig {
@@ -252,6 +255,7 @@ impl TryFrom<FileTables> for FileConfig {
             servers,
             routes: t.route,
             federation: t.federation,
+            cluster: t.cluster,
         })
     }
 }
@@ -429,6 +433,19 @@ impl Default for FederationSection {
             max_list_pages: DEFAULT_FEDERATION_MAX_LIST_PAGES,
         }
     }
+}
+
+/// `[cluster]`: several gateways behind one load balancer, any of which continues any HTTP
+/// session (`cluster`). Every key is required but `previous_session_key_file`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// This node's name, unique in the cluster: 1 to 16 of `a-z`, `0-9`, `-`.
+    pub node_id: String,
+    /// A file holding the cluster's session key: 64 hex characters (`shardcat gen-key`).
+    pub session_key_file: String,
+    /// During a key rotation, the key before it: tokens it sealed still open.
+    pub previous_session_key_file: Option<String>,
 }
 
 /// `[auth]`: who may use the gateway. `mode` is "off" (the default), "oauth" (bearer JWTs

@@ -48,6 +48,8 @@ pub struct Config {
     /// Recording; `None` when off.
     pub tapes: Option<tapes::TapeConfig>,
     pub auth: super::auth::AuthConfig,
+    /// This node's part in a cluster (`[cluster]`); `None`: a gateway alone, as before.
+    pub cluster: Option<super::cluster::ClusterConfig>,
 }
 
 impl Config {
@@ -258,6 +260,8 @@ impl FileConfig {
         let (upstream, servers, routes) = self.resolve_servers(demo_addr, &federation)?;
         let tapes = self.tapes.resolve()?;
         let auth = self.auth.validate().map_err(ConfigError)?;
+        let cluster = self.cluster.as_ref().map(|c| c.validate());
+        let cluster = cluster.transpose().map_err(ConfigError)?;
         let listen_backlog = self.server.listen_backlog;
         if listen_backlog == 0 {
             return err(&key("listen_backlog"), "must be at least 1");
@@ -279,6 +283,7 @@ impl FileConfig {
             upstream,
             tapes,
             auth,
+            cluster,
         })
     }
 
