@@ -44,8 +44,9 @@ use crate::config::{NameFilter, Prefix, ServerConfig};
 use crate::mcp;
 
 /// Distinct names a route's table holds per shard, over tools, prompts, resources and
-/// templates (config key `federation.max_names`, to be added with the runtime).
-pub const DEFAULT_MAX_NAMES: usize = 10_000;
+/// templates (config key `federation.max_names`); a name past it is not recorded, and shows
+/// with its server's prefix.
+pub use crate::config::DEFAULT_FEDERATION_MAX_NAMES as DEFAULT_MAX_NAMES;
 /// The longest name (or URI) the table records; a longer one is shown prefixed.
 pub const DEFAULT_MAX_NAME_BYTES: usize = 2048;
 /// Servers on one route: member sets are 64-bit masks (config refuses more).
