@@ -344,12 +344,17 @@ fn conformance_scenarios_pass_through_the_gateway_as_they_do_direct() {
     let p = peers();
     let server = Server::start("conformance-python", &python_http(false));
     let http = gateway_for(&["--upstream", &server.url()]);
-    let cmd = format!(
-        "\"{}\" \"{}\" --transport stdio",
-        p.python.display(),
+    // Each scenario's session starts a Python child. The SDK matrix runs beside this test and
+    // starts twenty at a time, so on 2 cores a child's start (the interpreter and the SDK's
+    // imports) has taken longer than the default 30 s request timeout, and initialize got 504
+    // (CI, twice). The limit here is for the child's first answer, not a timing check.
+    let toml = format!(
+        "[[upstream]]\nkind = \"stdio\"\ncommand = {:?}\nargs = [{:?}, \"--transport\", \"stdio\"]\n\n\
+         [timeouts]\nupstream_request_timeout_ms = 120000\n",
+        p.python.display().to_string(),
         p.py("peer_server.py")
     );
-    let stdio = gateway_for(&["--upstream-cmd", &cmd]);
+    let stdio = gateway_config(2, &toml);
     let url = |gw: &Proc| format!("http://{}/mcp", gw.addr("listen"));
     let direct = peers::conformance(&server.url(), LIMIT);
     let via_http = peers::conformance(&url(&http), LIMIT);
