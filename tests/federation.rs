@@ -120,6 +120,13 @@ fn alpha_and_beta(
     (alpha, beta, toml)
 }
 
+/// What a client must see listed on the route of alpha, beta (both with `HIDE_SECRETS`) and
+/// gamma: the shared names prefixed, the unique ones bare (`--require`), and never a shared
+/// name bare or a filtered one (`--forbid`).
+const REQUIRE_ON_THREE: &str = "alpha__whoami,beta__whoami,alpha__echo,beta__echo,gamma__echo,\
+alpha__sample,gamma__sample,only_alpha,only_beta,pid,add";
+const FORBID_ON_THREE: &str = "whoami,echo,sample,secret_alpha,secret_beta";
+
 fn addr_of(server: &Server) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], server.port))
 }
@@ -1352,24 +1359,11 @@ fn python_sdk_clients_use_a_route_of_three_servers() {
             "--servers".into(),
             "alpha,beta,gamma".into(),
             "--require".into(),
-            "alpha__whoami,beta__whoami,alpha__echo,beta__echo,gamma__echo,alpha__sample,gamma__sample,only_alpha,only_beta,pid,add".into(),
+            REQUIRE_ON_THREE.into(),
             "--forbid".into(),
-            "whoami,echo,sample,secret_alpha,secret_beta".into(),
+            FORBID_ON_THREE.into(),
         ];
-        let cell = run_client(&label, &cmd, Duration::from_secs(200));
-        assert!(
-            cell.ok(),
-            "{label}: {}/{} sessions passed: {}\nskipped: {:?}\n{}",
-            cell.passed,
-            cell.sessions,
-            cell.failures.join(" | "),
-            cell.skipped,
-            tail(&gw.stderr(), 4000)
-        );
-        eprintln!(
-            "{label}: {}/{} in {:.1} s, versions {:?}, skipped {:?}",
-            cell.passed, cell.sessions, cell.secs, cell.versions, cell.skipped
-        );
+        run_fed_client(&gw, &cmd, &label);
         assert_no_sessions_left(&gw, &[&alpha, &beta], &label);
     }
     let (_, opened) = sessions_of(&alpha);
@@ -1743,16 +1737,17 @@ fn ts_fed_client(url: &str, sessions: usize, label: &str, extra: &[&str]) -> Vec
         "--servers".into(),
         "alpha,beta,gamma".into(),
         "--require".into(),
-        "alpha__whoami,beta__whoami,alpha__echo,beta__echo,gamma__echo,alpha__sample,gamma__sample,only_alpha,only_beta,pid,add".into(),
+        REQUIRE_ON_THREE.into(),
         "--forbid".into(),
-        "whoami,echo,sample,secret_alpha,secret_beta".into(),
+        FORBID_ON_THREE.into(),
     ];
     cmd.extend(extra.iter().map(|x| x.to_string()));
     cmd
 }
 
-/// Runs one fed_client.mjs process and asserts that every session passed.
-fn run_ts_fed_client(gw: &Proc, cmd: &[String], label: &str) {
+/// Runs one federation client (fed_client.py or fed_client.mjs) and asserts that every
+/// session passed.
+fn run_fed_client(gw: &Proc, cmd: &[String], label: &str) {
     let cell = run_client(label, cmd, Duration::from_secs(200));
     assert!(
         cell.ok(),
@@ -1786,7 +1781,7 @@ fn typescript_sdk_clients_use_a_route_of_three_servers() {
     let gw = gateway_config(2, &three_server_route(&alpha, &beta, ""));
     let url = format!("http://{}/mcp", gw.addr("listen"));
     let label = "typescript -> alpha+beta+gamma";
-    run_ts_fed_client(&gw, &ts_fed_client(&url, SESSIONS, label, &[]), label);
+    run_fed_client(&gw, &ts_fed_client(&url, SESSIONS, label, &[]), label);
     assert_no_sessions_left(&gw, &[&alpha, &beta], label);
     assert_stdio_children_at_most(&gw, 2, label);
     let (_, opened) = sessions_of(&alpha);
@@ -1812,7 +1807,7 @@ fn typescript_sdk_sessions_closed_early_leave_nothing_behind() {
 
     let label = "typescript closing early -> alpha+beta+gamma";
     let cmd = ts_fed_client(&url, SESSIONS, label, &["--close-early"]);
-    run_ts_fed_client(&gw, &cmd, label);
+    run_fed_client(&gw, &cmd, label);
     let (_, opened) = sessions_of(&alpha);
     assert!(
         opened >= opened_before + SESSIONS as u64,
@@ -1821,7 +1816,7 @@ fn typescript_sdk_sessions_closed_early_leave_nothing_behind() {
     );
 
     let label = "typescript after the early closes -> alpha+beta+gamma";
-    run_ts_fed_client(&gw, &ts_fed_client(&url, FRESH, label, &[]), label);
+    run_fed_client(&gw, &ts_fed_client(&url, FRESH, label, &[]), label);
     assert_no_sessions_left(&gw, &[&alpha, &beta], label);
     assert_stdio_children_at_most(&gw, 2, label);
     let expired = metric(gw.addr("admin"), "shardcat_sessions_expired_total");

@@ -415,7 +415,7 @@ pub async fn send(fed: &Rc<Federation>, s: &FedSession, call: &Call<'_>) -> Resu
         .msg
         .ok_or_else(|| Error::new(Kind::InvalidRequest, "one message per POST"))?;
     match msg.kind {
-        mcp::Kind::Response => answer_to_server(fed, s, msg, call).await,
+        mcp::Kind::Response => answer_to_server(fed, s, call).await,
         _ => request(fed, Reach::Session(s), msg, call).await,
     }
 }
@@ -451,7 +451,9 @@ async fn request(
             to_every_member(fed, reach, call).await;
             Ok(result_message(msg, empty_result(reach)))
         }
-        (_, Some(method)) if list_kind(method).is_some() => list(fed, reach, msg, call).await,
+        (_, Some(method)) if merge::ListKind::of_method(method).is_some() => {
+            list(fed, reach, msg, call).await
+        }
         _ if msg.named.is_some() => named(fed, reach, msg, call).await,
         _ => match only_member(fed, reach) {
             // One server: what the gateway does not know goes to it as it is.
@@ -724,13 +726,7 @@ fn from_member(mut src: Source, server: usize, up: &UpSession) -> Source {
 
 /// The client's answer to a request a server sent: back to that server, with the server's
 /// own id.
-async fn answer_to_server(
-    fed: &Rc<Federation>,
-    s: &FedSession,
-    msg: &mcp::Message<'_>,
-    call: &Call<'_>,
-) -> Result<Source> {
-    let _ = msg;
+async fn answer_to_server(fed: &Rc<Federation>, s: &FedSession, call: &Call<'_>) -> Result<Source> {
     let (member, body) = match rewrite::untag_message(call.body) {
         Some((member, body)) => (member, Some(body)),
         // Ids of a route of one server are not tagged.
@@ -830,17 +826,6 @@ pub async fn end_session(fed: &Rc<Federation>, s: &FedSession, call: &Call<'_>) 
     Ok(Source::Status(200))
 }
 
-/// The list a method asks for.
-fn list_kind(method: &str) -> Option<merge::ListKind> {
-    match method {
-        "tools/list" => Some(merge::ListKind::Tools),
-        "prompts/list" => Some(merge::ListKind::Prompts),
-        "resources/list" => Some(merge::ListKind::Resources),
-        "resources/templates/list" => Some(merge::ListKind::ResourceTemplates),
-        _ => None,
-    }
-}
-
 /// A list: one page from every member that has more, merged; the cursor says where each
 /// member stands.
 async fn list(
@@ -850,7 +835,8 @@ async fn list(
     call: &Call<'_>,
 ) -> Result<Source> {
     let method = msg.method.unwrap_or("");
-    let kind = list_kind(method).ok_or_else(|| Error::new(Kind::Internal, "not a list"))?;
+    let kind = merge::ListKind::of_method(method)
+        .ok_or_else(|| Error::new(Kind::Internal, "not a list"))?;
     let route = &fed.routes[reach.route()];
     let cursor = match cursor_of(call.body) {
         Some(c) => cursor::Cursor::decode(&c, route.binding)
@@ -885,12 +871,7 @@ fn cursor_of(body: &[u8]) -> Option<String> {
 /// seen listed (listed on another shard, or remembered). A 2026-07-28 client's envelope goes
 /// with these requests: a server of no session learns who asks from it.
 async fn learn(fed: &Rc<Federation>, reach: Reach<'_>, list: merge::ListKind, call: &Call<'_>) {
-    let method = match list {
-        merge::ListKind::Tools => "tools/list",
-        merge::ListKind::Prompts => "prompts/list",
-        merge::ListKind::Resources => "resources/list",
-        merge::ListKind::ResourceTemplates => "resources/templates/list",
-    };
+    let method = list.method();
     let meta = match reach {
         Reach::Stateless { .. } => mcp::envelope_meta(call.body),
         Reach::Session(_) => None,

@@ -323,6 +323,16 @@ impl ListKind {
         })
     }
 
+    /// The method that lists this kind (`of_method`'s inverse).
+    pub fn method(self) -> &'static str {
+        match self {
+            ListKind::Tools => "tools/list",
+            ListKind::Prompts => "prompts/list",
+            ListKind::Resources => "resources/list",
+            ListKind::ResourceTemplates => "resources/templates/list",
+        }
+    }
+
     /// The result's array.
     pub fn field(self) -> &'static str {
         match self {
