@@ -34,7 +34,7 @@ use bytes::Bytes;
 use crate::authz::{Grant, ListFilter};
 use crate::codec::http::{BodyKind, Method, RequestHead};
 use crate::error::{Error, Kind, Result};
-use crate::mcp::{self, SessionId, Version};
+use crate::mcp::{self, Version};
 use crate::metrics::{inc, method_index};
 use crate::shard::sse::SseCtx;
 use crate::shard::{ClientConn, Shard};
@@ -140,8 +140,7 @@ fn foreign_owner(shard: &Shard, head: &RequestHead) -> Option<usize> {
     if head.headers.get_str("mcp-protocol-version") == Some(mcp::STATELESS_VERSION) {
         return None;
     }
-    let id = SessionId::decode(head.headers.get("mcp-session-id")?)?;
-    let owner = id.shard as usize;
+    let owner = session::owner_shard(shard, head.headers.get("mcp-session-id")?)?;
     (owner != shard.id && owner < shard.shared.config.shards).then_some(owner)
 }
 

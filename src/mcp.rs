@@ -140,6 +140,16 @@ impl Version {
         Version(1)
     }
 
+    /// Its index into `KNOWN_VERSIONS` (what a sealed session id carries).
+    pub fn index(self) -> u8 {
+        self.0
+    }
+
+    /// The version at `KNOWN_VERSIONS[i]`.
+    pub fn from_index(i: u8) -> Option<Version> {
+        (usize::from(i) < KNOWN_VERSIONS.len()).then_some(Version(i))
+    }
+
     pub fn stateless() -> Version {
         Version(4)
     }

@@ -63,6 +63,22 @@ pub const REJECTIONS: [&str; 13] = [
     "other",
 ];
 
+/// Why a node refused a client's clustered session id (`shardcat_cluster_ids_refused_total`):
+/// the `cluster::OpenError`s (`malformed`, `forged`, `invalid`), an id of a session this node
+/// saw end (`ended`), one past its maximum age (`expired`), a pinned id of another node
+/// (`foreign_node`), one opened for another subject (`subject`), and claims this node's routes
+/// cannot serve (`route`: another route's servers, an upstream it does not have).
+pub const CLUSTER_REFUSALS: [&str; 8] = [
+    "malformed",
+    "forged",
+    "invalid",
+    "ended",
+    "expired",
+    "foreign_node",
+    "subject",
+    "route",
+];
+
 /// Results of authentication and authorization (`shardcat_auth_total{result}`): the labels of
 /// `auth::Denial`, and `denied_tool`, the authorization stage's.
 pub const AUTH_RESULTS: [&str; 7] = [
@@ -104,6 +120,10 @@ pub struct ShardStats {
     requests: Vec<AtomicU64>,
     rejections: [AtomicU64; REJECTIONS.len()],
     auth: [AtomicU64; AUTH_RESULTS.len()],
+    cluster_refused: [AtomicU64; CLUSTER_REFUSALS.len()],
+    /// Sessions this node began serving from a sealed id (another node's, or its own from
+    /// before a restart).
+    pub cluster_adopted: AtomicU64,
     pub connections: AtomicI64,
     pub connections_accepted: AtomicU64,
     pub sessions: AtomicI64,
@@ -135,6 +155,12 @@ pub struct ShardStats {
     pub sse_upstream_streams: AtomicI64,
     pub sse_resumed: AtomicU64,
     pub sse_replay_gaps: AtomicU64,
+    /// Streams continued from the upstream by the upstream event id a gateway event id
+    /// carries (clustered: a stream another node, or this one before a restart, relayed).
+    pub sse_resumed_upstream: AtomicU64,
+    /// `Last-Event-ID`s naming a stream this node does not hold and whose event carried no
+    /// upstream id: a fresh stream opens, and the events in between are lost.
+    pub sse_resume_missed: AtomicU64,
     pub sse_upstream_reconnects: AtomicU64,
     pub sse_reconnect_failures: AtomicU64,
     pub sse_idle_timeouts: AtomicU64,
@@ -205,6 +231,8 @@ impl ShardStats {
             requests: (0..cells).map(|_| AtomicU64::new(0)).collect(),
             rejections: Default::default(),
             auth: Default::default(),
+            cluster_refused: Default::default(),
+            cluster_adopted: AtomicU64::new(0),
             connections: AtomicI64::new(0),
             connections_accepted: AtomicU64::new(0),
             sessions: AtomicI64::new(0),
@@ -237,6 +265,8 @@ impl ShardStats {
             sse_upstream_streams: AtomicI64::new(0),
             sse_resumed: AtomicU64::new(0),
             sse_replay_gaps: AtomicU64::new(0),
+            sse_resumed_upstream: AtomicU64::new(0),
+            sse_resume_missed: AtomicU64::new(0),
             sse_upstream_reconnects: AtomicU64::new(0),
             sse_reconnect_failures: AtomicU64::new(0),
             sse_idle_timeouts: AtomicU64::new(0),
@@ -282,6 +312,15 @@ impl ShardStats {
         }
     }
 
+    /// Counts a refused clustered session id, one of `CLUSTER_REFUSALS`.
+    pub fn count_cluster_refusal(&self, why: &str) {
+        let i = CLUSTER_REFUSALS.iter().position(|r| *r == why);
+        debug_assert!(i.is_some(), "{why} is not a cluster refusal");
+        if let Some(i) = i {
+            self.cluster_refused[i].fetch_add(1, Relaxed);
+        }
+    }
+
     pub fn requests_total(&self) -> u64 {
         self.requests.iter().map(|c| c.load(Relaxed)).sum()
     }
@@ -304,7 +343,7 @@ pub fn inc(c: &AtomicU64) {
 type Series = (&'static str, Kind, &'static str, fn(&ShardStats) -> i64);
 
 /// The shard-labelled families read from each shard's stats: name, type, help, getter.
-const SHARD_SERIES: [Series; 49] = [
+const SHARD_SERIES: [Series; 52] = [
     (
         "shardcat_connections",
         Kind::Gauge,
@@ -358,6 +397,12 @@ const SHARD_SERIES: [Series; 49] = [
         Kind::Counter,
         "Idle sessions evicted to make room for new ones.",
         |s| s.sessions_evicted.load(Relaxed) as i64,
+    ),
+    (
+        "shardcat_cluster_sessions_adopted_total",
+        Kind::Counter,
+        "Sessions this node began serving from a sealed session id.",
+        |s| s.cluster_adopted.load(Relaxed) as i64,
     ),
     (
         "shardcat_handoffs_sent_total",
@@ -472,6 +517,18 @@ const SHARD_SERIES: [Series; 49] = [
         Kind::Gauge,
         "SSE streams open to upstreams.",
         |s| s.sse_upstream_streams.load(Relaxed),
+    ),
+    (
+        "shardcat_sse_resumed_upstream_total",
+        Kind::Counter,
+        "SSE streams continued from the upstream by the upstream event id in Last-Event-ID.",
+        |s| s.sse_resumed_upstream.load(Relaxed) as i64,
+    ),
+    (
+        "shardcat_sse_resume_missed_total",
+        Kind::Counter,
+        "Last-Event-IDs of streams this node does not hold that carried no upstream id.",
+        |s| s.sse_resume_missed.load(Relaxed) as i64,
     ),
     (
         "shardcat_sse_resumed_total",
@@ -800,6 +857,7 @@ pub fn render(
     render_requests(stats, format, out);
     render_rejections(stats, format, out);
     render_auth(stats, format, out);
+    render_cluster_refusals(stats, format, out);
     for (name, kind, help, get) in SHARD_SERIES {
         header(out, format, name, kind, help);
         for s in stats {
@@ -876,6 +934,26 @@ fn render_auth(stats: &[&ShardStats], format: Format, out: &mut String) {
                 "shardcat_auth_total{{shard=\"{}\",result=\"{result}\"}} {}",
                 s.shard,
                 s.auth[i].load(Relaxed)
+            );
+        }
+    }
+}
+
+fn render_cluster_refusals(stats: &[&ShardStats], format: Format, out: &mut String) {
+    header(
+        out,
+        format,
+        "shardcat_cluster_ids_refused_total",
+        Kind::Counter,
+        "Clustered session ids refused (answered 404), by reason.",
+    );
+    for (i, why) in CLUSTER_REFUSALS.iter().enumerate() {
+        for s in stats {
+            let _ = writeln!(
+                out,
+                "shardcat_cluster_ids_refused_total{{shard=\"{}\",reason=\"{why}\"}} {}",
+                s.shard,
+                s.cluster_refused[i].load(Relaxed)
             );
         }
     }

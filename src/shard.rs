@@ -170,10 +170,15 @@ impl Shard {
             idle: shared.config.timeouts.session_idle,
             max_age: shared.config.timeouts.session_max_age,
         };
+        let ended = shared
+            .config
+            .cluster
+            .as_ref()
+            .map_or(0, |c| c.max_ended_ids);
         Rc::new(Shard {
             id,
             stats,
-            sessions: RefCell::new(Sessions::new(id as u8, lifetimes)),
+            sessions: RefCell::new(Sessions::new(id as u8, lifetimes).keep_ended(ended)),
             up,
             tape,
             backlog: RefCell::new(std::collections::VecDeque::new()),

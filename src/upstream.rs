@@ -307,6 +307,10 @@ pub enum UpSession {
     Federated(Rc<federated::FedSession>),
 }
 
+/// One HTTP upstream session of a session that can move between nodes: the server (0 unless
+/// federated), the upstream's index among that server's, its `Mcp-Session-Id`.
+pub type Part = (usize, usize, Option<Rc<str>>);
+
 impl UpSession {
     pub fn sid(&self) -> Option<&Rc<str>> {
         match self {
@@ -327,6 +331,22 @@ impl UpSession {
         match self {
             UpSession::Stdio(c) => Some(c),
             UpSession::Http { .. } | UpSession::Federated(_) => None,
+        }
+    }
+
+    /// What another node needs to serve this session, one part per server: `None` when it
+    /// cannot move (a stdio child lives here).
+    pub fn parts(&self) -> Option<Vec<Part>> {
+        match self {
+            UpSession::Http { upstream, sid } => Some(vec![(0, *upstream, sid.clone())]),
+            UpSession::Stdio(_) => None,
+            UpSession::Federated(f) => f
+                .members()
+                .map(|(server, m)| match m {
+                    UpSession::Http { upstream, sid } => Some((server, *upstream, sid.clone())),
+                    _ => None,
+                })
+                .collect(),
         }
     }
 
@@ -409,6 +429,24 @@ impl Upstreams {
         }
     }
 
+    /// The upstream half of a session another node began (its `parts`), on the route at
+    /// `path`; `None` when this node cannot serve them (another route's servers, an upstream
+    /// it does not have, a stdio upstream).
+    pub fn adopt(&self, path: &str, parts: Vec<Part>) -> Option<UpSession> {
+        if let Some(fed) = &self.federation {
+            return federated::adopt(fed, path, parts);
+        }
+        match parts.as_slice() {
+            [(0, upstream, sid)] if !self.is_stdio() && *upstream < self.pools.len() => {
+                Some(UpSession::Http {
+                    upstream: *upstream,
+                    sid: sid.clone(),
+                })
+            }
+            _ => None,
+        }
+    }
+
     /// A POST in a session.
     pub async fn send(self: &Rc<Self>, to: &UpSession, call: &Call<'_>) -> Result<Source> {
         match to {
@@ -437,6 +475,25 @@ impl Upstreams {
                 Box::pin(federated::open_stream(self.federated()?, s, call)).await
             }
         }
+    }
+
+    /// GET: a session stream of HTTP upstream session `to` continued from the upstream's own
+    /// event id `after` (one a gateway event id carried). `None` for other sessions.
+    pub async fn resume_stream(
+        self: &Rc<Self>,
+        to: &UpSession,
+        call: &Call<'_>,
+        after: &[u8],
+    ) -> Option<Result<Source>> {
+        let UpSession::Http {
+            upstream,
+            sid: Some(sid),
+        } = to
+        else {
+            return None;
+        };
+        let to = (Some(*upstream), Some(&**sid));
+        Some(http::send_after(self, call, to, Some(after)).await)
     }
 
     /// DELETE from the client. A session with no upstream id (a stdio child, which ends with

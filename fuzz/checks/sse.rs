@@ -203,7 +203,7 @@ fn check_event(event: &[u8]) {
     let fields = sse::parse_sse_event(event);
     assert_eq!(fields, reference_fields(event), "fields of {event:?}");
     let (stream, seq) = (u32::MAX, u64::MAX);
-    let renamed = shardcat::shard::sse::rename(event, stream, seq);
+    let renamed = shardcat::shard::sse::rename(event, stream, seq, None);
     let again = sse::parse_sse_event(&renamed);
     assert_eq!(
         again.id,

@@ -19,6 +19,11 @@ const _: () = assert!(MAX_NODE_ID_BYTES <= cluster::MAX_NODE_BYTES);
 pub struct ClusterConfig {
     pub node_id: String,
     pub keys: SessionKeys,
+    /// Ended sessions' ids each shard refuses (`cluster.max_ended_ids`).
+    pub max_ended_ids: usize,
+    /// This run of the node, random at start: SSE event ids carry it, so that a stream
+    /// number this run gave is never mistaken for another node's or an earlier run's.
+    pub incarnation: u32,
 }
 
 impl ClusterSection {
@@ -47,7 +52,21 @@ impl ClusterSection {
         Ok(ClusterConfig {
             node_id: self.node_id.clone(),
             keys: SessionKeys::new(current, previous),
+            max_ended_ids: self.max_ended_ids,
+            incarnation: incarnation(),
         })
+    }
+}
+
+/// A random number for this run (`ClusterConfig::incarnation`); the clock's nanoseconds
+/// where the OS gives no random bytes (it only has to differ from the run before).
+fn incarnation() -> u32 {
+    let mut b = [0u8; 4];
+    match getrandom::getrandom(&mut b) {
+        Ok(()) => u32::from_le_bytes(b),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos()),
     }
 }
 

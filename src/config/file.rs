@@ -436,7 +436,7 @@ impl Default for FederationSection {
 }
 
 /// `[cluster]`: several gateways behind one load balancer, any of which continues any HTTP
-/// session (`cluster`). Every key is required but `previous_session_key_file`.
+/// session (`cluster`). `node_id` and `session_key_file` are required.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSection {
@@ -446,6 +446,17 @@ pub struct ClusterSection {
     pub session_key_file: String,
     /// During a key rotation, the key before it: tokens it sealed still open.
     pub previous_session_key_file: Option<String>,
+    /// Ids of sessions that ended on a shard (DELETE, maximum age, the upstream forgot them),
+    /// kept so that the shard refuses them; the oldest are forgotten first.
+    #[serde(default = "default_max_ended_ids")]
+    pub max_ended_ids: usize,
+}
+
+/// `cluster.max_ended_ids`: 8 bytes each, per shard.
+pub const DEFAULT_MAX_ENDED_IDS: usize = 16384;
+
+fn default_max_ended_ids() -> usize {
+    DEFAULT_MAX_ENDED_IDS
 }
 
 /// `[auth]`: who may use the gateway. `mode` is "off" (the default), "oauth" (bearer JWTs

@@ -219,7 +219,7 @@ pub async fn initialize(
             session::open(shard, conn, (head, body, msg), (tape, ex.subject_name())).await?;
         let mut d = Delivery::to(ex.tap);
         d.check_hangup = true;
-        d.session = opened.id.map(|id| id.encode());
+        d.session = opened.id.map(|id| session::client_id(shard, &id));
         let out = relay::relay(shard, conn, opened.source, d).await;
         if let Some(id) = &opened.id {
             session::settle(shard, id, &out);
@@ -244,7 +244,7 @@ pub async fn in_session(
     raw: &[u8],
 ) -> Result<Outcome> {
     let msg = single(parsed);
-    let sref = session::lookup(shard, raw, true, ex.subject_name())?;
+    let sref = session::lookup(shard, conn, (head, raw), true, ex.subject_name()).await?;
     ex.tap = sref.tap;
     let held = match sref.upstream {
         UpSession::Federated(_) => Some(shard.hold_request(ex.tap, body.clone())),
@@ -289,10 +289,18 @@ pub async fn get(
         let src = shard.up.sessionless(&call).await?;
         return relay::relay(shard, conn, src, Delivery::to(None)).await;
     };
-    let sref = session::lookup(shard, raw, false, ex.subject_name())?;
+    let sref = session::lookup(shard, conn, (head, raw), false, ex.subject_name()).await?;
     ex.tap = sref.tap;
     if let Some(stream) = resumed_stream(shard, head, &sref) {
         return resume(shard, conn, stream, head).await;
+    }
+    if let Some(last) = head.headers.get("last-event-id") {
+        if let Some(out) = resume_upstream(shard, conn, head, ex, (&sref, last)).await {
+            return out;
+        }
+        // A stream this node does not hold (another node's, or forgotten), whose events
+        // carried no upstream id: a new stream, and what the old one still had is lost.
+        inc(&shard.stats.sse_resume_missed);
     }
     if let UpSession::Stdio(_) = sref.upstream {
         replace_get_stream(shard, &sref)?;
@@ -303,6 +311,36 @@ pub async fn get(
     let mut d = Delivery::to(ex.tap.map(|t| t.via(call.routed_to.get())));
     d.sse = Some(sref.sse_ctx(StreamKind::Get, 0));
     relay::relay(shard, conn, src, d).await
+}
+
+/// Continues a session stream this node does not hold from the upstream, after the upstream
+/// event id the client's `Last-Event-ID` carries (`sse::rename`: in a cluster, another node
+/// relayed the stream, or this one before a restart). `None`: nothing carried, or a session
+/// that is not on one HTTP upstream.
+async fn resume_upstream(
+    shard: &Rc<Shard>,
+    conn: &mut ClientConn,
+    head: &RequestHead,
+    ex: &mut Exchange,
+    (sref, last): (&SessionRef, &[u8]),
+) -> Option<Result<Outcome>> {
+    let carried = crate::shard::sse::carried_id(last)?;
+    let call = call(shard, (conn, ex), head, b"", None);
+    let after = &carried.upstream_id;
+    let src = match shard.up.resume_stream(&sref.upstream, &call, after).await? {
+        Ok(src) => src,
+        Err(e) => return Some(Err(e)),
+    };
+    inc(&shard.stats.sse_resumed_upstream);
+    log::info!(
+        "shard {}: SSE stream continued from the upstream's event id",
+        shard.id
+    );
+    let mut d = Delivery::to(ex.tap);
+    // A POST's stream continued here owes no answer it could reconnect for: it ends with
+    // the upstream's.
+    d.sse = Some(sref.sse_ctx(carried.kind, 0));
+    Some(relay::relay(shard, conn, src, d).await)
 }
 
 /// A stdio session has one GET stream, which the gateway feeds itself: a second GET while a
@@ -330,7 +368,15 @@ fn replace_get_stream(shard: &Shard, sref: &SessionRef) -> Result<()> {
 /// The session stream a GET with `Last-Event-ID` names, if the gateway still holds it. An id
 /// the gateway did not issue, or a forgotten stream, opens a new stream instead.
 fn resumed_stream(shard: &Shard, head: &RequestHead, sref: &SessionRef) -> Option<Rc<Stream>> {
-    let (no, _) = crate::shard::sse::parse_event_id(head.headers.get("last-event-id")?)?;
+    let last = head.headers.get("last-event-id")?;
+    let (no, _) = crate::shard::sse::parse_event_id(last)?;
+    if let Some(c) = crate::shard::sse::carried_id(last) {
+        // Numbered by another node, or by this one before a restart: not this run's stream
+        // of that number, whatever stream holds it here.
+        if sref.carry != Some(c.incarnation) {
+            return None;
+        }
+    }
     let sessions = shard.sessions.borrow();
     sessions.get(&sref.id)?.sse.find(no)
 }
@@ -370,7 +416,7 @@ pub async fn delete(
         .headers
         .get("mcp-session-id")
         .ok_or_else(|| Error::new(Kind::SessionRequired, ""))?;
-    let sref = session::lookup(shard, raw, false, ex.subject_name())?;
+    let sref = session::lookup(shard, conn, (head, raw), false, ex.subject_name()).await?;
     ex.tap = sref.tap;
     let call = call(shard, (conn, ex), head, b"", None);
     let src = shard.up.end_session(&sref.upstream, &call).await?;

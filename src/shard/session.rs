@@ -9,11 +9,18 @@
 //! reading one of its streams is not idle: the check moves its `last_seen` instead. A session is thus looked at
 //! about once per idle period, however many requests it serves.
 //!
+//! In a cluster a session also has the id its client holds (`Session::token`): a sealed
+//! token, found through `by_token`, or a pinned id. A sealed session that ended for good
+//! (`bury`) leaves a digest of its token behind, so that this shard refuses the token after;
+//! at most `max_ended` digests are kept, oldest forgotten first.
+//!
 //! Invariants: only the owning shard touches its table; every removal path (DELETE, expiry,
-//! eviction, shutdown) goes through `remove`, which also takes the session off the schedule;
-//! every live session is on the schedule exactly once.
+//! eviction, shutdown) goes through `remove`, which also takes the session off the schedule
+//! and out of `by_token`; every live session is on the schedule exactly once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasher, RandomState};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use slab::Slab;
@@ -51,6 +58,10 @@ pub struct Session {
     pub state: SessionState,
     /// Its resumable SSE streams.
     pub sse: SessionStreams,
+    /// The id its client holds, in a cluster: a sealed token (`sealed`) or a pinned id.
+    /// `None`: the plain local id (`SessionId::encode`).
+    pub token: Option<Rc<str>>,
+    pub sealed: bool,
     /// Its key on the schedule.
     due: Instant,
 }
@@ -71,12 +82,29 @@ pub enum Expiry {
     MaxAge,
 }
 
+impl Expiry {
+    /// As logs and tapes name it.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Expiry::Idle => "expired",
+            Expiry::MaxAge => "maximum age",
+        }
+    }
+}
+
 pub struct Sessions {
     shard: u8,
     slab: Slab<Session>,
     lifetimes: Lifetimes,
     /// (due time, slot) → secret: when each session is next checked.
     schedule: BTreeMap<(Instant, u32), u128>,
+    /// Sealed token → slot, for every live session that has one.
+    by_token: HashMap<Rc<str>, u32>,
+    /// Digests of the sealed tokens of sessions that ended here, and their order.
+    ended: HashSet<u64>,
+    ended_order: VecDeque<u64>,
+    max_ended: usize,
+    digest: RandomState,
 }
 
 /// Schedule entries looked at when choosing a session to evict.
@@ -89,7 +117,61 @@ impl Sessions {
             slab: Slab::new(),
             lifetimes,
             schedule: BTreeMap::new(),
+            by_token: HashMap::new(),
+            ended: HashSet::new(),
+            ended_order: VecDeque::new(),
+            max_ended: 0,
+            digest: RandomState::new(),
         }
+    }
+
+    /// Keeps the digests of at most `max` ended sessions' tokens (`cluster.max_ended_ids`).
+    pub fn keep_ended(mut self, max: usize) -> Sessions {
+        self.max_ended = max;
+        self
+    }
+
+    /// Gives a session the id its client holds; a `sealed` one is found by `find_token`.
+    pub fn set_token(&mut self, id: &SessionId, token: Rc<str>, sealed: bool) {
+        if !self.matches(id) {
+            return;
+        }
+        if sealed {
+            self.by_token.insert(token.clone(), id.slot);
+        }
+        let s = &mut self.slab[id.slot as usize];
+        s.token = Some(token);
+        s.sealed = sealed;
+    }
+
+    /// The live session holding sealed token `token`.
+    pub fn find_token(&self, token: &str) -> Option<SessionId> {
+        let &slot = self.by_token.get(token)?;
+        let s = self.slab.get(slot as usize)?;
+        Some(self.id_of(slot, s.secret))
+    }
+
+    /// Remembers that the session of sealed `token` ended for good: `was_ended` says so until
+    /// `max_ended` later ones push it out.
+    pub fn bury(&mut self, token: &str) {
+        if self.max_ended == 0 {
+            return;
+        }
+        let d = self.digest.hash_one(token);
+        if !self.ended.insert(d) {
+            return;
+        }
+        self.ended_order.push_back(d);
+        while self.ended_order.len() > self.max_ended {
+            if let Some(old) = self.ended_order.pop_front() {
+                self.ended.remove(&old);
+            }
+        }
+    }
+
+    /// Whether a session of sealed `token` ended here (and is still remembered).
+    pub fn was_ended(&self, token: &str) -> bool {
+        !self.ended.is_empty() && self.ended.contains(&self.digest.hash_one(token))
     }
 
     /// When a session is really due: idle deadline or maximum age, whichever is first.
@@ -163,8 +245,21 @@ impl Sessions {
 
     /// Creates a session and returns its new gateway id.
     pub fn insert(&mut self, upstream: UpSession, version: Version, now: Instant) -> SessionId {
+        self.insert_aged(upstream, version, now, now)
+    }
+
+    /// Creates a session that began at `created` (elsewhere, for an adopted session: its
+    /// maximum age counts from then), seen now.
+    pub fn insert_aged(
+        &mut self,
+        upstream: UpSession,
+        version: Version,
+        created: Instant,
+        now: Instant,
+    ) -> SessionId {
         let secret = random_secret();
-        let due = now + self.lifetimes.idle.min(self.lifetimes.max_age);
+        let age_left = (created + self.lifetimes.max_age).saturating_duration_since(now);
+        let due = now + self.lifetimes.idle.min(age_left);
         let slot = self.slab.insert(Session {
             secret,
             upstream,
@@ -174,10 +269,12 @@ impl Sessions {
             bucket: None,
             streams: 1,
             version,
-            created: now,
+            created,
             last_seen: now,
             state: SessionState::Active,
             sse: Default::default(),
+            token: None,
+            sealed: false,
             due,
         });
         debug_assert!(slot <= u32::MAX as usize, "session slab exceeded u32 slots");
@@ -220,6 +317,9 @@ impl Sessions {
         let s = self.slab.remove(id.slot as usize);
         // Absent when `due` already took it off.
         self.schedule.remove(&(s.due, id.slot));
+        if let Some(token) = s.token.as_deref().filter(|_| s.sealed) {
+            self.by_token.remove(token);
+        }
         Some(s)
     }
 
@@ -358,6 +458,45 @@ mod tests {
         }
         assert_eq!(ended, Some((a, Expiry::MaxAge)));
         assert_eq!(now, t0 + 100 * S);
+    }
+
+    #[test]
+    fn sealed_tokens_find_their_session_and_ended_ones_are_remembered() {
+        let mut t = table().keep_ended(2);
+        let now = Instant::now();
+        let a = t.insert(http(Some("up-a")), Version::assumed(), now);
+        t.set_token(&a, Rc::from("tok-a"), true);
+        let b = t.insert(http(None), Version::assumed(), now);
+        t.set_token(&b, Rc::from("gw-1.pinned"), false);
+        assert_eq!(t.find_token("tok-a"), Some(a));
+        assert_eq!(
+            t.find_token("gw-1.pinned"),
+            None,
+            "pinned ids are not tokens"
+        );
+        assert_eq!(t.get(&b).unwrap().token.as_deref(), Some("gw-1.pinned"));
+        t.remove(&a);
+        assert_eq!(t.find_token("tok-a"), None, "removal forgets the token");
+        assert!(!t.was_ended("tok-a"), "forgotten, not buried");
+        for tok in ["tok-a", "tok-b", "tok-c"] {
+            t.bury(tok);
+        }
+        assert!(!t.was_ended("tok-a"), "pushed out by two later ones");
+        assert!(t.was_ended("tok-b") && t.was_ended("tok-c"));
+        let mut none = table();
+        none.bury("tok-a");
+        assert!(!none.was_ended("tok-a"), "keep_ended(0) keeps none");
+    }
+
+    #[test]
+    fn an_adopted_session_ends_at_its_maximum_age_from_its_start_elsewhere() {
+        let mut t = table();
+        let t0 = Instant::now();
+        let now = t0 + 95 * S;
+        let a = t.insert_aged(http(None), Version::assumed(), t0, now);
+        t.get_mut(&a).unwrap().last_seen = now + 4 * S;
+        assert!(t.due(now + 4 * S).is_empty());
+        assert_eq!(t.due(now + 5 * S), vec![(a, Expiry::MaxAge)]);
     }
 
     #[test]

@@ -53,6 +53,21 @@ pub struct Origin {
     pub upstream: usize,
     pub upstream_sid: Option<Rc<str>>,
     pub version: Version,
+    /// Event ids carry the upstream's last event id and this node's incarnation (`rename`):
+    /// clustered, one HTTP upstream.
+    pub carry: Option<u32>,
+}
+
+/// What a clustered session stream's event id carries besides the gateway's own numbering
+/// (`rename`, `carried_id`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Carried<I> {
+    /// Whether the stream was a GET's or a POST's.
+    pub kind: StreamKind,
+    /// The run of the node that numbered the stream (`ClusterConfig::incarnation`).
+    pub incarnation: u32,
+    /// The upstream's own id of the event, or of the last one before it that had one.
+    pub upstream_id: I,
 }
 
 pub(crate) struct Buffered {
@@ -337,7 +352,18 @@ impl Stream {
                     let answered = responses_in(&sse::parse_sse_event(&raw).data);
                     s.responses_left = s.responses_left.saturating_sub(answered);
                 }
-                Bytes::from(rename(&raw, self.no, s.next_seq))
+                let carried = match (
+                    self.origin.as_ref().and_then(|o| o.carry),
+                    &s.upstream_last_id,
+                ) {
+                    (Some(incarnation), Some(id)) => Some(Carried {
+                        kind: self.kind,
+                        incarnation,
+                        upstream_id: id.as_slice(),
+                    }),
+                    _ => None,
+                };
+                Bytes::from(rename(&raw, self.no, s.next_seq, carried))
             }
         };
         let kept = copy.then(|| event.clone());
@@ -420,10 +446,28 @@ pub(crate) fn responses_in(data: &[u8]) -> usize {
     }
 }
 
-/// The event with its `id` lines replaced by the gateway's `id: <stream>-<seq>`.
-pub fn rename(raw: &[u8], stream: u32, seq: u64) -> Vec<u8> {
+/// The longest upstream event id a gateway event id carries; a longer one is not carried
+/// (the stream then resumes only on the node holding it).
+pub const MAX_CARRIED_ID_BYTES: usize = 255;
+
+/// The event with its `id` lines replaced by the gateway's `id: <stream>-<seq>`. With
+/// `carried` (a clustered session's stream), the id goes on as
+/// `.<g|p><incarnation, 8 hex>.<base64url of the upstream id>`: what another node needs to
+/// resume the stream from the upstream (`carried_id`).
+pub fn rename(raw: &[u8], stream: u32, seq: u64, carried: Option<Carried<&[u8]>>) -> Vec<u8> {
+    use base64::Engine;
     let mut out = Vec::with_capacity(raw.len() + 24);
-    out.extend_from_slice(format!("id: {stream}-{seq}\n").as_bytes());
+    out.extend_from_slice(format!("id: {stream}-{seq}").as_bytes());
+    if let Some(c) = carried.filter(|c| c.upstream_id.len() <= MAX_CARRIED_ID_BYTES) {
+        let kind = match c.kind {
+            StreamKind::Get => 'g',
+            StreamKind::Post => 'p',
+        };
+        out.extend_from_slice(format!(".{kind}{:08x}.", c.incarnation).as_bytes());
+        let text = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(c.upstream_id);
+        out.extend_from_slice(text.as_bytes());
+    }
+    out.push(b'\n');
     // Lines end in CR too: an upstream id after one must go as well, or it would win.
     for (line, whole) in sse::lines(raw) {
         let is_id = line == b"id" || line.starts_with(b"id:");
@@ -434,11 +478,38 @@ pub fn rename(raw: &[u8], stream: u32, seq: u64) -> Vec<u8> {
     out
 }
 
-/// Parses a gateway event id, `<stream>-<seq>`.
+/// Parses a gateway event id, `<stream>-<seq>` (and whatever it carries, see `rename`).
 pub fn parse_event_id(raw: &[u8]) -> Option<(u32, u64)> {
     let text = std::str::from_utf8(raw).ok()?.trim();
-    let (stream, seq) = text.split_once('-')?;
+    let ours = text.split('.').next()?;
+    let (stream, seq) = ours.split_once('-')?;
     Some((stream.parse().ok()?, seq.parse().ok()?))
+}
+
+/// What a gateway event id carries (`rename`). A client sends it back, so the upstream id is
+/// checked as the header value it becomes: no control bytes.
+pub fn carried_id(raw: &[u8]) -> Option<Carried<Vec<u8>>> {
+    use base64::Engine;
+    let text = std::str::from_utf8(raw).ok()?.trim();
+    let mut parts = text.splitn(3, '.');
+    parse_event_id(parts.next()?.as_bytes())?;
+    let tag = parts.next()?;
+    let kind = match tag.get(..1)? {
+        "g" => StreamKind::Get,
+        "p" => StreamKind::Post,
+        _ => return None,
+    };
+    let hex = tag.get(1..).filter(|h| h.len() == 8)?;
+    let incarnation = u32::from_str_radix(hex, 16).ok()?;
+    let id = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(parts.next()?)
+        .ok()?;
+    let fits = (1..=MAX_CARRIED_ID_BYTES).contains(&id.len());
+    (fits && id.iter().all(|&b| b >= 0x20 && b != 0x7f)).then_some(Carried {
+        kind,
+        incarnation,
+        upstream_id: id,
+    })
 }
 
 /// The resumable streams of one session, oldest first, at most `max_streams_per_session`.
@@ -507,12 +578,12 @@ mod tests {
     #[test]
     fn rename_replaces_upstream_ids_and_keeps_the_rest() {
         let raw = b"id: 17\nevent: message\ndata: {\"a\":1}\n\n";
-        let out = rename(raw, 3, 9);
+        let out = rename(raw, 3, 9, None);
         assert_eq!(out, b"id: 3-9\nevent: message\ndata: {\"a\":1}\n\n");
         let f = sse::parse_sse_event(&out);
         assert_eq!(f.id.as_deref(), Some("3-9"));
         assert_eq!(f.data, b"{\"a\":1}");
-        let cr = rename(b"data: x\rid: 17\r\r", 3, 9);
+        let cr = rename(b"data: x\rid: 17\r\r", 3, 9, None);
         assert_eq!(cr, b"id: 3-9\ndata: x\r\r");
     }
 
@@ -523,6 +594,50 @@ mod tests {
         assert_eq!(parse_event_id(b"17"), None);
         assert_eq!(parse_event_id(b"a-b"), None);
         assert_eq!(parse_event_id(b"\xff-1"), None);
+        assert_eq!(
+            parse_event_id(b"3-9.g0000a1b2.MTc"),
+            Some((3, 9)),
+            "carrying"
+        );
+    }
+
+    #[test]
+    fn event_ids_carry_the_upstream_id_for_another_node() {
+        let raw = b"id: stream-a_17\ndata: {}\n\n";
+        fn carried<I>(kind: StreamKind, id: I) -> Carried<I> {
+            Carried {
+                kind,
+                incarnation: 0xa1b2,
+                upstream_id: id,
+            }
+        }
+        let out = rename(
+            raw,
+            3,
+            9,
+            Some(carried(StreamKind::Get, &b"stream-a_17"[..])),
+        );
+        let text = String::from_utf8(out).unwrap();
+        let id = text.lines().next().unwrap().strip_prefix("id: ").unwrap();
+        assert_eq!(parse_event_id(id.as_bytes()), Some((3, 9)));
+        let c = carried_id(id.as_bytes()).unwrap();
+        assert_eq!(c, carried(StreamKind::Get, b"stream-a_17".to_vec()));
+        let post = rename(raw, 1, 2, Some(carried(StreamKind::Post, &b"x"[..])));
+        let post = String::from_utf8(post).unwrap();
+        assert!(post.starts_with("id: 1-2.p0000a1b2.eA\n"), "{post}");
+        assert_eq!(carried_id(b"3-9"), None, "nothing carried");
+        assert_eq!(carried_id(b"3-9.x0000a1b2.eA"), None, "unknown kind");
+        assert_eq!(carried_id(b"3-9.g00a1b2.eA"), None, "short incarnation");
+        assert_eq!(carried_id(b"3-9.g0000a1b2.!!"), None, "not base64url");
+        assert_eq!(
+            carried_id(b"3-9.g0000a1b2.DQo"),
+            None,
+            "CR LF would split a header"
+        );
+        assert_eq!(carried_id(b"x-9.g0000a1b2.eA"), None, "not ours");
+        let long = vec![b'a'; MAX_CARRIED_ID_BYTES + 1];
+        let out = rename(raw, 3, 9, Some(carried(StreamKind::Get, long.as_slice())));
+        assert!(out.starts_with(b"id: 3-9\n"), "too long to carry");
     }
 
     #[test]

@@ -406,6 +406,7 @@ pub async fn stateless(up: &Rc<Upstreams>, call: &Call<'_>) -> Result<Source> {
         upstream: None,
         version: None,
         subject: call.subject,
+        last_event_id: None,
     };
     // The era is learned once per upstream; after that this is the path every request takes,
     // so the rest (probe, the bridged exchange) is boxed to keep this future small: it is
@@ -514,6 +515,7 @@ async fn send_bridged(
         upstream: Some(i),
         version: Some(BRIDGE_PROTOCOL_VERSION),
         subject: call.subject,
+        last_event_id: None,
     };
     let mut ans = exchange(up, &req, call.client_cell, call.client).await?;
     let (owner, sid) = (up.clone(), shared.upstream_sid.clone());

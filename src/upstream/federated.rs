@@ -171,6 +171,30 @@ impl Federation {
     }
 }
 
+/// The session another node began on the route at `path` (`Upstreams::adopt`): each part's
+/// server must be one of the route's, once, with an upstream it has.
+pub fn adopt(fed: &Federation, path: &str, parts: Vec<super::Part>) -> Option<UpSession> {
+    let path = path.split('?').next().unwrap_or("");
+    let r = fed.routes.iter().position(|r| r.path == path)?;
+    let route = &fed.routes[r];
+    let mut members: Vec<Option<UpSession>> = route.members.iter().map(|_| None).collect();
+    for (server, upstream, sid) in parts {
+        let m = route.members.iter().position(|&s| s == server)?;
+        let up = &fed.servers[server];
+        if members[m].is_some() || up.is_stdio() || upstream >= up.pools.len() {
+            return None;
+        }
+        members[m] = Some(UpSession::Http { upstream, sid });
+    }
+    members.iter().any(Option::is_some).then(|| {
+        UpSession::Federated(Rc::new(FedSession {
+            route: r,
+            servers: route.members.clone(),
+            members,
+        }))
+    })
+}
+
 /// initialize on every server of the route, at once; the merged answer, and the session
 /// when at least one server is in it (and, with `failure_mode = "closed"`, all are).
 pub async fn open_session(

@@ -31,6 +31,9 @@ pub struct UpRequest<'a> {
     pub version: Option<&'a str>,
     /// The authenticated subject's header and name (`Call::subject`).
     pub subject: Option<(&'a str, &'a str)>,
+    /// The upstream's own event id to resume a stream after (a GET continuing a stream
+    /// another node relayed, `Upstreams::resume_stream`).
+    pub last_event_id: Option<&'a [u8]>,
 }
 
 /// Headers forwarded from the client as they are. Authorization, Cookie, Origin and Host never
@@ -76,6 +79,9 @@ pub(crate) fn encode_request(
     }
     if let Some((name, subject)) = req.subject {
         push_subject(out, name, subject);
+    }
+    if let Some(id) = req.last_event_id {
+        push_header(out, "last-event-id", id);
     }
     match req.body {
         Some(b) => {
@@ -213,6 +219,16 @@ pub async fn send(
     upstream: Option<usize>,
     sid: Option<&str>,
 ) -> Result<Source> {
+    send_after(up, call, (upstream, sid), None).await
+}
+
+/// `send`, naming the upstream event id to resume a stream after (`last_event_id`).
+pub async fn send_after(
+    up: &Rc<Upstreams>,
+    call: &Call<'_>,
+    (upstream, sid): (Option<usize>, Option<&str>),
+    last_event_id: Option<&[u8]>,
+) -> Result<Source> {
     let method = call.head.method;
     let req = UpRequest {
         method,
@@ -222,6 +238,7 @@ pub async fn send(
         upstream,
         version: None,
         subject: call.subject,
+        last_event_id,
     };
     exchange(up, &req, call.client_cell, call.client)
         .await
