@@ -415,3 +415,48 @@ fn a_node_that_stops_leaves_its_sessions_to_the_others() {
         assert_eq!(got.as_deref(), Ok("after"), "session {i} after n1 stopped");
     }
 }
+
+#[test]
+fn a_federated_session_moves_with_every_server_in_its_id() {
+    let demos = [demo(), demo(), demo()];
+    let key = key_file();
+    let mut up = String::from("[gateway]\n");
+    for (name, d) in ["a", "b", "c"].iter().zip(&demos) {
+        up.push_str(&format!(
+            "[[server]]\nname = \"{name}\"\nurl = \"{}\"\n",
+            demo_url(d)
+        ));
+    }
+    up.push_str("[[route]]\npath = \"/mcp\"\nservers = [\"a\", \"b\", \"c\"]\n");
+    // The `[cluster]` table follows the route's: `node` appends it.
+    let n1 = node("n1", 2, &up, &key, None);
+    let n2 = node("n2", 3, &up, &key, None);
+    let (a, b) = (n1.addr("listen"), n2.addr("listen"));
+    let sid = open(a);
+    eprintln!(
+        "sealed id with three servers: {} characters (one server: see the other tests)",
+        sid.len()
+    );
+    assert!(!sid.contains('.') && sid.len() <= 300, "{sid}");
+    for (i, server) in ["a", "b", "c"].iter().enumerate() {
+        let call = format!(
+            r#"{{"jsonrpc":"2.0","id":{},"method":"tools/call","params":{{"name":"{server}__echo","arguments":{{"text":"via-{server}"}}}}}}"#,
+            10 + i
+        );
+        let r = in_session(b, &sid, &call);
+        assert_eq!(r.status, 200, "{server} on n2: {}", r.text());
+        let m = message(&r);
+        assert_eq!(
+            m["result"]["content"][0]["text"].as_str(),
+            Some(format!("via-{server}").as_str()),
+            "{m}"
+        );
+    }
+    let adopted = metric(n2.addr("admin"), "shardcat_cluster_sessions_adopted_total");
+    assert_eq!(adopted, 1.0);
+    assert_eq!(delete(b, &sid).status, 200);
+    // n1 still holds it: server a's answer (404, it ended there) ends it on n1 too.
+    let call = r#"{"jsonrpc":"2.0","id":20,"method":"tools/call","params":{"name":"a__echo","arguments":{"text":"x"}}}"#;
+    let r = in_session(a, &sid, call);
+    assert_eq!(r.status, 404, "every server's session ended: {}", r.text());
+}

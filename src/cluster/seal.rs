@@ -153,21 +153,28 @@ impl std::error::Error for OpenError {}
 pub struct SessionKeys {
     current: [u8; KEY_BYTES],
     previous: Option<[u8; KEY_BYTES]>,
+    /// Each key's hint, computed once (`hint`).
+    hints: (u8, Option<u8>),
 }
 
 /// Keys are secrets: only their hints are shown.
 impl std::fmt::Debug for SessionKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SessionKeys")
-            .field("current_hint", &hint(&self.current))
-            .field("previous_hint", &self.previous.as_ref().map(hint))
+            .field("current_hint", &self.hints.0)
+            .field("previous_hint", &self.hints.1)
             .finish()
     }
 }
 
 impl SessionKeys {
     pub fn new(current: [u8; KEY_BYTES], previous: Option<[u8; KEY_BYTES]>) -> SessionKeys {
-        SessionKeys { current, previous }
+        let hints = (hint(&current), previous.as_ref().map(hint));
+        SessionKeys {
+            current,
+            previous,
+            hints,
+        }
     }
 
     /// The token for `claims`, under the current key with this nonce (random in use:
@@ -175,7 +182,7 @@ impl SessionKeys {
     pub fn seal(&self, claims: &Claims, nonce: [u8; NONCE_BYTES]) -> Result<String, SealError> {
         check(claims).map_err(SealError::Claim)?;
         let mut raw = Vec::with_capacity(OVERHEAD_BYTES + claims_len(claims));
-        raw.extend_from_slice(&[FORMAT, hint(&self.current)]);
+        raw.extend_from_slice(&[FORMAT, self.hints.0]);
         raw.extend_from_slice(&nonce);
         encode_claims(claims, &mut raw);
         if raw.len() - HEADER_BYTES > MAX_CLAIMS_BYTES {
@@ -215,14 +222,15 @@ impl SessionKeys {
         if raw[0] != FORMAT {
             return Err(OpenError::Malformed);
         }
-        let keys = std::iter::once(&self.current).chain(self.previous.as_ref());
+        let keys = std::iter::once((&self.current, self.hints.0))
+            .chain(self.previous.as_ref().zip(self.hints.1));
         // A key with another hint did not seal it: the hint is authenticated.
         let sealed_by = raw[1];
         let key = keys
-            .filter(|k| hint(k) == sealed_by)
-            .find(|k| decrypt(k, &mut raw))
+            .filter(|&(_, h)| h == sealed_by)
+            .find(|(k, _)| decrypt(k, &mut raw))
             .ok_or(OpenError::Forged)?;
-        debug_assert!(hint(key) == raw[1]);
+        debug_assert!(hint(key.0) == raw[1]);
         decode_claims(&raw[HEADER_BYTES..raw.len() - TAG_BYTES]).ok_or(OpenError::Invalid)
     }
 }
