@@ -335,6 +335,7 @@ fn handoff_msg() -> ShardMsg {
     ShardMsg::Handoff(Handoff {
         fd,
         buffered: vec![0x61; 256],
+        client: None,
     })
 }
 

@@ -61,7 +61,14 @@ pub struct Handoff {
     /// Bytes already read from the connection: the request head that named the session, and
     /// whatever followed it.
     pub buffered: Vec<u8>,
+    /// The client's address from the connection's PROXY protocol header, once read (the
+    /// header is not in `buffered`).
+    pub client: Option<Proxy>,
 }
+
+/// A connection's PROXY protocol header, once read: the client address it named (`None`: the
+/// connection's own peer, for a `LOCAL` or `UNKNOWN` header).
+pub type Proxy = Option<std::net::SocketAddr>;
 
 #[derive(Debug)]
 pub enum ShardMsg {
@@ -182,6 +189,7 @@ mod tests {
             tx.try_send(ShardMsg::Handoff(Handoff {
                 fd,
                 buffered: vec![0; i + 1],
+                client: None,
             }))
             .unwrap();
         }

@@ -294,8 +294,7 @@ impl Exchange {
 
 /// The client's address, as tapes name it.
 pub fn peer(conn: &ClientConn) -> String {
-    conn.stream
-        .peer_addr()
+    conn.client_addr()
         .map(|a| a.to_string())
         .unwrap_or_default()
 }

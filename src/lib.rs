@@ -29,7 +29,7 @@
 //!   checked against the issuer's JWKS (fetched by a thread of its own, published lock-free),
 //!   each shard's token cache. The pipeline's `gateway::authn` stage asks it.
 //! - the ground: `codec/` (`http`: HTTP/1.1 heads, framing, chunked coding; `sse`: event
-//!   splitting and fields), `mcp` (JSON-RPC classification, versions, session ids), `config/`
+//!   splitting and fields; `proxy`: the PROXY protocol header of a balancer in front), `mcp` (JSON-RPC classification, versions, session ids), `config/`
 //!   (`file`: the TOML schema with every bound; `runtime`: the validated config), `authz`
 //!   (authorization rules: globs, per-subject grants, request checks, list filtering), `cluster`
 //!   (scale-out: the sealed session token any node of a cluster opens, pinned ids), `limits`

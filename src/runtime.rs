@@ -246,6 +246,9 @@ fn adopt(shard: &Rc<Shard>, h: Handoff) {
     match TcpStream::from_std(std_stream) {
         Ok(stream) => {
             let conn = ClientConn::new(shard, stream, h.buffered);
+            if let Some(client) = h.client {
+                conn.set_proxy(client);
+            }
             monoio::spawn(crate::gateway::serve(shard.clone(), conn));
         }
         Err(e) => {

@@ -201,6 +201,8 @@ pub struct ClientConn {
     handed_off: bool,
     /// The client's cell in the shared client table, once looked up.
     client: Cell<Option<u32>>,
+    /// The PROXY protocol header's client address, once read (`[server] proxy_protocol`).
+    proxy: Cell<Option<crate::admission::Proxy>>,
 }
 
 impl ClientConn {
@@ -214,6 +216,25 @@ impl ClientConn {
             shard: shard.clone(),
             handed_off: false,
             client: Cell::new(None),
+            proxy: Cell::new(None),
+        }
+    }
+
+    /// Whether the connection's PROXY protocol header was read.
+    pub fn proxy_read(&self) -> bool {
+        self.proxy.get().is_some()
+    }
+
+    /// Records what the connection's PROXY protocol header named.
+    pub fn set_proxy(&self, client: crate::admission::Proxy) {
+        self.proxy.set(Some(client));
+    }
+
+    /// The client's address: the PROXY protocol header's, else the connection's peer.
+    pub fn client_addr(&self) -> Option<std::net::SocketAddr> {
+        match self.proxy.get() {
+            Some(Some(addr)) => Some(addr),
+            _ => self.stream.peer_addr().ok(),
         }
     }
 
@@ -223,8 +244,7 @@ impl ClientConn {
             return c;
         }
         let ip = self
-            .stream
-            .peer_addr()
+            .client_addr()
             .map(|a| a.ip())
             .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
         let c = self.shard.shared.clients.cell(ip);
@@ -248,7 +268,11 @@ impl ClientConn {
             Err(_) => return Err(Box::new(self)),
         };
         let buffered = std::mem::take(&mut self.rb).into_vec();
-        let msg = ShardMsg::Handoff(Handoff { fd, buffered });
+        let msg = ShardMsg::Handoff(Handoff {
+            fd,
+            buffered,
+            client: self.proxy.get(),
+        });
         match self.shard.shared.mailboxes[owner].try_send(msg) {
             Ok(()) => {
                 inc(&self.shard.stats.handoffs_sent);

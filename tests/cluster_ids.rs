@@ -460,3 +460,89 @@ fn a_federated_session_moves_with_every_server_in_its_id() {
     let r = in_session(a, &sid, call);
     assert_eq!(r.status, 404, "every server's session ended: {}", r.text());
 }
+
+/// `req` on a fresh connection to `addr`, after `proxy` (a PROXY protocol header).
+fn proxied(addr: SocketAddr, proxy: &[u8], req: &[u8]) -> Response {
+    let mut c = Client::connect(addr);
+    let mut bytes = proxy.to_vec();
+    bytes.extend_from_slice(req);
+    c.send_raw(&bytes).expect("send");
+    c.read_response().expect("response")
+}
+
+fn init_request(addr: SocketAddr) -> Vec<u8> {
+    format!(
+        "POST /mcp HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\ncontent-length: {}\r\n\r\n{INIT}",
+        INIT.len()
+    )
+    .into_bytes()
+}
+
+/// A PROXY protocol v2 header for a TCP4 client `ip`:`port` (`LOCAL` when `local`).
+fn proxy_v2(ip: [u8; 4], port: u16, local: bool) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend_from_slice(&[if local { 0x20 } else { 0x21 }, 0x11, 0, 12]);
+    h.extend_from_slice(&ip);
+    h.extend_from_slice(&[127, 0, 0, 2]);
+    h.extend_from_slice(&port.to_be_bytes());
+    h.extend_from_slice(&8080u16.to_be_bytes());
+    h
+}
+
+#[test]
+fn behind_a_balancer_the_proxy_header_names_the_client() {
+    let demo = demo();
+    let toml = format!(
+        "[server]\nproxy_protocol = true\n{}[limits]\nmax_sessions_per_client = 1\n",
+        http_upstream(&demo_url(&demo))
+    );
+    let gw = gateway_config(2, &toml);
+    let addr = gw.addr("listen");
+    let init = init_request(addr);
+    // Two clients behind one balancer address: one session each, whichever version names
+    // them; a second session of the first client is over its limit.
+    let v1 = b"PROXY TCP4 203.0.113.7 127.0.0.2 40000 8080\r\n";
+    let a = proxied(addr, v1, &init);
+    assert_eq!(a.status, 200, "{}", a.text());
+    let b = proxied(addr, &proxy_v2([203, 0, 113, 8], 40001, false), &init);
+    assert_eq!(b.status, 200, "another client: {}", b.text());
+    let again = proxied(addr, &proxy_v2([203, 0, 113, 7], 40002, false), &init);
+    assert_eq!(
+        again.status,
+        429,
+        "the first client again: {}",
+        again.text()
+    );
+    // A LOCAL header (the balancer's own check) leaves the connection's peer as the client.
+    let local = proxied(addr, &proxy_v2([0, 0, 0, 0], 0, true), &init);
+    assert_eq!(local.status, 200, "{}", local.text());
+    // No header, or a broken one: 400 with a JSON-RPC error, and the gateway goes on.
+    for bad in [&b""[..], b"PROXY TCP4 nonsense\r\n", b"PROXY UDP9 x\r\n"] {
+        let r = proxied(addr, bad, &init);
+        assert_eq!(
+            r.status,
+            400,
+            "{:?}: {}",
+            String::from_utf8_lossy(bad),
+            r.text()
+        );
+        assert!(r.json()["error"]["code"].is_i64());
+    }
+    // The header is read once per connection: the next request on it has none.
+    let mut c = Client::connect(addr);
+    let mut first = proxy_v2([203, 0, 113, 9], 40003, false);
+    first.extend_from_slice(&init);
+    c.send_raw(&first).expect("send");
+    let r = c.read_response().expect("response");
+    assert_eq!(r.status, 200);
+    let sid = r.header("mcp-session-id").expect("sid").to_string();
+    let call = echo_call(2, "kept");
+    let second = format!(
+        "POST /mcp HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\nmcp-session-id: {sid}\r\nmcp-protocol-version: {V}\r\ncontent-length: {}\r\n\r\n{call}",
+        call.len()
+    );
+    c.send_raw(second.as_bytes()).expect("send");
+    let r = c.read_response().expect("response");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("kept"));
+}

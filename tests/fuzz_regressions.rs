@@ -29,6 +29,8 @@ mod federation;
 mod jsonrpc;
 #[path = "../fuzz/checks/last_event_id.rs"]
 mod last_event_id;
+#[path = "../fuzz/checks/proxy_header.rs"]
+mod proxy_header;
 #[path = "../fuzz/checks/request_head.rs"]
 mod request_head;
 #[path = "../fuzz/checks/response_head.rs"]
@@ -70,6 +72,7 @@ replays!(
     auth,
     federation,
     cluster_seal,
+    proxy_header,
 );
 
 /// Runs `check` on every input saved for `target`; each failure names its file.

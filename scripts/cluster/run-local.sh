@@ -67,6 +67,9 @@ log "demo upstream $demo_url"
 for i in $(seq 1 "$n"); do
     addr="127.0.0.$((1 + i))"
     cat >"$TMP/n$i.toml" <<TOML
+[server]
+proxy_protocol = true           # HAProxy names each client (send-proxy-v2)
+
 [[upstream]]
 url = "$demo_url"
 

@@ -635,6 +635,9 @@ pub struct ServerSection {
     pub allowed_origins: Vec<String>,
     /// Empty: any Host naming the listen address or a loopback name when on loopback.
     pub allowed_hosts: Vec<String>,
+    /// Every client connection starts with a PROXY protocol header (v1 or v2) naming the
+    /// client (a balancer's `send-proxy-v2`); one without is refused.
+    pub proxy_protocol: bool,
 }
 
 impl Default for ServerSection {
@@ -647,6 +650,7 @@ impl Default for ServerSection {
             listen_backlog: DEFAULT_LISTEN_BACKLOG,
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
+            proxy_protocol: false,
         }
     }
 }

@@ -32,6 +32,8 @@ pub struct Config {
     pub shards: usize,
     pub driver: Driver,
     pub listen_backlog: u32,
+    /// Client connections start with a PROXY protocol header (`server.proxy_protocol`).
+    pub proxy_protocol: bool,
     pub origins: OriginPolicy,
     pub limits: Limits,
     pub timeouts: Timeouts,
@@ -275,6 +277,7 @@ impl FileConfig {
             shards,
             driver,
             listen_backlog,
+            proxy_protocol: self.server.proxy_protocol,
             origins,
             limits,
             timeouts,

@@ -23,6 +23,9 @@ pub async fn next_head(shard: &Shard, conn: &mut ClientConn) -> Result<Option<Re
         max_headers: shard.config().limits.max_headers,
     };
     let started = Instant::now();
+    if shard.config().proxy_protocol && !conn.proxy_read() && !proxy_header(shard, conn).await? {
+        return Ok(None);
+    }
     loop {
         if let Some(head) = http::parse_request(conn.rb.data(), limits)? {
             return Ok(Some(head));
@@ -45,6 +48,46 @@ pub async fn next_head(shard: &Shard, conn: &mut ClientConn) -> Result<Option<Re
                 return Err(Error::new(
                     Kind::ClientTimeout,
                     "request head not received in time",
+                ))
+            }
+        }
+    }
+}
+
+/// Reads the PROXY protocol header a balancer puts before the first request
+/// (`[server] proxy_protocol`), within the head timeout; its client address is the
+/// connection's from then on. `false`: the connection closed before sending a byte (a
+/// balancer's plain TCP check). Missing or malformed: 400.
+async fn proxy_header(shard: &Shard, conn: &mut ClientConn) -> Result<bool> {
+    use crate::codec::proxy::{self, Proxied};
+    let started = Instant::now();
+    loop {
+        match proxy::parse(conn.rb.data()) {
+            Proxied::Done { len, client } => {
+                conn.rb.consume(len);
+                conn.set_proxy(client);
+                return Ok(true);
+            }
+            Proxied::Invalid => {
+                let why = http::HttpError::Malformed("no PROXY protocol header");
+                return Err(Error::new(
+                    Kind::BadHttp(why),
+                    "server.proxy_protocol is on",
+                ));
+            }
+            Proxied::Incomplete => {}
+        }
+        match read_within_head_budget(shard, conn, started).await {
+            Ok(0) if conn.rb.data().is_empty() => return Ok(false),
+            Ok(0) => {
+                let why = http::HttpError::Malformed("connection closed mid-PROXY header");
+                return Err(Error::new(Kind::BadHttp(why), ""));
+            }
+            Ok(_) => {}
+            Err(_) => {
+                return Err(Error::new(
+                    Kind::ClientTimeout,
+                    "PROXY protocol header not received in time",
                 ))
             }
         }

@@ -256,8 +256,9 @@ impl Cluster {
                 p.display().to_string()
             )
         });
+        // HAProxy sends each connection's client in a PROXY protocol header (`send-proxy-v2`).
         let toml = format!(
-            "{}\n[cluster]\nnode_id = {:?}\nsession_key_file = {:?}\n{prev}",
+            "[server]\nproxy_protocol = true\n{}\n[cluster]\nnode_id = {:?}\nsession_key_file = {:?}\n{prev}",
             self.upstream_toml,
             self.nodes[i].addrs.name,
             self.key_file.display().to_string()
