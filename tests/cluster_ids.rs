@@ -546,3 +546,30 @@ fn behind_a_balancer_the_proxy_header_names_the_client() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.text().contains("kept"));
 }
+
+#[test]
+fn a_node_that_lets_a_sealed_session_idle_out_only_forgets_it() {
+    let demo = demo();
+    let key = key_file();
+    let up = format!(
+        "{}\n[timeouts]\nsession_idle_timeout_ms = 1000\n",
+        http_upstream(&demo_url(&demo))
+    );
+    let n1 = node("n1", 2, &up, &key, None);
+    let (a, admin) = (n1.addr("listen"), n1.addr("admin"));
+    let sid = open(a);
+    assert!(
+        eventually(Duration::from_secs(10), || metric(
+            admin,
+            "shardcat_sessions_expired_total"
+        ) == 1.0),
+        "n1 let the session idle out"
+    );
+    assert_eq!(metric(admin, "shardcat_sessions"), 0.0);
+    // The upstream session was not ended: n1 adopts the id again and goes on with it.
+    assert_eq!(echo(a, &sid, 2, "back").as_deref(), Ok("back"));
+    assert_eq!(
+        metric(admin, "shardcat_cluster_sessions_adopted_total"),
+        1.0
+    );
+}
