@@ -11,7 +11,8 @@
 //! - `gateway/`  — the pipeline; it alone reads requests, writes to clients and records frames.
 //!   `gateway::exchange` wires one request top to bottom: `client` (read head and body) →
 //!   `validate` (path, Host, Origin, version, degradation, rates; JSON-RPC classification) →
-//!   `route` (the MCP rules of each method and version) with `session` (the lifecycle) →
+//!   `route` (the MCP rules of each method and version) with `session` (the lifecycle;
+//!   `session::cluster`: sealed and pinned ids, adoption) →
 //!   `respond` (write what the upstream answered) with `relay` (HTTP bodies) and `stream`
 //!   (SSE: reader and writer halves, resumption, upstream reconnects); `record` offers frames
 //!   to the persistence core.

@@ -134,6 +134,17 @@ impl std::fmt::Display for SealError {
     }
 }
 
+impl OpenError {
+    /// As `shardcat_cluster_ids_refused_total` names it.
+    pub fn label(self) -> &'static str {
+        match self {
+            OpenError::Malformed => "malformed",
+            OpenError::Forged => "forged",
+            OpenError::Invalid => "invalid",
+        }
+    }
+}
+
 impl std::fmt::Display for OpenError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

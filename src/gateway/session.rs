@@ -4,6 +4,9 @@
 //! and every way one ends: DELETE, the upstream forgetting it, expiry, eviction, a client that
 //! missed its initialize answer, a stdio child exiting, shutdown.
 //!
+//! In a cluster (`cluster`), a session's client holds a sealed or pinned id, and a sealed id
+//! this shard does not hold is adopted on its first request here.
+//!
 //! Invariants: every end goes through `end_local`, which releases the session's permits,
 //! stops its streams, ends its stdio child and closes its tape; a session the gateway ends
 //! itself is also ended upstream (`end_everywhere`), in the background, bounded by the
@@ -24,6 +27,11 @@ use crate::tape::Tap;
 use crate::upstream::{Call, Source, UpSession};
 
 use super::Outcome;
+
+mod cluster;
+
+use cluster::Named;
+pub use cluster::{client_id, owner_shard};
 
 /// Takes a session permit. At `max_sessions`, the least recently used session of this shard
 /// idle for `session_evict_idle_ms` is ended (here and upstream) to make room, and counted.
@@ -167,7 +175,7 @@ fn mint(
         s.client = Some(cell);
         s.owner = subject.map(Box::from);
     }
-    name_for_client(shard, &id);
+    cluster::name_for_client(shard, &id);
     inc(&shard.stats.sessions_created);
     gauge_add(&shard.stats.sessions, 1);
     if let Some(child) = child {
@@ -178,222 +186,6 @@ fn mint(
         }));
     }
     id
-}
-
-/// In a cluster, gives a new session the id its client will hold: a sealed token when its
-/// upstream half can move (HTTP upstreams only), else an id pinned to this node. A session
-/// whose claims do not fit a token (an upstream session id or subject over 255 bytes) is
-/// pinned too, and logged.
-fn name_for_client(shard: &Shard, id: &SessionId) {
-    let Some(cluster) = &shard.config().cluster else {
-        return;
-    };
-    let mut sessions = shard.sessions.borrow_mut();
-    let Some(s) = sessions.get(id) else {
-        return;
-    };
-    let sealed = s.upstream.parts().and_then(|parts| {
-        let claims = crate::cluster::Claims {
-            node: cluster.node_id.clone(),
-            shard: id.shard,
-            version: s.version.index(),
-            issued_s: unix_now(),
-            subject: s.owner.as_deref().map(String::from),
-            members: parts
-                .into_iter()
-                .map(|(server, upstream, sid)| crate::cluster::Member {
-                    server: server as u8,
-                    upstream: upstream as u8,
-                    sid: sid.as_deref().map(String::from),
-                })
-                .collect(),
-        };
-        cluster
-            .keys
-            .seal_random(&claims)
-            .inspect_err(|e| {
-                log::warn!("shard {}: session pinned to this node: {e}", shard.id);
-            })
-            .ok()
-    });
-    match sealed {
-        Some(token) => sessions.set_token(id, Rc::from(token), true),
-        None => {
-            let pinned = crate::cluster::pinned_id(&cluster.node_id, &id.encode());
-            sessions.set_token(id, Rc::from(pinned), false);
-        }
-    }
-}
-
-/// The id the client holds for session `id`: its token in a cluster, else the local id.
-pub fn client_id(shard: &Shard, id: &SessionId) -> String {
-    match shard
-        .sessions
-        .borrow()
-        .get(id)
-        .and_then(|s| s.token.as_deref())
-    {
-        Some(token) => token.to_string(),
-        None => id.encode(),
-    }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// The shard serving the session a client's id names, when the id says (a plain or pinned
-/// id: its shard; a sealed token: the shard byte in the clear, modulo this node's shards, so
-/// a node of fewer shards serves another's tokens too). `None`: any shard will answer.
-pub fn owner_shard(shard: &Shard, raw: &[u8]) -> Option<usize> {
-    let shards = shard.shared.config.shards;
-    let Some(cluster) = &shard.config().cluster else {
-        return Some(SessionId::decode(raw)?.shard as usize);
-    };
-    match raw.iter().position(|&b| b == b'.') {
-        Some(dot) if &raw[..dot] == cluster.node_id.as_bytes() => {
-            Some(SessionId::decode(&raw[dot + 1..])?.shard as usize)
-        }
-        Some(_) => None,
-        None => Some(usize::from(crate::cluster::token_shard(raw)?) % shards),
-    }
-}
-
-/// What a client's session id names here.
-enum Named<'a> {
-    /// A session in this shard's table.
-    Local(SessionId),
-    /// A sealed token this shard does not hold: adopt it, if it opens.
-    Sealed(&'a str),
-}
-
-/// Refuses a clustered session id (404), counted by `why` (`metrics::CLUSTER_REFUSALS`).
-fn refuse(shard: &Shard, why: &'static str) -> Error {
-    shard.stats.count_cluster_refusal(why);
-    Error::new(Kind::UnknownSession, format!("session id refused: {why}"))
-}
-
-fn name<'a>(shard: &Shard, raw: &'a [u8]) -> Result<Named<'a>> {
-    let unknown = || Error::new(Kind::UnknownSession, "");
-    let Some(cluster) = &shard.config().cluster else {
-        return SessionId::decode(raw).map(Named::Local).ok_or_else(unknown);
-    };
-    let text = std::str::from_utf8(raw).map_err(|_| refuse(shard, "malformed"))?;
-    if let Some((node, local)) = text.split_once('.') {
-        if node != cluster.node_id {
-            return Err(refuse(shard, "foreign_node"));
-        }
-        return SessionId::decode(local.as_bytes())
-            .map(Named::Local)
-            .ok_or_else(unknown);
-    }
-    match shard.sessions.borrow().find_token(text) {
-        Some(id) => Ok(Named::Local(id)),
-        None => Ok(Named::Sealed(text)),
-    }
-}
-
-/// Serves a session another node began (or this node before a restart) from its sealed id:
-/// opens it, checks it is not one that ended here, not past its maximum age (counted from
-/// its start elsewhere), and the subject's; then enters it in the table under the session
-/// permits, with the same upstream sessions. Every refusal is a 404, counted.
-fn adopt(
-    shard: &Rc<Shard>,
-    conn: &ClientConn,
-    head: &RequestHead,
-    token: &str,
-    subject: Option<&str>,
-) -> Result<SessionId> {
-    let Some(cluster) = &shard.config().cluster else {
-        return Err(Error::new(Kind::UnknownSession, ""));
-    };
-    if shard.sessions.borrow().was_ended(token) {
-        return Err(refuse(shard, "ended"));
-    }
-    let claims = cluster.keys.open(token).map_err(|e| {
-        refuse(
-            shard,
-            match e {
-                crate::cluster::OpenError::Malformed => "malformed",
-                crate::cluster::OpenError::Forged => "forged",
-                crate::cluster::OpenError::Invalid => "invalid",
-            },
-        )
-    })?;
-    let age = Duration::from_secs(unix_now().saturating_sub(claims.issued_s));
-    if age >= shard.config().timeouts.session_max_age {
-        return Err(refuse(shard, "expired"));
-    }
-    if claims.subject.as_deref() != subject {
-        return Err(refuse(shard, "subject"));
-    }
-    let version = Version::from_index(claims.version).ok_or_else(|| refuse(shard, "invalid"))?;
-    let parts = claims
-        .members
-        .iter()
-        .map(|m| {
-            let sid = m.sid.as_deref().map(Rc::from);
-            (usize::from(m.server), usize::from(m.upstream), sid)
-        })
-        .collect();
-    let up = shard
-        .up
-        .adopt(&head.path, parts)
-        .ok_or_else(|| refuse(shard, "route"))?;
-    if !acquire(shard) {
-        shard.stats.count_rejection("sessions");
-        return Err(Error::new(Kind::Overloaded("sessions"), ""));
-    }
-    let cell = open_client_session(shard, conn)?;
-    let now = Instant::now();
-    let created = now.checked_sub(age).unwrap_or(now);
-    let mut sessions = shard.sessions.borrow_mut();
-    let id = sessions.insert_aged(up, version, created, now);
-    sessions.set_token(&id, Rc::from(token), true);
-    if let Some(s) = sessions.get_mut(&id) {
-        s.client = Some(cell);
-        s.owner = subject.map(Box::from);
-    }
-    drop(sessions);
-    inc(&shard.stats.sessions_created);
-    inc(&shard.stats.cluster_adopted);
-    gauge_add(&shard.stats.sessions, 1);
-    log::info!(
-        "shard {}: adopted a session node {} shard {} began {} s ago",
-        shard.id,
-        claims.node,
-        claims.shard,
-        age.as_secs()
-    );
-    Ok(id)
-}
-
-/// An adopted session's tape, when recording: it starts here, as the session does.
-async fn start_adopted_tape(
-    shard: &Shard,
-    conn: &ClientConn,
-    head: &RequestHead,
-    id: &SessionId,
-    subject: Option<&str>,
-) {
-    let Some(session) = shard.new_tape_session() else {
-        return;
-    };
-    let version = match shard.sessions.borrow().get(id) {
-        Some(s) => s.version,
-        None => return,
-    };
-    let servers = shard.up.route_servers_json(&head.path);
-    let client = (&*super::peer(conn), subject);
-    shard
-        .record_start(session, version.as_str(), client, servers)
-        .await;
-    match shard.sessions.borrow_mut().get_mut(id) {
-        Some(s) => s.tape = Some(session),
-        None => shard.record_end(session, "session ended"),
-    }
 }
 
 /// The protocol version an initialize asks for (the assumed one when it names none).
@@ -456,11 +248,11 @@ pub async fn lookup(
     limit: bool,
     subject: Option<&str>,
 ) -> Result<SessionRef> {
-    let id = match name(shard, raw)? {
+    let id = match cluster::name(shard, raw)? {
         Named::Local(id) => id,
         Named::Sealed(token) => {
-            let id = adopt(shard, conn, head, token, subject)?;
-            start_adopted_tape(shard, conn, head, &id, subject).await;
+            let id = cluster::adopt(shard, conn, head, token, subject)?;
+            cluster::start_adopted_tape(shard, conn, head, &id, subject).await;
             id
         }
     };
