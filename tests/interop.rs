@@ -383,9 +383,19 @@ fn conformance_scenarios_pass_through_the_gateway_as_they_do_direct() {
     let lost_http = lost(&direct, &via_http);
     let lost_stdio = lost(&direct, &via_stdio);
     let lost_demo = lost(&demo_direct, &demo_via);
+    // What the stdio bridge saw of its children, for a failure's cause: answers that came
+    // after their request timed out, and children that were slow or stuck.
+    let stdio_figures = [
+        "shardcat_stdio_late_responses_total",
+        "shardcat_stdio_timeouts_total",
+        "shardcat_stdio_stuck_total",
+        "shardcat_stdio_spawned_total",
+    ]
+    .map(|m| format!("{m} {}", metric(stdio.addr("admin"), m)))
+    .join(", ");
     assert!(
         lost_http.is_empty() && lost_stdio.is_empty() && lost_demo.is_empty(),
-        "scenarios that pass direct and fail through shardcat: HTTP {lost_http:?}, stdio {lost_stdio:?}, demo {lost_demo:?}\n{}\n{}",
+        "scenarios that pass direct and fail through shardcat: HTTP {lost_http:?}, stdio {lost_stdio:?}, demo {lost_demo:?}\nstdio bridge: {stdio_figures}\n{}\n{}",
         http.stderr(),
         stdio.stderr()
     );
