@@ -74,9 +74,11 @@ sleep_until "$(awk -v k="$T_KILL" 'BEGIN { print k - 0.5 }')"
 calls_n2_before="$(calls_on 2)"
 for i in 1 2 3; do node_metric "$i" shardcat_cluster_sessions_adopted_total; done >"$TMP/adopted-before.txt"
 sleep_until "$T_KILL"
-kill -KILL "${NODE_PID[2]}"
+# Taken before the kill: no error can come earlier. Disowned, so bash does not report it.
 kill_ms="$(now_ms)"
-{ wait "${NODE_PID[2]}"; } 2>/dev/null || true
+disown "${NODE_PID[2]}"
+kill -KILL "${NODE_PID[2]}"
+while running "${NODE_PID[2]}"; do sleep 0.01; done
 forget "${NODE_PID[2]}"
 for _ in $(seq 1 40); do
     haproxy_status | grep -q '^n2 DOWN' && break

@@ -19,12 +19,12 @@
 # Pinning: the node(s) (1 shard each) on core 0; demo, loadgen and HAProxy on core 1.
 #
 # Env: DURATION (8), WARMUP (2), CONNS (64), ROUNDS (3), K (5: calls per session),
-# ADOPT (1: run the adoption-heavy part). Needs release builds:
+# SINGLE (1: run the one-node part), ADOPT (1: run the adoption-heavy part). Needs release builds:
 #   cargo build --release --bin shardcat -p loadgen
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION="${DURATION:-8}"; WARMUP="${WARMUP:-2}"; CONNS="${CONNS:-64}"; ROUNDS="${ROUNDS:-3}"
-K="${K:-5}"; ADOPT="${ADOPT:-1}"
+K="${K:-5}"; SINGLE="${SINGLE:-1}"; ADOPT="${ADOPT:-1}"
 BIN=target/release/shardcat; LG=target/release/loadgen
 TMP="$(mktemp -d /tmp/shardcat-sealed.XXXXXX)"; PIDS=()
 log() { echo "sealed-bench: $*" >&2; }
@@ -78,6 +78,7 @@ PY
 }
 
 for r in $(seq 1 "$ROUNDS"); do
+    [ "$SINGLE" = 1 ] || break
     log "round $r of $ROUNDS"
     for w in call session; do
         if [ $((r % 2)) = 1 ]; then bench sealed "$w" "$r"; bench plain "$w" "$r"
@@ -96,6 +97,10 @@ adopt() { # $1: balance (roundrobin|hash), $2: round
     after="$(cpu_ticks "${NODE_PID[1]}" "${NODE_PID[2]}")"
     a1="$(($(node_metric 1 shardcat_cluster_sessions_adopted_total) + $(node_metric 2 shardcat_cluster_sessions_adopted_total)))"
     ticks=$((after - before))
+    # Sessions still held by the pair once loadgen has DELETEd all of its own: with
+    # roundrobin the DELETE reaches one node, the other keeps its adopted copy until idle.
+    sleep 1
+    log "adopt $1 round $2: sessions held after the run: n1 $(node_metric 1 shardcat_sessions), n2 $(node_metric 2 shardcat_sessions); evicted so far: n1 $(node_metric 1 shardcat_sessions_evicted_total), n2 $(node_metric 2 shardcat_sessions_evicted_total)"
     python3 - "$1" "$TMP/$name.json" "$ticks" "$CLK_TCK" "$((a1 - a0))" <<'PY' | tee -a "$TMP/adopt-results"
 import json, sys
 r = json.load(open(sys.argv[2]))
@@ -122,13 +127,14 @@ if [ "$ADOPT" = 1 ]; then
     done
 fi
 
+touch "$TMP/results"
 python3 - "$TMP/results" "$TMP/adopt-results" "$ROUNDS" "$CONNS" "$K" <<'PY'
 import statistics as st, sys, os
 rows = [l.split() for l in open(sys.argv[1])]
 print(f"\nmedians of {sys.argv[3]} rounds, closed loop, {sys.argv[4]} connections, session: initialize + initialized + {sys.argv[5]} calls + DELETE")
 print(f"{'':<16}{'req/s':>9}{'cpu-us/req':>12}{'p50 ms':>9}{'p99 ms':>9}{'init p50':>10}{'init p99':>10}")
 med = {}
-for w in ("call", "session"):
+for w in ("call", "session") if rows else ():
     for kind in ("plain", "sealed"):
         rs = [r for r in rows if r[0] == kind and r[1] == w]
         m = [st.median(float(r[i]) for r in rs) for i in range(2, 8)]
