@@ -43,6 +43,8 @@ enum Cmd {
         slots: usize,
         max_live: usize,
     },
+    /// Record a per-second timeline of a window of this length starting at this instant.
+    Timeline(Instant, Duration),
     /// Send the stats gathered since the last snapshot, and start afresh.
     Snapshot(Sender<Stats>),
     /// Stop every user, let in-flight requests finish, send the last stats, exit.
@@ -139,6 +141,14 @@ impl Engine {
                 slots: n,
                 max_live: (max_live / n).max(1),
             });
+        }
+    }
+
+    /// Every worker records a timeline of the window starting at `start` (into the stats that
+    /// the next snapshot collects).
+    pub fn start_timeline(&self, start: Instant, len: Duration) {
+        for w in &self.workers {
+            let _ = w.tx.send(Cmd::Timeline(start, len));
         }
     }
 
@@ -248,6 +258,9 @@ fn handle(ctx: &Rc<Ctx>, cmd: Cmd) {
             }
         }
         Cmd::Period(p) => ctx.period.set(p),
+        Cmd::Timeline(start, len) => {
+            ctx.stats.borrow_mut().timeline = crate::timeline::Timeline::new(start, len);
+        }
         Cmd::Churn {
             period,
             slot,
@@ -350,6 +363,88 @@ mod tests {
         // 4 users at 200 req/s in total for ~0.3 s: about 60 sends, none far off schedule.
         let s = run_for(Workload::Call, Some(200.0));
         assert!((30..=90).contains(&s.ok), "{} sends", s.ok);
+    }
+
+    /// A minimal MCP server on a loopback port: sessions s1, s2, ... from initialize; every
+    /// tools/call on s1 gets 404 (the server forgot it), on any other session a result.
+    fn forgetful_server() -> crate::target::Target {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+        let next = Arc::new(AtomicUsize::new(1));
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let next = next.clone();
+                std::thread::spawn(move || {
+                    let mut w = stream.try_clone().unwrap();
+                    let mut r = BufReader::new(stream);
+                    loop {
+                        let (mut len, mut sid, mut line) = (0, String::new(), String::new());
+                        let mut first = String::new();
+                        if r.read_line(&mut first).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        while r.read_line(&mut line).unwrap_or(0) > 2 {
+                            let l = line.to_ascii_lowercase();
+                            if let Some(v) = l.strip_prefix("content-length:") {
+                                len = v.trim().parse().unwrap();
+                            } else if let Some(v) = l.strip_prefix("mcp-session-id:") {
+                                sid = v.trim().to_string();
+                            }
+                            line.clear();
+                        }
+                        let mut body = vec![0; len];
+                        r.read_exact(&mut body).unwrap();
+                        let body = String::from_utf8(body).unwrap();
+                        let ok = "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}";
+                        let reply = if body.contains("\"method\":\"initialize\"") {
+                            let n = next.fetch_add(1, Ordering::Relaxed);
+                            format!("HTTP/1.1 200 OK\r\nmcp-session-id: s{n}\r\ncontent-length: {}\r\n\r\n{ok}", ok.len())
+                        } else if first.starts_with("DELETE") || body.contains("initialized") {
+                            "HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n".to_string()
+                        } else if sid == "s1" {
+                            "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".to_string()
+                        } else {
+                            format!(
+                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{ok}",
+                                ok.len()
+                            )
+                        };
+                        if w.write_all(reply.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        crate::target::parse(&url).unwrap()
+    }
+
+    #[test]
+    fn a_call_user_opens_a_new_session_after_a_404_and_the_timeline_counts_it() {
+        let cfg = UserCfg {
+            target: forgetful_server(),
+            user_headers: Default::default(),
+            workload: Workload::Call,
+            calls_per_session: 1,
+            payload_bytes: 8,
+        };
+        let mut e = Engine::start(&cfg, &[], 1, &[]).unwrap();
+        let _ = e.snapshot();
+        e.start_timeline(Instant::now(), Duration::from_secs(2));
+        e.add_users(1, Duration::ZERO);
+        assert!(e.wait_ready(Duration::from_secs(10)));
+        std::thread::sleep(Duration::from_millis(200));
+        let s = e.snapshot();
+        e.stop();
+        assert_eq!((s.errors, s.reinits), (1, 1), "{:?}", s.error_samples);
+        assert!(s.ok > 0, "calls on the new session succeed");
+        let row = s.timeline.rows()[0];
+        assert_eq!((row.failed, row.reinits, row.ok), (1, 1, s.ok));
+        assert!(s
+            .timeline
+            .error_span_s()
+            .is_some_and(|(a, b)| a == b && a < 1.0));
     }
 
     #[test]

@@ -29,6 +29,7 @@ mod schedule;
 mod soak;
 mod stats;
 mod target;
+mod timeline;
 mod trend;
 mod user;
 mod watch;
@@ -106,6 +107,11 @@ struct Args {
     /// Also write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Write the measured window second by second here as CSV (second,ok,failed,rejected,
+    /// reinits; one measured window only: no ramp or burst). The file is created, holding
+    /// the header, when the window starts, and gets its rows when the run ends.
+    #[arg(long)]
+    timeline_csv: Option<PathBuf>,
     /// Fail if any window's p99 latency exceeds this.
     #[arg(long)]
     max_p99_ms: Option<f64>,
@@ -206,6 +212,12 @@ fn finish(args: &Args, report: &report::Report) -> i32 {
     // JSON first: a script reading it must get it even if stdout is a closed pipe.
     if !write_json(args.json.as_deref(), report) {
         return 2;
+    }
+    if let Some(p) = &args.timeline_csv {
+        if let Err(e) = std::fs::write(p, timeline::csv(&report.timeline)) {
+            eprintln!("loadgen: cannot write {}: {e}", p.display());
+            return 2;
+        }
     }
     report::print_summary(report);
     if report.pass {
@@ -373,6 +385,9 @@ fn plan(a: &Args) -> Result<Plan, String> {
         if conns.is_empty() || conns.contains(&0) {
             return Err("connection counts must be at least 1".into());
         }
+        if conns.len() > 1 && a.timeline_csv.is_some() {
+            return Err("--timeline-csv needs one measured window (not a ramp or burst)".into());
+        }
     }
     let name = a
         .scenario
@@ -416,5 +431,6 @@ fn plan(a: &Args) -> Result<Plan, String> {
         allow_rejections: a.allow_rejections,
         target_url: a.target.join(","),
         connect_rate: a.connect_rate,
+        timeline_csv: a.timeline_csv.clone(),
     })
 }

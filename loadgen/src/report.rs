@@ -22,6 +22,7 @@ macro_rules! outln {
 use hdrhistogram::Histogram;
 
 use crate::stats::{SseStats, Stats};
+use crate::timeline::Second;
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Latency {
@@ -93,6 +94,11 @@ pub struct Row {
     pub errors: u64,
     pub rejected: u64,
     pub missed: u64,
+    /// When the window started (Unix time, ms).
+    pub start_unix_ms: u64,
+    /// Seconds from the window's start to its first and last error (none: no error in it).
+    pub first_error_s: Option<f64>,
+    pub last_error_s: Option<f64>,
     pub cpu_us_per_req: Option<f64>,
     pub rss_kb: Option<u64>,
     pub pass: bool,
@@ -137,9 +143,13 @@ pub struct Report {
     pub errors: u64,
     pub rejected: u64,
     pub reconnects: u64,
+    /// Sessions opened again after a 404 to the old one (call workload).
+    pub reinits: u64,
     pub iterations: u64,
     pub missed: u64,
     pub latency: Latency,
+    /// The first measured window, second by second (`--timeline-csv` writes it as CSV).
+    pub timeline: Vec<Second>,
     /// Each kind of request on its own over the measured windows (session workload: every
     /// request; churn: the requests inside the cycles, each timed from its send).
     pub by_method: Vec<MethodLatency>,
@@ -228,14 +238,28 @@ pub fn print_summary(r: &Report) {
         r.rps
     );
     outln!(
-        "  {:<11}errors {}, rejected {}, reconnects {}, iterations {}, missed {}",
+        "  {:<11}errors {}, rejected {}, reconnects {}, re-initializes {}, iterations {}, missed {}",
         "counts",
         r.errors,
         r.rejected,
         r.reconnects,
+        r.reinits,
         r.iterations,
         r.missed
     );
+    for (i, s) in r.steps.iter().enumerate() {
+        if let (Some(first), Some(last)) = (s.first_error_s, s.last_error_s) {
+            let which = if r.steps.len() > 1 {
+                format!(" (window {})", i + 1)
+            } else {
+                String::new()
+            };
+            outln!(
+                "  {:<11}first {first:.3} s, last {last:.3} s after the window's start{which}",
+                "errors at"
+            );
+        }
+    }
     let l = &r.latency;
     outln!(
         "  {:<11}p50 {:.3} ms, p90 {:.3}, p99 {:.3}, p99.9 {:.3}, max {:.3}, mean {:.3}",

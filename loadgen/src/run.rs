@@ -1,7 +1,8 @@
 //! Scenarios: turning the command line into a plan of measured windows, running it on the
 //! engine, and judging the result against the criteria.
 
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::admin;
 use crate::engine::Engine;
@@ -9,6 +10,7 @@ use crate::report::{self, Check, Latency, MethodLatency, Report, Row, WatchFigur
 use crate::rlimit;
 use crate::schedule::per_user_period;
 use crate::stats::Stats;
+use crate::timeline::{self, Timeline};
 use crate::user::{UserCfg, Workload};
 use crate::watch::{Sample, Watch};
 
@@ -54,6 +56,9 @@ pub struct Plan {
     pub target_url: String,
     /// New connections per second while a step adds users; `None`: all at once.
     pub connect_rate: Option<f64>,
+    /// Write the window's per-second timeline here (one measured window only): the header
+    /// when the window starts, every row at the end.
+    pub timeline_csv: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -91,6 +96,8 @@ struct Totals {
     other: Stats,
     cpu_us: u64,
     rows: Vec<Row>,
+    /// The first measured window's timeline.
+    timeline: Option<Timeline>,
 }
 
 /// Runs the plan; `Err` means it could not start (exit code 2).
@@ -160,8 +167,9 @@ fn run_step(
     if !ready {
         setup.error(format!("not all {conns} users were set up in time"));
     }
-    let (win, secs, cpu) = measure(engine, step, watch);
-    let row = make_row(plan, conns, setup_ms, &setup, &win, secs, cpu, watch, rate);
+    let (win, secs, cpu, start) = measure(plan, engine, step, watch);
+    let mut row = make_row(plan, conns, setup_ms, &setup, &win, secs, cpu, watch, rate);
+    row.start_unix_ms = start;
     t.absorb(setup, win, secs, cpu);
     row
 }
@@ -175,24 +183,39 @@ fn run_churn(
 ) -> Row {
     let rate = plan.rate.unwrap_or(100.0);
     engine.start_churn(rate, MAX_CHURN_IN_FLIGHT);
-    let (win, secs, cpu) = measure(engine, duration, watch);
+    let (win, secs, cpu, start) = measure(plan, engine, duration, watch);
     let none = Stats::default();
-    let row = make_row(plan, 0, 0, &none, &win, secs, cpu, watch, Some(rate));
+    let mut row = make_row(plan, 0, 0, &none, &win, secs, cpu, watch, Some(rate));
+    row.start_unix_ms = start;
     t.absorb(none, win, secs, cpu);
     row
 }
 
-/// One measured window: the stats gathered during `d`, its true length, and the watched
-/// process's CPU time over it.
-fn measure(engine: &Engine, d: Duration, watch: Option<&Watch>) -> (Stats, f64, Option<u64>) {
+/// One measured window: the stats gathered during `d` (with their per-second timeline), its
+/// true length, the watched process's CPU time over it, and its start (Unix ms).
+fn measure(
+    plan: &Plan,
+    engine: &Engine,
+    d: Duration,
+    watch: Option<&Watch>,
+) -> (Stats, f64, Option<u64>, u64) {
     let before = watch.map(Watch::now);
     let _ = engine.snapshot();
     let t0 = Instant::now();
-    std::thread::sleep(d);
+    let start_unix_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    engine.start_timeline(t0, d);
+    // The header alone marks the window's start for a script waiting on the file (e.g. to
+    // inject a fault at a known offset); failing to write it is reported at the end.
+    if let Some(p) = &plan.timeline_csv {
+        let _ = std::fs::write(p, timeline::CSV_HEADER);
+    }
+    std::thread::sleep(d.saturating_sub(t0.elapsed()));
     let win = engine.snapshot();
     let secs = t0.elapsed().as_secs_f64();
     let cpu = watch.map(|w| cpu_delta(before.unwrap_or_default(), w.now()));
-    (win, secs, cpu)
+    (win, secs, cpu, start_unix_ms)
 }
 
 fn cpu_delta(a: Sample, b: Sample) -> u64 {
@@ -200,7 +223,10 @@ fn cpu_delta(a: Sample, b: Sample) -> u64 {
 }
 
 impl Totals {
-    fn absorb(&mut self, setup: Stats, win: Stats, secs: f64, cpu: Option<u64>) {
+    fn absorb(&mut self, setup: Stats, mut win: Stats, secs: f64, cpu: Option<u64>) {
+        // Timelines of different windows do not line up: keep the first one apart.
+        let timeline = std::mem::take(&mut win.timeline);
+        self.timeline.get_or_insert(timeline);
         self.other.merge(&setup);
         self.measured.merge(&win);
         self.seconds += secs;
@@ -222,6 +248,7 @@ fn make_row(
 ) -> Row {
     let latency = Latency::of(win);
     let errors = setup.errors + win.errors;
+    let span = win.timeline.error_span_s();
     let rejected = setup.rejected + win.rejected;
     let p99_ok = plan.max_p99_ms.is_none_or(|m| latency.p99_ms <= m);
     Row {
@@ -235,6 +262,9 @@ fn make_row(
         errors,
         rejected,
         missed: win.missed,
+        start_unix_ms: 0,
+        first_error_s: span.map(|s| s.0),
+        last_error_s: span.map(|s| s.1),
         cpu_us_per_req: cpu.map(|c| c as f64 / win.ok.max(1) as f64),
         rss_kb: watch.map(|w| w.now().rss_kb),
         pass: errors == 0 && (rejected == 0 || plan.allow_rejections) && p99_ok,
@@ -271,6 +301,7 @@ fn build_report(
         errors: all.errors,
         rejected: all.rejected,
         reconnects: all.reconnects,
+        reinits: all.reinits,
         iterations: all.iterations,
         missed: all.missed,
         latency,
@@ -281,6 +312,10 @@ fn build_report(
         }),
         sse: (plan.cfg.workload == Workload::Sse).then_some(all.sse),
         watch: watch.map(|w| watch_figures(w, connections, t.cpu_us, t.measured.ok)),
+        timeline: t
+            .timeline
+            .as_ref()
+            .map_or_else(Vec::new, |t| t.rows().to_vec()),
         steps: t.rows,
         sessions_before: None,
         leaked_sessions: leaked.clone().and_then(Result::ok),

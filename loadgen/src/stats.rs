@@ -9,6 +9,8 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Deserialize;
 
+use crate::timeline::{Outcome, Timeline};
+
 /// Highest latency tracked exactly; longer ones are clamped (and would fail any criterion).
 const MAX_LATENCY_US: u64 = 3_600_000_000;
 /// Distinct error messages kept as samples for the report.
@@ -29,10 +31,14 @@ pub struct Stats {
     pub reconnects: u64,
     /// Complete session iterations (session workload, churn).
     pub iterations: u64,
+    /// Sessions opened again because the server answered 404 to the old one (call workload).
+    pub reinits: u64,
     /// Open loop: sends that were scheduled before the end but never went out.
     pub missed: u64,
     pub sse: SseStats,
     pub error_samples: Vec<(String, u64)>,
+    /// Per-second outcomes of the measured window (empty outside one).
+    pub timeline: Timeline,
     /// Latency of each kind of request on its own (initialize, tools/call, ...), keyed by
     /// method name. Holds only kinds that were timed; `ok` counts measured units, not these.
     pub by_method: BTreeMap<&'static str, Histogram<u64>>,
@@ -70,9 +76,11 @@ impl Default for Stats {
             rejected: 0,
             reconnects: 0,
             iterations: 0,
+            reinits: 0,
             missed: 0,
             sse: SseStats::default(),
             error_samples: Vec::new(),
+            timeline: Timeline::default(),
             by_method: BTreeMap::new(),
         }
     }
@@ -91,6 +99,19 @@ impl Stats {
     pub fn record_us(&mut self, us: u64) {
         self.hist.saturating_record(us.clamp(1, MAX_LATENCY_US));
         self.ok += 1;
+        self.timeline.record(Outcome::Ok);
+    }
+
+    /// Counts one 503 (admission rejection).
+    pub fn reject(&mut self) {
+        self.rejected += 1;
+        self.timeline.record(Outcome::Rejected);
+    }
+
+    /// Counts one session opened again after a 404.
+    pub fn reinit(&mut self) {
+        self.reinits += 1;
+        self.timeline.record(Outcome::Reinit);
     }
 
     /// Records the latency of one request of kind `method`, apart from the measured units
@@ -105,6 +126,7 @@ impl Stats {
 
     pub fn error(&mut self, what: String) {
         self.errors += 1;
+        self.timeline.record(Outcome::Failed);
         if let Some(s) = self.error_samples.iter_mut().find(|(m, _)| *m == what) {
             s.1 += 1;
         } else if self.error_samples.len() < MAX_ERROR_SAMPLES {
@@ -121,6 +143,8 @@ impl Stats {
         self.rejected += o.rejected;
         self.reconnects += o.reconnects;
         self.iterations += o.iterations;
+        self.reinits += o.reinits;
+        self.timeline.merge(&o.timeline);
         self.missed += o.missed;
         self.sse.merge(&o.sse);
         for (m, h) in &o.by_method {

@@ -209,6 +209,9 @@ enum Outcome {
     Ok(Reply),
     Rejected,
     Failed,
+    /// 404 to a tools/call: the server does not know the session (any more). Counted as an
+    /// error too.
+    Gone,
 }
 
 /// A user's connection, opened lazily and reopened after a failure.
@@ -305,8 +308,13 @@ impl Client {
             }
             200..=299 => Outcome::Ok(reply),
             503 => {
-                self.ctx.stats.borrow_mut().rejected += 1;
+                self.ctx.stats.borrow_mut().reject();
                 Outcome::Rejected
+            }
+            404 if what == What::Call => {
+                self.ctx
+                    .error(format!("{}: HTTP 404 (session gone)", what.name()));
+                Outcome::Gone
             }
             s => {
                 self.ctx.error(format!("{}: HTTP {s}", what.name()));
@@ -322,7 +330,7 @@ impl Client {
                 self.ctx.record_since(sched, what);
                 Some(r)
             }
-            Outcome::Rejected | Outcome::Failed => None,
+            Outcome::Rejected | Outcome::Failed | Outcome::Gone => None,
         }
     }
 
@@ -336,7 +344,7 @@ impl Client {
                 self.ctx.stats.borrow_mut().record_method(what.name(), d);
                 Some(r)
             }
-            Outcome::Rejected | Outcome::Failed => None,
+            Outcome::Rejected | Outcome::Failed | Outcome::Gone => None,
         }
     }
 
@@ -361,7 +369,7 @@ impl Client {
                     None => BACKOFF,
                 },
                 Outcome::Rejected => REJECT_BACKOFF,
-                Outcome::Failed => BACKOFF,
+                Outcome::Failed | Outcome::Gone => BACKOFF,
             };
             if !self.ctx.pause(wait).await {
                 return None;
@@ -424,19 +432,31 @@ pub async fn run_user(ctx: Rc<Ctx>, slot: usize, slots: usize, delay: Duration) 
     }
 }
 
+/// A session set up once, then tools/call on it. A 404 (the server no longer knows the
+/// session) opens a new one, as the spec asks of clients: counted in `reinits`.
 async fn call_user(ctx: &Rc<Ctx>, slot: usize, slots: usize) {
     let mut c = Client::new(ctx);
-    let Some(sid) = c.open_session().await else {
+    let Some(mut sid) = c.open_session().await else {
         return;
     };
     let mut req = proto::call(&c.target, &sid, ctx.cfg.payload_bytes);
     let mut pacer = ctx.pacer(slot, slots);
     while let Some(sched) = ctx.next_send(&mut pacer).await {
-        if c.timed(sched, &mut req, What::Call).await.is_none()
-            && pacer.is_none()
-            && !ctx.pause(BACKOFF).await
-        {
-            break;
+        match c.request(&mut req, What::Call).await {
+            Outcome::Ok(_) => ctx.record_since(sched, What::Call),
+            Outcome::Gone => {
+                let Some(new) = c.open_session().await else {
+                    break;
+                };
+                ctx.stats.borrow_mut().reinit();
+                sid = new;
+                req = proto::call(&c.target, &sid, ctx.cfg.payload_bytes);
+            }
+            Outcome::Rejected | Outcome::Failed => {
+                if pacer.is_none() && !ctx.pause(BACKOFF).await {
+                    break;
+                }
+            }
         }
     }
     ctx.account_missed(&pacer);
@@ -631,7 +651,7 @@ async fn open_stream(c: &mut Client, sid: &str) -> Opened {
             c.conn = None;
             match h.status {
                 503 => {
-                    c.ctx.stats.borrow_mut().rejected += 1;
+                    c.ctx.stats.borrow_mut().reject();
                     Opened::Failed
                 }
                 404 => {
