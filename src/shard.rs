@@ -170,15 +170,16 @@ impl Shard {
             idle: shared.config.timeouts.session_idle,
             max_age: shared.config.timeouts.session_max_age,
         };
-        let ended = shared
-            .config
-            .cluster
-            .as_ref()
-            .map_or(0, |c| c.max_ended_ids);
+        let mut sessions = Sessions::new(id as u8, lifetimes);
+        if let Some(c) = &shared.config.cluster {
+            sessions = sessions
+                .keep_ended(c.max_ended_ids)
+                .forget_sealed_after(c.forget_idle);
+        }
         Rc::new(Shard {
             id,
             stats,
-            sessions: RefCell::new(Sessions::new(id as u8, lifetimes).keep_ended(ended)),
+            sessions: RefCell::new(sessions),
             up,
             tape,
             backlog: RefCell::new(std::collections::VecDeque::new()),

@@ -50,9 +50,17 @@ fn node(name: &str, host: u8, upstream: &str, key: &str, previous: Option<&str>)
     let previous = previous
         .map(|p| format!("previous_session_key_file = \"{p}\"\n"))
         .unwrap_or_default();
-    let toml = format!(
-        "{upstream}\n[cluster]\nnode_id = \"{name}\"\nsession_key_file = \"{key}\"\n{previous}"
-    );
+    node_with(
+        name,
+        host,
+        upstream,
+        &format!("session_key_file = \"{key}\"\n{previous}"),
+    )
+}
+
+/// `node`, with `cluster` as the `[cluster]` table's lines beside `node_id`.
+fn node_with(name: &str, host: u8, upstream: &str, cluster: &str) -> Proc {
+    let toml = format!("{upstream}\n[cluster]\nnode_id = \"{name}\"\n{cluster}");
     let path = std::env::temp_dir().join(format!(
         "shardcat-cluster-{}-{}.toml",
         std::process::id(),
@@ -551,11 +559,10 @@ fn behind_a_balancer_the_proxy_header_names_the_client() {
 fn a_node_that_lets_a_sealed_session_idle_out_only_forgets_it() {
     let demo = demo();
     let key = key_file();
-    let up = format!(
-        "{}\n[timeouts]\nsession_idle_timeout_ms = 1000\n",
-        http_upstream(&demo_url(&demo))
-    );
-    let n1 = node("n1", 2, &up, &key, None);
+    let up = http_upstream(&demo_url(&demo));
+    // Forgotten after 1 s unused, though sessions idle out after the default 5 minutes.
+    let cluster = format!("session_key_file = \"{key}\"\nforget_idle_ms = 1000\n");
+    let n1 = node_with("n1", 2, &up, &cluster);
     let (a, admin) = (n1.addr("listen"), n1.addr("admin"));
     let sid = open(a);
     assert!(

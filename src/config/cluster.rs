@@ -21,6 +21,8 @@ pub struct ClusterConfig {
     pub keys: SessionKeys,
     /// Ended sessions' ids each shard refuses (`cluster.max_ended_ids`).
     pub max_ended_ids: usize,
+    /// Sealed sessions unused this long are forgotten (`cluster.forget_idle_ms`).
+    pub forget_idle: std::time::Duration,
     /// This run of the node, random at start: SSE event ids carry it, so that a stream
     /// number this run gave is never mistaken for another node's or an earlier run's.
     pub incarnation: u32,
@@ -40,6 +42,9 @@ impl ClusterSection {
             Some(path) => Some(read_key("previous_session_key_file", path)?),
             None => None,
         };
+        if self.forget_idle_ms == 0 {
+            return Err("invalid config: cluster.forget_idle_ms: must be at least 1".into());
+        }
         if previous == Some(current) {
             return Err(format!(
                 "invalid config: cluster.previous_session_key_file: {} holds the same key as \
@@ -53,6 +58,7 @@ impl ClusterSection {
             node_id: self.node_id.clone(),
             keys: SessionKeys::new(current, previous),
             max_ended_ids: self.max_ended_ids,
+            forget_idle: std::time::Duration::from_millis(self.forget_idle_ms),
             incarnation: incarnation(),
         })
     }

@@ -450,6 +450,17 @@ pub struct ClusterSection {
     /// kept so that the shard refuses them; the oldest are forgotten first.
     #[serde(default = "default_max_ended_ids")]
     pub max_ended_ids: usize,
+    /// A sealed session unused this long is forgotten by the node (not ended upstream):
+    /// another node may serve it now, and this one adopts it again if it comes back.
+    #[serde(default = "default_forget_idle_ms")]
+    pub forget_idle_ms: u64,
+}
+
+/// `cluster.forget_idle_ms`.
+pub const DEFAULT_FORGET_IDLE_MS: u64 = 30_000;
+
+fn default_forget_idle_ms() -> u64 {
+    DEFAULT_FORGET_IDLE_MS
 }
 
 /// `cluster.max_ended_ids`: 8 bytes each, per shard.

@@ -62,6 +62,9 @@ pub struct Session {
     /// `None`: the plain local id (`SessionId::encode`).
     pub token: Option<Rc<str>>,
     pub sealed: bool,
+    /// Ended (a sealed one: forgotten) after this long without a request: the table's idle
+    /// timeout, or for a sealed session the shorter `forget_sealed` one.
+    idle: Duration,
     /// Its key on the schedule.
     due: Instant,
 }
@@ -105,6 +108,9 @@ pub struct Sessions {
     ended_order: VecDeque<u64>,
     max_ended: usize,
     digest: RandomState,
+    /// How long a sealed session may sit unused before this shard forgets it (`None`: the
+    /// idle timeout).
+    forget_sealed: Option<Duration>,
 }
 
 /// Schedule entries looked at when choosing a session to evict.
@@ -122,7 +128,16 @@ impl Sessions {
             ended_order: VecDeque::new(),
             max_ended: 0,
             digest: RandomState::new(),
+            forget_sealed: None,
         }
+    }
+
+    /// Forgets sealed sessions unused for `after` (`cluster.forget_idle_ms`), when that is
+    /// shorter than the idle timeout: another node may be serving them, and a shard adopts
+    /// one again on its next request for the price of opening its id.
+    pub fn forget_sealed_after(mut self, after: Duration) -> Sessions {
+        self.forget_sealed = Some(after);
+        self
     }
 
     /// Keeps the digests of at most `max` ended sessions' tokens (`cluster.max_ended_ids`).
@@ -142,6 +157,16 @@ impl Sessions {
         let s = &mut self.slab[id.slot as usize];
         s.token = Some(token);
         s.sealed = sealed;
+        let Some(forget) = self.forget_sealed.filter(|f| sealed && *f < s.idle) else {
+            return;
+        };
+        // Due sooner now: its place on the schedule moves up.
+        s.idle = forget;
+        let old_due = s.due;
+        let (due, _) = self.deadline(&self.slab[id.slot as usize]);
+        self.schedule.remove(&(old_due, id.slot));
+        self.schedule.insert((due, id.slot), id.secret);
+        self.slab[id.slot as usize].due = due;
     }
 
     /// The live session holding sealed token `token`.
@@ -176,7 +201,7 @@ impl Sessions {
 
     /// When a session is really due: idle deadline or maximum age, whichever is first.
     fn deadline(&self, s: &Session) -> (Instant, Expiry) {
-        let idle = s.last_seen + self.lifetimes.idle;
+        let idle = s.last_seen + s.idle;
         let old = s.created + self.lifetimes.max_age;
         if old <= idle {
             (old, Expiry::MaxAge)
@@ -275,6 +300,7 @@ impl Sessions {
             sse: Default::default(),
             token: None,
             sealed: false,
+            idle: self.lifetimes.idle,
             due,
         });
         debug_assert!(slot <= u32::MAX as usize, "session slab exceeded u32 slots");
@@ -486,6 +512,25 @@ mod tests {
         let mut none = table();
         none.bury("tok-a");
         assert!(!none.was_ended("tok-a"), "keep_ended(0) keeps none");
+    }
+
+    #[test]
+    fn sealed_sessions_are_forgotten_sooner() {
+        let mut t = table().forget_sealed_after(3 * S);
+        let t0 = Instant::now();
+        let sealed = t.insert(http(Some("a")), Version::assumed(), t0);
+        t.set_token(&sealed, Rc::from("tok"), true);
+        let pinned = t.insert(http(None), Version::assumed(), t0);
+        t.set_token(&pinned, Rc::from("n1.x"), false);
+        assert_eq!(t.scheduled(), 2, "moved on the schedule, not added twice");
+        assert!(t.due(t0 + 2 * S).is_empty());
+        assert_eq!(t.due(t0 + 3 * S), vec![(sealed, Expiry::Idle)]);
+        t.remove(&sealed);
+        assert!(
+            t.due(t0 + 9 * S).is_empty(),
+            "a pinned one keeps the idle timeout"
+        );
+        assert_eq!(t.due(t0 + 10 * S), vec![(pinned, Expiry::Idle)]);
     }
 
     #[test]
