@@ -1,7 +1,10 @@
 //! Micro-benchmarks of the sealed cluster session token (`cluster::SessionKeys`): sealing a
 //! session's claims at initialize and opening them on a request, for 1 and 3 members (upstream
 //! session ids of 32 hex characters, the Python SDK's), against the plain session id a single
-//! gateway uses today (`mcp::SessionId` encode and decode), the baseline.
+//! gateway uses today (`mcp::SessionId` encode and decode), the baseline. And what a request
+//! pays to find its session in a shard's table of 10,000: by its sealed token
+//! (`Sessions::find_token`, a hash of the 131-character token, then the slab) against the
+//! plain id (decode, then the slab).
 //!
 //! Run with `cargo bench --bench cluster`.
 
@@ -11,7 +14,9 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion};
 
 use shardcat::cluster::{Claims, Member, SessionKeys};
-use shardcat::mcp::{random_secret, SessionId};
+use shardcat::mcp::{random_secret, SessionId, Version};
+use shardcat::shard::session::{Lifetimes, Sessions};
+use shardcat::upstream::UpSession;
 
 fn claims(members: u8) -> Claims {
     Claims {
@@ -68,6 +73,46 @@ fn cluster_token(c: &mut Criterion) {
     g.finish();
 }
 
+/// Finding a session for a request, in a table of 10,000 sessions each with a sealed token.
+fn session_lookup(c: &mut Criterion) {
+    let keys = SessionKeys::new([0x5a; 32], None);
+    let lifetimes = Lifetimes {
+        idle: Duration::from_secs(300),
+        max_age: Duration::from_secs(86_400),
+    };
+    let mut table = Sessions::new(1, lifetimes);
+    let now = std::time::Instant::now();
+    let mut probe = None;
+    for i in 0..10_000u32 {
+        let up = UpSession::Http {
+            upstream: 0,
+            sid: Some(format!("{i:032x}").into()),
+        };
+        let id = table.insert(up, Version::assumed(), now);
+        let token = keys.seal_random(&claims(1)).expect("seal");
+        table.set_token(&id, token.as_str().into(), true);
+        if i == 5_000 {
+            probe = Some((id, token));
+        }
+    }
+    let (id, token) = probe.expect("a probe");
+    let plain = id.encode();
+    let mut g = c.benchmark_group("session_lookup");
+    g.bench_function("plain_id", |b| {
+        b.iter(|| {
+            let id = SessionId::decode(black_box(plain.as_bytes())).expect("decodes");
+            table.get(&id).map(|s| s.version)
+        })
+    });
+    g.bench_function("sealed_token", |b| {
+        b.iter(|| {
+            let id = table.find_token(black_box(&token)).expect("found");
+            table.get(&id).map(|s| s.version)
+        })
+    });
+    g.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(30)
@@ -78,6 +123,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = cluster_token
+    targets = cluster_token, session_lookup
 }
 criterion_main!(benches);

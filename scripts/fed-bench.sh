@@ -13,7 +13,7 @@
 # Pinning: gateway (1 shard) on core 0; demo servers and loadgen on core 1.
 #
 # Env: DURATION (8), WARMUP (2), CONNS (64), ROUNDS (2), INITS (200). Needs release builds:
-#   cargo build --release --bin shardcat -p loadgen
+#   cargo build --release -p shardcat -p loadgen
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${DURATION:-8}"; WARMUP="${WARMUP:-2}"; CONNS="${CONNS:-64}"; ROUNDS="${ROUNDS:-2}"

@@ -15,7 +15,7 @@
 # Env: RATE (2000 req/s), CONNS (60), DURATION (30 s), T_KILL (10 s), T_RESTART (20 s),
 # SHARDS (2), NODE_CPUS (0), HAPROXY_CPUS (1), DEMO_CPUS (1), LG_CPUS (1), KEEP_TMP=1 keeps
 # the temp dir (timeline.csv, loadgen.json, logs). Needs release builds:
-#   cargo build --release --bin shardcat -p loadgen
+#   cargo build --release -p shardcat -p loadgen
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RATE="${RATE:-2000}"; CONNS="${CONNS:-60}"; DURATION="${DURATION:-30}"

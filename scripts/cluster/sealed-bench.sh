@@ -20,7 +20,7 @@
 #
 # Env: DURATION (8), WARMUP (2), CONNS (64), ROUNDS (3), K (5: calls per session),
 # SINGLE (1: run the one-node part), ADOPT (1: run the adoption-heavy part). Needs release builds:
-#   cargo build --release --bin shardcat -p loadgen
+#   cargo build --release -p shardcat -p loadgen
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION="${DURATION:-8}"; WARMUP="${WARMUP:-2}"; CONNS="${CONNS:-64}"; ROUNDS="${ROUNDS:-3}"
