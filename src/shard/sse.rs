@@ -490,9 +490,10 @@ pub fn parse_event_id(raw: &[u8]) -> Option<(u32, u64)> {
 /// checked as the header value it becomes: no control bytes.
 pub fn carried_id(raw: &[u8]) -> Option<Carried<Vec<u8>>> {
     use base64::Engine;
+    // The gateway id first, parsed as `parse_event_id` parses the whole.
+    parse_event_id(raw)?;
     let text = std::str::from_utf8(raw).ok()?.trim();
-    let mut parts = text.splitn(3, '.');
-    parse_event_id(parts.next()?.as_bytes())?;
+    let mut parts = text.splitn(3, '.').skip(1);
     let tag = parts.next()?;
     let kind = match tag.get(..1)? {
         "g" => StreamKind::Get,
