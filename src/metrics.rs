@@ -899,64 +899,63 @@ fn render_requests(stats: &[&ShardStats], format: Format, out: &mut String) {
     }
 }
 
-fn render_rejections(stats: &[&ShardStats], format: Format, out: &mut String) {
-    header(
-        out,
-        format,
-        "shardcat_rejections_total",
-        Kind::Counter,
-        "Requests or connections refused because a bound was hit, by reason.",
-    );
-    for (i, what) in REJECTIONS.iter().enumerate() {
+/// A counter family with one label whose values come from a fixed list, `get(shard, i)`
+/// giving the count of `labels[i]`.
+struct Labeled {
+    name: &'static str,
+    help: &'static str,
+    label: &'static str,
+    labels: &'static [&'static str],
+    get: fn(&ShardStats, usize) -> u64,
+}
+
+fn render_labeled(f: &Labeled, stats: &[&ShardStats], format: Format, out: &mut String) {
+    header(out, format, f.name, Kind::Counter, f.help);
+    for (i, value) in f.labels.iter().enumerate() {
         for s in stats {
             let _ = writeln!(
                 out,
-                "shardcat_rejections_total{{shard=\"{}\",reason=\"{what}\"}} {}",
+                "{}{{shard=\"{}\",{}=\"{value}\"}} {}",
+                f.name,
                 s.shard,
-                s.rejections[i].load(Relaxed)
+                f.label,
+                (f.get)(s, i)
             );
         }
     }
+}
+
+fn render_rejections(stats: &[&ShardStats], format: Format, out: &mut String) {
+    let f = Labeled {
+        name: "shardcat_rejections_total",
+        help: "Requests or connections refused because a bound was hit, by reason.",
+        label: "reason",
+        labels: &REJECTIONS,
+        get: |s, i| s.rejections[i].load(Relaxed),
+    };
+    render_labeled(&f, stats, format, out);
 }
 
 fn render_auth(stats: &[&ShardStats], format: Format, out: &mut String) {
-    header(
-        out,
-        format,
-        "shardcat_auth_total",
-        Kind::Counter,
-        "Requests authenticated (ok) or refused, by result.",
-    );
-    for (i, result) in AUTH_RESULTS.iter().enumerate() {
-        for s in stats {
-            let _ = writeln!(
-                out,
-                "shardcat_auth_total{{shard=\"{}\",result=\"{result}\"}} {}",
-                s.shard,
-                s.auth[i].load(Relaxed)
-            );
-        }
-    }
+    let f = Labeled {
+        name: "shardcat_auth_total",
+        help: "Requests authenticated (ok) or refused, by result.",
+        label: "result",
+        labels: &AUTH_RESULTS,
+        get: |s, i| s.auth[i].load(Relaxed),
+    };
+    render_labeled(&f, stats, format, out);
 }
 
 fn render_cluster_refusals(stats: &[&ShardStats], format: Format, out: &mut String) {
-    header(
-        out,
-        format,
-        "shardcat_cluster_ids_refused_total",
-        Kind::Counter,
-        "Clustered session ids refused (answered 404), by reason.",
-    );
-    for (i, why) in CLUSTER_REFUSALS.iter().enumerate() {
-        for s in stats {
-            let _ = writeln!(
-                out,
-                "shardcat_cluster_ids_refused_total{{shard=\"{}\",reason=\"{why}\"}} {}",
-                s.shard,
-                s.cluster_refused[i].load(Relaxed)
-            );
-        }
-    }
+    let f = Labeled {
+        name: "shardcat_cluster_ids_refused_total",
+        help: "Clustered session ids refused (answered 404), by reason.",
+        label: "reason",
+        labels: &CLUSTER_REFUSALS,
+        get: |s, i| s.cluster_refused[i].load(Relaxed),
+    };
+    render_labeled(&f, stats, format, out);
 }
 
 /// Each shard's view of each HTTP upstream (by its index in the configuration).
