@@ -717,8 +717,17 @@ fn stdio_sessions_are_pinned_to_their_node() {
     }
     for i in 0..3 {
         let name = c.nodes[i].addrs.name.clone();
-        let calls = c.metric(i, "shardcat_requests_total{method=\"tools/call\"}");
         let want = per_node.get(&name).copied().unwrap_or(0.0);
+        // A request is counted once its answer was written: the last one may be counted a
+        // moment after the client read it.
+        let mut calls = 0.0;
+        for _ in 0..50 {
+            calls = c.metric(i, "shardcat_requests_total{method=\"tools/call\"}");
+            if calls == want {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         assert_eq!(
             calls, want,
             "{name} counted {calls} tools/call, its own sessions made {want}"
