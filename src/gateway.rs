@@ -104,35 +104,82 @@ impl Delivery {
 }
 
 /// Serves one client connection until it closes, fails, idles out, or moves to another shard.
+///
+/// This future is what an idle keep-alive connection costs (`serve_task_bytes`): a
+/// connection serving requests runs `serve_busy`, boxed, with the state of an exchange
+/// (4.7 KB) and its read buffer; once no request came for `IDLE_BUFFER_HOLD` it gives both
+/// back and waits here, holding only a readiness wait. One allocation per busy period, none
+/// per request.
 pub async fn serve(shard: Rc<Shard>, mut conn: ClientConn) {
     loop {
-        let head = match client::next_head(&shard, &mut conn).await {
-            Ok(Some(h)) => h,
-            Ok(None) => return,
-            Err(e) => {
-                let _ = respond::write_error(&shard, &mut conn.stream, &e, false).await;
-                shard.stats.count_request("invalid", e.status());
-                client::linger(&shard, &mut conn, false).await;
-                return;
+        match Box::pin(serve_busy(&shard, &mut conn)).await {
+            Busy::Closed => return,
+            Busy::Idle => {
+                if !client::wait_idle(&shard, &mut conn).await {
+                    return;
+                }
             }
-        };
-        if let Some(owner) = foreign_owner(&shard, &head) {
-            match conn.hand_off(owner) {
+            Busy::HandOff(owner) => match conn.hand_off(owner) {
                 Ok(()) => return,
                 Err(back) => {
                     conn = *back;
                     shard.stats.count_rejection("handoff_queue");
                     let e = Error::new(Kind::Overloaded("handoff_queue"), "");
-                    let _ = respond::write_error(&shard, &mut conn.stream, &e, false).await;
-                    return;
+                    return Box::pin(refuse(&shard, &mut conn, e, false)).await;
                 }
-            }
+            },
         }
-        if !exchange(&shard, &mut conn, head).await || shard.shutdown.is_set() {
-            return;
+    }
+}
+
+/// How a busy period of a connection ended.
+enum Busy {
+    /// Closed, failed, idled out for good, or shutting down.
+    Closed,
+    /// No request for `IDLE_BUFFER_HOLD`: wait for the next one cheaply.
+    Idle,
+    /// The request read names a session another shard owns.
+    HandOff(usize),
+}
+
+/// Serves requests on a connection while they keep coming.
+async fn serve_busy(shard: &Rc<Shard>, conn: &mut ClientConn) -> Busy {
+    loop {
+        let head = match client::next_head(shard, conn).await {
+            Ok(client::Next::Head(h)) => h,
+            Ok(client::Next::Idle) => return Busy::Idle,
+            Ok(client::Next::Closed) => return Busy::Closed,
+            Err(e) => {
+                shard.stats.count_request("invalid", e.status());
+                refuse(shard, conn, e, true).await;
+                return Busy::Closed;
+            }
+        };
+        if let Some(owner) = foreign_owner(shard, &head) {
+            return Busy::HandOff(owner);
+        }
+        if !exchange(shard, conn, head).await || shard.shutdown.is_set() {
+            return Busy::Closed;
         }
         conn.rb.shrink_if_idle();
     }
+}
+
+/// Answers a request that cannot be served with `e` and ends the connection (lingering first
+/// when `linger`: the client may still be sending).
+async fn refuse(shard: &Shard, conn: &mut ClientConn, e: Error, linger: bool) {
+    let _ = respond::write_error(shard, &mut conn.stream, &e, false).await;
+    if linger {
+        client::linger(shard, conn, false).await;
+    }
+}
+
+/// The bytes a connection's task holds while it waits for a request: the `serve` future.
+pub fn serve_task_bytes() -> usize {
+    fn size<A, B, F: std::future::Future>(_: impl Fn(A, B) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+    size(serve)
 }
 
 /// The shard owning the session a request names, when it is not this one.
@@ -313,4 +360,23 @@ fn log_error(shard: &Shard, e: &Error) {
 /// Maps a classified method to its metrics label (a static string from the label table).
 fn static_method(m: &str) -> &'static str {
     crate::metrics::METHODS[method_index(m)]
+}
+
+#[cfg(test)]
+mod tests {
+    /// The most a connection's future may take: an idle keep-alive connection costs this plus
+    /// its task header, its socket and the kernel's buffers (issue goal: 2 KB per idle
+    /// connection in all). Debug builds lay futures out larger than release.
+    const MAX_SERVE_FUTURE_BYTES: usize = if cfg!(debug_assertions) { 1536 } else { 768 };
+
+    #[test]
+    fn a_connection_waiting_for_its_next_request_stays_small() {
+        let n = super::serve_task_bytes();
+        eprintln!("serve future: {n} bytes");
+        assert!(
+            n <= MAX_SERVE_FUTURE_BYTES,
+            "gateway::serve's future is {n} bytes, past its bound of {MAX_SERVE_FUTURE_BYTES}: \
+             box the state that grew (see the note on `serve`)"
+        );
+    }
 }

@@ -36,7 +36,7 @@
 //!   (scale-out: the sealed session token any node of a cluster opens, pinned ids), `limits`
 //!   (per-client limits), `metrics` (per-shard counters and histograms), `error` (the one
 //!   error type and its mapping to HTTP status and JSON-RPC error), `sync` (shard-local queue,
-//!   event, buffer cache).
+//!   event, buffer cache), `timer` (each shard's deadlines: one heap, one monoio sleep).
 //!
 //! A request: `runtime::accept_loop` → `gateway::serve` → `gateway::exchange` (`client`
 //! reads the head; a request for another shard's session hands the connection over through
@@ -65,4 +65,5 @@ pub mod runtime;
 pub mod shard;
 pub mod sync;
 pub mod tape;
+pub mod timer;
 pub mod upstream;

@@ -214,7 +214,8 @@ fn admit(shard: &Rc<Shard>, stream: TcpStream) {
         ));
         return;
     }
-    let conn = ClientConn::new(shard, stream, shard.take_buffer());
+    let first = Vec::with_capacity(crate::codec::http::FIRST_READ_BUF_BYTES);
+    let conn = ClientConn::new(shard, stream, first);
     monoio::spawn(crate::gateway::serve(shard.clone(), conn));
 }
 

@@ -16,24 +16,38 @@ use crate::codec::http::{self, BodyDecoder, BodyKind, RequestHead};
 use crate::error::{Error, Kind, Result};
 use crate::shard::{ClientConn, Shard};
 
-/// Reads the next request head. `Ok(None)`: the client closed or idled out between requests.
-pub async fn next_head(shard: &Shard, conn: &mut ClientConn) -> Result<Option<RequestHead>> {
+/// What waiting for a connection's next request gave.
+pub enum Next {
+    Head(RequestHead),
+    /// Closed by the client, the keep-alive idle timeout passed, or shutting down.
+    Closed,
+    /// Nothing for `IDLE_BUFFER_HOLD`: wait without a buffer (`wait_idle`).
+    Idle,
+}
+
+/// Reads the next request head. Its head and body share the `client_head_timeout_ms` budget,
+/// counted from the head's first bytes.
+pub async fn next_head(shard: &Shard, conn: &mut ClientConn) -> Result<Next> {
     let limits = http::HeadLimits {
         max_head_bytes: shard.config().limits.max_head_bytes,
         max_headers: shard.config().limits.max_headers,
     };
-    let started = Instant::now();
+    let mut started = Instant::now();
     if shard.config().proxy_protocol && !conn.proxy_read() && !proxy_header(shard, conn).await? {
-        return Ok(None);
+        return Ok(Next::Closed);
     }
     loop {
         if let Some(head) = http::parse_request(conn.rb.data(), limits)? {
-            return Ok(Some(head));
+            return Ok(Next::Head(head));
         }
         if conn.rb.data().is_empty() {
-            match idle_read(shard, conn).await {
-                Some(n) if n > 0 => continue,
-                _ => return Ok(None),
+            match hold_read(shard, conn).await {
+                Some(n) if n > 0 => {
+                    started = Instant::now();
+                    continue;
+                }
+                Some(_) => return Ok(Next::Closed),
+                None => return Ok(Next::Idle),
             }
         }
         match read_within_head_budget(shard, conn, started).await {
@@ -96,29 +110,33 @@ async fn proxy_header(shard: &Shard, conn: &mut ClientConn) -> Result<bool> {
 
 /// How long a connection between requests keeps its read buffer armed in a read. A busy
 /// keep-alive connection thus costs one read per request; one idle past this gives its buffer
-/// back and waits for readiness instead, so idle connections cost almost no memory.
+/// back and its busy state (`gateway::serve_busy`), and waits for readiness instead, so idle
+/// connections cost almost no memory.
 /// Measured at 5000 connections × 2 req/s (open loop): a 100 ms hold, crossed on every request,
 /// gave p99 45 ms; a hold longer than the gaps gave 13 ms. 1 s keeps clients that pause between
-/// calls on the cheap path; idle RSS at 5000 connections is 51 MB (tuning.md).
+/// calls on the cheap path; idle connections cost about 1.4 KB each (tuning.md).
 const IDLE_BUFFER_HOLD: Duration = Duration::from_secs(1);
 
-/// Reads the first bytes of the next request. `None` (or `Some(0)`) when the client closed, the
-/// keep-alive idle timeout passed, or the shard is shutting down.
-async fn idle_read(shard: &Shard, conn: &mut ClientConn) -> Option<usize> {
+/// Reads the first bytes of the next request while the connection keeps its buffer. `None`:
+/// nothing came for `IDLE_BUFFER_HOLD` (go on with `wait_idle`); `Some(0)`: the client
+/// closed, the keep-alive idle timeout passed, or the shard is shutting down.
+async fn hold_read(shard: &Shard, conn: &mut ClientConn) -> Option<usize> {
     let idle = shard.config().timeouts.keepalive_idle;
     let hold = idle.min(IDLE_BUFFER_HOLD);
     match read_with_deadline(shard, conn, hold, true).await {
-        Ok(n) => return Some(n),
-        Err(_) if shard.shutdown.is_set() || hold >= idle => return None,
-        Err(_) => {}
+        Ok(n) => Some(n),
+        Err(_) if shard.shutdown.is_set() || hold >= idle => Some(0),
+        Err(_) => None,
     }
-    if !wait_readable(shard, conn, idle - hold).await {
-        return None;
-    }
-    let head_timeout = shard.config().timeouts.client_head;
-    read_with_deadline(shard, conn, head_timeout, false)
-        .await
-        .ok()
+}
+
+/// Waits, holding no read buffer, for the next request on a connection idle for
+/// `IDLE_BUFFER_HOLD`, up to the rest of the keep-alive idle timeout. False: that passed, or
+/// shutdown came first. A connection that became readable gets a buffer again (its bytes may
+/// also be the client's close: the next read tells).
+pub async fn wait_idle(shard: &Shard, conn: &mut ClientConn) -> bool {
+    let idle = shard.config().timeouts.keepalive_idle;
+    wait_readable(shard, conn, idle.saturating_sub(IDLE_BUFFER_HOLD)).await
 }
 
 /// Waits, holding no read buffer, until an idle connection has bytes to read. False when `wait`
@@ -132,11 +150,11 @@ async fn wait_readable(shard: &Shard, conn: &mut ClientConn, wait: Duration) -> 
     shard.give_buffer(spare);
     let ready = monoio::select! {
         r = conn.stream.readable(false) => r.is_ok(),
-        _ = monoio::time::sleep(wait) => false,
+        _ = crate::timer::sleep(wait) => false,
         _ = shard.shutdown.wait() => false,
     };
     if ready {
-        conn.rb = http::ReadBuf::from_vec(shard.take_buffer());
+        conn.rb = http::ReadBuf::with_capacity(http::FIRST_READ_BUF_BYTES);
     }
     ready
 }
@@ -174,7 +192,7 @@ async fn read_with_deadline(
     let mut read = std::pin::pin!(read);
     let done = monoio::select! {
         r = &mut read => Some(r),
-        _ = monoio::time::sleep(wait) => None,
+        _ = crate::timer::sleep(wait) => None,
         _ = shard.shutdown.wait(), if idle => None,
     };
     match done {

@@ -69,7 +69,7 @@ impl Shard {
                 Ok(()) => return,
                 Err(back) => {
                     frame = back;
-                    monoio::time::sleep(pause).await;
+                    crate::timer::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(5));
                 }
             }

@@ -129,7 +129,7 @@ async fn write_loop(
                 _ = stream.changed.notified() => true,
                 _ = shard.shutdown.wait() => return WriteEnd::Shutdown,
                 _ = crate::upstream::http::client_hung_up(&conn.stream) => return WriteEnd::ClientGone,
-                _ = monoio::time::sleep(keepalive) => false,
+                _ = crate::timer::sleep(keepalive) => false,
             };
             if woke {
                 continue;
@@ -346,8 +346,7 @@ async fn read_body(
     let mut dec = BodyDecoder::new(kind);
     let mut split = SseSplitter::new(shard.config().limits.max_event_bytes);
     let mut last_event = Instant::now();
-    let wake = monoio::time::sleep_until(wake_at(shard, stream, last_event).into());
-    let mut wake = std::pin::pin!(wake);
+    let mut wake = crate::timer::sleep_until(wake_at(shard, stream, last_event));
     let end = loop {
         let done = match dec.decode(&mut urb, &mut |d: &[u8]| split.push(d)) {
             Ok(d) => d,
@@ -374,15 +373,7 @@ async fn read_body(
             }
             break BodyEnd::Complete;
         }
-        match read_more(
-            shard,
-            stream,
-            (&mut up, &mut urb),
-            last_event,
-            wake.as_mut(),
-        )
-        .await
-        {
+        match read_more(shard, stream, (&mut up, &mut urb), last_event, &mut wake).await {
             Ok(0) => {
                 if dec.finish_on_eof().is_err() {
                     break BodyEnd::Broken;
@@ -473,7 +464,7 @@ fn abandoned(shard: &Shard, stream: &Stream) -> bool {
 
 async fn sleep_until(at: Option<Instant>) {
     match at {
-        Some(at) => monoio::time::sleep(at.saturating_duration_since(Instant::now())).await,
+        Some(at) => crate::timer::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }
@@ -493,7 +484,7 @@ async fn read_more(
     stream: &Stream,
     conn: (&mut UpConn, &mut ReadBuf),
     last_event: Instant,
-    mut wake: std::pin::Pin<&mut monoio::time::Sleep>,
+    wake: &mut crate::timer::Sleep,
 ) -> Result<usize, BodyEnd> {
     let (up, urb) = conn;
     loop {
@@ -506,7 +497,7 @@ async fn read_more(
         let first = monoio::select! {
             biased;
             r = &mut read => Some(r),
-            _ = wake.as_mut() => None,
+            _ = &mut *wake => None,
         };
         let r = match first {
             Some(r) => r,
@@ -527,8 +518,7 @@ async fn read_more(
                 if Instant::now() >= last_event + shard.config().timeouts.sse_idle {
                     return Err(BodyEnd::Idle);
                 }
-                wake.as_mut()
-                    .reset(wake_at(shard, stream, last_event).into());
+                wake.reset(wake_at(shard, stream, last_event));
             }
             Err(_) => return Err(BodyEnd::Broken),
         }

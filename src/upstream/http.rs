@@ -378,8 +378,8 @@ pub async fn end_quietly(up: Rc<Upstreams>, sid: Rc<str>, i: usize, timeout: std
         }
         Some(head.status)
     };
-    match monoio::time::timeout(timeout, fut).await {
-        Ok(Some(status)) => log::debug!("shard {}: upstream DELETE answered {status}", up.shard),
+    match crate::timer::timeout(timeout, fut).await {
+        Some(Some(status)) => log::debug!("shard {}: upstream DELETE answered {status}", up.shard),
         _ => log::info!(
             "shard {}: upstream DELETE for an ended session failed or timed out",
             up.shard
@@ -530,14 +530,14 @@ pub async fn read_upstream(
     let first = monoio::select! {
         biased;
         r = &mut read => Some(r),
-        _ = monoio::time::sleep(arm) => None,
+        _ = crate::timer::sleep(arm) => None,
     };
     let done = match (first, client) {
         (Some(r), _) => Some(r),
         (None, Some(c)) if arm < wait => monoio::select! {
             biased;
             r = &mut read => Some(r),
-            _ = monoio::time::sleep(wait - arm) => None,
+            _ = crate::timer::sleep(wait - arm) => None,
             _ = client_hung_up(c) => {
                 let _ = canceller.cancel();
                 let _ = read.await;

@@ -129,16 +129,16 @@ impl Pool {
             pool: self.clone(),
         };
         let stream =
-            match monoio::time::timeout(self.connect_timeout, TcpStream::connect(self.cfg.addr))
+            match crate::timer::timeout(self.connect_timeout, TcpStream::connect(self.cfg.addr))
                 .await
             {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
+                Some(Ok(s)) => s,
+                Some(Err(e)) => {
                     self.forget_open();
                     drop(guard);
                     return Err(Error::new(Kind::UpstreamConnect, e.to_string()));
                 }
-                Err(_) => {
+                None => {
                     self.forget_open();
                     drop(guard);
                     return Err(Error::new(Kind::UpstreamTimeout, "connect timed out"));
