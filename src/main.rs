@@ -9,6 +9,18 @@ use clap::{Args, Parser, Subcommand};
 
 mod tools;
 
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, read at its start: the background thread (off the shards) returns
+/// pages freed for a second (`dirty_decay_ms`) straight to the system (`muzzy_decay_ms:0`),
+/// so memory freed after a burst of connections does not stay resident.
+#[cfg(feature = "jemalloc")]
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
 use shardcat::config::{FileConfig, Overrides};
 use shardcat::demo::{self, DemoConfig};
 use shardcat::{runtime, shard};
