@@ -12,13 +12,19 @@
 # proxy process (utime+stime from /proc/PID/stat across the measured run / requests completed)
 # and the proxy's RSS after the run (nginx: master + worker).
 #
-# Env: DURATION (15s), WARMUP (5s), CONNS (256), KEEP_TMP=1 keeps the temp dir (configs, logs, wrk
+# Env: DURATION (15s), WARMUP (5s), CONNS (256), UPSTREAM (demo; static: an nginx worker serving
+# the echo answer as static JSON, cheap enough that the proxy's core is the bottleneck),
+# PERF=FILE (`perf record -g` of the measured shardcat run into FILE, of nginx's into
+# FILE.nginx), SHARDCAT_BIN (a shardcat binary to compare instead of building this tree's),
+# KEEP_TMP=1 keeps the temp dir (configs, logs, wrk
 # output). Exits non-zero if any request failed.
 set -euo pipefail
 
 DURATION="${DURATION:-15s}"
 WARMUP="${WARMUP:-5s}"
 CONNS="${CONNS:-256}"
+UPSTREAM="${UPSTREAM:-demo}"
+case "$UPSTREAM" in demo | static) ;; *) echo "UPSTREAM is demo or static" >&2; exit 2 ;; esac
 PROXY_CPU=0
 CLIENT_CPU=1
 
@@ -42,8 +48,12 @@ if [ "$(nproc)" -lt 2 ]; then
     die "needs at least 2 cores (core $PROXY_CPU for the proxy, core $CLIENT_CPU for wrk + upstream)"
 fi
 
-log "building (cargo build --release)"
-cargo build --release >&2
+if [ -n "${SHARDCAT_BIN:-}" ]; then
+    BIN="$SHARDCAT_BIN"
+else
+    log "building (cargo build --release)"
+    cargo build --release >&2
+fi
 
 # --- process bookkeeping and cleanup ---------------------------------------------------------
 TMP="$(mktemp -d /tmp/compare-wrk.XXXXXX)"
@@ -128,6 +138,14 @@ measure() {
     t0=0
     [ "${#pids[@]}" -gt 0 ] && t0="$(cpu_ticks "${pids[@]}")"
     log "$name: measuring $DURATION with $CONNS connections"
+    local perf_pid=""
+    if [ -n "${PERF:-}" ] && [ "${#pids[@]}" -gt 0 ]; then
+        local perf_out="$PERF"
+        [ "$name" = shardcat ] || perf_out="$PERF.$name"
+        perf record -F 2000 -g -p "${pids[-1]}" -o "$perf_out" -- sleep "${DURATION%s}" \
+            >"$TMP/perf-$name.log" 2>&1 &
+        perf_pid=$!
+    fi
     c0a="$(core_jiffies "$PROXY_CPU")"
     c1a="$(core_jiffies "$CLIENT_CPU")"
     w0="$(date +%s%N)"
@@ -137,6 +155,7 @@ measure() {
     c1b="$(core_jiffies "$CLIENT_CPU")"
     t1=0
     [ "${#pids[@]}" -gt 0 ] && t1="$(cpu_ticks "${pids[@]}")"
+    [ -z "$perf_pid" ] || wait "$perf_pid" || log "$name: perf record failed ($TMP/perf-$name.log)"
     sed 's/^/    /' "$out" >&2
 
     reqs="$(awk '/requests in/ {print $1; exit}' "$out")"
@@ -169,8 +188,68 @@ measure() {
     fi
 }
 
-# Starts a demo upstream on the client core; sets DEMO_PID and DEMO_URL.
+# The echo result the static upstream serves (what the demo answers to BODY).
+STATIC_DISCOVER='{"jsonrpc":"2.0","id":0,"result":{"_meta":{"io.modelcontextprotocol/serverInfo":{"name":"static","version":"1"}},"cacheScope":"public","capabilities":{"tools":{}},"resultType":"complete","supportedVersions":["2026-07-28"],"ttlMs":60000}}'
+STATIC_ANSWER='{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"hello"}],"isError":false,"resultType":"complete"}}'
+
+# Starts nginx serving STATIC_ANSWER to every request on /mcp (1 worker on the client core):
+# an upstream cheaper than the demo, so the proxy's core is the bottleneck. Sets DEMO_PID and
+# DEMO_URL like start_demo.
+start_static() {
+    local tag="$1" port dir
+    port="$(free_port)"
+    dir="$TMP/static-$tag"
+    mkdir -p "$dir/logs" "$dir/tmp"
+    cat >"$dir/nginx.conf" <<EOF
+user root;
+worker_processes 1;
+worker_cpu_affinity 1$(printf '%*s' "$CLIENT_CPU" '' | tr ' ' 0);
+pid $dir/nginx.pid;
+error_log $dir/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $dir/tmp/client_body;
+    proxy_temp_path $dir/tmp/proxy;
+    fastcgi_temp_path $dir/tmp/fastcgi;
+    uwsgi_temp_path $dir/tmp/uwsgi;
+    scgi_temp_path $dir/tmp/scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 75s;
+    server {
+        listen 127.0.0.1:$port;
+        location /mcp {
+            default_type application/json;
+            # The gateway's era probe: this upstream speaks 2026-07-28.
+            if (\$http_mcp_method = "server/discover") {
+                return 200 '$STATIC_DISCOVER';
+            }
+            return 200 '$STATIC_ANSWER';
+        }
+    }
+}
+EOF
+    nginx -t -p "$dir" -c "$dir/nginx.conf" 2>"$dir/logs/test.log" || { cat "$dir/logs/test.log" >&2; die "static nginx config test failed"; }
+    taskset -c "$CLIENT_CPU" nginx -p "$dir" -c "$dir/nginx.conf" -g 'daemon off;' \
+        >"$dir/logs/stdout" 2>"$dir/logs/stderr" &
+    DEMO_PID=$!
+    PIDS+=("$DEMO_PID")
+    DEMO_URL="http://127.0.0.1:$port/mcp"
+    for _ in $(seq 1 100); do
+        curl -s -o /dev/null --max-time 1 -X POST "$DEMO_URL" && return 0
+        alive "$DEMO_PID" || { cat "$dir/logs/stderr" >&2; die "static nginx exited"; }
+        sleep 0.1
+    done
+    die "static nginx not ready"
+}
+
+# Starts the upstream UPSTREAM names (demo, or static) on the client core; sets DEMO_PID and
+# DEMO_URL.
 start_demo() {
+    if [ "$UPSTREAM" = static ]; then
+        start_static "$1"
+        return
+    fi
     local tag="$1"
     taskset -c "$CLIENT_CPU" "$BIN" demo-upstream --listen 127.0.0.1:0 \
         >"$TMP/demo-$tag.out" 2>"$TMP/demo-$tag.err" &
