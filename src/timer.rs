@@ -55,12 +55,16 @@ thread_local! {
     static TIMERS: Rc<Timers> = Rc::default();
 }
 
+/// `Sleep::key` of a sleep not armed yet whose deadline may have passed already: its first
+/// poll reads the clock. A `sleep(wait)` with a non-zero wait skips that read.
+const CHECK_CLOCK: u32 = u32::MAX;
+
 /// Completes `wait` from now.
 pub fn sleep(wait: Duration) -> Sleep {
     Sleep {
         timers: TIMERS.with(Rc::clone),
         deadline: Instant::now() + wait.min(MAX_WAIT),
-        key: 0,
+        key: if wait.is_zero() { CHECK_CLOCK } else { 0 },
         generation: 0,
     }
 }
@@ -70,7 +74,7 @@ pub fn sleep_until(deadline: Instant) -> Sleep {
     Sleep {
         timers: TIMERS.with(Rc::clone),
         deadline,
-        key: 0,
+        key: CHECK_CLOCK,
         generation: 0,
     }
 }
@@ -124,6 +128,7 @@ impl Sleep {
     pub fn reset(&mut self, deadline: Instant) {
         self.disarm();
         self.deadline = deadline;
+        self.key = CHECK_CLOCK;
     }
 
     fn disarm(&mut self) {
@@ -146,7 +151,7 @@ impl Future for Sleep {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
         if this.generation == 0 {
-            if this.deadline <= Instant::now() {
+            if this.key == CHECK_CLOCK && this.deadline <= Instant::now() {
                 return Poll::Ready(());
             }
             let (key, generation) = this.timers.arm(this.deadline, cx.waker());
@@ -163,6 +168,7 @@ impl Future for Sleep {
         if entry.fired {
             entries.remove(this.key as usize);
             this.generation = 0;
+            this.key = CHECK_CLOCK;
             // Polled again, it finds its deadline passed and stays ready.
             return Poll::Ready(());
         }

@@ -345,8 +345,9 @@ fn framing(headers: &Headers, minor: u8) -> Result<Option<BodyKind>, HttpError> 
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut saw_te = false;
-    for (name, value) in headers.iter() {
-        if name.eq_ignore_ascii_case("content-length") {
+    // Names as bytes: checking each as UTF-8 was 1% of a proxied request (perf).
+    for (name, value) in headers.iter_raw() {
+        if name.eq_ignore_ascii_case(b"content-length") {
             for part in value.split(|&b| b == b',') {
                 let n = parse_content_length(part)?;
                 if length.is_some_and(|prev| prev != n) {
@@ -354,7 +355,7 @@ fn framing(headers: &Headers, minor: u8) -> Result<Option<BodyKind>, HttpError> 
                 }
                 length = Some(n);
             }
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             if minor == 0 {
                 return Err(HttpError::Malformed("Transfer-Encoding in HTTP/1.0"));
             }
@@ -415,8 +416,8 @@ fn parse_content_length(raw: &[u8]) -> Result<u64, HttpError> {
 
 fn keep_alive(headers: &Headers, minor: u8) -> bool {
     let mut close = minor == 0;
-    for (name, value) in headers.iter() {
-        if name.eq_ignore_ascii_case("connection") {
+    for (name, value) in headers.iter_raw() {
+        if name.eq_ignore_ascii_case(b"connection") {
             for token in value.split(|&b| b == b',') {
                 let token = trim(token);
                 if token.eq_ignore_ascii_case(b"close") {

@@ -32,7 +32,8 @@ pub async fn next_head(shard: &Shard, conn: &mut ClientConn) -> Result<Next> {
         max_head_bytes: shard.config().limits.max_head_bytes,
         max_headers: shard.config().limits.max_headers,
     };
-    let mut started = Instant::now();
+    // Read from the clock only for a head that takes more than one read.
+    let mut started = None;
     if shard.config().proxy_protocol && !conn.proxy_read() && !proxy_header(shard, conn).await? {
         return Ok(Next::Closed);
     }
@@ -43,14 +44,15 @@ pub async fn next_head(shard: &Shard, conn: &mut ClientConn) -> Result<Next> {
         if conn.rb.data().is_empty() {
             match hold_read(shard, conn).await {
                 Some(n) if n > 0 => {
-                    started = Instant::now();
+                    started = None;
                     continue;
                 }
                 Some(_) => return Ok(Next::Closed),
                 None => return Ok(Next::Idle),
             }
         }
-        match read_within_head_budget(shard, conn, started).await {
+        let since = *started.get_or_insert_with(Instant::now);
+        match read_within_head_budget(shard, conn, since).await {
             Ok(0) => {
                 return Err(Error::new(
                     Kind::BadHttp(http::HttpError::Malformed("connection closed mid-head")),
