@@ -199,23 +199,7 @@ start_static() {
     local tag="$1" port dir
     port="$(free_port)"
     dir="$TMP/static-$tag"
-    mkdir -p "$dir/logs" "$dir/tmp"
-    cat >"$dir/nginx.conf" <<EOF
-user root;
-worker_processes 1;
-worker_cpu_affinity 1$(printf '%*s' "$CLIENT_CPU" '' | tr ' ' 0);
-pid $dir/nginx.pid;
-error_log $dir/logs/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $dir/tmp/client_body;
-    proxy_temp_path $dir/tmp/proxy;
-    fastcgi_temp_path $dir/tmp/fastcgi;
-    uwsgi_temp_path $dir/tmp/uwsgi;
-    scgi_temp_path $dir/tmp/scgi;
-    keepalive_requests 100000000;
-    keepalive_timeout 75s;
+    write_nginx_conf "$dir" "$CLIENT_CPU" <<EOF
     server {
         listen 127.0.0.1:$port;
         location /mcp {
@@ -227,13 +211,9 @@ http {
             return 200 '$STATIC_ANSWER';
         }
     }
-}
 EOF
-    nginx -t -p "$dir" -c "$dir/nginx.conf" 2>"$dir/logs/test.log" || { cat "$dir/logs/test.log" >&2; die "static nginx config test failed"; }
-    taskset -c "$CLIENT_CPU" nginx -p "$dir" -c "$dir/nginx.conf" -g 'daemon off;' \
-        >"$dir/logs/stdout" 2>"$dir/logs/stderr" &
-    DEMO_PID=$!
-    PIDS+=("$DEMO_PID")
+    launch_nginx "$dir" "$CLIENT_CPU"
+    DEMO_PID=$NGINX_PID
     DEMO_URL="http://127.0.0.1:$port/mcp"
     for _ in $(seq 1 100); do
         curl -s -o /dev/null --max-time 1 -X POST "$DEMO_URL" && return 0

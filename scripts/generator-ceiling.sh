@@ -76,25 +76,7 @@ write_rusage_helper
 # --- the target: nginx answering by itself ---------------------------------------------------
 NPORT="$(free_port)"
 NGX="$TMP/nginx"
-mkdir -p "$NGX/logs" "$NGX/tmp"
-cat >"$NGX/nginx.conf" <<EOF
-user root;
-worker_processes 1;
-worker_cpu_affinity 1$(printf '%*s' "$TARGET_CPU" '' | tr ' ' 0);
-pid $NGX/nginx.pid;
-error_log $NGX/logs/error.log warn;
-events {
-    worker_connections 4096;
-}
-http {
-    access_log off;
-    client_body_temp_path $NGX/tmp/client_body;
-    proxy_temp_path $NGX/tmp/proxy;
-    fastcgi_temp_path $NGX/tmp/fastcgi;
-    uwsgi_temp_path $NGX/tmp/uwsgi;
-    scgi_temp_path $NGX/tmp/scgi;
-    keepalive_requests 100000000;
-    keepalive_timeout 75s;
+write_nginx_conf "$NGX" "$TARGET_CPU" <<EOF
     server {
         listen 127.0.0.1:$NPORT;
         location /mcp {
@@ -102,13 +84,8 @@ http {
             return 200 '{"jsonrpc":"2.0","id":1,"result":{}}';
         }
     }
-}
 EOF
-nginx -t -p "$NGX" -c "$NGX/nginx.conf" 2>"$NGX/logs/test.log" || { cat "$NGX/logs/test.log" >&2; die "nginx config test failed"; }
-taskset -c "$TARGET_CPU" nginx -p "$NGX" -c "$NGX/nginx.conf" -g 'daemon off;' \
-    >"$NGX/logs/stdout" 2>"$NGX/logs/stderr" &
-NGINX_PID=$!
-PIDS+=("$NGINX_PID")
+launch_nginx "$NGX" "$TARGET_CPU"
 URL="http://127.0.0.1:$NPORT/mcp"
 NGINX_WORKER=""
 for _ in $(seq 1 100); do

@@ -103,32 +103,55 @@ rss_kb() {
     echo "$total"
 }
 
+# Writes DIR/nginx.conf: one worker pinned to CPU, no access log, temp paths and logs under DIR,
+# client keep-alive without nginx's per-connection request cap (1000, which would close the load
+# generator's connections), then the http-block lines read from standard input.
+write_nginx_conf() {
+    local dir="$1" cpu="$2"
+    mkdir -p "$dir/logs" "$dir/tmp"
+    {
+        cat <<EOF
+user root;
+worker_processes 1;
+worker_cpu_affinity 1$(printf '%*s' "$cpu" '' | tr ' ' 0);
+pid $dir/nginx.pid;
+error_log $dir/logs/error.log warn;
+events {
+    worker_connections 4096;
+}
+http {
+    access_log off;
+    client_body_temp_path $dir/tmp/client_body;
+    proxy_temp_path $dir/tmp/proxy;
+    fastcgi_temp_path $dir/tmp/fastcgi;
+    uwsgi_temp_path $dir/tmp/uwsgi;
+    scgi_temp_path $dir/tmp/scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 75s;
+EOF
+        cat
+        echo "}"
+    } >"$dir/nginx.conf"
+}
+
+# Checks DIR/nginx.conf and starts nginx on CPU in the foreground (background job); sets
+# NGINX_PID and adds it to PIDS.
+launch_nginx() {
+    local dir="$1" cpu="$2"
+    nginx -t -p "$dir" -c "$dir/nginx.conf" 2>"$dir/logs/test.log" || { cat "$dir/logs/test.log" >&2; die "nginx config test failed ($dir)"; }
+    taskset -c "$cpu" nginx -p "$dir" -c "$dir/nginx.conf" -g 'daemon off;' \
+        >"$dir/logs/stdout" 2>"$dir/logs/stderr" &
+    NGINX_PID=$!
+    PIDS+=("$NGINX_PID")
+}
+
 # Starts nginx (1 worker on PROXY_CPU, upstream keepalive) in front of the demo at UPORT; sets
 # NGINX_PID, NGINX_WORKER, NGINX_LOGDIR and TARGET_URL. TAG names its directory under TMP.
 start_nginx() {
     local tag="$1" NPORT NGX
     NPORT="$(free_port)"
     NGX="$TMP/nginx-$tag"
-    mkdir -p "$NGX/logs" "$NGX/tmp"
-    cat >"$NGX/nginx.conf" <<EOF
-user root;
-worker_processes 1;
-worker_cpu_affinity 1$(printf '%*s' "$PROXY_CPU" '' | tr ' ' 0);
-pid $NGX/nginx.pid;
-error_log $NGX/logs/error.log warn;
-events {
-    worker_connections 4096;
-}
-http {
-    access_log off;
-    client_body_temp_path $NGX/tmp/client_body;
-    proxy_temp_path $NGX/tmp/proxy;
-    fastcgi_temp_path $NGX/tmp/fastcgi;
-    uwsgi_temp_path $NGX/tmp/uwsgi;
-    scgi_temp_path $NGX/tmp/scgi;
-    # Client side: do not let nginx's per-connection request cap (1000) close the load generator's connections.
-    keepalive_requests 100000000;
-    keepalive_timeout 75s;
+    write_nginx_conf "$NGX" "$PROXY_CPU" <<EOF
     upstream demo {
         server 127.0.0.1:$UPORT;
         keepalive 256;
@@ -148,13 +171,8 @@ http {
             proxy_set_header Host 127.0.0.1:$UPORT;
         }
     }
-}
 EOF
-    nginx -t -p "$NGX" -c "$NGX/nginx.conf" 2>"$NGX/logs/test.log" || { cat "$NGX/logs/test.log" >&2; die "nginx config test failed"; }
-    taskset -c "$PROXY_CPU" nginx -p "$NGX" -c "$NGX/nginx.conf" -g 'daemon off;' \
-        >"$NGX/logs/stdout" 2>"$NGX/logs/stderr" &
-    NGINX_PID=$!
-    PIDS+=("$NGINX_PID")
+    launch_nginx "$NGX" "$PROXY_CPU"
     NGINX_WORKER=""
     for _ in $(seq 1 100); do
         alive "$NGINX_PID" || { cat "$NGX/logs/stderr" "$NGX/logs/error.log" >&2 2>/dev/null; die "nginx exited"; }

@@ -105,7 +105,7 @@ impl Delivery {
 
 /// Serves one client connection until it closes, fails, idles out, or moves to another shard.
 ///
-/// This future is what an idle keep-alive connection costs (`serve_task_bytes`): a
+/// This future is what an idle keep-alive connection costs (bounded by the test below): a
 /// connection serving requests runs `serve_busy`, boxed, with the state of an exchange
 /// (4.7 KB) and its read buffer; once no request came for `IDLE_BUFFER_HOLD` it gives both
 /// back and waits here, holding only a readiness wait. One allocation per busy period, none
@@ -172,14 +172,6 @@ async fn refuse(shard: &Shard, conn: &mut ClientConn, e: Error, linger: bool) {
     if linger {
         client::linger(shard, conn, false).await;
     }
-}
-
-/// The bytes a connection's task holds while it waits for a request: the `serve` future.
-pub fn serve_task_bytes() -> usize {
-    fn size<A, B, F: std::future::Future>(_: impl Fn(A, B) -> F) -> usize {
-        std::mem::size_of::<F>()
-    }
-    size(serve)
 }
 
 /// The shard owning the session a request names, when it is not this one.
@@ -369,9 +361,14 @@ mod tests {
     /// connection in all). Debug builds lay futures out larger than release.
     const MAX_SERVE_FUTURE_BYTES: usize = if cfg!(debug_assertions) { 1536 } else { 768 };
 
+    /// The size of the future an async fn of two arguments returns, without calling it.
+    fn future_size<A, B, F: std::future::Future>(_: impl Fn(A, B) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
     #[test]
     fn a_connection_waiting_for_its_next_request_stays_small() {
-        let n = super::serve_task_bytes();
+        let n = future_size(super::serve);
         eprintln!("serve future: {n} bytes");
         assert!(
             n <= MAX_SERVE_FUTURE_BYTES,

@@ -297,16 +297,19 @@ impl<T> LocalQueue<T> {
     }
 }
 
+/// A runtime for unit tests of shard-local code: epoll driver, timers on.
+#[cfg(test)]
+pub(crate) fn test_runtime() -> monoio::Runtime<monoio::time::TimeDriver<monoio::LegacyDriver>> {
+    monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build()
+        .expect("monoio runtime")
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_runtime as rt;
     use super::*;
-
-    fn rt() -> monoio::Runtime<monoio::time::TimeDriver<monoio::LegacyDriver>> {
-        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .unwrap()
-    }
 
     #[test]
     fn queue_applies_backpressure() {

@@ -109,8 +109,9 @@ pub fn reset() {
     });
 }
 
-/// Deadlines armed on this thread now (for tests and accounting).
-pub fn armed() -> usize {
+/// Deadlines armed on this thread now.
+#[cfg(test)]
+fn armed() -> usize {
     TIMERS.with(|t| t.entries.borrow().len())
 }
 
@@ -297,13 +298,7 @@ async fn drive(timers: Rc<Timers>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rt() -> monoio::Runtime<monoio::time::TimeDriver<monoio::LegacyDriver>> {
-        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .expect("runtime")
-    }
+    use crate::sync::test_runtime as rt;
 
     #[test]
     fn a_sleep_is_small() {
