@@ -188,41 +188,6 @@ measure() {
     fi
 }
 
-# The echo result the static upstream serves (what the demo answers to BODY).
-STATIC_DISCOVER='{"jsonrpc":"2.0","id":0,"result":{"_meta":{"io.modelcontextprotocol/serverInfo":{"name":"static","version":"1"}},"cacheScope":"public","capabilities":{"tools":{}},"resultType":"complete","supportedVersions":["2026-07-28"],"ttlMs":60000}}'
-STATIC_ANSWER='{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"hello"}],"isError":false,"resultType":"complete"}}'
-
-# Starts nginx serving STATIC_ANSWER to every request on /mcp (1 worker on the client core):
-# an upstream cheaper than the demo, so the proxy's core is the bottleneck. Sets DEMO_PID and
-# DEMO_URL like start_demo.
-start_static() {
-    local tag="$1" port dir
-    port="$(free_port)"
-    dir="$TMP/static-$tag"
-    write_nginx_conf "$dir" "$CLIENT_CPU" <<EOF
-    server {
-        listen 127.0.0.1:$port;
-        location /mcp {
-            default_type application/json;
-            # The gateway's era probe: this upstream speaks 2026-07-28.
-            if (\$http_mcp_method = "server/discover") {
-                return 200 '$STATIC_DISCOVER';
-            }
-            return 200 '$STATIC_ANSWER';
-        }
-    }
-EOF
-    launch_nginx "$dir" "$CLIENT_CPU"
-    DEMO_PID=$NGINX_PID
-    DEMO_URL="http://127.0.0.1:$port/mcp"
-    for _ in $(seq 1 100); do
-        curl -s -o /dev/null --max-time 1 -X POST "$DEMO_URL" && return 0
-        alive "$DEMO_PID" || { cat "$dir/logs/stderr" >&2; die "static nginx exited"; }
-        sleep 0.1
-    done
-    die "static nginx not ready"
-}
-
 # Starts the upstream UPSTREAM names (demo, or static) on the client core; sets DEMO_PID and
 # DEMO_URL.
 start_demo() {

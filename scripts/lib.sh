@@ -103,7 +103,7 @@ rss_kb() {
     echo "$total"
 }
 
-# Writes DIR/nginx.conf: one worker pinned to CPU, no access log, temp paths and logs under DIR,
+# Writes DIR/nginx.conf (worker_connections NGINX_CONNS, default 4096): one worker pinned to CPU, no access log, temp paths and logs under DIR,
 # client keep-alive without nginx's per-connection request cap (1000, which would close the load
 # generator's connections), then the http-block lines read from standard input.
 write_nginx_conf() {
@@ -114,10 +114,11 @@ write_nginx_conf() {
 user root;
 worker_processes 1;
 worker_cpu_affinity 1$(printf '%*s' "$cpu" '' | tr ' ' 0);
+worker_rlimit_nofile $((2 * ${NGINX_CONNS:-4096} + 64));
 pid $dir/nginx.pid;
 error_log $dir/logs/error.log warn;
 events {
-    worker_connections 4096;
+    worker_connections ${NGINX_CONNS:-4096};
 }
 http {
     access_log off;
@@ -232,4 +233,40 @@ ours, ru, hz = int(sys.argv[5]), json.load(open(sys.argv[6])), int(sys.argv[7])
 busy = (c0b[0] - c0a[0]) + (c1b[0] - c1a[0])
 span = max((c0b[1] - c0a[1] + c1b[1] - c1a[1]) / 2, 1)
 print(max(0, round(100 * (busy - ours - ru["cpu_s"] * hz) / span)))' "$@" "$CLK_TCK"
+}
+
+# The answers of the static upstream: discover (the gateway's era probe: this upstream speaks
+# 2026-07-28) and the echo result the demo gives the benchmarks' tools/call.
+STATIC_DISCOVER='{"jsonrpc":"2.0","id":0,"result":{"_meta":{"io.modelcontextprotocol/serverInfo":{"name":"static","version":"1"}},"cacheScope":"public","capabilities":{"tools":{}},"resultType":"complete","supportedVersions":["2026-07-28"],"ttlMs":60000}}'
+STATIC_ANSWER='{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"hello"}],"isError":false,"resultType":"complete"}}'
+
+# Starts nginx serving STATIC_ANSWER to every request on /mcp (1 worker on the client core):
+# an upstream cheaper than the demo, so the proxy's core is the bottleneck. Sets DEMO_PID and
+# DEMO_URL. Needs CLIENT_CPU.
+start_static() {
+    local tag="$1" port dir
+    port="$(free_port)"
+    dir="$TMP/static-$tag"
+    write_nginx_conf "$dir" "$CLIENT_CPU" <<EOF
+    server {
+        listen 127.0.0.1:$port;
+        location /mcp {
+            default_type application/json;
+            # The gateway's era probe: this upstream speaks 2026-07-28.
+            if (\$http_mcp_method = "server/discover") {
+                return 200 '$STATIC_DISCOVER';
+            }
+            return 200 '$STATIC_ANSWER';
+        }
+    }
+EOF
+    launch_nginx "$dir" "$CLIENT_CPU"
+    DEMO_PID=$NGINX_PID
+    DEMO_URL="http://127.0.0.1:$port/mcp"
+    for _ in $(seq 1 100); do
+        curl -s -o /dev/null --max-time 1 -X POST "$DEMO_URL" && return 0
+        alive "$DEMO_PID" || { cat "$dir/logs/stderr" >&2; die "static nginx exited"; }
+        sleep 0.1
+    done
+    die "static nginx not ready"
 }

@@ -187,6 +187,41 @@ pub struct ShardStats {
     /// configured servers.
     pub server_requests: Vec<AtomicU64>,
     pub server_errors: Vec<AtomicU64>,
+    /// How late the shard's lag probe woke (its event loop's turn time when busy).
+    pub loop_lag: LagHistogram,
+}
+
+/// A histogram of event-loop lag over `DURATION_BUCKETS`, written by its shard alone (relaxed
+/// atomics, so the admin thread reads it without a lock or a snapshot).
+#[derive(Debug, Default)]
+pub struct LagHistogram {
+    /// Observations per bucket (not cumulative); the last slot is above every bound.
+    per: [AtomicU64; DURATION_BUCKETS.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl LagHistogram {
+    pub fn record(&self, lag: std::time::Duration) {
+        let us = lag.as_micros().min(u64::MAX as u128) as u64;
+        let i = DURATION_BUCKETS
+            .iter()
+            .position(|(le, _)| us <= *le)
+            .unwrap_or(DURATION_BUCKETS.len());
+        self.per[i].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(us, Relaxed);
+    }
+
+    pub fn buckets(&self) -> Buckets {
+        let mut b = Buckets::default();
+        let mut run = 0;
+        for (c, n) in b.cumulative.iter_mut().zip(&self.per) {
+            run += n.load(Relaxed);
+            *c = run;
+        }
+        b.count = run + self.per[DURATION_BUCKETS.len()].load(Relaxed);
+        b.sum_us = self.sum_us.load(Relaxed);
+        b
+    }
 }
 
 impl ShardStats {
@@ -262,6 +297,7 @@ impl ShardStats {
             upstream_state: Vec::new(),
             server_requests: Vec::new(),
             server_errors: Vec::new(),
+            loop_lag: LagHistogram::default(),
             sse_upstream_streams: AtomicI64::new(0),
             sse_resumed: AtomicU64::new(0),
             sse_replay_gaps: AtomicU64::new(0),
@@ -866,6 +902,24 @@ pub fn render(
     }
     render_upstreams(stats, format, out);
     render_latency(stats, hists, format, out);
+    render_loop_lag(stats, format, out);
+}
+
+/// How late each shard's lag probe woke: the time its event loop took to come back to a due
+/// timer. Long lags are stalls of the whole shard, seen by every request it holds.
+fn render_loop_lag(stats: &[&ShardStats], format: Format, out: &mut String) {
+    const NAME: &str = "shardcat_shard_loop_lag_seconds";
+    header(
+        out,
+        format,
+        NAME,
+        Kind::Histogram,
+        "How late the shard's event loop served a due timer (probed every 10 ms).",
+    );
+    for s in stats {
+        let b = s.loop_lag.buckets();
+        write_histogram(out, NAME, &format!("shard=\"{}\"", s.shard), &b);
+    }
 }
 
 fn render_requests(stats: &[&ShardStats], format: Format, out: &mut String) {
@@ -1133,6 +1187,21 @@ mod tests {
             method_index("notifications/progress"),
             method_index("notifications/other")
         );
+    }
+
+    #[test]
+    fn loop_lag_buckets_are_cumulative_and_the_slowest_land_in_inf() {
+        let h = LagHistogram::default();
+        for us in [0, 50, 51, 9_000, 10_000, 31_000_000] {
+            h.record(std::time::Duration::from_micros(us));
+        }
+        let b = h.buckets();
+        let at =
+            |le: u64| b.cumulative[DURATION_BUCKETS.iter().position(|(l, _)| *l == le).unwrap()];
+        assert_eq!((at(50), at(100), at(5_000), at(10_000)), (2, 3, 3, 5));
+        assert_eq!(b.cumulative[DURATION_BUCKETS.len() - 1], 5, "30 s bound");
+        assert_eq!(b.count, 6, "above every bound: +Inf only");
+        assert_eq!(b.sum_us, 50 + 51 + 9_000 + 10_000 + 31_000_000);
     }
 
     #[test]

@@ -1123,3 +1123,47 @@ fn stateless_requests_to_a_handshake_era_server_go_into_the_gateways_session() {
     let end = seen.recv_timeout(Duration::from_secs(5));
     assert_eq!(end.as_deref(), Ok("DELETE hs-1"));
 }
+
+/// A burst of connections larger than a shard's accept batch (64): the accept loop pauses for a
+/// timer turn between batches, and every connection is still accepted and served, on both
+/// drivers. The shard's loop-lag probe ran meanwhile.
+#[test]
+fn a_burst_of_connections_past_the_accept_batch_is_served_on_both_drivers() {
+    const BURST: usize = 300;
+    let demo = demo();
+    for driver in ["uring", "legacy"] {
+        let toml = format!("[server]\ndriver = \"{driver}\"\n");
+        let gw = gateway(&demo_url(&demo), 1, Some(&toml));
+        let (addr, admin) = (gw.addr("listen"), gw.addr("admin"));
+        // All connected before the first request: the backlog holds the whole burst.
+        let mut clients: Vec<Client> = (0..BURST).map(|_| Client::connect(addr)).collect();
+        let sl = [
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "echo"),
+        ];
+        for (i, c) in clients.iter_mut().enumerate() {
+            let body = format!(
+                r#"{{"jsonrpc":"2.0","id":{i},"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"c{i}"}},"_meta":{{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{{}}}}}}}}"#
+            );
+            let r = c
+                .post(addr, &sl, &body)
+                .unwrap_or_else(|e| panic!("{driver}: connection {i}: {e}"));
+            assert_eq!(r.status, 200, "{driver}: connection {i}: {}", r.text());
+            assert_eq!(
+                r.json()["result"]["content"][0]["text"],
+                format!("c{i}"),
+                "{driver}"
+            );
+        }
+        assert_eq!(
+            metric(admin, "shardcat_connections_accepted_total"),
+            BURST as f64,
+            "{driver}"
+        );
+        assert!(
+            metric(admin, "shardcat_shard_loop_lag_seconds_count") > 0.0,
+            "{driver}: the lag probe ran"
+        );
+    }
+}

@@ -303,16 +303,17 @@ struct Histogram {
     count: f64,
 }
 
-fn histograms(text: &str) -> Vec<(String, Histogram)> {
+/// Each shard's histogram of the family `family` in `text`.
+fn histograms_of(text: &str, family: &str) -> Vec<(String, Histogram)> {
     let all = samples(text);
     let shards: BTreeSet<String> = all
         .iter()
-        .filter(|s| s.name.starts_with(HISTOGRAM))
+        .filter(|s| s.name.starts_with(family))
         .map(|s| s.label("shard").expect("shard label").to_string())
         .collect();
     let one = |name: &str, shard: &str| -> Vec<&Sample> {
         all.iter()
-            .filter(|s| s.name == format!("{HISTOGRAM}{name}") && s.label("shard") == Some(shard))
+            .filter(|s| s.name == format!("{family}{name}") && s.label("shard") == Some(shard))
             .collect()
     };
     shards
@@ -320,7 +321,7 @@ fn histograms(text: &str) -> Vec<(String, Histogram)> {
         .map(|shard| {
             let single = |name: &str| {
                 let v = one(name, &shard);
-                assert_eq!(v.len(), 1, "{HISTOGRAM}{name} of shard {shard}");
+                assert_eq!(v.len(), 1, "{family}{name} of shard {shard}");
                 v[0].value
             };
             let h = Histogram {
@@ -334,6 +335,62 @@ fn histograms(text: &str) -> Vec<(String, Histogram)> {
             (shard, h)
         })
         .collect()
+}
+
+fn histograms(text: &str) -> Vec<(String, Histogram)> {
+    histograms_of(text, HISTOGRAM)
+}
+
+/// Each shard probes its own event loop every 10 ms: a histogram per shard with the request
+/// histogram's bounds, cumulative, counting probes as they happen (no more than one per 10 ms).
+#[test]
+fn each_shard_reports_its_event_loop_lag() {
+    const LAG: &str = "shardcat_shard_loop_lag_seconds";
+    let demo = demo();
+    let gw = gateway(&demo_url(&demo), 2, None);
+    let admin = gw.addr("admin");
+    let started = std::time::Instant::now();
+    let counts = |text: &str| -> Vec<f64> {
+        histograms_of(text, LAG)
+            .iter()
+            .map(|(_, h)| h.count)
+            .collect()
+    };
+    assert!(eventually(Duration::from_secs(5), || {
+        let c = counts(&scrape(admin));
+        c.len() == 2 && c.iter().all(|n| *n >= 5.0)
+    }));
+    std::thread::sleep(Duration::from_millis(200));
+    let text = scrape(admin);
+    let elapsed = started.elapsed().as_secs_f64();
+    let hs = histograms_of(&text, LAG);
+    assert_eq!(hs.len(), 2, "one histogram per shard");
+    for (shard, h) in &hs {
+        let les: Vec<&str> = h.buckets.iter().map(|(le, _)| le.as_str()).collect();
+        assert_eq!(les, LE, "shard {shard}: the documented bounds, in order");
+        assert!(
+            h.buckets.windows(2).all(|w| w[0].1 <= w[1].1),
+            "shard {shard}"
+        );
+        assert_eq!(
+            h.buckets.last().map(|b| b.1),
+            Some(h.count),
+            "shard {shard}"
+        );
+        assert!(
+            h.count <= elapsed / 0.010 + 1.0,
+            "shard {shard}: {} probes in {elapsed:.2} s",
+            h.count
+        );
+        // Each probe waited its 10 ms before it was counted: no more probes than that allows
+        // (a probe that spun would exceed it), and lateness is never negative.
+        assert!(h.sum >= 0.0, "shard {shard}: sum {}", h.sum);
+    }
+    let later = counts(&scrape(admin));
+    assert!(
+        later.iter().zip(hs.iter()).all(|(b, (_, a))| *b >= a.count),
+        "counts never go back"
+    );
 }
 
 #[test]

@@ -108,7 +108,7 @@ struct Args {
     #[arg(long)]
     json: Option<PathBuf>,
     /// Write the measured window second by second here as CSV (second,ok,failed,rejected,
-    /// reinits; one measured window only: no ramp or burst). The file is created, holding
+    /// reinits,max_us,slow; one measured window only: no ramp or burst). The file is created, holding
     /// the header, when the window starts, and gets its rows when the run ends.
     #[arg(long)]
     timeline_csv: Option<PathBuf>,

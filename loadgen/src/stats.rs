@@ -99,7 +99,7 @@ impl Stats {
     pub fn record_us(&mut self, us: u64) {
         self.hist.saturating_record(us.clamp(1, MAX_LATENCY_US));
         self.ok += 1;
-        self.timeline.record(Outcome::Ok);
+        self.timeline.record_ok(us);
     }
 
     /// Counts one 503 (admission rejection).

@@ -1,6 +1,8 @@
 //! A per-second timeline of outcomes over one measured window, for failover runs: how many
 //! requests succeeded, failed and were rejected in each second, and how many sessions had to
-//! be opened again; and when the first and last error of the window happened.
+//! be opened again; the slowest success of each second and how many took over
+//! [`SLOW_US`] (where in the window a latency tail came from); and when the first and last
+//! error of the window happened.
 //!
 //! Each worker keeps its own (inside its `Stats`), with one row per second of the window
 //! allocated up front, so recording is an index into a Vec; the controller merges them with
@@ -18,7 +20,15 @@ pub struct Second {
     pub rejected: u64,
     /// Sessions opened again after the server no longer knew theirs (404).
     pub reinits: u64,
+    /// The slowest success of this second, µs.
+    pub max_us: u64,
+    /// Successes that took longer than [`SLOW_US`].
+    pub slow: u64,
 }
+
+/// A success slower than this counts as slow in its second's row (10 ms: far above the p99 of
+/// any loopback run below saturation, so the count shows stalls, not load).
+pub const SLOW_US: u64 = 10_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -60,12 +70,33 @@ impl Timeline {
         }
     }
 
+    /// Counts one success that took `us` at the current time.
+    pub fn record_ok(&mut self, us: u64) {
+        if let Some(start) = self.start {
+            self.record_ok_at(Instant::now().saturating_duration_since(start), us);
+        }
+    }
+
+    /// Counts one success that took `us`, `at` after the start.
+    pub fn record_ok_at(&mut self, at: Duration, us: u64) {
+        self.record_at(at, Outcome::Ok);
+        if let Some(row) = self.row_at(at) {
+            row.max_us = row.max_us.max(us);
+            row.slow += u64::from(us > SLOW_US);
+        }
+    }
+
+    /// The row of the second `at` falls in (the last row for anything later).
+    fn row_at(&mut self, at: Duration) -> Option<&mut Second> {
+        let last = self.rows.len().checked_sub(1)?;
+        self.rows.get_mut((at.as_secs() as usize).min(last))
+    }
+
     /// Counts one outcome `at` after the start.
     pub fn record_at(&mut self, at: Duration, what: Outcome) {
-        let Some(last) = self.rows.len().checked_sub(1) else {
+        let Some(row) = self.row_at(at) else {
             return;
         };
-        let row = &mut self.rows[(at.as_secs() as usize).min(last)];
         match what {
             Outcome::Ok => row.ok += 1,
             Outcome::Rejected => row.rejected += 1,
@@ -95,6 +126,8 @@ impl Timeline {
             a.failed += b.failed;
             a.rejected += b.rejected;
             a.reinits += b.reinits;
+            a.max_us = a.max_us.max(b.max_us);
+            a.slow += b.slow;
         }
         let min = |a: Option<Duration>, b: Option<Duration>| a.into_iter().chain(b).min();
         let max = |a: Option<Duration>, b: Option<Duration>| a.into_iter().chain(b).max();
@@ -121,14 +154,14 @@ pub fn csv(rows: &[Second]) -> String {
     let mut out = String::from(CSV_HEADER);
     for (i, r) in rows.iter().enumerate() {
         out.push_str(&format!(
-            "{i},{},{},{},{}\n",
-            r.ok, r.failed, r.rejected, r.reinits
+            "{i},{},{},{},{},{},{}\n",
+            r.ok, r.failed, r.rejected, r.reinits, r.max_us, r.slow
         ));
     }
     out
 }
 
-pub const CSV_HEADER: &str = "second,ok,failed,rejected,reinits\n";
+pub const CSV_HEADER: &str = "second,ok,failed,rejected,reinits,max_us,slow\n";
 
 #[cfg(test)]
 mod tests {
@@ -163,11 +196,27 @@ mod tests {
                 ok: 0,
                 failed: 1,
                 rejected: 1,
-                reinits: 1
+                reinits: 1,
+                ..Second::default()
             }
         );
         assert_eq!(r[2].ok, 1, "past the end: the last row");
         assert_eq!(t.error_span_s(), Some((1.0, 1.0)));
+    }
+
+    #[test]
+    fn each_second_keeps_its_slowest_success_and_counts_the_slow_ones() {
+        let start = Instant::now();
+        let mut a = Timeline::new(start, Duration::from_secs(2));
+        let mut b = Timeline::new(start, Duration::from_secs(2));
+        a.record_ok_at(ms(10), 900);
+        a.record_ok_at(ms(20), SLOW_US + 1);
+        a.record_ok_at(ms(1100), SLOW_US);
+        b.record_ok_at(ms(500), 40_000);
+        a.merge(&b);
+        let r = a.rows();
+        assert_eq!((r[0].ok, r[0].max_us, r[0].slow), (3, 40_000, 2));
+        assert_eq!((r[1].ok, r[1].max_us, r[1].slow), (1, SLOW_US, 0));
     }
 
     #[test]
@@ -208,7 +257,7 @@ mod tests {
         t.record_at(ms(1001), Outcome::Failed);
         assert_eq!(
             csv(t.rows()),
-            "second,ok,failed,rejected,reinits\n0,1,0,0,0\n1,0,1,0,0\n"
+            "second,ok,failed,rejected,reinits,max_us,slow\n0,1,0,0,0,0,0\n1,0,1,0,0,0,0\n"
         );
     }
 
