@@ -69,9 +69,10 @@
 #
 # Env: TARGETS ("supergateway mcp-proxy shardcat shardcat-prewarm"), DURATION (10, seconds),
 # WARMUP (3), CONNS (32), RATE (200), CHURN_RATE (20), PREWARM (8), SPAWN_SAMPLES (50),
-# STDIO_PIN (1), OTHER_WARN (10: a note when other processes keep a core busier than this, in %,
-# just before a target starts), SUPERGATEWAY_VERSION (4.0.0), MCP_PROXY_VERSION (0.13.0), KEEP_TMP=1 keeps the
-# temp dir (configs, logs, loadgen output and JSON). Tools are installed once under
+# STDIO_PIN (1), SHARDCAT_BIN (a shardcat binary to run instead of this tree's), OTHER_WARN
+# (10: a note when other processes keep a core busier than this, in %, just before a target
+# starts), SUPERGATEWAY_VERSION (4.0.0), MCP_PROXY_VERSION (0.13.0), KEEP_TMP=1 keeps the temp
+# dir (configs, logs, loadgen output and JSON). Tools are installed once under
 # target/compare-tools/ (npm and a python venv).
 # Exits non-zero if any target had errors, rejections or left stdio servers behind.
 set -euo pipefail
@@ -152,7 +153,7 @@ trap 'log "terminated"; exit 143' TERM
 # server's private path also tells its processes apart from any other copy on the machine.
 cp "$REPO/target/release/loadgen" "$TMP/loadgen"
 cp "$REPO/target/release/mcp-stdio-server" "$TMP/mcp-stdio-server"
-[ "$WANT_SHARDCAT" = 0 ] || cp "$REPO/target/release/shardcat" "$TMP/shardcat"
+[ "$WANT_SHARDCAT" = 0 ] || cp "${SHARDCAT_BIN:-$REPO/target/release/shardcat}" "$TMP/shardcat"
 LOADGEN="$TMP/loadgen"
 SRV="$TMP/mcp-stdio-server"
 SRV_ARGS=()
