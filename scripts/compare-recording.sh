@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What recording costs, through the gateway (tuning.md, "Recording on and off"): the same
-# gateway binary with and without `--record DIR`, alternated ROUNDS times, one fresh gateway
+# gateway binary with and without `--tapes DIR`, alternated ROUNDS times, one fresh gateway
 # and demo upstream per run.
 #
 #   loadgen --workload call --connections 64 --duration-s DURATION --pin 1 --watch-pid GATEWAY
@@ -57,7 +57,7 @@ measure() {
     url="${url#READY demo=}"
     if [ "$mode" = on ]; then
         mkdir -p "$TAPES/$tag"
-        record=(--record "$TAPES/$tag")
+        record=(--tapes "$TAPES/$tag")
     fi
     taskset -c "$PROXY_CPU" "$BIN" serve --listen 127.0.0.1:0 --upstream "$url" --shards 1 \
         --admin off "${record[@]}" >"$TMP/gw-$tag.out" 2>"$TMP/gw-$tag.err" &
