@@ -246,6 +246,37 @@ fn table(cells: &[Cell]) -> String {
     out
 }
 
+/// Starts the shared stateless child of each of a stdio gateway's 2 shards before the matrix:
+/// in the matrix, a shard's first child starts while up to three cells start their own
+/// per-session children, 40 and more Python interpreters on 2 cores, and took over the Python
+/// SDK's 10 s `server/discover` timeout in CI. The cells test interop, not a cold start under
+/// that load. A cold start alone is tested in tests/stdio.rs and below
+/// (`stateless_requests_reach_a_python_sdk_stdio_server`).
+fn warm_stateless_children(gw: &Proc, label: &str) {
+    const DISCOVER: &str = r#"{"jsonrpc":"2.0","id":1,"method":"server/discover","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}"#;
+    let headers = [
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "server/discover"),
+    ];
+    // Each shard logs the era of its first stateless child once it answered.
+    let eras = || {
+        let e = gw.stderr();
+        e.matches("speaks 2026-07-28").count()
+            + e.matches("does not answer server/discover").count()
+    };
+    let addr = gw.addr("listen");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while eras() < 2 && Instant::now() < deadline {
+        // New connections land on either shard (SO_REUSEPORT); each waits for its child.
+        let _ = Client::connect(addr).post(addr, &headers, DISCOVER);
+    }
+    assert!(
+        eras() >= 2,
+        "{label}: the stateless children of both shards did not start within 90 s:\n{}",
+        gw.stderr()
+    );
+}
+
 #[test]
 fn sdk_matrix_through_the_gateway() {
     let started = Instant::now();
@@ -268,7 +299,9 @@ fn sdk_matrix_through_the_gateway() {
         ("demo".into(), gateway_for(&[])),
     ];
     for (label, cmd) in stdio_commands() {
-        gateways.push((label.into(), gateway_for(&["--upstream-cmd", &cmd])));
+        let gw = gateway_for(&["--upstream-cmd", &cmd]);
+        warm_stateless_children(&gw, label);
+        gateways.push((label.into(), gw));
     }
     let mut jobs: Vec<Box<dyn FnOnce() -> Cell + Send>> = Vec::new();
     for (target, gw) in &gateways {
