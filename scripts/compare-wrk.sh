@@ -35,15 +35,13 @@ BIN="$REPO/target/release/shardcat"
 log() { echo "[compare-wrk] $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
+# Process handling, cleanup and /proc readings shared by the benchmark scripts (TMP and PIDS
+# are set before any of them runs).
+# shellcheck source=scripts/lib.sh
+. "$REPO/scripts/lib.sh"
+
 # --- tools -----------------------------------------------------------------------------------
-if ! command -v nginx >/dev/null 2>&1 || ! command -v wrk >/dev/null 2>&1; then
-    log "installing nginx and wrk"
-    apt-get update >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y nginx wrk >&2
-fi
-for t in nginx wrk taskset python3 curl; do
-    command -v "$t" >/dev/null 2>&1 || die "$t not found"
-done
+need_tools wrk
 if [ "$(nproc)" -lt 2 ]; then
     die "needs at least 2 cores (core $PROXY_CPU for the proxy, core $CLIENT_CPU for wrk + upstream)"
 fi
@@ -58,10 +56,6 @@ fi
 # --- process bookkeeping and cleanup ---------------------------------------------------------
 TMP="$(mktemp -d /tmp/compare-wrk.XXXXXX)"
 PIDS=()
-
-# Process handling, cleanup and /proc readings shared by the benchmark scripts.
-# shellcheck source=scripts/lib.sh
-. "$REPO/scripts/lib.sh"
 
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT

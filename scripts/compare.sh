@@ -61,15 +61,13 @@ REPO="$(pwd)"
 log() { echo "[compare] $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
+# Process handling, cleanup and /proc readings shared by the benchmark scripts (TMP and PIDS
+# are set before any of them runs).
+# shellcheck source=scripts/lib.sh
+. "$REPO/scripts/lib.sh"
+
 # --- tools -----------------------------------------------------------------------------------
-if ! command -v nginx >/dev/null 2>&1; then
-    log "installing nginx"
-    apt-get update >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y nginx >&2
-fi
-for t in nginx taskset python3 curl; do
-    command -v "$t" >/dev/null 2>&1 || die "$t not found"
-done
+need_tools
 if [ "$(nproc)" -lt 2 ]; then
     die "needs at least 2 cores (core $PROXY_CPU for the proxy, core $CLIENT_CPU for loadgen + upstream)"
 fi
@@ -83,10 +81,6 @@ cargo build --release -p loadgen -p shardcat >&2
 # --- process bookkeeping and cleanup ---------------------------------------------------------
 TMP="$(mktemp -d /tmp/compare.XXXXXX)"
 PIDS=()
-
-# Process handling, cleanup and /proc readings shared by the benchmark scripts.
-# shellcheck source=scripts/lib.sh
-. "$REPO/scripts/lib.sh"
 
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT
@@ -137,7 +131,6 @@ wait_zero() {
     done
     echo "$n"
 }
-
 
 start_shardcat() {
     local tag="$1" ready listen

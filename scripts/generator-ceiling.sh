@@ -41,15 +41,13 @@ REPO="$(pwd)"
 log() { echo "[ceiling] $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
+# Process handling, cleanup and /proc readings shared by the benchmark scripts (TMP and PIDS
+# are set before any of them runs).
+# shellcheck source=scripts/lib.sh
+. "$REPO/scripts/lib.sh"
+
 # --- tools -----------------------------------------------------------------------------------
-if ! command -v nginx >/dev/null 2>&1 || ! command -v wrk >/dev/null 2>&1; then
-    log "installing nginx and wrk"
-    apt-get update >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y nginx wrk >&2
-fi
-for t in nginx wrk taskset python3 curl; do
-    command -v "$t" >/dev/null 2>&1 || die "$t not found"
-done
+need_tools wrk
 [ "$(nproc)" -ge 2 ] || die "needs at least 2 cores (core $TARGET_CPU for nginx, core $GEN_CPU for the generator)"
 
 log "building (cargo build --release -p loadgen)"
@@ -58,10 +56,6 @@ cargo build --release -p loadgen >&2
 # --- process bookkeeping and cleanup ---------------------------------------------------------
 TMP="$(mktemp -d /tmp/generator-ceiling.XXXXXX)"
 PIDS=()
-
-# Process handling, cleanup and /proc readings shared by the benchmark scripts.
-# shellcheck source=scripts/lib.sh
-. "$REPO/scripts/lib.sh"
 
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT

@@ -2,6 +2,22 @@
 # The sourcing script defines log and die, and sets TMP (its temp dir) and PIDS (the pids it
 # started, oldest first) before any of these run.
 
+# Installs nginx and the further Debian packages named (each package is the tool it provides,
+# e.g. wrk) with apt-get when any is missing, then checks that they, taskset, python3 and curl
+# are on PATH.
+need_tools() {
+    local t missing=0
+    for t in nginx "$@"; do command -v "$t" >/dev/null 2>&1 || missing=1; done
+    if [ "$missing" = 1 ]; then
+        log "installing nginx $*"
+        apt-get update >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y nginx "$@" >&2
+    fi
+    for t in nginx taskset python3 curl "$@"; do
+        command -v "$t" >/dev/null 2>&1 || die "$t not found"
+    done
+}
+
 # True while PID exists (zombies included).
 alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
 

@@ -39,14 +39,9 @@ REPO="$(pwd)"
 log() { echo "[tails] $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-if ! command -v nginx >/dev/null 2>&1; then
-    log "installing nginx"
-    apt-get update >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y nginx >&2
-fi
-for t in nginx taskset python3 curl; do
-    command -v "$t" >/dev/null 2>&1 || die "$t not found"
-done
+# shellcheck source=scripts/lib.sh
+. "$REPO/scripts/lib.sh"
+need_tools
 [ "$(nproc)" -ge 2 ] || die "needs at least 2 cores"
 
 if [ -z "${SHARDCAT_BIN:-}" ]; then
@@ -55,8 +50,6 @@ if [ -z "${SHARDCAT_BIN:-}" ]; then
 fi
 TMP="$(mktemp -d /tmp/tails.XXXXXX)"
 PIDS=()
-# shellcheck source=scripts/lib.sh
-. "$REPO/scripts/lib.sh"
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT
 trap 'log "terminated"; exit 143' TERM

@@ -203,10 +203,7 @@ pub struct LagHistogram {
 impl LagHistogram {
     pub fn record(&self, lag: std::time::Duration) {
         let us = lag.as_micros().min(u64::MAX as u128) as u64;
-        let i = DURATION_BUCKETS
-            .iter()
-            .position(|(le, _)| us <= *le)
-            .unwrap_or(DURATION_BUCKETS.len());
+        let i = bucket_of(us).unwrap_or(DURATION_BUCKETS.len());
         self.per[i].fetch_add(1, Relaxed);
         self.sum_us.fetch_add(us, Relaxed);
     }
@@ -819,6 +816,11 @@ pub const DURATION_BUCKETS: [(u64, &str); 18] = [
     (30_000_000, "30"),
 ];
 
+/// The first bound of `DURATION_BUCKETS` at or above `us` (`None`: above every bound).
+fn bucket_of(us: u64) -> Option<usize> {
+    DURATION_BUCKETS.iter().position(|(le, _)| us <= *le)
+}
+
 /// A histogram's cumulative bucket counts over `DURATION_BUCKETS`, with its count and sum.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Buckets {
@@ -840,7 +842,7 @@ impl Buckets {
         for v in h.iter_recorded() {
             let n = v.count_since_last_iteration();
             let at = v.value_iterated_to();
-            if let Some(i) = DURATION_BUCKETS.iter().position(|(le, _)| at <= *le) {
+            if let Some(i) = bucket_of(at) {
                 per[i] += n;
             }
             b.count += n;

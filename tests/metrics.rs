@@ -341,6 +341,23 @@ fn histograms(text: &str) -> Vec<(String, Histogram)> {
     histograms_of(text, HISTOGRAM)
 }
 
+/// A shard's histogram has the documented bounds in order, cumulative buckets, and a last
+/// bucket (`+Inf`) equal to its count.
+fn assert_shape(shard: &str, h: &Histogram) {
+    let les: Vec<&str> = h.buckets.iter().map(|(le, _)| le.as_str()).collect();
+    assert_eq!(les, LE, "shard {shard}: the documented bounds, in order");
+    assert!(
+        h.buckets.windows(2).all(|w| w[0].1 <= w[1].1),
+        "shard {shard}: buckets decrease: {:?}",
+        h.buckets
+    );
+    assert_eq!(
+        h.buckets.last().map(|b| b.1),
+        Some(h.count),
+        "shard {shard}"
+    );
+}
+
 /// Each shard probes its own event loop every 10 ms: a histogram per shard with the request
 /// histogram's bounds, cumulative, counting probes as they happen (no more than one per 10 ms).
 #[test]
@@ -366,17 +383,7 @@ fn each_shard_reports_its_event_loop_lag() {
     let hs = histograms_of(&text, LAG);
     assert_eq!(hs.len(), 2, "one histogram per shard");
     for (shard, h) in &hs {
-        let les: Vec<&str> = h.buckets.iter().map(|(le, _)| le.as_str()).collect();
-        assert_eq!(les, LE, "shard {shard}: the documented bounds, in order");
-        assert!(
-            h.buckets.windows(2).all(|w| w[0].1 <= w[1].1),
-            "shard {shard}"
-        );
-        assert_eq!(
-            h.buckets.last().map(|b| b.1),
-            Some(h.count),
-            "shard {shard}"
-        );
+        assert_shape(shard, h);
         assert!(
             h.count <= elapsed / 0.010 + 1.0,
             "shard {shard}: {} probes in {elapsed:.2} s",
@@ -408,18 +415,7 @@ fn latency_histogram_buckets_are_cumulative_and_count_every_request() {
     let hs = histograms(&first);
     assert_eq!(hs.len(), 2, "one histogram per shard");
     for (shard, h) in &hs {
-        let les: Vec<&str> = h.buckets.iter().map(|(le, _)| le.as_str()).collect();
-        assert_eq!(les, LE, "shard {shard}: the documented bounds, in order");
-        assert!(
-            h.buckets.windows(2).all(|w| w[0].1 <= w[1].1),
-            "shard {shard}: buckets decrease: {:?}",
-            h.buckets
-        );
-        assert_eq!(
-            h.buckets.last().map(|b| b.1),
-            Some(h.count),
-            "shard {shard}"
-        );
+        assert_shape(shard, h);
         if h.count > 0.0 {
             // Each request took at least a microsecond and, on loopback, well under 30 s.
             assert!(
