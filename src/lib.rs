@@ -23,7 +23,7 @@
 //!   session, send in it, open its stream, end it, a stateless request), each answering with
 //!   a `Source` (a status, one message, an HTTP response, events). Kinds: `http` (with
 //!   `pool`, `balance`, `health`; `era` for 2026-07-28 requests to handshake-era servers),
-//!   `stdio` (child processes) and `federated` (a route over several named servers, each an
+//!   `stdio` (child processes, and through `stdio::sse` legacy HTTP+SSE servers, spoken to the same way) and `federated` (a route over several named servers, each an
 //!   `Upstreams` of its own: fan-out, merged answers, name routing). A kind never writes to a
 //!   client.
 //! - `auth`      — who sent a request: credentials from the headers, API keys by digest, JWTs

@@ -167,6 +167,12 @@ pub struct ShardStats {
     pub sse_abandoned: AtomicU64,
     pub client_errors: AtomicU64,
     pub stdio_processes: AtomicI64,
+    /// Event streams open to legacy HTTP+SSE servers (`kind = "sse"`).
+    pub legacy_sse_streams: AtomicI64,
+    pub legacy_sse_opened: AtomicU64,
+    pub legacy_sse_dropped: AtomicU64,
+    pub legacy_sse_refused: AtomicU64,
+    pub legacy_sse_post_failures: AtomicU64,
     pub stdio_spawned: AtomicU64,
     pub stdio_exited: AtomicU64,
     pub stdio_crashes: AtomicU64,
@@ -306,6 +312,11 @@ impl ShardStats {
             sse_abandoned: AtomicU64::new(0),
             client_errors: AtomicU64::new(0),
             stdio_processes: AtomicI64::new(0),
+            legacy_sse_streams: AtomicI64::new(0),
+            legacy_sse_opened: AtomicU64::new(0),
+            legacy_sse_dropped: AtomicU64::new(0),
+            legacy_sse_refused: AtomicU64::new(0),
+            legacy_sse_post_failures: AtomicU64::new(0),
             stdio_spawned: AtomicU64::new(0),
             stdio_exited: AtomicU64::new(0),
             stdio_crashes: AtomicU64::new(0),
@@ -376,7 +387,7 @@ pub fn inc(c: &AtomicU64) {
 type Series = (&'static str, Kind, &'static str, fn(&ShardStats) -> i64);
 
 /// The shard-labelled families read from each shard's stats: name, type, help, getter.
-const SHARD_SERIES: [Series; 52] = [
+const SHARD_SERIES: [Series; 57] = [
     (
         "shardcat_connections",
         Kind::Gauge,
@@ -598,6 +609,36 @@ const SHARD_SERIES: [Series; 52] = [
         Kind::Counter,
         "Detached SSE streams not resumed within the resume window.",
         |s| s.sse_abandoned.load(Relaxed) as i64,
+    ),
+    (
+        "shardcat_legacy_sse_streams",
+        Kind::Gauge,
+        "Event streams open to legacy HTTP+SSE servers (kind = \"sse\").",
+        |s| s.legacy_sse_streams.load(Relaxed),
+    ),
+    (
+        "shardcat_legacy_sse_opened_total",
+        Kind::Counter,
+        "Event streams to legacy HTTP+SSE servers that announced their endpoint.",
+        |s| s.legacy_sse_opened.load(Relaxed) as i64,
+    ),
+    (
+        "shardcat_legacy_sse_dropped_total",
+        Kind::Counter,
+        "Event streams to legacy HTTP+SSE servers that ended unasked (their sessions ended).",
+        |s| s.legacy_sse_dropped.load(Relaxed) as i64,
+    ),
+    (
+        "shardcat_legacy_sse_refused_total",
+        Kind::Counter,
+        "Legacy HTTP+SSE servers refused: no event stream, no endpoint event, or an endpoint on another origin.",
+        |s| s.legacy_sse_refused.load(Relaxed) as i64,
+    ),
+    (
+        "shardcat_legacy_sse_post_failures_total",
+        Kind::Counter,
+        "Messages a legacy HTTP+SSE server did not accept (no 2xx to their POST).",
+        |s| s.legacy_sse_post_failures.load(Relaxed) as i64,
     ),
     (
         "shardcat_stdio_processes",

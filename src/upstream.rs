@@ -7,7 +7,7 @@
 //!
 //! The kinds: `http` (one or several Streamable HTTP servers, with `pool`, `balance` and
 //! `health`; `era` carries 2026-07-28 requests to handshake-era ones) and `stdio` (child
-//! processes). `federated` holds the pure logic of a route of several named servers (names,
+//! processes, or a legacy HTTP+SSE server's event streams: `stdio::sse`). `federated` holds the pure logic of a route of several named servers (names,
 //! merged answers, cursors, rewrites). A client session's upstream half is an `UpSession`.
 //!
 //! Invariants: no kind writes to the client, records a frame or touches the session table:
@@ -133,6 +133,12 @@ impl Upstreams {
                 (Balancer::new(h.strategy, weights), None)
             }
             crate::config::Upstream::Stdio(cfg) => {
+                let sse = cfg.sse.as_ref().map(|target| {
+                    let pool = Rc::new(Pool::new((**target).clone(), connect, stats.clone()));
+                    let timeout = config.timeouts.upstream_request;
+                    let max_event = config.limits.max_body_bytes;
+                    Rc::new(stdio::sse::Server::new(pool, timeout, max_event))
+                });
                 let spawn = stdio::Spawn {
                     cfg: Rc::new(cfg.clone()),
                     stats: stats.clone(),
@@ -140,7 +146,7 @@ impl Upstreams {
                     max_line_bytes: config.limits.max_body_bytes,
                     write_timeout: config.timeouts.upstream_request,
                 };
-                let host = Rc::new(stdio::Host::new(spawn, processes));
+                let host = Rc::new(stdio::Host::new(spawn, processes, sse));
                 let rr = crate::config::Strategy::RoundRobin;
                 (Balancer::new(rr, Vec::new()), Some(host))
             }

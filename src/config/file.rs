@@ -807,7 +807,8 @@ impl Default for DegradationSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamSection {
-    /// "http" (the default) or "stdio".
+    /// "http" (the default), "stdio", or "sse" (a legacy HTTP+SSE server at `url`, served as
+    /// message peers with the stdio keys).
     pub kind: String,
     /// Share of new sessions and stateless requests (several http upstreams).
     pub weight: u32,

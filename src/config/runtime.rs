@@ -723,9 +723,10 @@ fn validate_upstream(
             strategy: strategy(&u.strategy, at)?,
         })),
         "stdio" => validate_stdio(u, at).map(Upstream::Stdio),
+        "sse" => validate_sse(u, at).map(Upstream::Stdio),
         other => err(
             &at.key("kind"),
-            format!("'{other}' is not one of http, stdio"),
+            format!("'{other}' is not one of http, stdio, sse"),
         ),
     }
 }
@@ -768,10 +769,16 @@ fn strategy(s: &str, at: At) -> Result<Strategy, ConfigError> {
 }
 
 fn validate_stdio(u: &UpstreamSection, at: At) -> Result<StdioConfig, ConfigError> {
-    let key = |k: &str| at.key(k);
     if u.command.trim().is_empty() {
-        return err(&key("command"), "is required for kind = \"stdio\"");
+        return err(&at.key("command"), "is required for kind = \"stdio\"");
     }
+    check_spawnable(u, at)?;
+    validate_stdio_limits(u, at)
+}
+
+/// The bounds of a message peer upstream (stdio or sse).
+fn validate_stdio_limits(u: &UpstreamSection, at: At) -> Result<StdioConfig, ConfigError> {
+    let key = |k: &str| at.key(k);
     if u.max_processes == 0 {
         return err(&key("max_processes"), "must be at least 1");
     }
@@ -790,7 +797,6 @@ fn validate_stdio(u: &UpstreamSection, at: At) -> Result<StdioConfig, ConfigErro
             ),
         );
     }
-    check_spawnable(u, at)?;
     Ok(StdioConfig {
         command: u.command.clone(),
         args: u.args.clone(),
@@ -802,6 +808,33 @@ fn validate_stdio(u: &UpstreamSection, at: At) -> Result<StdioConfig, ConfigErro
         kill_grace: Duration::from_millis(u.kill_grace_ms),
         stderr_lines_per_s: u.stderr_lines_per_s,
         stdin_queue_depth: u.stdin_queue_depth,
+        sse: None,
+    })
+}
+
+/// `kind = "sse"`: a legacy HTTP+SSE server at `url` (its event stream), served as message
+/// peers like a stdio server's children: one stream per session, a few for stateless
+/// requests, `max_processes` streams at most.
+fn validate_sse(u: &UpstreamSection, at: At) -> Result<StdioConfig, ConfigError> {
+    if u.url.is_empty() {
+        return err(&at.key("url"), "is required for kind = \"sse\"");
+    }
+    if !u.command.is_empty() {
+        return err(&at.key("command"), "is for kind = \"stdio\", not \"sse\"");
+    }
+    let mut target = validate_http(u, None, false, at)?;
+    // The event streams hold connections for a peer's life: the pool has room for them
+    // besides the POSTs'.
+    target.pool_max_connections += u.max_processes;
+    let mut peers = UpstreamSection {
+        command: u.url.clone(),
+        ..u.clone()
+    };
+    peers.kill_grace_ms = peers.kill_grace_ms.max(1);
+    let cfg = validate_stdio_limits(&peers, at)?;
+    Ok(StdioConfig {
+        sse: Some(Box::new(target)),
+        ..cfg
     })
 }
 

@@ -48,8 +48,11 @@ impl Upstream {
     }
 }
 
+/// A message peer: a stdio server's child processes, or (`sse`) connections to a legacy
+/// HTTP+SSE server (2024-11-05), which serve sessions the same way, one peer each.
 #[derive(Debug, Clone)]
 pub struct StdioConfig {
+    /// The program to start; for a legacy SSE server, its event stream's URL (what logs name).
     pub command: String,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
@@ -60,6 +63,9 @@ pub struct StdioConfig {
     pub kill_grace: Duration,
     pub stderr_lines_per_s: u32,
     pub stdin_queue_depth: usize,
+    /// `kind = "sse"`: the legacy HTTP+SSE server's event stream (its `url`), connected to
+    /// instead of a process started. `max_processes` then bounds its open streams.
+    pub sse: Option<Box<UpstreamConfig>>,
 }
 
 #[derive(Debug, Clone)]

@@ -180,9 +180,15 @@ fn mint(
     gauge_add(&shard.stats.sessions, 1);
     if let Some(child) = child {
         let sh = shard.clone();
+        // A legacy SSE server's peer has no process (`Child::is_process`).
+        let reason = if child.is_process() {
+            "stdio server exited"
+        } else {
+            "legacy SSE server stream ended"
+        };
         child.on_exit(Box::new(move || {
-            log::warn!("shard {}: stdio server gone: its session ends", sh.id);
-            end_local(&sh, &id, "stdio server exited");
+            log::warn!("shard {}: {reason}: its session ends", sh.id);
+            end_local(&sh, &id, reason);
         }));
     }
     id

@@ -15,6 +15,7 @@
 
 mod child;
 mod host;
+pub mod sse;
 
 use std::rc::Rc;
 use std::sync::Arc;

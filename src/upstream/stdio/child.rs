@@ -207,6 +207,57 @@ impl Drop for Ticket {
 }
 
 impl Child {
+    /// A peer's conversation state, before its transport runs (`spawn`, `sse::connect`).
+    pub(super) fn new(s: &Spawn, role: Role, pid: u32) -> Rc<Child> {
+        Rc::new(Child {
+            pid,
+            role: Cell::new(role),
+            out: LocalQueue::new(s.cfg.stdin_queue_depth),
+            pending: RefCell::new(HashMap::new()),
+            next_id: Cell::new(1),
+            stream: Inbox::new(s.max_events),
+            stop: LocalEvent::default(),
+            gone: LocalEvent::default(),
+            reaped: LocalEvent::default(),
+            on_exit: RefCell::new(None),
+            init_result: RefCell::new(None),
+            era: Cell::new(Era::Handshake),
+            stats: s.stats.clone(),
+            max_events: s.max_events,
+        })
+    }
+
+    /// The transport ended (stdout EOF, the event stream closed): nothing more will be
+    /// answered. Fails every waiter, closes the input queue and runs the exit hook (which
+    /// ends the session), before the peer is released.
+    pub(super) fn transport_ended(&self, why: &str) {
+        self.gone.set();
+        self.fail_all(why);
+        self.out.close();
+        let hook = self.on_exit.borrow_mut().take();
+        if let Some(f) = hook {
+            f();
+        }
+    }
+
+    /// The next line to send to the peer; `None` once the queue closed.
+    pub(super) async fn next_out(&self) -> Option<Bytes> {
+        self.out.pop().await
+    }
+
+    pub(super) fn set_reaped(&self) {
+        self.reaped.set();
+    }
+
+    pub(super) fn routes(&self, line: &[u8]) {
+        self.dispatch(line)
+    }
+
+    /// A child process (not a legacy SSE server's stream, whose `pid` is 0).
+    pub fn is_process(&self) -> bool {
+        self.pid != 0
+    }
+
     pub fn role(&self) -> Role {
         self.role.get()
     }
@@ -588,22 +639,7 @@ pub fn spawn(s: &Spawn, role: Role, on_reaped: Box<dyn FnOnce()>) -> io::Result<
     ];
     let io = UnixStream::from_std(ours)?;
     let err_io = UnixStream::from_std(err_ours)?;
-    let child = Rc::new(Child {
-        pid: proc.id(),
-        role: Cell::new(role),
-        out: LocalQueue::new(s.cfg.stdin_queue_depth),
-        pending: RefCell::new(HashMap::new()),
-        next_id: Cell::new(1),
-        stream: Inbox::new(s.max_events),
-        stop: LocalEvent::default(),
-        gone: LocalEvent::default(),
-        reaped: LocalEvent::default(),
-        on_exit: RefCell::new(None),
-        init_result: RefCell::new(None),
-        era: Cell::new(Era::Handshake),
-        stats: s.stats.clone(),
-        max_events: s.max_events,
-    });
+    let child = Child::new(s, role, proc.id());
     inc(&s.stats.stdio_spawned);
     gauge_add(&s.stats.stdio_processes, 1);
     log::debug!(
@@ -645,19 +681,13 @@ async fn supervise(
     let killer = monoio::spawn(kill_on_stop(child.clone(), s.cfg.kill_grace));
     read_loop(&child, rd, s.max_line_bytes).await;
     let asked = child.stop.is_set();
-    child.gone.set();
-    child.fail_all(if asked {
+    // Its session ends now, before the reap, so no request can reach a child that is gone (a
+    // session that ended first cleared the hook).
+    child.transport_ended(if asked {
         "stdio server was stopped"
     } else {
         "stdio server exited"
     });
-    child.out.close();
-    // Its session ends now, before the reap, so no request can reach a child that is gone (a
-    // session that ended first cleared the hook).
-    let hook = child.on_exit.borrow_mut().take();
-    if let Some(f) = hook {
-        f();
-    }
     let status = reap(&child, &mut proc, s.cfg.kill_grace).await;
     child.reaped.set();
     // Grandchildren may hold the other ends open: end our reads and writes ourselves.

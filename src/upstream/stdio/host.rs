@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::child::{spawn, Child, Era, Next, Role, Spawn, CHILD_PROTOCOL_VERSION};
+use super::sse::Server;
 use crate::admission::Gate;
 use crate::config::StdioConfig;
 use crate::error::{Error, Kind, Result};
@@ -22,6 +23,8 @@ const REFILL_DELAY: Duration = Duration::from_millis(100);
 /// A shard's stdio children: prewarmed ones, the stateless servers, and the process permits.
 pub struct Host {
     spawn: Spawn,
+    /// `kind = "sse"`: peers are streams to this legacy HTTP+SSE server, not processes.
+    sse: Option<Rc<Server>>,
     processes: Arc<Gate>,
     prewarmed: RefCell<VecDeque<Rc<Child>>>,
     stateless: RefCell<Vec<Rc<Child>>>,
@@ -36,9 +39,10 @@ pub struct Host {
 }
 
 impl Host {
-    pub fn new(spawn: Spawn, processes: Arc<Gate>) -> Host {
+    pub fn new(spawn: Spawn, processes: Arc<Gate>, sse: Option<Rc<Server>>) -> Host {
         Host {
             spawn,
+            sse,
             processes,
             prewarmed: RefCell::new(VecDeque::new()),
             stateless: RefCell::new(Vec::new()),
@@ -68,6 +72,10 @@ impl Host {
             host.live.set(host.live.get() - 1);
             host.forget_exited();
         });
+        if let Some(server) = &self.sse {
+            self.live.set(self.live.get() + 1);
+            return Ok(super::sse::connect(&self.spawn, server, role, on_reaped));
+        }
         match spawn(&self.spawn, role, on_reaped) {
             Ok(c) => {
                 self.live.set(self.live.get() + 1);

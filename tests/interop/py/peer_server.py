@@ -1,13 +1,16 @@
 """peer_server.py: an MCP server built on the official Python SDK (`mcp` 2.x, MCPServer), the
 Python upstream of shardcat's interop tests.
 
-    peer_server.py --transport http|stdio [--port N] [--host 127.0.0.1] [--stateless]
+    peer_server.py --transport http|sse|stdio [--port N] [--host 127.0.0.1] [--stateless]
 
 --transport http serves Streamable HTTP on /mcp and prints exactly one line `LISTENING <port>`
 to stdout once uvicorn accepts connections (--port 0, the default, picks a free port: we bind
 the socket ourselves and hand it to uvicorn, so there is no pick-then-bind race). --stateless
 is the SDK's `stateless_http=True` (no Mcp-Session-Id, no GET stream, no server-to-client
-requests on handshake-era wires). --transport stdio: stdout carries protocol only, logs go to
+requests on handshake-era wires). --transport sse serves the legacy HTTP+SSE transport
+(2024-11-05: GET /sse, POST /messages/?session_id=...) the same way, `LISTENING <port>` too,
+and `GET /sessions` ({"open", "opened"}: SSE connections open now and since start).
+--transport stdio: stdout carries protocol only, logs go to
 stderr.
 
 Both protocol eras are served from the same endpoint: handshake-era clients (initialize,
@@ -648,9 +651,52 @@ async def serve_http(host: str, port: int, stateless: bool) -> None:
         log(f"serving http://{host}:{bound}/mcp ({'stateless' if stateless else 'stateful'})")
 
 
+SSE_SESSIONS = {"open": 0, "opened": 0}
+
+
+async def serve_sse(host: str, port: int) -> None:
+    """The legacy HTTP+SSE transport (what `MCPServer.run("sse")` serves), on our own socket."""
+    import uvicorn
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    app = mcp.sse_app(host=host)
+
+    async def sessions(_request: Any) -> JSONResponse:
+        return JSONResponse(SSE_SESSIONS)
+
+    app.router.routes.insert(0, Route("/sessions", sessions))
+    inner = app
+
+    async def counted(scope: Any, receive: Any, send: Any) -> None:
+        is_stream = scope.get("type") == "http" and scope.get("path") == "/sse"
+        if is_stream:
+            SSE_SESSIONS["open"] += 1
+            SSE_SESSIONS["opened"] += 1
+        try:
+            await inner(scope, receive, send)
+        finally:
+            if is_stream:
+                SSE_SESSIONS["open"] -= 1
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    bound = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(counted, log_level="warning", access_log=False, lifespan="on"))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.serve, [sock])
+        with anyio.fail_after(30):
+            while not server.started:
+                await anyio.sleep(0.01)
+        print(f"LISTENING {bound}", flush=True)
+        log(f"serving legacy SSE on http://{host}:{bound}/sse")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--transport", choices=["http", "stdio"], required=True)
+    ap.add_argument("--transport", choices=["http", "sse", "stdio"], required=True)
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--stateless", action="store_true")
@@ -667,6 +713,8 @@ def main() -> None:
         install_pagination(args.page_size)
     if args.transport == "stdio":
         anyio.run(mcp.run_stdio_async)
+    elif args.transport == "sse":
+        anyio.run(serve_sse, args.host, args.port)
     else:
         anyio.run(serve_http, args.host, args.port, args.stateless)
 
